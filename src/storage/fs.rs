@@ -1,0 +1,299 @@
+//! The file seam: every file operation the storage engine performs goes
+//! through [`FileSystem`] and [`StorageFile`], so tests can inject failed or
+//! partial writes, failed fsyncs and a full disk ([`FaultyFs`]).
+//!
+//! Invariant: nothing else under `storage/` touches `std::fs` directly.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// An open file, shared between the single writer and any number of readers.
+/// All I/O is positional (`pread`/`pwrite`), so no cursor is shared.
+pub trait StorageFile: Send + Sync + fmt::Debug {
+    /// Reads up to `buf.len()` bytes at `position`; returns how many were read.
+    fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize>;
+    /// Writes all of `buf` at `position`.
+    fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()>;
+    /// `fdatasync`: the data written so far survives power loss once this returns Ok.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Truncates or extends the file.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Current length of the file in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// The underlying OS file, for memory mapping the indexes.
+    fn std_file(&self) -> &File;
+
+    /// Reads exactly `buf.len()` bytes at `position` or fails with `UnexpectedEof`.
+    fn read_exact_at(&self, mut buf: &mut [u8], mut position: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.read_at(buf, position) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    buf = &mut buf[n..];
+                    position += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Directory-level operations plus opening files.
+pub trait FileSystem: Send + Sync + fmt::Debug {
+    /// Opens a file for reading and writing, creating it when `create` is set.
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>>;
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// File names (not paths) in a directory.
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn exists(&self, path: &Path) -> bool;
+    /// fsync of a directory, which makes creations, renames and deletions in it durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+
+    /// Reads a whole (small) file.
+    fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let file = self.open(path, false)?;
+        let mut buf = vec![0; file.len()? as usize];
+        file.read_exact_at(&mut buf, 0)?;
+        Ok(buf)
+    }
+
+    /// Replaces `path` atomically with `contents`: temp file, fsync, rename,
+    /// fsync of the directory. A crash at any point leaves either the old or
+    /// the new contents, never a mix.
+    fn write_atomic(&self, path: &Path, contents: &[u8]) -> io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        let file = self.open(&tmp, true)?;
+        file.set_len(0)?;
+        file.write_all_at(contents, 0)?;
+        // Guards against a power loss after the rename exposing an empty file.
+        file.sync_data()?;
+        drop(file);
+        self.rename(&tmp, path)?;
+        // Guards against a power loss forgetting the rename itself.
+        self.sync_dir(path.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+/// The real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StdFs;
+
+#[derive(Debug)]
+struct StdFile(File);
+
+impl StorageFile for StdFile {
+    fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
+        self.0.read_at(buf, position)
+    }
+    fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, position)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    fn std_file(&self) -> &File {
+        &self.0
+    }
+}
+
+impl FileSystem for StdFs {
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)?;
+        Ok(Arc::new(StdFile(file)))
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            if let Some(name) = entry?.file_name().to_str() {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir_all(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+}
+
+/// Which fault [`FaultyFs`] injects into the next matching operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Every `sync_data` fails with EIO.
+    SyncFails,
+    /// Every write fails with EIO before writing anything.
+    WriteFails,
+    /// Every write stores only its first half, then fails with EIO.
+    PartialWrite,
+    /// Every write fails with ENOSPC (the disk is full).
+    DiskFull,
+}
+
+/// Shared switchboard for injected faults; clone it to control a [`FaultyFs`].
+#[derive(Debug, Default, Clone)]
+pub struct FaultSwitch {
+    /// 0 = none, else `Fault as u64 + 1`.
+    active: Arc<AtomicU64>,
+    /// Set once any fault has fired, so tests can check the path was exercised.
+    fired: Arc<AtomicBool>,
+}
+
+impl FaultSwitch {
+    pub fn set(&self, fault: Option<Fault>) {
+        let code = match fault {
+            None => 0,
+            Some(Fault::SyncFails) => 1,
+            Some(Fault::WriteFails) => 2,
+            Some(Fault::PartialWrite) => 3,
+            Some(Fault::DiskFull) => 4,
+        };
+        self.active.store(code, Ordering::SeqCst);
+    }
+    pub fn get(&self) -> Option<Fault> {
+        match self.active.load(Ordering::SeqCst) {
+            1 => Some(Fault::SyncFails),
+            2 => Some(Fault::WriteFails),
+            3 => Some(Fault::PartialWrite),
+            4 => Some(Fault::DiskFull),
+            _ => None,
+        }
+    }
+    /// Whether a fault has been injected since the switch was made.
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+    fn fire(&self) {
+        self.fired.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A [`FileSystem`] over the real one that injects the fault set on its
+/// [`FaultSwitch`] into `.log` file writes and syncs (the data path).
+#[derive(Debug, Default, Clone)]
+pub struct FaultyFs {
+    pub switch: FaultSwitch,
+}
+
+#[derive(Debug)]
+struct FaultyFile {
+    inner: Arc<dyn StorageFile>,
+    switch: FaultSwitch,
+    path: PathBuf,
+}
+
+impl FaultyFile {
+    fn is_data(&self) -> bool {
+        self.path.extension().is_some_and(|e| e == "log")
+    }
+}
+
+impl StorageFile for FaultyFile {
+    fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, position)
+    }
+    fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
+        if self.is_data() {
+            match self.switch.get() {
+                Some(Fault::WriteFails) => {
+                    self.switch.fire();
+                    return Err(io::Error::from_raw_os_error(5));
+                }
+                Some(Fault::DiskFull) => {
+                    self.switch.fire();
+                    return Err(io::Error::from_raw_os_error(28));
+                }
+                Some(Fault::PartialWrite) => {
+                    self.switch.fire();
+                    self.inner.write_all_at(&buf[..buf.len() / 2], position)?;
+                    return Err(io::Error::from_raw_os_error(5));
+                }
+                _ => {}
+            }
+        }
+        self.inner.write_all_at(buf, position)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        if self.is_data() && self.switch.get() == Some(Fault::SyncFails) {
+            self.switch.fire();
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        self.inner.sync_data()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn std_file(&self) -> &File {
+        self.inner.std_file()
+    }
+}
+
+impl FileSystem for FaultyFs {
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
+        let inner = StdFs.open(path, create)?;
+        Ok(Arc::new(FaultyFile {
+            inner,
+            switch: self.switch.clone(),
+            path: path.to_path_buf(),
+        }))
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        StdFs.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        StdFs.list_dir(path)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        StdFs.remove_file(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        StdFs.remove_dir_all(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        StdFs.rename(from, to)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        StdFs.exists(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        StdFs.sync_dir(path)
+    }
+}

@@ -1,0 +1,402 @@
+//! Memory-mapped sparse indexes of one segment: the offset index
+//! (`.index`: relative offset -> byte position of the batch) and the time
+//! index (`.timeindex`: max timestamp so far -> relative offset of a batch).
+//!
+//! Both are derived from the `.log` and can always be rebuilt from it. The
+//! files are preallocated while the segment is active and trimmed to their
+//! entries when it is closed. Every entry is stored as aligned 64-bit words
+//! accessed atomically, so the one writer publishes a new entry (words first,
+//! then the entry count with `Release`) while readers search the published
+//! prefix without a lock.
+//!
+//! This is the only module with `unsafe`: mapping the file and viewing the
+//! mapping as atomic words.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use memmap2::MmapRaw;
+
+use super::fs::StorageFile;
+
+/// A mapped file of fixed-size entries, each `WORDS` little-endian u64 words.
+#[derive(Debug)]
+struct EntryFile<const WORDS: usize> {
+    path: PathBuf,
+    file: Arc<dyn StorageFile>,
+    /// `None` when the file is empty (a zero-length mapping is not allowed).
+    map: Option<MmapRaw>,
+    /// Entries the mapping has room for.
+    capacity: usize,
+    /// Published entries; entries below it are never rewritten while shared,
+    /// except by `truncate`, which only recovery and `truncate_to` call.
+    len: AtomicUsize,
+}
+
+impl<const WORDS: usize> EntryFile<WORDS> {
+    const ENTRY_BYTES: usize = WORDS * 8;
+
+    /// Maps `file`, growing it to `capacity` entries when that is larger.
+    /// `valid` decides how many leading entries are kept.
+    fn open(
+        path: &Path,
+        file: Arc<dyn StorageFile>,
+        capacity: usize,
+        valid: impl Fn(&[[u64; WORDS]]) -> usize,
+    ) -> io::Result<Self> {
+        let file_len = file.len()? as usize;
+        let existing = file_len / Self::ENTRY_BYTES;
+        let capacity = capacity.max(existing);
+        if capacity * Self::ENTRY_BYTES != file_len {
+            file.set_len((capacity * Self::ENTRY_BYTES) as u64)?;
+        }
+        let map = if capacity == 0 {
+            None
+        } else {
+            Some(MmapRaw::map_raw(file.std_file())?)
+        };
+        let mut this = EntryFile {
+            path: path.to_path_buf(),
+            file,
+            map,
+            capacity,
+            len: AtomicUsize::new(0),
+        };
+        let entries: Vec<[u64; WORDS]> = (0..existing).map(|i| this.read(i)).collect();
+        this.len = AtomicUsize::new(valid(&entries).min(existing));
+        Ok(this)
+    }
+
+    fn words(&self) -> &[AtomicU64] {
+        match &self.map {
+            None => &[],
+            // SAFETY: the mapping is page-aligned and `capacity * WORDS` words
+            // long (the file was sized before mapping and is only shrunk to a
+            // length that still covers every published entry). AtomicU64 has
+            // the layout of u64, and all access to the mapped words from this
+            // process goes through these atomics, so there is no data race.
+            Some(map) => unsafe {
+                std::slice::from_raw_parts(map.as_ptr() as *const AtomicU64, self.capacity * WORDS)
+            },
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    fn read(&self, i: usize) -> [u64; WORDS] {
+        let words = &self.words()[i * WORDS..(i + 1) * WORDS];
+        std::array::from_fn(|w| u64::from_le(words[w].load(Ordering::Relaxed)))
+    }
+
+    /// Appends an entry; false when the file is full. Single writer only.
+    fn push(&self, entry: [u64; WORDS]) -> bool {
+        let len = self.len.load(Ordering::Relaxed);
+        if len >= self.capacity {
+            return false;
+        }
+        let words = &self.words()[len * WORDS..(len + 1) * WORDS];
+        for (slot, value) in words.iter().zip(entry) {
+            slot.store(value.to_le(), Ordering::Relaxed);
+        }
+        self.len.store(len + 1, Ordering::Release);
+        true
+    }
+
+    /// Drops entries from `keep` on and zeroes them, so a crash does not
+    /// resurrect them. Single writer only.
+    fn truncate(&self, keep: usize) {
+        let len = self.len();
+        if keep >= len {
+            return;
+        }
+        self.len.store(keep, Ordering::Release);
+        for slot in &self.words()[keep * WORDS..len * WORDS] {
+            slot.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes the mapping back and fsyncs it. The index is derived data, so
+    /// this guards only against a slow rebuild after power loss, not data loss.
+    fn flush(&self) -> io::Result<()> {
+        if let Some(map) = &self.map {
+            map.flush()?;
+        }
+        self.file.sync_data()
+    }
+
+    /// Shrinks the file to its entries (segment closed). The mapping stays
+    /// valid for every published entry; nothing is appended afterwards.
+    fn trim(&self) -> io::Result<()> {
+        if let Some(map) = &self.map {
+            map.flush()?;
+        }
+        self.file.set_len((self.len() * Self::ENTRY_BYTES) as u64)?;
+        self.file.sync_data()
+    }
+}
+
+/// One offset index entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetEntry {
+    /// Offset of the batch minus the segment's base offset.
+    pub relative_offset: u32,
+    /// Byte position of the batch in the `.log`.
+    pub position: u32,
+}
+
+/// `.index`: sparse map from relative offset to batch position.
+#[derive(Debug)]
+pub struct OffsetIndex(EntryFile<1>);
+
+impl OffsetIndex {
+    /// Opens (or creates) the index, keeping the leading entries that are
+    /// strictly increasing and point inside the first `log_len` bytes.
+    pub fn open(path: &Path, file: Arc<dyn StorageFile>, capacity: usize, log_len: u64) -> io::Result<Self> {
+        let inner = EntryFile::open(path, file, capacity, |entries| {
+            let mut prev: Option<OffsetEntry> = None;
+            for (i, e) in entries.iter().enumerate() {
+                let e = unpack_offset(e[0]);
+                let ok = (e.position as u64) < log_len
+                    && prev.is_none_or(|p| e.relative_offset > p.relative_offset && e.position > p.position)
+                    && !(i > 0 && e.position == 0);
+                if !ok {
+                    return i;
+                }
+                prev = Some(e);
+            }
+            entries.len()
+        })?;
+        Ok(OffsetIndex(inner))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0.path
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn entry(&self, i: usize) -> OffsetEntry {
+        unpack_offset(self.0.read(i)[0])
+    }
+
+    pub fn last(&self) -> Option<OffsetEntry> {
+        let len = self.len();
+        (len > 0).then(|| self.entry(len - 1))
+    }
+
+    /// The last entry at or below `relative_offset` (binary search, no scan).
+    pub fn lookup(&self, relative_offset: u32) -> Option<OffsetEntry> {
+        let len = self.len();
+        let (mut lo, mut hi) = (0usize, len);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.entry(mid).relative_offset <= relative_offset {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        (lo > 0).then(|| self.entry(lo - 1))
+    }
+
+    pub fn push(&self, entry: OffsetEntry) -> bool {
+        self.0.push([(entry.relative_offset as u64) << 32 | entry.position as u64])
+    }
+
+    /// Keeps only entries whose position is below `position`.
+    pub fn truncate_to_position(&self, position: u64) {
+        let keep = (0..self.len())
+            .take_while(|&i| (self.entry(i).position as u64) < position)
+            .count();
+        self.0.truncate(keep);
+    }
+
+    pub fn flush(&self) -> io::Result<()> {
+        self.0.flush()
+    }
+
+    pub fn trim(&self) -> io::Result<()> {
+        self.0.trim()
+    }
+}
+
+fn unpack_offset(word: u64) -> OffsetEntry {
+    OffsetEntry {
+        relative_offset: (word >> 32) as u32,
+        position: word as u32,
+    }
+}
+
+/// One time index entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeEntry {
+    /// The largest timestamp of any record up to and including this batch.
+    pub timestamp_ms: i64,
+    /// Relative offset of the batch's first record.
+    pub relative_offset: u32,
+}
+
+/// `.timeindex`: sparse map from the running max timestamp to a batch.
+/// Entries: 16 bytes (i64 timestamp, u32 relative offset, u32 zero).
+#[derive(Debug)]
+pub struct TimeIndex(EntryFile<2>);
+
+impl TimeIndex {
+    /// Opens (or creates) the index, keeping the leading entries whose
+    /// timestamps and offsets are strictly increasing and below `next_relative`.
+    pub fn open(path: &Path, file: Arc<dyn StorageFile>, capacity: usize, next_relative: u64) -> io::Result<Self> {
+        let inner = EntryFile::open(path, file, capacity, |entries| {
+            let mut prev: Option<TimeEntry> = None;
+            for (i, e) in entries.iter().enumerate() {
+                let e = unpack_time(*e);
+                let ok = (e.relative_offset as u64) < next_relative
+                    && e.timestamp_ms != 0
+                    && prev.is_none_or(|p| e.timestamp_ms > p.timestamp_ms && e.relative_offset > p.relative_offset);
+                if !ok {
+                    return i;
+                }
+                prev = Some(e);
+            }
+            entries.len()
+        })?;
+        Ok(TimeIndex(inner))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0.path
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn entry(&self, i: usize) -> TimeEntry {
+        unpack_time(self.0.read(i))
+    }
+
+    pub fn last(&self) -> Option<TimeEntry> {
+        let len = self.len();
+        (len > 0).then(|| self.entry(len - 1))
+    }
+
+    /// The last entry whose timestamp is below `timestamp_ms`: every record
+    /// before that batch is older than `timestamp_ms`, so a search for the
+    /// first record at or after it can start there.
+    pub fn last_below(&self, timestamp_ms: i64) -> Option<TimeEntry> {
+        let len = self.len();
+        let (mut lo, mut hi) = (0usize, len);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.entry(mid).timestamp_ms < timestamp_ms {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        (lo > 0).then(|| self.entry(lo - 1))
+    }
+
+    /// Adds an entry if it raises the max timestamp; false when full.
+    pub fn push(&self, entry: TimeEntry) -> bool {
+        if self
+            .last()
+            .is_some_and(|l| l.timestamp_ms >= entry.timestamp_ms || l.relative_offset >= entry.relative_offset)
+        {
+            return true;
+        }
+        self.0.push([entry.timestamp_ms as u64, entry.relative_offset as u64])
+    }
+
+    pub fn truncate_to_relative(&self, next_relative: u64) {
+        let keep = (0..self.len())
+            .take_while(|&i| (self.entry(i).relative_offset as u64) < next_relative)
+            .count();
+        self.0.truncate(keep);
+    }
+
+    pub fn flush(&self) -> io::Result<()> {
+        self.0.flush()
+    }
+
+    pub fn trim(&self) -> io::Result<()> {
+        self.0.trim()
+    }
+}
+
+fn unpack_time(words: [u64; 2]) -> TimeEntry {
+    TimeEntry {
+        timestamp_ms: words[0] as i64,
+        relative_offset: words[1] as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::fs::{FileSystem, StdFs};
+
+    #[test]
+    fn lookup_finds_floor_entry_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.index");
+        let idx = OffsetIndex::open(&path, StdFs.open(&path, true).unwrap(), 100, 1 << 20).unwrap();
+        for i in 1..=10u32 {
+            assert!(idx.push(OffsetEntry { relative_offset: i * 10, position: i * 4096 }));
+        }
+        assert_eq!(idx.lookup(5), None);
+        assert_eq!(idx.lookup(10).unwrap().position, 4096);
+        assert_eq!(idx.lookup(59).unwrap().position, 5 * 4096);
+        assert_eq!(idx.lookup(u32::MAX).unwrap().position, 10 * 4096);
+        idx.flush().unwrap();
+        drop(idx);
+        // Preallocated zero tail is ignored on reopen.
+        let idx = OffsetIndex::open(&path, StdFs.open(&path, false).unwrap(), 100, 1 << 20).unwrap();
+        assert_eq!(idx.len(), 10);
+        idx.truncate_to_position(3 * 4096);
+        assert_eq!(idx.len(), 2);
+        idx.trim().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 16);
+    }
+
+    #[test]
+    fn entries_past_the_log_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.index");
+        let idx = OffsetIndex::open(&path, StdFs.open(&path, true).unwrap(), 10, 1 << 20).unwrap();
+        idx.push(OffsetEntry { relative_offset: 1, position: 100 });
+        idx.push(OffsetEntry { relative_offset: 2, position: 9000 });
+        idx.flush().unwrap();
+        drop(idx);
+        let idx = OffsetIndex::open(&path, StdFs.open(&path, false).unwrap(), 10, 5000).unwrap();
+        assert_eq!(idx.len(), 1);
+    }
+
+    #[test]
+    fn time_index_last_below() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.timeindex");
+        let idx = TimeIndex::open(&path, StdFs.open(&path, true).unwrap(), 10, 1000).unwrap();
+        idx.push(TimeEntry { timestamp_ms: 100, relative_offset: 0 });
+        idx.push(TimeEntry { timestamp_ms: 90, relative_offset: 5 }); // not a new max: skipped
+        idx.push(TimeEntry { timestamp_ms: 200, relative_offset: 10 });
+        assert_eq!(idx.len(), 2);
+        assert_eq!(idx.last_below(100), None);
+        assert_eq!(idx.last_below(101).unwrap().relative_offset, 0);
+        assert_eq!(idx.last_below(1000).unwrap().relative_offset, 10);
+    }
+}

@@ -1,0 +1,874 @@
+//! The partition log: an ordered set of segments with one writer and any
+//! number of concurrent readers.
+//!
+//! Invariants:
+//! - Offsets are dense from the log start offset to the high watermark.
+//! - Readers see only batches below the high watermark; under the `always`
+//!   flush policy the high watermark moves only after an fsync covered the
+//!   batch, so nothing a reader saw can vanish in a crash.
+//! - Group commit: appenders write under the writer lock (no fsync there),
+//!   then wait for a sync that covers their batch. One of them runs the
+//!   fsync while the rest queue up, so one fsync covers every batch written
+//!   while the previous one was in flight.
+//! - A failed fsync is never retried: the unsynced tail is cut off and every
+//!   appender waiting on it gets an error. If the cut itself fails, the log
+//!   is poisoned and refuses writes until reopened.
+//! - No lock is held across a read; the writer lock is never held during a
+//!   group-commit fsync.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+
+use bytes::Bytes;
+
+use super::batch::{self, BatchHeader, BATCH_BYTES_LIMIT};
+use super::checkpoint::{self, Checkpoint};
+use super::fs::FileSystem;
+use super::producer::{ProducerBatch, ProducerState, SequenceCheck};
+use super::segment::{Segment, SegmentLimits};
+use super::{Clock, Result, StorageError};
+
+/// Name of the marker written by a clean close and removed on open.
+pub const CLEAN_SHUTDOWN_FILE: &str = "clean.shutdown";
+
+/// When appended data is fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlushPolicy {
+    /// fsync before an append is reported durable (group commit). Survives power loss.
+    #[default]
+    Always,
+    /// fsync in the background about every this many ms. Survives a process
+    /// crash; a power loss may lose the last interval.
+    Interval(u64),
+    /// No fsync on the append path (only at checkpoints and close). Survives
+    /// a process crash; a power loss may lose anything since the last checkpoint.
+    Never,
+}
+
+impl fmt::Display for FlushPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlushPolicy::Always => write!(f, "always"),
+            FlushPolicy::Interval(ms) => write!(f, "interval:{ms}"),
+            FlushPolicy::Never => write!(f, "never"),
+        }
+    }
+}
+
+impl FromStr for FlushPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(FlushPolicy::Always),
+            "never" => Ok(FlushPolicy::Never),
+            _ => match s.strip_prefix("interval:").map(str::parse::<u64>) {
+                Some(Ok(ms)) if ms > 0 => Ok(FlushPolicy::Interval(ms)),
+                _ => Err(format!("flush policy {s:?} is not one of always, interval:<ms> (ms > 0), never")),
+            },
+        }
+    }
+}
+
+/// Settings of one log; the topic config maps onto these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Roll the active segment before it would grow past this.
+    pub segment_bytes: u64,
+    /// Roll the active segment when its first append is older than this.
+    pub segment_ms: i64,
+    /// Delete closed segments whose newest record is older than this; -1 = never.
+    pub retention_ms: i64,
+    /// Delete oldest closed segments while the log stays above this; -1 = unlimited.
+    pub retention_bytes: i64,
+    /// One index entry about every this many bytes.
+    pub index_interval_bytes: u64,
+    /// Largest batch accepted for append.
+    pub batch_bytes_max: usize,
+    pub flush: FlushPolicy,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 128 << 20,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            index_interval_bytes: 4096,
+            batch_bytes_max: 17 << 20,
+            flush: FlushPolicy::Always,
+        }
+    }
+}
+
+impl LogConfig {
+    fn limits(&self) -> SegmentLimits {
+        let entries = self.segment_bytes / self.index_interval_bytes.max(1) + 2;
+        SegmentLimits {
+            index_capacity: entries.min(1 << 20) as usize,
+            index_interval_bytes: self.index_interval_bytes,
+            batch_bytes_max: BATCH_BYTES_LIMIT,
+        }
+    }
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    /// True when this was a retry of a batch already in the log: nothing was appended.
+    pub duplicate: bool,
+}
+
+/// Batches returned by a read, plus the log's bounds at the time.
+#[derive(Debug, Clone, Default)]
+pub struct ReadBatches {
+    /// Whole batches, each a zero-copy slice of one read buffer. The first
+    /// may start before the requested offset (filter by record offset).
+    pub batches: Vec<Bytes>,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+/// State owned by the one writer.
+#[derive(Debug)]
+struct Writer {
+    active: Arc<Segment>,
+    /// Offset the next record gets (written, maybe not yet durable).
+    next_offset: u64,
+    /// Bytes written to the active segment.
+    position: u64,
+    bytes_since_entry: u64,
+    /// Largest record timestamp written to the active segment.
+    max_timestamp: i64,
+    /// Clock time of the active segment's first append, for `segment.ms`.
+    first_append_ms: Option<i64>,
+    producers: ProducerState,
+    /// The latest point known to be on stable storage.
+    durable_offset: u64,
+    durable_position: u64,
+    /// Bumped whenever unsynced data is discarded, to fail its waiters.
+    epoch: u64,
+    /// Why writes are refused, once an error left the log in doubt.
+    poisoned: Option<String>,
+}
+
+/// Group-commit bookkeeping.
+#[derive(Debug, Default)]
+struct SyncState {
+    synced_offset: u64,
+    in_progress: bool,
+    /// Appends from an epoch below this whose data was not synced have failed.
+    discard_epoch: u64,
+    last_error: String,
+}
+
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    fs: Arc<dyn FileSystem>,
+    clock: Arc<dyn Clock>,
+    config: RwLock<LogConfig>,
+    /// Segments by base offset; the last is the active one.
+    segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
+    log_start_offset: AtomicU64,
+    /// Offset after the last record readers may see.
+    high_watermark: AtomicU64,
+    writer: Mutex<Writer>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Log {
+    /// Opens the log in `dir` (creating an empty one if there is none),
+    /// recovering from an unclean stop: see [`super::log`] and `docs/format.md`.
+    pub fn open(dir: &Path, fs: Arc<dyn FileSystem>, clock: Arc<dyn Clock>, config: LogConfig) -> Result<Log> {
+        fs.create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+        let limits = config.limits();
+        let names = fs.list_dir(dir).map_err(|e| StorageError::io(dir, e))?;
+        let mut bases = Vec::new();
+        for name in &names {
+            if let Some(base) = name.strip_suffix(".log").and_then(|b| b.parse::<u64>().ok()) {
+                bases.push(base);
+            }
+        }
+        for name in &names {
+            // Leftovers of an interrupted atomic write or of an index whose log is gone.
+            let orphan = name.ends_with(".tmp")
+                || [".index", ".timeindex"].iter().any(|ext| {
+                    name.strip_suffix(ext)
+                        .and_then(|b| b.parse::<u64>().ok())
+                        .is_some_and(|b| !bases.contains(&b))
+                });
+            if orphan {
+                let path = dir.join(name);
+                fs.remove_file(&path).map_err(|e| StorageError::io(&path, e))?;
+            }
+        }
+        bases.sort_unstable();
+        let clean_path = dir.join(CLEAN_SHUTDOWN_FILE);
+        let clean = fs.exists(&clean_path);
+        let checkpoint = read_checkpoint(fs.as_ref(), dir);
+
+        let mut segments = BTreeMap::new();
+        for &base in &bases {
+            segments.insert(base, Arc::new(Segment::open(fs.clone(), dir, base, limits)?));
+        }
+        if segments.is_empty() {
+            segments.insert(0, Arc::new(Segment::create(fs.clone(), dir, 0, limits)?));
+        }
+        let recovered = recover(dir, fs.as_ref(), &mut segments, clean, checkpoint)?;
+        let active = segments.values().next_back().expect("at least one segment").clone();
+        let log_start_offset = *segments.keys().next().expect("at least one segment");
+        if clean {
+            fs.remove_file(&clean_path).map_err(|e| StorageError::io(&clean_path, e))?;
+            // Guards against a crash after this open resurrecting the marker,
+            // which would make the next open skip recovery.
+            fs.sync_dir(dir).map_err(|e| StorageError::io(dir, e))?;
+        }
+        let idx = active.indexes()?;
+        let bytes_since_entry = recovered.position - idx.offset.last().map(|e| e.position as u64).unwrap_or(0);
+        let max_timestamp = active.max_timestamp()?;
+        let writer = Writer {
+            active,
+            next_offset: recovered.next_offset,
+            position: recovered.position,
+            bytes_since_entry,
+            max_timestamp,
+            first_append_ms: (recovered.position > 0).then(|| clock.now_ms()),
+            producers: recovered.producers,
+            durable_offset: recovered.next_offset,
+            durable_position: recovered.position,
+            epoch: 0,
+            poisoned: None,
+        };
+        tracing::debug!(dir = %dir.display(), next_offset = writer.next_offset, segments = segments.len(), clean, "log opened");
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            fs,
+            clock,
+            config: RwLock::new(config),
+            segments: RwLock::new(segments),
+            log_start_offset: AtomicU64::new(log_start_offset),
+            high_watermark: AtomicU64::new(recovered.next_offset),
+            sync: Mutex::new(SyncState {
+                synced_offset: recovered.next_offset,
+                ..SyncState::default()
+            }),
+            writer: Mutex::new(writer),
+            synced: Condvar::new(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Applies new settings; they take effect from the next append or retention pass.
+    pub fn set_config(&self, config: LogConfig) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+
+    pub fn high_watermark(&self) -> u64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+
+    pub fn log_start_offset(&self) -> u64 {
+        self.log_start_offset.load(Ordering::Acquire)
+    }
+
+    fn segments_snapshot(&self) -> Vec<Arc<Segment>> {
+        self.segments.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Bytes of readable data in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments_snapshot().iter().map(|s| s.readable_len()).sum()
+    }
+
+    /// Timestamp of the first record and the largest timestamp, if any record is readable.
+    pub fn timestamps(&self) -> Result<Option<(i64, i64)>> {
+        if self.high_watermark() == self.log_start_offset() {
+            return Ok(None);
+        }
+        let segments = self.segments_snapshot();
+        let first = segments
+            .iter()
+            .find(|s| s.readable_len() > 0)
+            .map(|s| s.header_at(0))
+            .transpose()?
+            .flatten()
+            .map(|h| h.first_timestamp);
+        let mut max = i64::MIN;
+        for s in segments.iter().rev() {
+            if s.readable_len() > 0 {
+                max = s.max_timestamp()?;
+                break;
+            }
+        }
+        Ok(first.map(|f| (f, max)))
+    }
+
+    /// Appends one encoded batch (from [`batch::encode`]); the log stamps the
+    /// offsets. Returns once the batch is durable per the flush policy.
+    pub fn append(&self, mut batch: Vec<u8>) -> Result<AppendOutcome> {
+        let config = self.config();
+        if batch.len() > config.batch_bytes_max {
+            return Err(StorageError::BatchTooLarge {
+                size: batch.len(),
+                limit: config.batch_bytes_max,
+            });
+        }
+        let header = BatchHeader::parse(&batch, BATCH_BYTES_LIMIT).map_err(|e| StorageError::Corrupt {
+            path: self.dir.clone(),
+            position: 0,
+            first_offset: 0,
+            reason: format!("append of an invalid batch: {e}"),
+        })?;
+        let (outcome, epoch) = {
+            let mut w = lock(&self.writer);
+            if let Some(reason) = &w.poisoned {
+                return Err(StorageError::Poisoned {
+                    path: self.dir.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            if let Some(p) = header.producer() {
+                match w.producers.check(p.producer_id, p.first_sequence) {
+                    SequenceCheck::New => {}
+                    SequenceCheck::Duplicate { base_offset, last_offset } => {
+                        let outcome = AppendOutcome { base_offset, last_offset, duplicate: true };
+                        let epoch = w.epoch;
+                        drop(w);
+                        // The original may still be waiting for its fsync.
+                        if config.flush == FlushPolicy::Always {
+                            self.sync_until(last_offset + 1, epoch)?;
+                        }
+                        return Ok(outcome);
+                    }
+                    SequenceCheck::TooOld { last_sequence } => {
+                        return Err(StorageError::SequenceTooOld {
+                            producer_id: p.producer_id,
+                            sequence: p.first_sequence,
+                            last_sequence,
+                        })
+                    }
+                }
+            }
+            self.maybe_roll(&mut w, &config, batch.len(), header.record_count)?;
+            let base_offset = w.next_offset;
+            batch::set_base_offset(&mut batch, base_offset);
+            let position = w.position;
+            if let Err(e) = w.active.log.write_all_at(&batch, position) {
+                self.undo_write(&mut w, position, &e);
+                return Err(StorageError::io(&w.active.log_path, e));
+            }
+            let stamped = BatchHeader { base_offset, ..header };
+            let active = w.active.clone();
+            let idx = active.indexes()?;
+            let (mut since, mut max_ts) = (w.bytes_since_entry, w.max_timestamp);
+            active.index_batch(idx, position, &stamped, &mut since, &mut max_ts);
+            active.note_timestamp(stamped.max_timestamp);
+            w.bytes_since_entry = since;
+            w.max_timestamp = max_ts;
+            w.position += batch.len() as u64;
+            w.next_offset = stamped.next_offset();
+            if w.first_append_ms.is_none() {
+                w.first_append_ms = Some(self.clock.now_ms());
+            }
+            if let Some(p) = header.producer() {
+                w.producers.record(
+                    p.producer_id,
+                    ProducerBatch {
+                        first_sequence: p.first_sequence,
+                        record_count: header.record_count,
+                        base_offset,
+                        last_offset: stamped.last_offset(),
+                    },
+                );
+            }
+            if config.flush != FlushPolicy::Always {
+                self.publish(&w);
+            }
+            let outcome = AppendOutcome {
+                base_offset,
+                last_offset: stamped.last_offset(),
+                duplicate: false,
+            };
+            (outcome, w.epoch)
+        };
+        if config.flush == FlushPolicy::Always {
+            self.sync_until(outcome.last_offset + 1, epoch)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Rolls back a failed write so no partial batch stays in the file.
+    fn undo_write(&self, w: &mut Writer, position: u64, cause: &std::io::Error) {
+        if let Err(e) = w.active.log.set_len(position) {
+            tracing::error!(log = %w.active.log_path.display(), error = %e, "cannot cut a failed write; refusing writes until reopen");
+            w.poisoned = Some(format!("write failed ({cause}) and cutting it failed ({e})"));
+        } else {
+            tracing::warn!(log = %w.active.log_path.display(), position, error = %cause, "append failed; cut the partial write");
+        }
+    }
+
+    /// Makes everything written so far visible to readers.
+    fn publish(&self, w: &Writer) {
+        w.active.set_readable_len(w.position);
+        self.high_watermark.fetch_max(w.next_offset, Ordering::AcqRel);
+    }
+
+    fn maybe_roll(&self, w: &mut Writer, config: &LogConfig, batch_len: usize, records: u32) -> Result<()> {
+        if w.position == 0 {
+            return Ok(());
+        }
+        let too_big = w.position + batch_len as u64 > config.segment_bytes;
+        let too_old = w
+            .first_append_ms
+            .is_some_and(|t| self.clock.now_ms() - t >= config.segment_ms);
+        let offsets_full = w.next_offset + records as u64 - w.active.base_offset > u32::MAX as u64;
+        let index_full = w.active.indexes()?.offset.len() >= config.limits().index_capacity;
+        if too_big || too_old || offsets_full || index_full || w.position + batch_len as u64 > u32::MAX as u64 {
+            self.roll(w, config)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the active segment (fsynced, indexes trimmed) and starts a new one.
+    fn roll(&self, w: &mut Writer, config: &LogConfig) -> Result<()> {
+        let new = Arc::new(Segment::create(self.fs.clone(), &self.dir, w.next_offset, config.limits())?);
+        if let Err(e) = w.active.close() {
+            let _ = new.delete();
+            w.poisoned = Some(format!("closing segment failed: {e}"));
+            return Err(e);
+        }
+        // Everything written so far is now durable: publish it and release
+        // any appender waiting for it.
+        self.publish(w);
+        {
+            let mut s = lock(&self.sync);
+            s.synced_offset = s.synced_offset.max(w.next_offset);
+        }
+        self.synced.notify_all();
+        self.segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(new.base_offset, new.clone());
+        w.active = new;
+        w.position = 0;
+        w.bytes_since_entry = 0;
+        w.max_timestamp = i64::MIN;
+        w.first_append_ms = None;
+        w.durable_offset = w.next_offset;
+        w.durable_position = 0;
+        let cp = Checkpoint {
+            segment_base: w.active.base_offset,
+            position: 0,
+            next_offset: w.next_offset,
+            producers: w.producers.clone(),
+        };
+        if let Err(e) = self.write_checkpoint(&cp) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not write the recovery checkpoint; recovery will scan more");
+        }
+        tracing::debug!(dir = %self.dir.display(), base_offset = w.next_offset, "rolled segment");
+        Ok(())
+    }
+
+    /// Waits until offsets below `target` are durable, running the fsync
+    /// itself if no other appender is (group commit).
+    fn sync_until(&self, target: u64, epoch: u64) -> Result<()> {
+        let mut s = lock(&self.sync);
+        loop {
+            if s.discard_epoch > epoch && s.synced_offset < target {
+                return Err(StorageError::SyncFailed {
+                    path: self.dir.clone(),
+                    reason: s.last_error.clone(),
+                });
+            }
+            if s.synced_offset >= target {
+                return Ok(());
+            }
+            if !s.in_progress {
+                s.in_progress = true;
+                drop(s);
+                let result = self.sync_once();
+                s = lock(&self.sync);
+                s.in_progress = false;
+                match result {
+                    Ok(offset) => s.synced_offset = s.synced_offset.max(offset),
+                    Err((new_epoch, reason)) => {
+                        s.discard_epoch = s.discard_epoch.max(new_epoch);
+                        s.last_error = reason;
+                        if let Some(poison) = lock(&self.writer).poisoned.clone() {
+                            self.synced.notify_all();
+                            return Err(StorageError::Poisoned {
+                                path: self.dir.clone(),
+                                reason: poison,
+                            });
+                        }
+                    }
+                }
+                self.synced.notify_all();
+                continue;
+            }
+            s = self.synced.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// One fsync of the active segment. On success returns the offset it
+    /// covers; on failure discards the unsynced tail (or poisons the log) and
+    /// returns the new epoch and the reason.
+    fn sync_once(&self) -> std::result::Result<u64, (u64, String)> {
+        let (segment, offset, position) = {
+            let w = lock(&self.writer);
+            (w.active.clone(), w.next_offset, w.position)
+        };
+        // The fsync that makes group-committed appends durable: guards
+        // against a power loss losing batches we are about to acknowledge.
+        let result = segment.log.sync_data();
+        let mut w = lock(&self.writer);
+        match result {
+            Ok(()) => {
+                if Arc::ptr_eq(&w.active, &segment) && w.durable_position < position {
+                    w.durable_position = position;
+                }
+                w.durable_offset = w.durable_offset.max(offset);
+                if Arc::ptr_eq(&w.active, &segment) {
+                    segment.set_readable_len(segment.readable_len().max(position));
+                }
+                self.high_watermark.fetch_max(offset, Ordering::AcqRel);
+                Ok(offset)
+            }
+            Err(e) => {
+                let reason = format!("fsync of {} failed: {e}", segment.log_path.display());
+                tracing::error!(%reason, "discarding unsynced appends");
+                if self.high_watermark() > w.durable_offset || !Arc::ptr_eq(&w.active, &segment) {
+                    // Readers may have seen data that is not durable (policy
+                    // changed at runtime, or a roll raced): we cannot cut it.
+                    w.poisoned = Some(reason.clone());
+                } else if let Err(cut) = self.discard_unsynced(&mut w) {
+                    w.poisoned = Some(format!("{reason}; cutting the unsynced tail failed: {cut}"));
+                }
+                w.epoch += 1;
+                Err((w.epoch, reason))
+            }
+        }
+    }
+
+    /// Cuts the active segment back to the last durable point.
+    fn discard_unsynced(&self, w: &mut Writer) -> std::io::Result<()> {
+        let position = w.durable_position;
+        w.active.log.set_len(position)?;
+        let idx = w.active.indexes().map_err(std::io::Error::other)?;
+        idx.offset.truncate_to_position(position);
+        idx.time.truncate_to_relative(w.durable_offset - w.active.base_offset);
+        w.producers.truncate(w.durable_offset);
+        w.next_offset = w.durable_offset;
+        w.position = position;
+        w.bytes_since_entry = position - idx.offset.last().map(|e| e.position as u64).unwrap_or(0);
+        Ok(())
+    }
+
+    /// Makes every append so far durable now (whatever the flush policy).
+    pub fn sync(&self) -> Result<()> {
+        let (target, epoch, poisoned) = {
+            let w = lock(&self.writer);
+            (w.next_offset, w.epoch, w.poisoned.clone())
+        };
+        if let Some(reason) = poisoned {
+            return Err(StorageError::Poisoned { path: self.dir.clone(), reason });
+        }
+        self.sync_until(target, epoch)
+    }
+
+    /// Syncs, then records the durable point and producer state so a later
+    /// recovery starts scanning there.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.sync()?;
+        let cp = {
+            let w = lock(&self.writer);
+            let mut producers = w.producers.clone();
+            producers.truncate(w.durable_offset);
+            Checkpoint {
+                segment_base: w.active.base_offset,
+                position: w.durable_position,
+                next_offset: w.durable_offset,
+                producers,
+            }
+        };
+        self.write_checkpoint(&cp)
+    }
+
+    fn write_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
+        let path = self.dir.join(checkpoint::FILE_NAME);
+        self.fs.write_atomic(&path, &cp.encode()).map_err(|e| StorageError::io(&path, e))
+    }
+
+    /// Clean close: sync, checkpoint at the end, write the clean marker.
+    /// The log refuses writes afterwards.
+    pub fn close(&self) -> Result<()> {
+        self.checkpoint()?;
+        let mut w = lock(&self.writer);
+        w.active.indexes()?.offset.flush().map_err(|e| StorageError::io(w.active.index_path(), e))?;
+        w.active.indexes()?.time.flush().map_err(|e| StorageError::io(w.active.time_index_path(), e))?;
+        let path = self.dir.join(CLEAN_SHUTDOWN_FILE);
+        self.fs.write_atomic(&path, b"clean\n").map_err(|e| StorageError::io(&path, e))?;
+        w.poisoned = Some("the log is closed".into());
+        Ok(())
+    }
+
+    /// Whether there are appends not yet covered by a sync.
+    pub fn has_unsynced(&self) -> bool {
+        let w = lock(&self.writer);
+        w.next_offset > w.durable_offset
+    }
+
+    /// Reads whole batches from `from` on, up to about `bytes_max` (at least
+    /// one batch when any is there). Reading at the high watermark returns
+    /// no batches; outside `[log start, high watermark]` is an error.
+    pub fn read(&self, from: u64, bytes_max: usize) -> Result<ReadBatches> {
+        let high_watermark = self.high_watermark();
+        let log_start_offset = self.log_start_offset();
+        let mut out = ReadBatches {
+            batches: Vec::new(),
+            high_watermark,
+            log_start_offset,
+        };
+        if from < log_start_offset || from > high_watermark {
+            return Err(StorageError::OffsetOutOfRange {
+                offset: from,
+                log_start_offset,
+                high_watermark,
+            });
+        }
+        if from == high_watermark {
+            return Ok(out);
+        }
+        let segments: Vec<Arc<Segment>> = {
+            let map = self.segments.read().unwrap_or_else(|e| e.into_inner());
+            let first = map.range(..=from).next_back().map(|(b, _)| *b).unwrap_or(0);
+            map.range(first..).map(|(_, s)| s.clone()).collect()
+        };
+        for segment in segments {
+            out.batches = segment.read(from, bytes_max, high_watermark)?;
+            if !out.batches.is_empty() {
+                break;
+            }
+        }
+        if out.batches.is_empty() && from < self.log_start_offset() {
+            // Retention removed the segment while we were reading.
+            return Err(StorageError::OffsetOutOfRange {
+                offset: from,
+                log_start_offset: self.log_start_offset(),
+                high_watermark,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The first offset whose record timestamp is >= `timestamp_ms`, or the
+    /// high watermark when there is none.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<u64> {
+        let high_watermark = self.high_watermark();
+        for segment in self.segments_snapshot() {
+            if segment.readable_len() == 0 || segment.max_timestamp()? < timestamp_ms {
+                continue;
+            }
+            if let Some(offset) = segment.offset_for_timestamp(timestamp_ms, high_watermark)? {
+                return Ok(offset.max(self.log_start_offset()));
+            }
+        }
+        Ok(high_watermark)
+    }
+
+    /// Deletes whole closed segments past `retention.ms` or over
+    /// `retention.bytes`, advancing the log start offset. An active segment
+    /// whose records have all expired is rolled so the next pass can delete
+    /// it. Returns how many segments were deleted.
+    pub fn enforce_retention(&self) -> Result<usize> {
+        let config = self.config();
+        let now = self.clock.now_ms();
+        let segments = self.segments_snapshot();
+        let mut total: u64 = segments.iter().map(|s| s.readable_len()).sum();
+        let mut deleted = 0;
+        for (i, segment) in segments.iter().enumerate().take(segments.len().saturating_sub(1)) {
+            let size = segment.readable_len();
+            let expired = config.retention_ms >= 0 && segment.max_timestamp()? < now - config.retention_ms;
+            let over = config.retention_bytes >= 0 && total - size >= config.retention_bytes as u64;
+            if !(expired || over) {
+                break;
+            }
+            let next_base = segments[i + 1].base_offset;
+            self.segments
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&segment.base_offset);
+            self.log_start_offset.fetch_max(next_base, Ordering::AcqRel);
+            segment.delete()?;
+            total -= size;
+            deleted += 1;
+            tracing::info!(segment = %segment.log_path.display(), bytes = size, expired, over_size = over, "retention deleted segment");
+        }
+        if config.retention_ms >= 0 {
+            let mut w = lock(&self.writer);
+            let expired = w.position > 0 && w.max_timestamp < now - config.retention_ms;
+            if expired && w.poisoned.is_none() {
+                self.roll(&mut w, &config)?;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+fn read_checkpoint(fs: &dyn FileSystem, dir: &Path) -> Option<Checkpoint> {
+    let path = dir.join(checkpoint::FILE_NAME);
+    if !fs.exists(&path) {
+        return None;
+    }
+    match fs.read_file(&path).map_err(|e| e.to_string()).and_then(|b| Checkpoint::decode(&b).map_err(String::from)) {
+        Ok(cp) => Some(cp),
+        Err(reason) => {
+            tracing::warn!(path = %path.display(), %reason, "ignoring unreadable recovery checkpoint");
+            None
+        }
+    }
+}
+
+/// The state recovery hands to the writer.
+struct Recovered {
+    next_offset: u64,
+    position: u64,
+    producers: ProducerState,
+}
+
+/// Finds the end of the valid log. After a clean close the checkpoint at
+/// the end is trusted. Otherwise batches are validated from the checkpoint
+/// (or the start of the active segment) on; the first invalid byte and
+/// everything after it are cut, and the indexes of scanned segments rebuilt.
+fn recover(
+    dir: &Path,
+    fs: &dyn FileSystem,
+    segments: &mut BTreeMap<u64, Arc<Segment>>,
+    clean: bool,
+    checkpoint: Option<Checkpoint>,
+) -> Result<Recovered> {
+    let active = segments.values().next_back().expect("at least one segment").clone();
+    if let Some(cp) = &checkpoint {
+        if clean && cp.segment_base == active.base_offset && cp.position == active.readable_len() {
+            return Ok(Recovered {
+                next_offset: cp.next_offset,
+                position: cp.position,
+                producers: cp.producers.clone(),
+            });
+        }
+    }
+    let started = std::time::Instant::now();
+    // Where to start: the checkpoint if it names a segment we have and lies
+    // inside it, else the start of the active segment (closed segments were
+    // fsynced when they were rolled).
+    let (start_base, start_position, start_offset, mut producers) = match checkpoint {
+        Some(cp) if segments.get(&cp.segment_base).is_some_and(|s| cp.position <= s.readable_len()) => {
+            (cp.segment_base, cp.position, cp.next_offset, cp.producers)
+        }
+        _ => (active.base_offset, 0, active.base_offset, ProducerState::default()),
+    };
+    let to_scan: Vec<Arc<Segment>> = segments.range(start_base..).map(|(_, s)| s.clone()).collect();
+    let mut next_offset = start_offset;
+    let mut position = start_position;
+    let mut cut_at: Option<u64> = None;
+    for (i, segment) in to_scan.iter().enumerate() {
+        let from = if i == 0 { start_position } else { 0 };
+        if i > 0 && segment.base_offset != next_offset {
+            tracing::warn!(segment = %segment.log_path.display(), expected = next_offset, "segment does not continue the log; removing it and what follows");
+            cut_at = Some(segment.base_offset);
+            break;
+        }
+        let file_len = segment.readable_len();
+        let end = segment.scan(from, file_len, true, Some(next_offset), |_, h| {
+            if let Some(p) = h.producer() {
+                producers.record(
+                    p.producer_id,
+                    ProducerBatch {
+                        first_sequence: p.first_sequence,
+                        record_count: h.record_count,
+                        base_offset: h.base_offset,
+                        last_offset: h.last_offset(),
+                    },
+                );
+            }
+        })?;
+        let segment_next = if end.position == from { next_offset } else { end.next_offset };
+        if let Some(reason) = &end.error {
+            tracing::warn!(
+                segment = %segment.log_path.display(),
+                position = end.position,
+                bytes_cut = file_len - end.position,
+                %reason,
+                "cutting torn or corrupt tail"
+            );
+            segment.log.set_len(end.position).map_err(|e| StorageError::io(&segment.log_path, e))?;
+            // Guards against the cut tail reappearing after a power loss.
+            segment.log.sync_data().map_err(|e| StorageError::io(&segment.log_path, e))?;
+            segment.set_readable_len(end.position);
+        }
+        let idx = segment.indexes()?;
+        // Entries past the scan start may point into what was just cut or
+        // was never synced: redo them from the scanned batches.
+        idx.offset.truncate_to_position(from);
+        idx.time.truncate_to_relative(next_offset - segment.base_offset);
+        let mut since = from - idx.offset.last().map(|e| e.position as u64).unwrap_or(0);
+        let mut max_ts = idx.time.last().map(|e| e.timestamp_ms).unwrap_or(i64::MIN);
+        segment.scan(from, end.position, false, None, |pos, h| segment.index_batch(idx, pos, h, &mut since, &mut max_ts))?;
+        idx.offset.flush().map_err(|e| StorageError::io(idx.offset.path(), e))?;
+        idx.time.flush().map_err(|e| StorageError::io(idx.time.path(), e))?;
+        next_offset = segment_next;
+        position = end.position;
+        if end.error.is_some() {
+            if let Some(next) = to_scan.get(i + 1) {
+                cut_at = Some(next.base_offset);
+            }
+            break;
+        }
+    }
+    if let Some(cut) = cut_at {
+        let doomed: Vec<u64> = segments.range(cut..).map(|(b, _)| *b).collect();
+        for base in doomed {
+            if let Some(s) = segments.remove(&base) {
+                tracing::warn!(segment = %s.log_path.display(), "removing segment after the recovered end");
+                s.delete()?;
+            }
+        }
+        fs.sync_dir(dir).map_err(|e| StorageError::io(dir, e))?;
+    }
+    producers.truncate(next_offset);
+    tracing::info!(
+        dir = %dir.display(),
+        next_offset,
+        scanned_from = start_base,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovered log after unclean shutdown"
+    );
+    Ok(Recovered {
+        next_offset,
+        position,
+        producers,
+    })
+}

@@ -1,0 +1,482 @@
+//! One segment: `<base>.log` plus its `.index` and `.timeindex`.
+//!
+//! Invariants: the `.log` holds whole batches with dense offsets from
+//! `base_offset` up to `readable_len` (bytes past it may be in flight or not
+//! yet durable); the indexes are derived and are rebuilt from the `.log`
+//! whenever they are missing or disagree with it. Indexes of closed segments
+//! are opened on first use, so opening a partition does not read them all.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+
+use super::batch::{self, BatchHeader, HEADER_LEN};
+use super::fs::{FileSystem, StorageFile};
+use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
+use super::{segment_file_name, Result, StorageError};
+
+/// The two indexes of a segment.
+#[derive(Debug)]
+pub struct SegmentIndexes {
+    pub offset: OffsetIndex,
+    pub time: TimeIndex,
+}
+
+/// Sizing shared by every segment of a log.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentLimits {
+    /// Index entries to preallocate for an active segment.
+    pub index_capacity: usize,
+    /// One index entry about every this many bytes of log.
+    pub index_interval_bytes: u64,
+    /// Largest batch a reader accepts; a length field above it is corruption.
+    pub batch_bytes_max: usize,
+}
+
+/// Where a scan of batches stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanEnd {
+    /// Position after the last valid batch.
+    pub position: u64,
+    /// Offset after the last valid batch.
+    pub next_offset: u64,
+    /// Why the scan stopped before the requested end, if it did.
+    pub error: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Segment {
+    /// Offset of the first record in this segment (also its file name).
+    pub base_offset: u64,
+    /// Path of the `.log`, for errors and deletion.
+    pub log_path: PathBuf,
+    fs: Arc<dyn FileSystem>,
+    /// The `.log` file, shared by the writer and readers (positional I/O).
+    pub(crate) log: Arc<dyn StorageFile>,
+    /// Bytes of whole batches that readers may read.
+    readable_len: AtomicU64,
+    /// Largest record timestamp in the segment; `i64::MIN` until known.
+    max_timestamp: AtomicI64,
+    /// Opened on first use for closed segments, at open for the active one.
+    indexes: OnceLock<SegmentIndexes>,
+    /// Serialises index opening and rebuilding.
+    index_init: Mutex<()>,
+    limits: SegmentLimits,
+}
+
+impl Segment {
+    /// Creates a new, empty segment (the files must not hold data).
+    pub fn create(fs: Arc<dyn FileSystem>, dir: &Path, base_offset: u64, limits: SegmentLimits) -> Result<Segment> {
+        let log_path = dir.join(segment_file_name(base_offset, "log"));
+        let log = fs.open(&log_path, true).map_err(|e| StorageError::io(&log_path, e))?;
+        log.set_len(0).map_err(|e| StorageError::io(&log_path, e))?;
+        let segment = Segment::with_file(fs, log_path, log, base_offset, 0, limits);
+        for ext in ["index", "timeindex"] {
+            let path = dir.join(segment_file_name(base_offset, ext));
+            if segment.fs.exists(&path) {
+                segment.fs.remove_file(&path).map_err(|e| StorageError::io(&path, e))?;
+            }
+        }
+        segment.indexes()?;
+        Ok(segment)
+    }
+
+    /// Opens an existing segment without reading its data or indexes.
+    pub fn open(fs: Arc<dyn FileSystem>, dir: &Path, base_offset: u64, limits: SegmentLimits) -> Result<Segment> {
+        let log_path = dir.join(segment_file_name(base_offset, "log"));
+        let log = fs.open(&log_path, false).map_err(|e| StorageError::io(&log_path, e))?;
+        let len = log.len().map_err(|e| StorageError::io(&log_path, e))?;
+        Ok(Segment::with_file(fs, log_path, log, base_offset, len, limits))
+    }
+
+    fn with_file(
+        fs: Arc<dyn FileSystem>,
+        log_path: PathBuf,
+        log: Arc<dyn StorageFile>,
+        base_offset: u64,
+        len: u64,
+        limits: SegmentLimits,
+    ) -> Segment {
+        Segment {
+            base_offset,
+            log_path,
+            fs,
+            log,
+            readable_len: AtomicU64::new(len),
+            max_timestamp: AtomicI64::new(i64::MIN),
+            indexes: OnceLock::new(),
+            index_init: Mutex::new(()),
+            limits,
+        }
+    }
+
+    pub fn index_path(&self) -> PathBuf {
+        self.log_path.with_extension("index")
+    }
+
+    pub fn time_index_path(&self) -> PathBuf {
+        self.log_path.with_extension("timeindex")
+    }
+
+    /// Bytes readers may read.
+    pub fn readable_len(&self) -> u64 {
+        self.readable_len.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_readable_len(&self, len: u64) {
+        self.readable_len.store(len, Ordering::Release);
+    }
+
+    pub(crate) fn note_timestamp(&self, timestamp_ms: i64) {
+        self.max_timestamp.fetch_max(timestamp_ms, Ordering::AcqRel);
+    }
+
+    /// Largest record timestamp; opens the time index (or scans) if unknown.
+    pub fn max_timestamp(&self) -> Result<i64> {
+        let known = self.max_timestamp.load(Ordering::Acquire);
+        if known != i64::MIN || self.readable_len() == 0 {
+            return Ok(known);
+        }
+        let idx = self.indexes()?;
+        let mut max = idx.time.last().map(|e| e.timestamp_ms).unwrap_or(i64::MIN);
+        // The time index holds the max up to its last entry's batch; batches
+        // after that batch can only be checked by reading their headers.
+        let from = idx
+            .time
+            .last()
+            .map(|e| self.position_of_batch(e.relative_offset))
+            .transpose()?
+            .unwrap_or(0);
+        self.scan(from, self.readable_len(), false, None, |_, h| max = max.max(h.max_timestamp))?;
+        self.note_timestamp(max);
+        Ok(max)
+    }
+
+    /// The indexes, opened (and rebuilt if they disagree with the log) on first use.
+    pub fn indexes(&self) -> Result<&SegmentIndexes> {
+        if let Some(idx) = self.indexes.get() {
+            return Ok(idx);
+        }
+        let _guard = self.index_init.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(idx) = self.indexes.get() {
+            return Ok(idx);
+        }
+        let idx = self.open_indexes()?;
+        let _ = self.indexes.set(idx);
+        Ok(self.indexes.get().expect("just set"))
+    }
+
+    fn open_indexes(&self) -> Result<SegmentIndexes> {
+        let log_len = self.readable_len();
+        let (index_path, time_path) = (self.index_path(), self.time_index_path());
+        let existed = self.fs.exists(&index_path) && self.fs.exists(&time_path);
+        let index_file = self.fs.open(&index_path, true).map_err(|e| StorageError::io(&index_path, e))?;
+        let time_file = self.fs.open(&time_path, true).map_err(|e| StorageError::io(&time_path, e))?;
+        let capacity = self.limits.index_capacity;
+        let offset = OffsetIndex::open(&index_path, index_file, capacity, log_len)
+            .map_err(|e| StorageError::io(&index_path, e))?;
+        let time = TimeIndex::open(&time_path, time_file, capacity, u32::MAX as u64)
+            .map_err(|e| StorageError::io(&time_path, e))?;
+        let idx = SegmentIndexes { offset, time };
+        if !existed || !self.index_agrees(&idx)? {
+            if existed {
+                tracing::warn!(segment = %self.log_path.display(), "index disagrees with its log; rebuilding it");
+            }
+            self.rebuild_indexes(&idx, log_len)?;
+        }
+        Ok(idx)
+    }
+
+    /// Cheap consistency check: the last offset entry points at a batch with
+    /// the right base offset, and the index is empty only for a small log.
+    fn index_agrees(&self, idx: &SegmentIndexes) -> Result<bool> {
+        let log_len = self.readable_len();
+        match idx.offset.last() {
+            None => Ok(log_len <= self.limits.index_interval_bytes + self.limits.batch_bytes_max as u64),
+            Some(e) => Ok(self
+                .header_at(e.position as u64)?
+                .is_some_and(|h| h.base_offset == self.base_offset + e.relative_offset as u64)),
+        }
+    }
+
+    /// Rebuilds both indexes from the log's first `log_len` bytes.
+    pub(crate) fn rebuild_indexes(&self, idx: &SegmentIndexes, log_len: u64) -> Result<()> {
+        idx.offset.truncate_to_position(0);
+        idx.time.truncate_to_relative(0);
+        let mut since_entry = 0u64;
+        let mut max_ts = i64::MIN;
+        let end = self.scan(0, log_len, false, None, |pos, h| {
+            self.index_batch(idx, pos, h, &mut since_entry, &mut max_ts);
+        })?;
+        if let Some(reason) = end.error {
+            tracing::warn!(segment = %self.log_path.display(), position = end.position, %reason, "index rebuild stopped at an invalid batch");
+        }
+        self.note_timestamp(max_ts);
+        idx.offset.flush().map_err(|e| StorageError::io(idx.offset.path(), e))?;
+        idx.time.flush().map_err(|e| StorageError::io(idx.time.path(), e))?;
+        Ok(())
+    }
+
+    /// Adds index entries for a batch written at `position`, following the
+    /// one-entry-per-interval rule. Used by both append and rebuild.
+    pub(crate) fn index_batch(
+        &self,
+        idx: &SegmentIndexes,
+        position: u64,
+        header: &BatchHeader,
+        bytes_since_entry: &mut u64,
+        max_timestamp: &mut i64,
+    ) {
+        let relative = (header.base_offset - self.base_offset) as u32;
+        *max_timestamp = (*max_timestamp).max(header.max_timestamp);
+        if *bytes_since_entry >= self.limits.index_interval_bytes {
+            idx.offset.push(OffsetEntry {
+                relative_offset: relative,
+                position: position as u32,
+            });
+            // A time entry beside each offset entry: the max timestamp of
+            // every record up to and including this batch.
+            idx.time.push(TimeEntry {
+                timestamp_ms: *max_timestamp,
+                relative_offset: relative,
+            });
+            *bytes_since_entry = 0;
+        }
+        *bytes_since_entry += header.total_len as u64;
+    }
+
+    /// Reads and parses the batch header at `position`; `None` past the end
+    /// or when the bytes there are not a plausible header.
+    pub fn header_at(&self, position: u64) -> Result<Option<BatchHeader>> {
+        if position + HEADER_LEN as u64 > self.readable_len() {
+            return Ok(None);
+        }
+        let mut buf = [0u8; HEADER_LEN];
+        self.log
+            .read_exact_at(&mut buf, position)
+            .map_err(|e| StorageError::io(&self.log_path, e))?;
+        Ok(BatchHeader::parse(&buf, self.limits.batch_bytes_max).ok())
+    }
+
+    /// Walks batches from `from` up to `end`, calling `f(position, header)`
+    /// for each valid one. Stops at the first batch that is truncated, has a
+    /// bad header, non-dense offsets, or (with `check_crc`) a bad CRC.
+    pub fn scan(
+        &self,
+        from: u64,
+        end: u64,
+        check_crc: bool,
+        first_offset: Option<u64>,
+        mut f: impl FnMut(u64, &BatchHeader),
+    ) -> Result<ScanEnd> {
+        const CHUNK: usize = 1 << 20;
+        let mut pos = from;
+        let mut expected: Option<u64> = first_offset.or((from == 0).then_some(self.base_offset));
+        let mut next_offset = None;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut buf_start = from;
+        let stop = |pos: u64, next: Option<u64>, reason: Option<String>| ScanEnd {
+            position: pos,
+            next_offset: next.unwrap_or(self.base_offset),
+            error: reason,
+        };
+        while pos < end {
+            let need_header = (pos - buf_start) as usize + HEADER_LEN;
+            if need_header > buf.len() {
+                buf_start = pos;
+                buf = self.read_range(pos, (end - pos).min(CHUNK as u64) as usize)?;
+            }
+            let at = (pos - buf_start) as usize;
+            if buf.len() < at + HEADER_LEN {
+                return Ok(stop(pos, next_offset, Some(format!("{} trailing bytes are not a whole batch header", end - pos))));
+            }
+            let header = match BatchHeader::parse(&buf[at..], self.limits.batch_bytes_max) {
+                Ok(h) => h,
+                Err(e) => return Ok(stop(pos, next_offset, Some(e.to_string()))),
+            };
+            if pos + header.total_len as u64 > end {
+                return Ok(stop(pos, next_offset, Some(format!("batch of {} bytes runs past the end of the log", header.total_len))));
+            }
+            if let Some(exp) = expected {
+                if header.base_offset != exp {
+                    return Ok(stop(pos, next_offset, Some(format!("base offset {} where {} was expected", header.base_offset, exp))));
+                }
+            } else if header.base_offset < self.base_offset {
+                return Ok(stop(pos, next_offset, Some(format!("base offset {} below the segment's {}", header.base_offset, self.base_offset))));
+            }
+            if check_crc {
+                if at + header.total_len > buf.len() {
+                    buf_start = pos;
+                    buf = self.read_range(pos, header.total_len.max(((end - pos).min(CHUNK as u64)) as usize))?;
+                }
+                let at = (pos - buf_start) as usize;
+                if let Err(e) = batch::verify_crc(&header, &buf[at..at + header.total_len]) {
+                    return Ok(stop(pos, next_offset, Some(e.to_string())));
+                }
+            }
+            f(pos, &header);
+            pos += header.total_len as u64;
+            expected = Some(header.next_offset());
+            next_offset = expected;
+        }
+        Ok(stop(pos, next_offset, None))
+    }
+
+    fn read_range(&self, position: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        let mut filled = 0;
+        while filled < len {
+            match self.log.read_at(&mut buf[filled..], position + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(StorageError::io(&self.log_path, e)),
+            }
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
+
+    /// Position of the batch whose base offset is `base_offset + relative`.
+    fn position_of_batch(&self, relative: u32) -> Result<u64> {
+        let target = self.base_offset + relative as u64;
+        self.position_for(target)
+    }
+
+    /// Byte position of the batch holding `offset`, or the readable end if
+    /// no batch in this segment holds it. Binary search of the index, then a
+    /// scan of at most about one index interval.
+    pub fn position_for(&self, offset: u64) -> Result<u64> {
+        let idx = self.indexes()?;
+        let relative = offset.saturating_sub(self.base_offset).min(u32::MAX as u64) as u32;
+        let mut start = 0u64;
+        if let Some(entry) = idx.offset.lookup(relative) {
+            let ok = self
+                .header_at(entry.position as u64)?
+                .is_some_and(|h| h.base_offset == self.base_offset + entry.relative_offset as u64);
+            if ok {
+                start = entry.position as u64;
+            } else {
+                let _guard = self.index_init.lock().unwrap_or_else(|e| e.into_inner());
+                tracing::warn!(segment = %self.log_path.display(), "index entry points at the wrong batch; rebuilding the index");
+                self.rebuild_indexes(idx, self.readable_len())?;
+            }
+        }
+        let end = self.readable_len();
+        let mut found = end;
+        let mut pos = start;
+        while pos < end {
+            let Some(h) = self.header_at(pos)? else { break };
+            if h.last_offset() >= offset {
+                found = pos;
+                break;
+            }
+            pos += h.total_len as u64;
+        }
+        Ok(found)
+    }
+
+    /// Reads whole batches holding offsets from `from` on, up to `bytes_max`
+    /// (at least one batch), stopping before `high_watermark`. Each batch's
+    /// CRC is checked: a corrupt one is an error naming its position.
+    pub fn read(&self, from: u64, bytes_max: usize, high_watermark: u64) -> Result<Vec<Bytes>> {
+        let end = self.readable_len();
+        let start = self.position_for(from)?;
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let want = ((end - start) as usize).min(bytes_max.max(HEADER_LEN));
+        let mut buf = self.read_range(start, want)?;
+        // The first batch may be larger than the budget: read all of it.
+        if let Ok(h) = BatchHeader::parse(&buf, self.limits.batch_bytes_max) {
+            if h.total_len > buf.len() && start + h.total_len as u64 <= end {
+                buf = self.read_range(start, h.total_len)?;
+            }
+        }
+        let buf = Bytes::from(buf);
+        let mut out = Vec::new();
+        let mut at = 0usize;
+        while at + HEADER_LEN <= buf.len() {
+            let position = start + at as u64;
+            let corrupt = |reason: String| StorageError::Corrupt {
+                path: self.log_path.clone(),
+                position,
+                first_offset: from,
+                reason,
+            };
+            let header = BatchHeader::parse(&buf[at..], self.limits.batch_bytes_max).map_err(|e| corrupt(e.to_string()))?;
+            if at + header.total_len > buf.len() || header.base_offset >= high_watermark {
+                break;
+            }
+            let bytes = buf.slice(at..at + header.total_len);
+            batch::verify_crc(&header, &bytes).map_err(|e| StorageError::Corrupt {
+                path: self.log_path.clone(),
+                position,
+                first_offset: header.base_offset,
+                reason: format!("{e} (offsets {}..={})", header.base_offset, header.last_offset()),
+            })?;
+            out.push(bytes);
+            at += header.total_len;
+        }
+        Ok(out)
+    }
+
+    /// First offset at or after `base` whose record timestamp is >= `timestamp_ms`.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64, high_watermark: u64) -> Result<Option<u64>> {
+        let idx = self.indexes()?;
+        let start = match idx.time.last_below(timestamp_ms) {
+            Some(e) => self.position_for(self.base_offset + e.relative_offset as u64)?,
+            None => 0,
+        };
+        let end = self.readable_len();
+        let mut pos = start;
+        while pos < end {
+            let Some(h) = self.header_at(pos)? else { break };
+            if h.base_offset >= high_watermark {
+                break;
+            }
+            if h.max_timestamp >= timestamp_ms {
+                let batch = self.read(h.base_offset, h.total_len, high_watermark)?;
+                for b in batch.iter().take(1) {
+                    let records = batch::decode_records(b).map_err(|e| StorageError::Corrupt {
+                        path: self.log_path.clone(),
+                        position: pos,
+                        first_offset: h.base_offset,
+                        reason: e.to_string(),
+                    })?;
+                    if let Some(r) = records.iter().find(|r| r.timestamp_ms >= timestamp_ms) {
+                        return Ok(Some(r.offset));
+                    }
+                }
+            }
+            pos += h.total_len as u64;
+        }
+        Ok(None)
+    }
+
+    /// Makes the segment read-only: trims the indexes to their entries and
+    /// fsyncs log and indexes, so everything before the next segment is
+    /// durable before any byte is written there.
+    pub fn close(&self) -> Result<()> {
+        // Guards against a power loss losing this segment's tail after later
+        // segments (and checkpoints pointing into them) became durable.
+        self.log.sync_data().map_err(|e| StorageError::io(&self.log_path, e))?;
+        if let Some(idx) = self.indexes.get() {
+            idx.offset.trim().map_err(|e| StorageError::io(idx.offset.path(), e))?;
+            idx.time.trim().map_err(|e| StorageError::io(idx.time.path(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the segment's files (readers holding it keep their handles).
+    pub fn delete(&self) -> Result<()> {
+        for path in [self.log_path.clone(), self.index_path(), self.time_index_path()] {
+            if self.fs.exists(&path) {
+                self.fs.remove_file(&path).map_err(|e| StorageError::io(&path, e))?;
+            }
+        }
+        Ok(())
+    }
+}

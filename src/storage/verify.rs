@@ -1,0 +1,1 @@
+//! Offline consistency check of partition directories (`strata log verify`).
