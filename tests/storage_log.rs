@@ -1,0 +1,460 @@
+//! Behaviour of the partition log as a user of the storage engine sees it:
+//! round trips, recovery from torn and corrupt tails, lost indexes, injected
+//! disk faults, group commit, time lookups, retention, and a model test.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use strata::storage::batch::{self, ProducerStamp, Record};
+use strata::storage::fs::{Fault, FaultyFs, StdFs};
+use strata::storage::{Clock, FlushPolicy, Log, LogConfig, ManualClock, StorageError, SystemClock};
+
+const T0: i64 = 1_700_000_000_000;
+
+fn small_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 2048,
+        index_interval_bytes: 256,
+        ..LogConfig::default()
+    }
+}
+
+fn value(offset: u64, len: usize) -> Bytes {
+    let mut v = format!("record-{offset}-").into_bytes();
+    v.resize(len.max(v.len()), b'a' + (offset % 26) as u8);
+    Bytes::from(v)
+}
+
+fn batch_of(first: u64, count: usize, len: usize, ts: i64) -> Vec<u8> {
+    let records: Vec<Record> = (0..count as u64)
+        .map(|i| Record {
+            key: Bytes::from(format!("k{}", first + i)),
+            value: value(first + i, len),
+            headers: vec![("h".into(), Bytes::from_static(b"1"))],
+            timestamp_ms: ts,
+        })
+        .collect();
+    batch::encode(&records, None)
+}
+
+fn open(dir: &Path, config: LogConfig) -> Log {
+    Log::open(dir, Arc::new(StdFs), Arc::new(SystemClock), config).unwrap()
+}
+
+/// Reads every record from `from` to the high watermark.
+fn read_all(log: &Log, from: u64) -> Result<Vec<(u64, Bytes)>, StorageError> {
+    let mut out = Vec::new();
+    let mut next = from;
+    while next < log.high_watermark() {
+        let read = log.read(next, 4096)?;
+        assert!(!read.batches.is_empty(), "no batch at offset {next} below the high watermark");
+        for b in &read.batches {
+            for r in batch::decode_records(b).unwrap() {
+                if r.offset >= next {
+                    assert_eq!(r.offset, next, "offsets must be dense");
+                    out.push((r.offset, r.value.clone()));
+                    next += 1;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn assert_prefix(records: &[(u64, Bytes)], expected_len: u64, len: usize) {
+    assert_eq!(records.len() as u64, expected_len);
+    for (offset, v) in records {
+        assert_eq!(v, &value(*offset, len), "record {offset} differs");
+    }
+}
+
+/// Writes `batches` batches of 3 records, returning the end offset.
+fn fill(log: &Log, batches: usize, len: usize) -> u64 {
+    for _ in 0..batches {
+        let next = log.high_watermark();
+        let out = log.append(batch_of(next, 3, len, T0)).unwrap();
+        assert_eq!(out.base_offset, next);
+        assert_eq!(out.last_offset, next + 2);
+    }
+    log.high_watermark()
+}
+
+#[test]
+fn append_read_round_trip_across_segments_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_config());
+    let end = fill(&log, 100, 40);
+    assert!(log.segment_count() > 5, "small segments roll");
+    assert_prefix(&read_all(&log, 0).unwrap(), end, 40);
+    // Reading from the middle of a batch starts at that batch.
+    let mid = log.read(4, 1).unwrap();
+    assert_eq!(batch::decode_records(&mid.batches[0]).unwrap()[0].offset, 3);
+    assert_eq!(log.read(end, 100).unwrap().batches.len(), 0);
+    assert!(matches!(log.read(end + 1, 100), Err(StorageError::OffsetOutOfRange { .. })));
+    log.close().unwrap();
+    drop(log);
+
+    let log = open(dir.path(), small_config());
+    assert_eq!(log.high_watermark(), end);
+    assert_prefix(&read_all(&log, 0).unwrap(), end, 40);
+    fill(&log, 10, 40);
+    drop(log); // unclean: no close
+
+    let log = open(dir.path(), small_config());
+    assert_eq!(log.high_watermark(), end + 30);
+    assert_prefix(&read_all(&log, 0).unwrap(), end + 30, 40);
+}
+
+/// Builds a log with several segments and an unclean stop, returning the
+/// active segment's path and the (position, next offset) after each batch in it.
+fn build_crashed_log(dir: &Path) -> (std::path::PathBuf, Vec<(u64, u64)>) {
+    let log = open(dir, small_config());
+    fill(&log, 60, 30);
+    let active_base = log.read(log.high_watermark() - 1, 1).unwrap();
+    let base = batch::BatchHeader::parse(&active_base.batches[0], usize::MAX).unwrap().base_offset;
+    drop(log);
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    let active = logs.last().unwrap().clone();
+    let bytes = std::fs::read(&active).unwrap();
+    let mut ends = vec![];
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let h = batch::BatchHeader::parse(&bytes[pos..], usize::MAX).unwrap();
+        pos += h.total_len;
+        ends.push((pos as u64, h.next_offset()));
+    }
+    assert!(base > 0, "the crashed log has closed segments too");
+    (active, ends)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn torn_tail_at_every_byte_recovers_the_longest_valid_prefix() {
+    let src = tempfile::tempdir().unwrap();
+    let (active, ends) = build_crashed_log(src.path());
+    let full_len = std::fs::metadata(&active).unwrap().len();
+    let first_base = ends.first().map(|e| e.1 - 3).unwrap();
+    let start = ends.len().saturating_sub(3).max(1);
+    let from = ends[start - 1].0;
+    for cut in from..full_len {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(src.path(), dir.path());
+        let file = std::fs::OpenOptions::new().write(true).open(dir.path().join(active.file_name().unwrap())).unwrap();
+        file.set_len(cut).unwrap();
+        let expected = ends.iter().filter(|(end, _)| *end <= cut).map(|e| e.1).last().unwrap_or(first_base);
+        let log = open(dir.path(), small_config());
+        assert_eq!(log.high_watermark(), expected, "cut at byte {cut}");
+        assert_prefix(&read_all(&log, 0).unwrap(), expected, 30);
+        // And it keeps working: the next append continues densely.
+        let out = log.append(batch_of(expected, 3, 30, T0)).unwrap();
+        assert_eq!(out.base_offset, expected);
+    }
+}
+
+#[test]
+fn flipped_bytes_never_serve_a_corrupt_record() {
+    let src = tempfile::tempdir().unwrap();
+    let (active, ends) = build_crashed_log(src.path());
+    let len = std::fs::metadata(&active).unwrap().len();
+    let first_base = ends.first().map(|e| e.1 - 3).unwrap();
+    let mut rng = 0x9e3779b97f4a7c15u64;
+    for _ in 0..200 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let pos = rng % len;
+        let flip = (rng >> 32) as u8 | 1;
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(src.path(), dir.path());
+        let path = dir.path().join(active.file_name().unwrap());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[pos as usize] ^= flip;
+        std::fs::write(&path, &bytes).unwrap();
+        // The corrupt batch and everything after it is cut.
+        let batch_start = ends.iter().map(|e| e.0).filter(|&e| e <= pos).max().unwrap_or(0);
+        let expected = ends.iter().find(|e| e.0 == batch_start).map(|e| e.1).unwrap_or(first_base);
+        let log = open(dir.path(), small_config());
+        // A flip in the base offset field of the first batch after a valid
+        // one still breaks density, so the prefix rule holds for every byte.
+        assert_eq!(log.high_watermark(), expected, "flip at byte {pos}");
+        assert_prefix(&read_all(&log, 0).unwrap(), expected, 30);
+    }
+}
+
+#[test]
+fn deleted_or_corrupted_indexes_give_the_same_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_config());
+    let end = fill(&log, 80, 30);
+    let before = read_all(&log, 0).unwrap();
+    let lookups: Vec<u64> = (0..end).step_by(7).collect();
+    log.close().unwrap();
+    drop(log);
+    for (n, entry) in std::fs::read_dir(dir.path()).unwrap().enumerate() {
+        let path = entry.unwrap().path();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("index") if n % 2 == 0 => std::fs::remove_file(&path).unwrap(),
+            Some("index") | Some("timeindex") => {
+                let mut b = std::fs::read(&path).unwrap();
+                for (i, byte) in b.iter_mut().enumerate() {
+                    *byte = byte.wrapping_mul(31).wrapping_add(i as u8);
+                }
+                std::fs::write(&path, b).unwrap();
+            }
+            _ => {}
+        }
+    }
+    let log = open(dir.path(), small_config());
+    assert_eq!(read_all(&log, 0).unwrap(), before);
+    for offset in lookups {
+        let got = log.read(offset, 1).unwrap();
+        let records = batch::decode_records(&got.batches[0]).unwrap();
+        assert!(records.iter().any(|r| r.offset == offset), "lookup of {offset}");
+    }
+}
+
+#[test]
+fn disk_faults_fail_the_append_and_leave_no_hole_or_garbage() {
+    for fault in [Fault::SyncFails, Fault::WriteFails, Fault::PartialWrite, Fault::DiskFull] {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultyFs::default();
+        let switch = fs.switch.clone();
+        let log = Log::open(dir.path(), Arc::new(fs), Arc::new(SystemClock), LogConfig::default()).unwrap();
+        let end = fill(&log, 5, 50);
+        switch.set(Some(fault));
+        let err = log.append(batch_of(end, 3, 50, T0)).unwrap_err();
+        assert!(switch.fired(), "{fault:?} was injected");
+        assert_eq!(err.is_disk_full(), fault == Fault::DiskFull, "{fault:?}: {err}");
+        assert_eq!(log.high_watermark(), end, "{fault:?}: nothing acknowledged moved the high watermark");
+        assert_prefix(&read_all(&log, 0).unwrap(), end, 50);
+        switch.set(None);
+        let out = log.append(batch_of(end, 3, 50, T0)).unwrap();
+        assert_eq!(out.base_offset, end, "{fault:?}: appends resume at the same offset");
+        drop(log);
+        let log = open(dir.path(), LogConfig::default());
+        assert_prefix(&read_all(&log, 0).unwrap(), end + 3, 50);
+    }
+}
+
+#[test]
+fn concurrent_appenders_share_fsyncs_and_get_dense_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(open(dir.path(), LogConfig::default()));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                (0..50)
+                    .map(|_| log.append(batch_of(0, 10, 20, T0)).unwrap())
+                    .map(|o| (o.base_offset, o.last_offset))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut ranges: Vec<(u64, u64)> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    ranges.sort();
+    let mut next = 0;
+    for (base, last) in ranges {
+        assert_eq!(base, next);
+        assert_eq!(last, base + 9);
+        next = last + 1;
+    }
+    assert_eq!(log.high_watermark(), 4000);
+}
+
+#[test]
+fn idempotent_retry_returns_original_offsets_across_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let stamp = ProducerStamp { producer_id: 77, first_sequence: 0 };
+    let records = vec![Record { value: Bytes::from_static(b"x"), timestamp_ms: T0, ..Record::default() }; 4];
+    let log = open(dir.path(), small_config());
+    fill(&log, 2, 10);
+    let first = log.append(batch::encode(&records, Some(stamp))).unwrap();
+    let retry = log.append(batch::encode(&records, Some(stamp))).unwrap();
+    assert!(retry.duplicate);
+    assert_eq!((retry.base_offset, retry.last_offset), (first.base_offset, first.last_offset));
+    drop(log); // unclean
+    let log = open(dir.path(), small_config());
+    let retry = log.append(batch::encode(&records, Some(stamp))).unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.base_offset, first.base_offset);
+    assert_eq!(log.high_watermark(), first.last_offset + 1);
+    let next = ProducerStamp { producer_id: 77, first_sequence: 4 };
+    assert!(!log.append(batch::encode(&records, Some(next))).unwrap().duplicate);
+}
+
+#[test]
+fn offset_for_timestamp_finds_the_first_record_at_or_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_config());
+    for i in 0..100u64 {
+        log.append(batch_of(i, 1, 30, T0 + i as i64 * 1000)).unwrap();
+    }
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), 0);
+    assert_eq!(log.offset_for_timestamp(T0 + 42_000).unwrap(), 42);
+    assert_eq!(log.offset_for_timestamp(T0 + 42_001).unwrap(), 43);
+    assert_eq!(log.offset_for_timestamp(T0 + 1_000_000).unwrap(), 100);
+    drop(log);
+    let log = open(dir.path(), small_config());
+    assert_eq!(log.offset_for_timestamp(T0 + 77_000).unwrap(), 77);
+}
+
+#[test]
+fn retention_deletes_whole_old_segments_and_advances_log_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let config = LogConfig { retention_ms: 60_000, ..small_config() };
+    let log = Log::open(dir.path(), Arc::new(StdFs), Arc::new(clock.clone()), config.clone()).unwrap();
+    for i in 0..60u64 {
+        log.append(batch_of(i * 3, 3, 30, T0 + i as i64 * 1000)).unwrap();
+    }
+    assert_eq!(log.enforce_retention().unwrap(), 0, "nothing is old yet");
+    clock.advance(90_000); // now = T0 + 90 s: records older than T0 + 30 s expire
+    assert!(log.enforce_retention().unwrap() > 0);
+    let start = log.log_start_offset();
+    assert!(start > 0 && start <= 31 * 3, "log start {start}");
+    assert!(matches!(log.read(0, 100), Err(StorageError::OffsetOutOfRange { .. })));
+    assert_prefix(&read_all(&log, start).unwrap().into_iter().map(|(o, v)| (o - start, v)).map(|(o, v)| (o + start, v)).collect::<Vec<_>>(), 180 - start, 30);
+
+    // By size: keep at most ~4 KiB.
+    log.set_config(LogConfig { retention_ms: -1, retention_bytes: 4096, ..config });
+    log.enforce_retention().unwrap();
+    assert!(log.size_bytes() <= 4096 + 2048, "size {}", log.size_bytes());
+    drop(log);
+    let log = Log::open(dir.path(), Arc::new(StdFs), Arc::new(clock), small_config()).unwrap();
+    assert!(log.log_start_offset() > start);
+}
+
+#[test]
+fn opening_a_thousand_segments_reads_none_of_their_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..1000u64 {
+        let mut b = batch_of(i * 2, 2, 10, T0);
+        batch::set_base_offset(&mut b, i * 2);
+        std::fs::write(dir.path().join(format!("{:020}.log", i * 2)), &b).unwrap();
+    }
+    let log = open(dir.path(), LogConfig::default());
+    assert_eq!(log.high_watermark(), 2000);
+    let indexes = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "index"))
+        .count();
+    assert_eq!(indexes, 1, "only the active segment's index is opened");
+    assert_eq!(read_all(&log, 0).unwrap().len(), 2000);
+}
+
+#[test]
+fn segment_ms_rolls_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let config = LogConfig { segment_ms: 1000, ..LogConfig::default() };
+    let log = Log::open(dir.path(), Arc::new(StdFs), Arc::new(clock.clone()), config).unwrap();
+    log.append(batch_of(0, 1, 10, clock.now_ms())).unwrap();
+    clock.advance(1500);
+    log.append(batch_of(1, 1, 10, clock.now_ms())).unwrap();
+    assert_eq!(log.segment_count(), 2);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append { count: usize, len: usize },
+    Read { at: u64 },
+    Advance { ms: i64 },
+    Retention { bytes: i64 },
+    Reopen { clean: bool },
+    Sync,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (1usize..6, 1usize..300).prop_map(|(count, len)| Op::Append { count, len }),
+        3 => (0u64..400).prop_map(|at| Op::Read { at }),
+        1 => (0i64..5000).prop_map(|ms| Op::Advance { ms }),
+        1 => prop_oneof![Just(-1i64), 1000i64..8000].prop_map(|bytes| Op::Retention { bytes }),
+        1 => any::<bool>().prop_map(|clean| Op::Reopen { clean }),
+        1 => Just(Op::Sync),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The log behaves like a vector of records with a moving start.
+    #[test]
+    fn log_matches_a_simple_model(ops in proptest::collection::vec(op(), 1..60), flush_always in any::<bool>()) {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let config = LogConfig {
+            segment_bytes: 1024,
+            segment_ms: 3000,
+            index_interval_bytes: 128,
+            flush: if flush_always { FlushPolicy::Always } else { FlushPolicy::Never },
+            ..LogConfig::default()
+        };
+        let reopen = |config: &LogConfig| Log::open(dir.path(), Arc::new(StdFs), Arc::new(clock.clone()), config.clone()).unwrap();
+        let mut log = reopen(&config);
+        let mut model: Vec<(i64, usize)> = Vec::new(); // (timestamp, value length) per offset
+        let mut start = 0u64;
+        for op in ops {
+            match op {
+                Op::Append { count, len } => {
+                    let next = model.len() as u64;
+                    let out = log.append(batch_of(next, count, len, clock.now_ms())).unwrap();
+                    prop_assert_eq!(out.base_offset, next);
+                    model.extend(std::iter::repeat_n((clock.now_ms(), len), count));
+                }
+                Op::Read { at } => {
+                    let hw = model.len() as u64;
+                    match log.read(at, 512) {
+                        Ok(r) if at < hw => {
+                            let recs: Vec<_> = r.batches.iter().flat_map(|b| batch::decode_records(b).unwrap()).filter(|r| r.offset >= at).collect();
+                            prop_assert_eq!(recs[0].offset, at);
+                            for r in recs {
+                                prop_assert_eq!(&r.value, &value(r.offset, model[r.offset as usize].1));
+                            }
+                        }
+                        Ok(r) => prop_assert!(at == hw && r.batches.is_empty()),
+                        Err(StorageError::OffsetOutOfRange { .. }) => prop_assert!(at < start || at > hw),
+                        Err(e) => prop_assert!(false, "read failed: {}", e),
+                    }
+                }
+                Op::Advance { ms } => clock.advance(ms),
+                Op::Retention { bytes } => {
+                    log.set_config(LogConfig { retention_bytes: bytes, retention_ms: 20_000, ..config.clone() });
+                    log.enforce_retention().unwrap();
+                    let new_start = log.log_start_offset();
+                    prop_assert!(new_start >= start);
+                    // Only records that are old or over the size limit go.
+                    if new_start > start && bytes < 0 {
+                        prop_assert!(model[(new_start - 1) as usize].0 < clock.now_ms() - 20_000);
+                    }
+                    start = new_start;
+                    log.set_config(config.clone());
+                }
+                Op::Reopen { clean } => {
+                    if clean { log.close().unwrap(); }
+                    drop(log);
+                    log = reopen(&config);
+                    prop_assert_eq!(log.log_start_offset(), start);
+                }
+                Op::Sync => log.sync().unwrap(),
+            }
+            prop_assert_eq!(log.high_watermark(), model.len() as u64);
+        }
+        let all = read_all(&log, start).unwrap();
+        prop_assert_eq!(all.len() as u64, model.len() as u64 - start);
+    }
+}
