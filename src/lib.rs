@@ -1,2 +1,25 @@
 //! strata: a durable, Kafka-style append-only log broker for one machine.
+//!
+//! Layers, each depending only on the ones below it:
+//! - [`server`]: the gRPC edge (tonic); translation only. Proto types stop here.
+//! - [`broker`]: topics registry, produce/fetch, subscriptions, background tasks.
+//! - [`storage`]: the synchronous log engine (segments, indexes, recovery);
+//!   no tokio, no tonic, no prost.
+//! - [`config`]: every limit, with units in the names.
+//!
+//! The `strata` binary (`main.rs` and [`cli`]) sits on top.
+
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod server;
 pub mod storage;
+
+/// Generated protobuf and gRPC types for `strata.v1`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("strata.v1");
+
+    /// Encoded descriptors, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("strata_descriptor");
+}

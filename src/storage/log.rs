@@ -125,6 +125,16 @@ pub struct AppendOutcome {
     pub duplicate: bool,
 }
 
+/// A batch written to the log but maybe not yet durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingAppend {
+    pub outcome: AppendOutcome,
+    /// Writer epoch at the write, to tell whether a failed fsync discarded it.
+    epoch: u64,
+    /// Whether durability needs an fsync (flush policy `always`).
+    needs_sync: bool,
+}
+
 /// Batches returned by a read, plus the log's bounds at the time.
 #[derive(Debug, Clone, Default)]
 pub struct ReadBatches {
@@ -328,7 +338,25 @@ impl Log {
 
     /// Appends one encoded batch (from [`batch::encode`]); the log stamps the
     /// offsets. Returns once the batch is durable per the flush policy.
-    pub fn append(&self, mut batch: Vec<u8>) -> Result<AppendOutcome> {
+    pub fn append(&self, batch: Vec<u8>) -> Result<AppendOutcome> {
+        let pending = self.append_pending(batch)?;
+        self.wait_durable(&pending)?;
+        Ok(pending.outcome)
+    }
+
+    /// Waits until a pending append is durable per the flush policy it was
+    /// written under (group commit: one fsync may cover many appends).
+    pub fn wait_durable(&self, pending: &PendingAppend) -> Result<()> {
+        if pending.needs_sync {
+            self.sync_until(pending.outcome.last_offset + 1, pending.epoch)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one batch without waiting for durability. Batches are ordered
+    /// by the order of these calls; [`Log::wait_durable`] completes them.
+    /// This is what lets a pipelined producer overlap writes with fsyncs.
+    pub fn append_pending(&self, mut batch: Vec<u8>) -> Result<PendingAppend> {
         let config = self.config();
         if batch.len() > config.batch_bytes_max {
             return Err(StorageError::BatchTooLarge {
@@ -354,14 +382,13 @@ impl Log {
                 match w.producers.check(p.producer_id, p.first_sequence) {
                     SequenceCheck::New => {}
                     SequenceCheck::Duplicate { base_offset, last_offset } => {
-                        let outcome = AppendOutcome { base_offset, last_offset, duplicate: true };
-                        let epoch = w.epoch;
-                        drop(w);
-                        // The original may still be waiting for its fsync.
-                        if config.flush == FlushPolicy::Always {
-                            self.sync_until(last_offset + 1, epoch)?;
-                        }
-                        return Ok(outcome);
+                        // The original may still be waiting for its fsync,
+                        // so the retry waits for the same one.
+                        return Ok(PendingAppend {
+                            outcome: AppendOutcome { base_offset, last_offset, duplicate: true },
+                            epoch: w.epoch,
+                            needs_sync: config.flush == FlushPolicy::Always,
+                        });
                     }
                     SequenceCheck::TooOld { last_sequence } => {
                         return Err(StorageError::SequenceTooOld {
@@ -414,10 +441,11 @@ impl Log {
             };
             (outcome, w.epoch)
         };
-        if config.flush == FlushPolicy::Always {
-            self.sync_until(outcome.last_offset + 1, epoch)?;
-        }
-        Ok(outcome)
+        Ok(PendingAppend {
+            outcome,
+            epoch,
+            needs_sync: config.flush == FlushPolicy::Always,
+        })
     }
 
     /// Rolls back a failed write so no partial batch stays in the file.

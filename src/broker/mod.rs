@@ -1,0 +1,621 @@
+//! The composition root: the topic registry, topic metadata on disk,
+//! recovery on open, produce/fetch/offsets, and the background tasks
+//! (retention, interval flush, recovery checkpoints).
+//!
+//! Invariants: the registry lock is never held across `.await` or disk I/O
+//! on the data path; all blocking storage calls run on the blocking pool.
+//! Layout: `DATA/<topic>/topic.json` and `DATA/<topic>/<partition>/`.
+
+pub mod error;
+pub mod names;
+pub mod partition;
+pub mod partitioner;
+pub mod producer_ids;
+pub mod subscription;
+pub mod topic;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+pub use self::error::{BrokerError, Result};
+use self::partition::{Partition, ReadRecords};
+use self::producer_ids::ProducerIds;
+use self::topic::{Topic, TopicMetadata};
+use crate::config::{BrokerConfig, TimestampType, HEADERS_PER_RECORD_MAX};
+use crate::storage::batch::{self, ProducerStamp, Record};
+use crate::storage::fs::FileSystem;
+use crate::storage::{Clock, Log};
+
+/// Most partitions one topic may have.
+pub const PARTITIONS_MAX: u32 = 10_000;
+/// Most records one fetch returns.
+pub const FETCH_RECORDS_MAX: usize = 100_000;
+/// Default records per fetch.
+pub const FETCH_RECORDS_DEFAULT: usize = 1000;
+/// Default bytes per fetch.
+pub const FETCH_BYTES_DEFAULT: usize = 1 << 20;
+/// Longest long poll.
+pub const FETCH_WAIT_MAX_MS: u64 = 60_000;
+
+/// Where to start reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    Offset(u64),
+    Earliest,
+    Latest,
+    /// The group's committed offset (resolved by the caller that has a group).
+    Committed,
+    Timestamp(i64),
+}
+
+/// A produce call in domain terms.
+#[derive(Debug, Clone)]
+pub struct ProduceRequest {
+    pub topic: String,
+    pub partition: Option<u32>,
+    pub records: Vec<Record>,
+    pub producer: Option<ProducerStamp>,
+}
+
+/// A produce whose batches are written but maybe not yet durable.
+#[derive(Debug)]
+pub struct PendingProduce {
+    parts: Vec<(Arc<Partition>, crate::storage::PendingAppend)>,
+    now: i64,
+    /// A partition whose write failed fails the whole reply (after the
+    /// others are durable, so nothing is left half-waited).
+    first_error: Option<BrokerError>,
+}
+
+impl PendingProduce {
+    /// Waits until every batch is durable; the results are in partition order.
+    pub async fn wait(self) -> Result<Vec<ProduceResult>> {
+        let now = self.now;
+        let waits = self.parts.into_iter().map(|(partition, pending)| async move {
+            let out = partition.wait_durable(pending).await?;
+            Ok::<_, BrokerError>(ProduceResult {
+                partition: partition.id,
+                base_offset: out.base_offset,
+                last_offset: out.last_offset,
+                log_append_time_ms: now,
+            })
+        });
+        let results: Vec<_> = futures::future::join_all(waits).await;
+        if let Some(e) = self.first_error {
+            return Err(e);
+        }
+        results.into_iter().collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceResult {
+    pub partition: u32,
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub log_append_time_ms: i64,
+}
+
+/// One partition's state for DescribeTopic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: u32,
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+    pub size_bytes: u64,
+    pub segments: u32,
+    pub first_timestamp_ms: Option<i64>,
+    pub last_timestamp_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub partitions: Vec<PartitionInfo>,
+    pub config: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+pub struct Broker {
+    config: BrokerConfig,
+    fs: Arc<dyn FileSystem>,
+    clock: Arc<dyn Clock>,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Bumped on every topic creation or deletion; pattern subscriptions watch it.
+    topics_version: watch::Sender<u64>,
+    producer_ids: Mutex<ProducerIds>,
+    /// Serialises topic create/delete/alter, which do disk I/O.
+    admin: tokio::sync::Mutex<()>,
+    /// True once shutdown began: new requests are refused, waits end.
+    stopping: watch::Sender<bool>,
+}
+
+impl Broker {
+    /// Opens the data directory, recovering every partition. Blocking.
+    pub fn open(config: BrokerConfig, fs: Arc<dyn FileSystem>, clock: Arc<dyn Clock>) -> Result<Arc<Broker>> {
+        let dir = config.data_dir.clone();
+        let io = |what: &str, e: std::io::Error| BrokerError::Internal(format!("{what} {}: {e}", dir.display()));
+        fs.create_dir_all(&dir).map_err(|e| io("cannot create data directory", e))?;
+        let started = std::time::Instant::now();
+        let mut topics = HashMap::new();
+        let names = fs.list_dir(&dir).map_err(|e| io("cannot list data directory", e))?;
+        let total = names.len();
+        for (i, name) in names.into_iter().enumerate() {
+            let topic_dir = dir.join(&name);
+            if name.starts_with(".deleted-") {
+                // A delete that was interrupted: finish it.
+                let _ = fs.remove_dir_all(&topic_dir);
+                continue;
+            }
+            let meta_path = topic_dir.join(topic::METADATA_FILE);
+            if !fs.exists(&meta_path) {
+                continue;
+            }
+            let metadata = fs
+                .read_file(&meta_path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| TopicMetadata::parse(&b))
+                .map_err(|e| BrokerError::Internal(format!("cannot read {}: {e}", meta_path.display())))?;
+            let topic_config = config
+                .topic_defaults
+                .with(&metadata.config)
+                .map_err(|e| BrokerError::Internal(format!("{}: {e}", meta_path.display())))?;
+            let mut partitions = Vec::new();
+            for p in 0..metadata.partitions {
+                let log = Log::open(
+                    &topic_dir.join(p.to_string()),
+                    fs.clone(),
+                    clock.clone(),
+                    topic_config.log_config(config.request_bytes_max),
+                )
+                .map_err(|e| BrokerError::storage(&metadata.name, p, e))?;
+                partitions.push(Arc::new(Partition::new(&metadata.name, p, log)));
+            }
+            if (i + 1) % 100 == 0 {
+                tracing::info!(opened = i + 1, of = total, "opening topics");
+            }
+            let t = Topic::new(topic_dir, metadata, topic_config, partitions);
+            topics.insert(t.name.clone(), Arc::new(t));
+        }
+        let producer_ids = ProducerIds::open(fs.clone(), dir.join(producer_ids::FILE_NAME))
+            .map_err(|e| io("cannot read producer ids in", e))?;
+        tracing::info!(
+            topics = topics.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            data_dir = %dir.display(),
+            "broker opened"
+        );
+        Ok(Arc::new(Broker {
+            config,
+            fs,
+            clock,
+            topics: RwLock::new(topics),
+            topics_version: watch::Sender::new(0),
+            producer_ids: Mutex::new(producer_ids),
+            admin: tokio::sync::Mutex::new(()),
+            stopping: watch::Sender::new(false),
+        }))
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Watches for the start of shutdown.
+    pub fn watch_stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    /// Refuses new requests and ends long polls and subscriptions.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    fn check_running(&self) -> Result<()> {
+        if *self.stopping.borrow() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    pub fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))
+    }
+
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>> {
+        Ok(self.topic(topic)?.partition(partition)?.clone())
+    }
+
+    /// Topics whose names match the glob, sorted by name.
+    pub fn matching_topics(&self, pattern: &str) -> Vec<Arc<Topic>> {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = topics
+            .values()
+            .filter(|t| pattern.is_empty() || names::glob_match(pattern, &t.name))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Watches topic creations and deletions.
+    pub fn watch_topics(&self) -> watch::Receiver<u64> {
+        self.topics_version.subscribe()
+    }
+
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        overrides: BTreeMap<String, String>,
+    ) -> Result<TopicInfo> {
+        self.check_running()?;
+        names::validate("topic", name, false)?;
+        let partitions = if partitions == 0 { self.config.default_partitions } else { partitions };
+        if partitions > PARTITIONS_MAX {
+            return Err(BrokerError::InvalidArgument(format!(
+                "topic {name:?}: {partitions} partitions is more than the limit of {PARTITIONS_MAX}"
+            )));
+        }
+        let topic_config = self
+            .config
+            .topic_defaults
+            .with(&overrides)
+            .map_err(|e| BrokerError::InvalidArgument(format!("topic {name:?}: {e}")))?;
+        let _admin = self.admin.lock().await;
+        if self.topic(name).is_ok() {
+            return Err(BrokerError::TopicExists(name.to_string()));
+        }
+        let metadata = TopicMetadata {
+            name: name.to_string(),
+            partitions,
+            config: overrides,
+            created_ms: self.clock.now_ms(),
+        };
+        let dir = self.config.data_dir.join(name);
+        let (fs, clock, request_max) = (self.fs.clone(), self.clock.clone(), self.config.request_bytes_max);
+        let log_config = topic_config.log_config(request_max);
+        let meta = metadata.clone();
+        let topic_dir = dir.clone();
+        let created = tokio::task::spawn_blocking(move || -> Result<Vec<Arc<Partition>>> {
+            let internal = |e: std::io::Error| BrokerError::Internal(format!("cannot create topic directory {}: {e}", topic_dir.display()));
+            if fs.exists(&topic_dir) {
+                // Leftover of a create that crashed before its metadata was written.
+                fs.remove_dir_all(&topic_dir).map_err(internal)?;
+            }
+            fs.create_dir_all(&topic_dir).map_err(internal)?;
+            let mut parts = Vec::new();
+            for p in 0..meta.partitions {
+                let log = Log::open(&topic_dir.join(p.to_string()), fs.clone(), clock.clone(), log_config.clone())
+                    .map_err(|e| BrokerError::storage(&meta.name, p, e))?;
+                parts.push(Arc::new(Partition::new(&meta.name, p, log)));
+            }
+            // The metadata file is written last: a topic directory without it
+            // is an unfinished create and is cleaned up.
+            meta.write(fs.as_ref(), &topic_dir).map_err(|e| io_error(&topic_dir, e))?;
+            if let Some(parent) = topic_dir.parent() {
+                // Guards against a power loss forgetting the topic directory.
+                fs.sync_dir(parent).map_err(|e| io_error(parent, e))?;
+            }
+            Ok(parts)
+        })
+        .await
+        .map_err(|e| BrokerError::Internal(format!("create task failed: {e}")))??;
+        let topic = Arc::new(Topic::new(dir, metadata, topic_config, created));
+        self.topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), topic.clone());
+        self.topics_version.send_modify(|v| *v += 1);
+        tracing::info!(topic = name, partitions, "created topic");
+        self.describe(&topic).await
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        self.check_running()?;
+        let _admin = self.admin.lock().await;
+        let topic = self
+            .topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))?;
+        self.topics_version.send_modify(|v| *v += 1);
+        let fs = self.fs.clone();
+        let data_dir = self.config.data_dir.clone();
+        let stamp = self.clock.now_ms();
+        tokio::task::spawn_blocking(move || {
+            // Rename first so a crash mid-delete never leaves half a topic
+            // that would be opened again.
+            let doomed = data_dir.join(format!(".deleted-{}-{stamp}", topic.name));
+            fs.rename(&topic.dir, &doomed).map_err(|e| io_error(&topic.dir, e))?;
+            fs.sync_dir(&data_dir).map_err(|e| io_error(&data_dir, e))?;
+            fs.remove_dir_all(&doomed).map_err(|e| io_error(&doomed, e))
+        })
+        .await
+        .map_err(|e| BrokerError::Internal(format!("delete task failed: {e}")))??;
+        tracing::info!(topic = name, "deleted topic");
+        Ok(())
+    }
+
+    pub async fn alter_topic_config(&self, name: &str, changes: BTreeMap<String, String>) -> Result<TopicInfo> {
+        self.check_running()?;
+        let _admin = self.admin.lock().await;
+        let topic = self.topic(name)?;
+        let mut metadata = topic.metadata();
+        metadata.config.extend(changes);
+        let config = self
+            .config
+            .topic_defaults
+            .with(&metadata.config)
+            .map_err(|e| BrokerError::InvalidArgument(format!("topic {name:?}: {e}")))?;
+        let (fs, dir, meta) = (self.fs.clone(), topic.dir.clone(), metadata.clone());
+        tokio::task::spawn_blocking(move || meta.write(fs.as_ref(), &dir).map_err(|e| io_error(&dir, e)))
+            .await
+            .map_err(|e| BrokerError::Internal(format!("alter task failed: {e}")))??;
+        topic.set_config(metadata, config, self.config.request_bytes_max);
+        self.describe(&topic).await
+    }
+
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
+        let topic = self.topic(name)?;
+        self.describe(&topic).await
+    }
+
+    pub async fn list_topics(&self, pattern: &str) -> Result<Vec<TopicInfo>> {
+        let mut out = Vec::new();
+        for topic in self.matching_topics(pattern) {
+            out.push(self.describe(&topic).await?);
+        }
+        Ok(out)
+    }
+
+    async fn describe(&self, topic: &Arc<Topic>) -> Result<TopicInfo> {
+        let mut partitions = Vec::new();
+        for p in &topic.partitions {
+            let times = p.blocking(|log| log.timestamps()).await?;
+            partitions.push(PartitionInfo {
+                partition: p.id,
+                log_start_offset: p.log.log_start_offset(),
+                high_watermark: p.log.high_watermark(),
+                size_bytes: p.log.size_bytes(),
+                segments: p.log.segment_count() as u32,
+                first_timestamp_ms: times.map(|t| t.0),
+                last_timestamp_ms: times.map(|t| t.1),
+            });
+        }
+        Ok(TopicInfo {
+            name: topic.name.clone(),
+            partitions,
+            config: topic.config().to_map(),
+        })
+    }
+
+    pub fn init_producer(&self) -> Result<i64> {
+        self.check_running()?;
+        self.producer_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allocate()
+            .map_err(|e| BrokerError::Internal(format!("cannot allocate a producer id: {e}")))
+    }
+
+    /// Writes a produce request's batches (one atomic batch per partition)
+    /// in call order, without waiting for durability: pipelined producers
+    /// call this in order and await [`PendingProduce::wait`] concurrently.
+    pub async fn produce_pending(&self, request: ProduceRequest) -> Result<PendingProduce> {
+        self.check_running()?;
+        let topic = self.topic(&request.topic)?;
+        if request.records.is_empty() {
+            return Err(BrokerError::InvalidArgument(format!(
+                "produce to {:?} has no records",
+                request.topic
+            )));
+        }
+        let config = topic.config();
+        let now = self.clock.now_ms();
+        let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
+        let keyless = match request.partition {
+            Some(p) => {
+                topic.partition(p)?;
+                p
+            }
+            None => topic.next_keyless_partition(),
+        };
+        let partitions = topic.partitions.len() as u32;
+        for (i, mut record) in request.records.into_iter().enumerate() {
+            let size = record.key.len()
+                + record.value.len()
+                + record.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            if size > config.record_bytes_max {
+                return Err(BrokerError::InvalidArgument(format!(
+                    "record {i} for {:?} is {size} bytes, over max.record.bytes = {}",
+                    topic.name, config.record_bytes_max
+                )));
+            }
+            if record.headers.len() > HEADERS_PER_RECORD_MAX {
+                return Err(BrokerError::InvalidArgument(format!(
+                    "record {i} for {:?} has {} headers, over the limit of {HEADERS_PER_RECORD_MAX}",
+                    topic.name,
+                    record.headers.len()
+                )));
+            }
+            if record.timestamp_ms == 0 || config.timestamp_type == TimestampType::Append {
+                record.timestamp_ms = now;
+            }
+            let partition = match request.partition {
+                Some(p) => p,
+                None if !record.key.is_empty() => partitioner::partition_for_key(&record.key, partitions),
+                None => keyless,
+            };
+            by_partition.entry(partition).or_default().push(record);
+        }
+        let writes = by_partition.into_iter().map(|(p, records)| {
+            let partition = topic.partitions[p as usize].clone();
+            let batch = batch::encode(&records, request.producer);
+            async move {
+                let pending = partition.append_pending(batch).await?;
+                Ok::<_, BrokerError>((partition, pending))
+            }
+        });
+        let mut parts = Vec::new();
+        let mut first_error = None;
+        for r in futures::future::join_all(writes).await {
+            match r {
+                Ok(part) => parts.push(part),
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        Ok(PendingProduce { parts, now, first_error })
+    }
+
+    /// Appends records; each partition's share is one atomic batch. Returns
+    /// once every batch is durable per the topic's flush policy.
+    pub async fn produce(&self, request: ProduceRequest) -> Result<Vec<ProduceResult>> {
+        self.produce_pending(request).await?.wait().await
+    }
+
+    /// Resolves a position to an offset in one partition. `Committed` must
+    /// have been resolved by the caller (it needs a group).
+    pub async fn resolve(&self, partition: &Arc<Partition>, position: Position) -> Result<u64> {
+        match position {
+            Position::Offset(o) => Ok(o),
+            Position::Earliest => Ok(partition.log.log_start_offset()),
+            Position::Latest => Ok(partition.log.high_watermark()),
+            Position::Timestamp(ts) => partition.blocking(move |log| log.offset_for_timestamp(ts)).await,
+            Position::Committed => Err(BrokerError::InvalidArgument(
+                "position COMMITTED needs a consumer group".into(),
+            )),
+        }
+    }
+
+    /// Reads from a partition, waiting up to `wait_ms` for data when there is none.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: Position,
+        records_max: usize,
+        bytes_max: usize,
+        wait_ms: u64,
+    ) -> Result<ReadRecords> {
+        self.check_running()?;
+        let partition = self.partition(topic, partition)?;
+        let offset = self.resolve(&partition, from).await?;
+        let records_max = if records_max == 0 { FETCH_RECORDS_DEFAULT } else { records_max.min(FETCH_RECORDS_MAX) };
+        let bytes_max = if bytes_max == 0 { FETCH_BYTES_DEFAULT } else { bytes_max.min(self.config.request_bytes_max) };
+        let mut hw = partition.watch();
+        let mut stopping = self.watch_stopping();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(FETCH_WAIT_MAX_MS));
+        loop {
+            let read = partition.read(offset, records_max, bytes_max).await?;
+            if !read.records.is_empty() || offset < read.high_watermark {
+                return Ok(read);
+            }
+            // Nothing at `offset` yet: wait for an append (no polling).
+            hw.borrow_and_update();
+            if partition.log.high_watermark() > offset {
+                continue;
+            }
+            tokio::select! {
+                r = tokio::time::timeout_at(deadline, hw.changed()) => match r {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) | Err(_) => return Ok(read),
+                },
+                _ = stopping.wait_for(|s| *s) => return Ok(read),
+            }
+        }
+    }
+
+    pub async fn list_offsets(&self, topic: &str, partition: u32, at: Position) -> Result<(u64, u64, u64)> {
+        let partition = self.partition(topic, partition)?;
+        let offset = self.resolve(&partition, at).await?;
+        Ok((offset, partition.log.log_start_offset(), partition.log.high_watermark()))
+    }
+
+    fn all_partitions(&self) -> Vec<Arc<Partition>> {
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+        topics.values().flat_map(|t| t.partitions.iter().cloned()).collect()
+    }
+
+    /// Starts retention, interval flush and checkpoint tasks; they stop when
+    /// `shutdown` turns true.
+    pub fn spawn_background(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let this = self.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(this.config.retention_check_interval_ms));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => return,
+                }
+                for p in this.all_partitions() {
+                    if let Err(e) = p.blocking(|log| log.enforce_retention()).await {
+                        tracing::warn!(topic = %p.topic, partition = p.id, error = %e, "retention failed");
+                    }
+                }
+            }
+        });
+        let this = self.clone();
+        let mut stop = shutdown;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            let mut last_checkpoint = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => return,
+                }
+                let now = this.clock.now_ms() as u64;
+                let checkpoint_due = last_checkpoint.elapsed() >= Duration::from_millis(this.config.checkpoint_interval_ms);
+                for p in this.all_partitions() {
+                    let result = match p.log.config().flush {
+                        crate::storage::FlushPolicy::Interval(ms) => p.flush_if_due(now, ms).await,
+                        _ => Ok(()),
+                    };
+                    let result = match result {
+                        Ok(()) if checkpoint_due => p.checkpoint_if_dirty().await,
+                        other => other,
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!(topic = %p.topic, partition = p.id, error = %e, "background flush failed");
+                    }
+                }
+                if checkpoint_due {
+                    last_checkpoint = tokio::time::Instant::now();
+                }
+            }
+        });
+    }
+
+    /// Refuses new work, then closes every log cleanly (checkpoint + marker).
+    pub async fn shutdown(&self) {
+        self.begin_shutdown();
+        let partitions = self.all_partitions();
+        let count = partitions.len();
+        for p in partitions {
+            if let Err(e) = p.blocking(|log| log.close()).await {
+                tracing::error!(topic = %p.topic, partition = p.id, error = %e, "clean close failed; the next start will recover");
+            }
+        }
+        tracing::info!(partitions = count, "broker closed cleanly");
+    }
+}
+
+fn io_error(path: &std::path::Path, e: std::io::Error) -> BrokerError {
+    let source = crate::storage::StorageError::io(path, e);
+    if source.is_disk_full() {
+        BrokerError::ResourceExhausted(source.to_string())
+    } else {
+        BrokerError::Internal(source.to_string())
+    }
+}

@@ -1,0 +1,158 @@
+//! One partition as the broker sees it: the storage log plus a watch of its
+//! high watermark, which wakes long polls and subscriptions without polling.
+//! Blocking log calls run on tokio's blocking pool, never on the async workers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::error::{BrokerError, Result};
+use crate::storage::batch::StoredRecord;
+use crate::storage::{AppendOutcome, Log, PendingAppend, ReadBatches};
+
+#[derive(Debug)]
+pub struct Partition {
+    pub topic: String,
+    pub id: u32,
+    pub log: Arc<Log>,
+    /// The high watermark, sent after every append that moved it.
+    high_watermark: watch::Sender<u64>,
+    /// High watermark at the last recovery checkpoint (skip clean partitions).
+    checkpointed_at: AtomicU64,
+    /// Clock time of the last background fsync (interval flush policy).
+    last_flush_ms: AtomicU64,
+}
+
+/// Records read from a partition.
+#[derive(Debug, Clone, Default)]
+pub struct ReadRecords {
+    pub records: Vec<StoredRecord>,
+    /// Offset after the last record returned (the `from` offset if none).
+    pub next_offset: u64,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+impl Partition {
+    pub fn new(topic: &str, id: u32, log: Log) -> Partition {
+        let hw = log.high_watermark();
+        Partition {
+            topic: topic.to_string(),
+            id,
+            log: Arc::new(log),
+            high_watermark: watch::Sender::new(hw),
+            checkpointed_at: AtomicU64::new(hw),
+            last_flush_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Subscribes to high watermark changes.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.high_watermark.subscribe()
+    }
+
+    fn error(&self, e: crate::storage::StorageError) -> BrokerError {
+        BrokerError::storage(&self.topic, self.id, e)
+    }
+
+    /// Writes one batch (ordered with other writes to this partition) without
+    /// waiting for durability; complete it with [`Partition::wait_durable`].
+    pub async fn append_pending(self: &Arc<Self>, batch: Vec<u8>) -> Result<PendingAppend> {
+        self.blocking(move |log| log.append_pending(batch)).await
+    }
+
+    /// Waits for a pending append to be durable, then wakes readers.
+    pub async fn wait_durable(self: &Arc<Self>, pending: PendingAppend) -> Result<AppendOutcome> {
+        self.blocking(move |log| log.wait_durable(&pending)).await?;
+        self.high_watermark.send_replace(self.log.high_watermark());
+        Ok(pending.outcome)
+    }
+
+    /// Reads records from `from` on: up to `records_max` records and about
+    /// `bytes_max` bytes (always at least one record when any is there).
+    pub async fn read(self: &Arc<Self>, from: u64, records_max: usize, bytes_max: usize) -> Result<ReadRecords> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.read_blocking(from, records_max, bytes_max))
+            .await
+            .map_err(|e| BrokerError::Internal(format!("read task failed: {e}")))?
+    }
+
+    fn read_blocking(&self, from: u64, records_max: usize, bytes_max: usize) -> Result<ReadRecords> {
+        let mut out = ReadRecords {
+            next_offset: from,
+            ..ReadRecords::default()
+        };
+        let mut bytes = 0usize;
+        loop {
+            let ReadBatches {
+                batches,
+                high_watermark,
+                log_start_offset,
+            } = self.log.read(out.next_offset, bytes_max.saturating_sub(bytes).max(1))
+                .map_err(|e| self.error(e))?;
+            out.high_watermark = high_watermark;
+            out.log_start_offset = log_start_offset;
+            if batches.is_empty() {
+                return Ok(out);
+            }
+            for batch in &batches {
+                let records = crate::storage::batch::decode_records(batch).map_err(|e| {
+                    self.error(crate::storage::StorageError::Corrupt {
+                        path: self.log.dir().to_path_buf(),
+                        position: 0,
+                        first_offset: out.next_offset,
+                        reason: e.to_string(),
+                    })
+                })?;
+                for r in records {
+                    if r.offset < out.next_offset || r.offset >= high_watermark {
+                        continue;
+                    }
+                    let size = r.key.len() + r.value.len() + 32;
+                    if out.records.len() >= records_max || (bytes + size > bytes_max && !out.records.is_empty()) {
+                        return Ok(out);
+                    }
+                    bytes += size;
+                    out.next_offset = r.offset + 1;
+                    out.records.push(r);
+                }
+            }
+            if out.next_offset >= high_watermark || out.records.len() >= records_max || bytes >= bytes_max {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Runs a blocking log operation off the async workers.
+    pub async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Log) -> crate::storage::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this.log))
+            .await
+            .map_err(|e| BrokerError::Internal(format!("storage task failed: {e}")))?
+            .map_err(|e| self.error(e))
+    }
+
+    /// Writes a recovery checkpoint if anything was appended since the last one.
+    pub async fn checkpoint_if_dirty(self: &Arc<Self>) -> Result<()> {
+        let hw = self.log.high_watermark();
+        if hw == self.checkpointed_at.load(Ordering::Acquire) && !self.log.has_unsynced() {
+            return Ok(());
+        }
+        self.blocking(|log| log.checkpoint()).await?;
+        self.checkpointed_at.store(hw, Ordering::Release);
+        Ok(())
+    }
+
+    /// For the `interval:<ms>` policy: fsyncs when the interval has passed.
+    pub async fn flush_if_due(self: &Arc<Self>, now_ms: u64, interval_ms: u64) -> Result<()> {
+        if now_ms < self.last_flush_ms.load(Ordering::Acquire) + interval_ms || !self.log.has_unsynced() {
+            return Ok(());
+        }
+        self.last_flush_ms.store(now_ms, Ordering::Release);
+        self.blocking(|log| log.sync()).await
+    }
+}

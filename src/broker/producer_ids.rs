@@ -1,0 +1,44 @@
+//! Producer id allocation for idempotent produce. Ids are handed out from
+//! blocks whose end is persisted (`DATA/producer_ids`) before any id in the
+//! block is used, so an id is never reused, also across crashes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::storage::fs::FileSystem;
+
+const BLOCK: i64 = 1000;
+pub const FILE_NAME: &str = "producer_ids";
+
+#[derive(Debug)]
+pub struct ProducerIds {
+    fs: Arc<dyn FileSystem>,
+    path: PathBuf,
+    next: i64,
+    /// Ids below this are reserved on disk.
+    reserved_end: i64,
+}
+
+impl ProducerIds {
+    pub fn open(fs: Arc<dyn FileSystem>, path: PathBuf) -> std::io::Result<ProducerIds> {
+        let start = if fs.exists(&path) {
+            let text = String::from_utf8_lossy(&fs.read_file(&path)?).trim().to_string();
+            text.parse::<i64>().map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: not a number: {text:?}", path.display()))
+            })?
+        } else {
+            1
+        };
+        Ok(ProducerIds { fs, path, next: start, reserved_end: start })
+    }
+
+    pub fn allocate(&mut self) -> std::io::Result<i64> {
+        if self.next >= self.reserved_end {
+            let end = self.next + BLOCK;
+            self.fs.write_atomic(&self.path, end.to_string().as_bytes())?;
+            self.reserved_end = end;
+        }
+        self.next += 1;
+        Ok(self.next - 1)
+    }
+}

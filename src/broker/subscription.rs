@@ -1,0 +1,137 @@
+//! Subscriptions without a group: a push stream over every partition of
+//! every topic matching a glob, including topics created after it started.
+//!
+//! One task per partition reads from its cursor and sends batches into a
+//! small bounded channel; the gRPC stream drains it only as fast as HTTP/2
+//! flow control lets the client take data, so a slow subscriber slows only
+//! its own stream. A supervisor task watches topic creations. Every task
+//! ends when the stream's receiver is dropped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::partition::Partition;
+use super::topic::Topic;
+use super::{Broker, BrokerError, Position};
+use crate::storage::batch::StoredRecord;
+
+/// Records per push message.
+pub const PUSH_RECORDS_MAX: usize = 1000;
+/// Bytes per push message (about).
+pub const PUSH_BYTES_MAX: usize = 1 << 20;
+
+/// What a subscription stream carries.
+#[derive(Debug, Clone)]
+pub enum SubscriptionEvent {
+    Records {
+        topic: String,
+        partition: u32,
+        records: Vec<StoredRecord>,
+    },
+    /// The partitions the stream now holds, by topic.
+    Assigned(Vec<(String, Vec<u32>)>),
+}
+
+pub type SubscriptionItem = Result<SubscriptionEvent, BrokerError>;
+
+impl Broker {
+    /// Streams every partition of every topic matching `pattern`, starting
+    /// at `from`; topics created later are streamed from their beginning.
+    pub fn subscribe(self: &Arc<Self>, pattern: String, from: Position) -> mpsc::Receiver<SubscriptionItem> {
+        let (tx, rx) = mpsc::channel(4);
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let mut version = broker.watch_topics();
+            let mut streaming: HashMap<String, Arc<Topic>> = HashMap::new();
+            let mut first = true;
+            loop {
+                version.borrow_and_update();
+                let topics = broker.matching_topics(&pattern);
+                let mut changed = first;
+                for topic in &topics {
+                    let known = streaming.get(&topic.name).is_some_and(|t| Arc::ptr_eq(t, topic));
+                    if known {
+                        continue;
+                    }
+                    changed = true;
+                    let start = if first { from } else { Position::Earliest };
+                    for p in &topic.partitions {
+                        tokio::spawn(stream_partition(broker.clone(), p.clone(), start, tx.clone()));
+                    }
+                    streaming.insert(topic.name.clone(), topic.clone());
+                }
+                streaming.retain(|name, _| topics.iter().any(|t| &t.name == name));
+                if changed {
+                    let held = topics
+                        .iter()
+                        .map(|t| (t.name.clone(), t.partitions.iter().map(|p| p.id).collect()))
+                        .collect();
+                    if tx.send(Ok(SubscriptionEvent::Assigned(held))).await.is_err() {
+                        return;
+                    }
+                }
+                first = false;
+                tokio::select! {
+                    r = version.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// Pushes one partition's records from `from` on until the receiver goes.
+pub async fn stream_partition(
+    broker: Arc<Broker>,
+    partition: Arc<Partition>,
+    from: Position,
+    tx: mpsc::Sender<SubscriptionItem>,
+) {
+    let mut offset = match broker.resolve(&partition, from).await {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            return;
+        }
+    };
+    let mut hw = partition.watch();
+    loop {
+        match partition.read(offset, PUSH_RECORDS_MAX, PUSH_BYTES_MAX).await {
+            Ok(read) if !read.records.is_empty() => {
+                offset = read.next_offset;
+                let event = SubscriptionEvent::Records {
+                    topic: partition.topic.clone(),
+                    partition: partition.id,
+                    records: read.records,
+                };
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(BrokerError::OffsetOutOfRange { log_start_offset, .. }) if offset < log_start_offset => {
+                // Retention deleted what this stream had not read yet: go on
+                // from the oldest record still there (Kafka's "earliest" reset).
+                tracing::warn!(topic = %partition.topic, partition = partition.id, from = offset, to = log_start_offset, "subscriber fell behind retention; skipping ahead");
+                offset = log_start_offset;
+                continue;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+        hw.borrow_and_update();
+        if partition.log.high_watermark() > offset {
+            continue;
+        }
+        tokio::select! {
+            r = hw.changed() => if r.is_err() { return },
+            _ = tx.closed() => return,
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Proto <-> domain translation. Proto types stop in `server/`.
+
+use crate::broker::partition::ReadRecords;
+use crate::broker::{PartitionInfo, Position, ProduceRequest, ProduceResult, TopicInfo};
+use crate::proto;
+use crate::storage::batch::{ProducerStamp, Record, StoredRecord};
+use tonic::Status;
+
+pub fn position(p: Option<proto::Position>, absent: Position) -> Result<Position, Status> {
+    use proto::position::Position as P;
+    Ok(match p.and_then(|p| p.position) {
+        None => absent,
+        Some(P::Offset(o)) => Position::Offset(o),
+        Some(P::TimestampMs(t)) => Position::Timestamp(t),
+        Some(P::Boundary(b)) => boundary(b)?,
+    })
+}
+
+pub fn boundary(b: i32) -> Result<Position, Status> {
+    match proto::Boundary::try_from(b) {
+        Ok(proto::Boundary::Earliest) => Ok(Position::Earliest),
+        Ok(proto::Boundary::Latest) => Ok(Position::Latest),
+        Ok(proto::Boundary::Committed) => Ok(Position::Committed),
+        Err(_) => Err(Status::invalid_argument(format!("unknown boundary {b}"))),
+    }
+}
+
+pub fn produce_request(r: proto::ProduceRequest) -> Result<ProduceRequest, Status> {
+    let producer = match (r.producer_id, r.sequence) {
+        (Some(producer_id), Some(sequence)) => {
+            if producer_id < 0 || sequence < 0 {
+                return Err(Status::invalid_argument("producer_id and sequence must not be negative"));
+            }
+            Some(ProducerStamp { producer_id, first_sequence: sequence })
+        }
+        (None, None) => None,
+        _ => return Err(Status::invalid_argument("producer_id and sequence go together: set both or neither")),
+    };
+    let records = r
+        .records
+        .into_iter()
+        .map(|rec| {
+            let mut headers: Vec<(String, bytes::Bytes)> = rec.headers.into_iter().collect();
+            headers.sort_by(|a, b| a.0.cmp(&b.0));
+            Record {
+                key: rec.key,
+                value: rec.value,
+                headers,
+                timestamp_ms: rec.timestamp_ms,
+            }
+        })
+        .collect();
+    Ok(ProduceRequest {
+        topic: r.topic,
+        partition: r.partition,
+        records,
+        producer,
+    })
+}
+
+pub fn produce_results(results: Vec<ProduceResult>) -> Vec<proto::ProduceResult> {
+    results
+        .into_iter()
+        .map(|r| proto::ProduceResult {
+            partition: r.partition,
+            base_offset: r.base_offset,
+            last_offset: r.last_offset,
+            log_append_time_ms: r.log_append_time_ms,
+        })
+        .collect()
+}
+
+pub fn stored_record(topic: &str, partition: u32, r: StoredRecord) -> proto::StoredRecord {
+    proto::StoredRecord {
+        topic: topic.to_string(),
+        partition,
+        offset: r.offset,
+        timestamp_ms: r.timestamp_ms,
+        key: r.key,
+        value: r.value,
+        headers: r.headers.into_iter().collect(),
+    }
+}
+
+pub fn fetch_response(topic: &str, partition: u32, read: ReadRecords) -> proto::FetchResponse {
+    proto::FetchResponse {
+        records: read.records.into_iter().map(|r| stored_record(topic, partition, r)).collect(),
+        next_offset: read.next_offset,
+        high_watermark: read.high_watermark,
+        log_start_offset: read.log_start_offset,
+    }
+}
+
+pub fn topic_description(t: TopicInfo) -> proto::TopicDescription {
+    proto::TopicDescription {
+        name: t.name,
+        partitions: t.partitions.len() as u32,
+        partition_descriptions: t.partitions.into_iter().map(partition_description).collect(),
+        config: t.config.into_iter().collect(),
+    }
+}
+
+fn partition_description(p: PartitionInfo) -> proto::PartitionDescription {
+    proto::PartitionDescription {
+        partition: p.partition,
+        log_start_offset: p.log_start_offset,
+        high_watermark: p.high_watermark,
+        size_bytes: p.size_bytes,
+        segments: p.segments,
+        first_timestamp_ms: p.first_timestamp_ms,
+        last_timestamp_ms: p.last_timestamp_ms,
+    }
+}

@@ -1,0 +1,249 @@
+//! `strata.v1.Broker` implemented over [`crate::broker::Broker`]: decode,
+//! call, encode. No business logic lives here.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert;
+use super::status::{map_decode_status, to_status};
+use crate::broker::subscription::SubscriptionEvent;
+use crate::broker::{Broker, Position};
+use crate::proto;
+
+/// Produce requests one ProduceStream may have in flight (awaiting fsync).
+pub const PIPELINE_DEPTH_MAX: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct BrokerService {
+    pub broker: Arc<Broker>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl proto::broker_server::Broker for BrokerService {
+    async fn create_topic(
+        &self,
+        request: Request<proto::CreateTopicRequest>,
+    ) -> Result<Response<proto::TopicDescription>, Status> {
+        let r = request.into_inner();
+        let config: BTreeMap<String, String> = r.config.into_iter().collect();
+        let info = self.broker.create_topic(&r.name, r.partitions, config).await.map_err(to_status)?;
+        Ok(Response::new(convert::topic_description(info)))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<proto::DeleteTopicRequest>,
+    ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
+        self.broker.delete_topic(&request.into_inner().name).await.map_err(to_status)?;
+        Ok(Response::new(proto::DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<proto::ListTopicsRequest>,
+    ) -> Result<Response<proto::ListTopicsResponse>, Status> {
+        let topics = self.broker.list_topics(&request.into_inner().topic_pattern).await.map_err(to_status)?;
+        Ok(Response::new(proto::ListTopicsResponse {
+            topics: topics.into_iter().map(convert::topic_description).collect(),
+        }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<proto::DescribeTopicRequest>,
+    ) -> Result<Response<proto::TopicDescription>, Status> {
+        let info = self.broker.describe_topic(&request.into_inner().name).await.map_err(to_status)?;
+        Ok(Response::new(convert::topic_description(info)))
+    }
+
+    async fn alter_topic_config(
+        &self,
+        request: Request<proto::AlterTopicConfigRequest>,
+    ) -> Result<Response<proto::TopicDescription>, Status> {
+        let r = request.into_inner();
+        let info = self
+            .broker
+            .alter_topic_config(&r.name, r.config.into_iter().collect())
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(convert::topic_description(info)))
+    }
+
+    async fn init_producer(
+        &self,
+        _request: Request<proto::InitProducerRequest>,
+    ) -> Result<Response<proto::InitProducerResponse>, Status> {
+        let broker = self.broker.clone();
+        let producer_id = tokio::task::spawn_blocking(move || broker.init_producer())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(to_status)?;
+        Ok(Response::new(proto::InitProducerResponse { producer_id }))
+    }
+
+    async fn produce(
+        &self,
+        request: Request<proto::ProduceRequest>,
+    ) -> Result<Response<proto::ProduceResponse>, Status> {
+        let r = request.into_inner();
+        let request_id = r.request_id;
+        let results = self.broker.produce(convert::produce_request(r)?).await.map_err(to_status)?;
+        Ok(Response::new(proto::ProduceResponse {
+            results: convert::produce_results(results),
+            request_id,
+            ..Default::default()
+        }))
+    }
+
+    type ProduceStreamStream = BoxStream<proto::ProduceResponse>;
+
+    async fn produce_stream(
+        &self,
+        request: Request<Streaming<proto::ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(PIPELINE_DEPTH_MAX);
+        let broker = self.broker.clone();
+        tokio::spawn(async move {
+            let depth = Arc::new(Semaphore::new(PIPELINE_DEPTH_MAX));
+            loop {
+                let message = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = tx.send(Err(map_decode_status(status))).await;
+                        break;
+                    }
+                };
+                let Ok(permit) = depth.clone().acquire_owned().await else { break };
+                let request_id = message.request_id;
+                // Written here, in stream order, so a partition sees the
+                // stream's batches in the order they were sent; the fsync
+                // wait happens concurrently below.
+                let pending = match convert::produce_request(message) {
+                    Ok(req) => broker.produce_pending(req).await.map_err(to_status),
+                    Err(s) => Err(s),
+                };
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let result = match pending {
+                        Ok(p) => p.wait().await.map_err(to_status),
+                        Err(s) => Err(s),
+                    };
+                    let response = match result {
+                        Ok(results) => proto::ProduceResponse {
+                            results: convert::produce_results(results),
+                            request_id,
+                            ..Default::default()
+                        },
+                        Err(s) => proto::ProduceResponse {
+                            request_id,
+                            error_code: s.code() as i32,
+                            error_message: s.message().to_string(),
+                            ..Default::default()
+                        },
+                    };
+                    let _ = tx.send(Ok(response)).await;
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn fetch(&self, request: Request<proto::FetchRequest>) -> Result<Response<proto::FetchResponse>, Status> {
+        let r = request.into_inner();
+        let from = convert::position(r.from, Position::Earliest)?;
+        let read = self
+            .broker
+            .fetch(
+                &r.topic,
+                r.partition,
+                from,
+                r.max_records as usize,
+                r.max_bytes as usize,
+                r.max_wait_ms as u64,
+            )
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(convert::fetch_response(&r.topic, r.partition, read)))
+    }
+
+    type SubscribeStream = BoxStream<proto::SubscribeResponse>;
+
+    async fn subscribe(
+        &self,
+        request: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let r = request.into_inner();
+        if r.group.is_some() {
+            return Err(Status::unimplemented(
+                "Subscribe with a group is not supported by this broker version; subscribe without a group",
+            ));
+        }
+        let fallback = match r.fallback {
+            Some(b) => convert::boundary(b)?,
+            None => Position::Latest,
+        };
+        let mut from = convert::position(r.from, Position::Latest)?;
+        if from == Position::Committed {
+            // No group, so nothing is committed: use the fallback.
+            from = fallback;
+        }
+        if from == Position::Committed {
+            return Err(Status::invalid_argument("fallback must be EARLIEST or LATEST"));
+        }
+        let mut events = self.broker.subscribe(r.topic_pattern, from);
+        let (tx, rx) = mpsc::channel(1);
+        let mut stopping = self.broker.watch_stopping();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    e = events.recv() => e,
+                    _ = stopping.wait_for(|s| *s) => None,
+                };
+                let Some(event) = event else { return };
+                let message = event.map_err(to_status).map(|e| match e {
+                    SubscriptionEvent::Records { topic, partition, records } => proto::SubscribeResponse {
+                        records: records.into_iter().map(|r| convert::stored_record(&topic, partition, r)).collect(),
+                        assignments: vec![],
+                    },
+                    SubscriptionEvent::Assigned(held) => proto::SubscribeResponse {
+                        records: vec![],
+                        assignments: held
+                            .into_iter()
+                            .map(|(topic, partitions)| proto::TopicPartitions { topic, partitions })
+                            .collect(),
+                    },
+                });
+                if tx.send(message).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<proto::ListOffsetsRequest>,
+    ) -> Result<Response<proto::ListOffsetsResponse>, Status> {
+        let r = request.into_inner();
+        let at = convert::position(r.at, Position::Latest)?;
+        let (offset, log_start_offset, high_watermark) =
+            self.broker.list_offsets(&r.topic, r.partition, at).await.map_err(to_status)?;
+        Ok(Response::new(proto::ListOffsetsResponse {
+            offset,
+            log_start_offset,
+            high_watermark,
+        }))
+    }
+}
