@@ -1,0 +1,101 @@
+//! Shared helpers: a real broker on 127.0.0.1:0 over a temp dir, and a client.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use strata::config::BrokerConfig;
+use strata::proto::broker_client::BrokerClient;
+use strata::proto::{self, position::Position as P};
+use strata::server::{self, RunningServer};
+use tonic::transport::Channel;
+
+pub type Client = BrokerClient<Channel>;
+
+pub fn config(dir: &Path) -> BrokerConfig {
+    BrokerConfig {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..BrokerConfig::default()
+    }
+}
+
+pub async fn start(dir: &Path) -> RunningServer {
+    server::start(config(dir)).await.unwrap()
+}
+
+pub async fn client(server: &RunningServer) -> Client {
+    BrokerClient::connect(server.url())
+        .await
+        .unwrap()
+        .max_decoding_message_size(64 << 20)
+}
+
+pub async fn create(client: &mut Client, name: &str, partitions: u32) -> proto::TopicDescription {
+    client
+        .create_topic(proto::CreateTopicRequest {
+            name: name.into(),
+            partitions,
+            config: Default::default(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+pub fn record(key: &str, value: &str) -> proto::Record {
+    proto::Record {
+        key: key.as_bytes().to_vec().into(),
+        value: value.as_bytes().to_vec().into(),
+        ..Default::default()
+    }
+}
+
+pub async fn produce(client: &mut Client, topic: &str, partition: Option<u32>, records: Vec<proto::Record>) -> Vec<proto::ProduceResult> {
+    client
+        .produce(proto::ProduceRequest {
+            topic: topic.into(),
+            partition,
+            records,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+}
+
+pub fn at_offset(offset: u64) -> Option<proto::Position> {
+    Some(proto::Position { position: Some(P::Offset(offset)) })
+}
+
+pub fn at_boundary(b: proto::Boundary) -> Option<proto::Position> {
+    Some(proto::Position { position: Some(P::Boundary(b as i32)) })
+}
+
+pub async fn fetch(client: &mut Client, topic: &str, partition: u32, from: u64) -> Result<proto::FetchResponse, tonic::Status> {
+    client
+        .fetch(proto::FetchRequest {
+            topic: topic.into(),
+            partition,
+            from: at_offset(from),
+            max_records: 0,
+            max_bytes: 0,
+            max_wait_ms: 0,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Every record of a partition from `from` to the high watermark.
+pub async fn fetch_all(client: &mut Client, topic: &str, partition: u32, from: u64) -> Vec<proto::StoredRecord> {
+    let mut out = Vec::new();
+    let mut next = from;
+    loop {
+        let r = fetch(client, topic, partition, next).await.unwrap();
+        if r.records.is_empty() {
+            return out;
+        }
+        next = r.next_offset;
+        out.extend(r.records);
+    }
+}

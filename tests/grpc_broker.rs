@@ -1,0 +1,361 @@
+//! The broker over real gRPC on 127.0.0.1:0: topic lifecycle, byte-exact
+//! produce/fetch, key partitioning, long poll, pattern subscriptions,
+//! restart, idempotence, pipelined produce, health and reflection.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use strata::broker::partitioner::partition_for_key;
+use strata::proto;
+use tokio_stream::StreamExt;
+
+#[tokio::test]
+async fn topic_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    let created = c
+        .create_topic(proto::CreateTopicRequest {
+            name: "payments.sent".into(),
+            partitions: 3,
+            config: [("retention.ms".to_string(), "86400000".to_string())].into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.partitions, 3);
+    assert_eq!(created.partition_descriptions.len(), 3);
+    assert_eq!(created.config["retention.ms"], "86400000");
+    for key in strata::config::TOPIC_CONFIG_KEYS {
+        assert!(created.config.contains_key(*key), "effective config lists {key}");
+    }
+    assert_eq!(created.config["segment.bytes"], (128u64 << 20).to_string());
+    create(&mut c, "payments.refunded", 1).await;
+    create(&mut c, "policy.updated", 1).await;
+
+    let listed = c
+        .list_topics(proto::ListTopicsRequest { topic_pattern: "payments.*".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = listed.topics.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["payments.refunded", "payments.sent"]);
+
+    let altered = c
+        .alter_topic_config(proto::AlterTopicConfigRequest {
+            name: "payments.sent".into(),
+            config: [("flush.policy".to_string(), "interval:100".to_string())].into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(altered.config["flush.policy"], "interval:100");
+    assert_eq!(altered.config["retention.ms"], "86400000", "earlier overrides stay");
+
+    c.delete_topic(proto::DeleteTopicRequest { name: "payments.sent".into() }).await.unwrap();
+    let err = c
+        .describe_topic(proto::DescribeTopicRequest { name: "payments.sent".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    // The name can be reused, and the new topic starts empty.
+    let again = create(&mut c, "payments.sent", 1).await;
+    assert_eq!(again.partition_descriptions[0].high_watermark, 0);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn produce_and_fetch_are_byte_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "bytes", 1).await;
+    let all_bytes: Vec<u8> = (0..=255u8).collect();
+    let records = vec![
+        proto::Record {
+            key: all_bytes.clone().into(),
+            value: all_bytes.repeat(40).into(),
+            headers: [("trace".to_string(), bytes::Bytes::from_static(b"\x00\xff"))].into(),
+            timestamp_ms: 1_600_000_000_123,
+        },
+        proto::Record { key: Default::default(), value: Default::default(), headers: Default::default(), timestamp_ms: 0 },
+    ];
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let results = produce(&mut c, "bytes", Some(0), records.clone()).await;
+    assert_eq!((results[0].base_offset, results[0].last_offset), (0, 1));
+    let got = fetch_all(&mut c, "bytes", 0, 0).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].key, records[0].key);
+    assert_eq!(got[0].value, records[0].value);
+    assert_eq!(got[0].headers, records[0].headers);
+    assert_eq!(got[0].timestamp_ms, 1_600_000_000_123);
+    assert_eq!((got[0].topic.as_str(), got[0].partition, got[0].offset), ("bytes", 0, 0));
+    assert!(got[1].value.is_empty() && got[1].key.is_empty());
+    assert!(got[1].timestamp_ms >= before, "timestamp 0 means broker time");
+    // Max records is honoured, and next_offset continues from there.
+    let one = c
+        .fetch(proto::FetchRequest { topic: "bytes".into(), partition: 0, from: at_offset(0), max_records: 1, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((one.records.len(), one.next_offset, one.high_watermark), (1, 1, 2));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn keys_map_to_stable_partitions_and_keyless_records_spread() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "keyed", 4).await;
+    for round in 0..3 {
+        for k in 0..20 {
+            let key = format!("customer-{k}");
+            let r = produce(&mut c, "keyed", None, vec![record(&key, &format!("v{round}"))]).await;
+            assert_eq!(r[0].partition, partition_for_key(key.as_bytes(), 4), "{key}");
+        }
+    }
+    let mut used = std::collections::HashSet::new();
+    for _ in 0..8 {
+        let r = produce(&mut c, "keyed", None, vec![record("", "no key")]).await;
+        used.insert(r[0].partition);
+    }
+    assert_eq!(used.len(), 4, "keyless records are spread over every partition");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn long_poll_wakes_on_append_and_times_out_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "afrh.capacity.low", 1).await;
+
+    let started = Instant::now();
+    let idle = c
+        .fetch(proto::FetchRequest { topic: "afrh.capacity.low".into(), from: at_offset(0), max_wait_ms: 300, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(idle.records.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(300), "waits the full max_wait_ms");
+
+    let mut poller = c.clone();
+    let poll = tokio::spawn(async move {
+        poller
+            .fetch(proto::FetchRequest { topic: "afrh.capacity.low".into(), from: at_offset(0), max_wait_ms: 30_000, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sent = Instant::now();
+    produce(&mut c, "afrh.capacity.low", None, vec![record("", "low")]).await;
+    let got = poll.await.unwrap();
+    assert_eq!(got.records.len(), 1, "woken by the append, not by the 30 s timeout");
+    assert!(sent.elapsed() < Duration::from_secs(10));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn pattern_subscription_sees_new_matching_topics_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "payments.sent", 2).await;
+    create(&mut c, "audit", 1).await;
+    produce(&mut c, "payments.sent", Some(0), vec![record("", "before")]).await;
+    let mut stream = c
+        .subscribe(proto::SubscribeRequest {
+            topic_pattern: "payments.*".into(),
+            group: None,
+            from: at_boundary(proto::Boundary::Earliest),
+            fallback: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    create(&mut c, "payments.sent.eu", 1).await;
+    produce(&mut c, "payments.sent.eu", None, vec![record("", "eu")]).await;
+    produce(&mut c, "audit", None, vec![record("", "not for you")]).await;
+    produce(&mut c, "payments.sent", Some(1), vec![record("", "after")]).await;
+
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < 3 {
+        let msg = tokio::time::timeout_at(deadline, stream.next()).await.expect("records arrive").unwrap().unwrap();
+        for r in msg.records {
+            seen.push((r.topic, String::from_utf8(r.value.to_vec()).unwrap()));
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("payments.sent".to_string(), "after".to_string()),
+            ("payments.sent".to_string(), "before".to_string()),
+            ("payments.sent.eu".to_string(), "eu".to_string()),
+        ]
+    );
+    // Nothing else arrives (in particular nothing from "audit").
+    produce(&mut c, "payments.sent", Some(0), vec![record("", "marker")]).await;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), stream.next()).await.unwrap().unwrap().unwrap();
+        let values: Vec<_> = msg.records.iter().map(|r| r.value.clone()).collect();
+        assert!(msg.records.iter().all(|r| r.topic.starts_with("payments.")));
+        if values.iter().any(|v| v.as_ref() == b"marker") {
+            break;
+        }
+    }
+    drop(stream);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn restart_on_the_same_data_dir_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "policy.updated", 2).await;
+    for i in 0..50 {
+        produce(&mut c, "policy.updated", Some(i % 2), vec![record("", &format!("v{i}"))]).await;
+    }
+    server.shutdown().await.unwrap();
+
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    let d = c
+        .describe_topic(proto::DescribeTopicRequest { name: "policy.updated".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.partitions, 2);
+    let p0 = fetch_all(&mut c, "policy.updated", 0, 0).await;
+    let values: Vec<_> = p0.iter().map(|r| String::from_utf8(r.value.to_vec()).unwrap()).collect();
+    assert_eq!(values, (0..50).step_by(2).map(|i| format!("v{i}")).collect::<Vec<_>>());
+    assert_eq!(fetch_all(&mut c, "policy.updated", 1, 0).await.len(), 25);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn idempotent_retry_returns_the_original_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "orders", 1).await;
+    let pid = c.init_producer(proto::InitProducerRequest {}).await.unwrap().into_inner().producer_id;
+    let other = c.init_producer(proto::InitProducerRequest {}).await.unwrap().into_inner().producer_id;
+    assert_ne!(pid, other);
+    let req = proto::ProduceRequest {
+        topic: "orders".into(),
+        records: vec![record("", "a"), record("", "b")],
+        producer_id: Some(pid),
+        sequence: Some(0),
+        ..Default::default()
+    };
+    let offsets = |r: Vec<proto::ProduceResult>| r.into_iter().map(|r| (r.partition, r.base_offset, r.last_offset)).collect::<Vec<_>>();
+    let first = offsets(c.produce(req.clone()).await.unwrap().into_inner().results);
+    let retry = offsets(c.produce(req.clone()).await.unwrap().into_inner().results);
+    assert_eq!(first, retry);
+    assert_eq!(fetch_all(&mut c, "orders", 0, 0).await.len(), 2, "the retry appended nothing");
+    server.shutdown().await.unwrap();
+
+    // Also after a restart.
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    let retry = offsets(c.produce(req).await.unwrap().into_inner().results);
+    assert_eq!(first, retry);
+    assert_eq!(fetch_all(&mut c, "orders", 0, 0).await.len(), 2);
+    let fresh = c.init_producer(proto::InitProducerRequest {}).await.unwrap().into_inner().producer_id;
+    assert!(fresh > other, "producer ids are never reused across restarts");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn produce_stream_pipelines_and_echoes_request_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "stream", 1).await;
+    let requests = (0..200u64).map(|i| proto::ProduceRequest {
+        topic: "stream".into(),
+        records: vec![record("", &format!("m{i}")), record("", &format!("n{i}"))],
+        request_id: 1000 + i,
+        ..Default::default()
+    });
+    let mut requests: Vec<_> = requests.collect();
+    // One bad request in the middle fails alone, with its code.
+    requests[50].topic = "no.such.topic".into();
+    let mut responses = c
+        .produce_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut by_id = std::collections::BTreeMap::new();
+    while let Some(r) = responses.next().await {
+        let r = r.unwrap();
+        by_id.insert(r.request_id, r);
+    }
+    assert_eq!(by_id.len(), 200);
+    assert_eq!(by_id[&1050].error_code, tonic::Code::NotFound as i32);
+    let mut next = 0;
+    for (id, r) in &by_id {
+        if *id == 1050 {
+            continue;
+        }
+        assert_eq!(r.results[0].base_offset, next, "stream order is log order (request {id})");
+        next += 2;
+    }
+    let values: Vec<_> = fetch_all(&mut c, "stream", 0, 0).await.into_iter().map(|r| r.value).collect();
+    assert_eq!(values.len(), 398);
+    assert_eq!(values[0].as_ref(), b"m0");
+    assert_eq!(values[397].as_ref(), b"n199");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn list_offsets_by_boundary_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "timed", 1).await;
+    let records = (0..10)
+        .map(|i| proto::Record { value: vec![i].into(), timestamp_ms: 1_000_000 + i as i64 * 1000, ..Default::default() })
+        .collect();
+    produce(&mut c, "timed", None, records).await;
+    let at = |p: Option<proto::Position>| proto::ListOffsetsRequest { topic: "timed".into(), partition: 0, at: p };
+    let ts = |t: i64| Some(proto::Position { position: Some(proto::position::Position::TimestampMs(t)) });
+    assert_eq!(c.list_offsets(at(at_boundary(proto::Boundary::Earliest))).await.unwrap().into_inner().offset, 0);
+    assert_eq!(c.list_offsets(at(at_boundary(proto::Boundary::Latest))).await.unwrap().into_inner().offset, 10);
+    assert_eq!(c.list_offsets(at(ts(1_004_500))).await.unwrap().into_inner().offset, 5);
+    assert_eq!(c.list_offsets(at(ts(9_999_999))).await.unwrap().into_inner().offset, 10, "past the end: high watermark");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::{server_reflection_request::MessageRequest, server_reflection_response::MessageResponse, ServerReflectionRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let channel = tonic::transport::Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "strata.v1.Broker".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut resp = reflection.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let msg = resp.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else { panic!("unexpected reply") };
+    assert!(list.service.iter().any(|s| s.name == "strata.v1.Broker"));
+    server.shutdown().await.unwrap();
+}
