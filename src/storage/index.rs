@@ -400,3 +400,50 @@ mod tests {
         assert_eq!(idx.last_below(1000).unwrap().relative_offset, 10);
     }
 }
+
+/// Parses the bytes of an `.index` file without mapping it (offline tools).
+/// Trailing all-zero entries are preallocated space, not entries.
+pub fn parse_offset_index(bytes: &[u8]) -> Vec<OffsetEntry> {
+    let mut entries: Vec<OffsetEntry> = bytes
+        .chunks_exact(8)
+        .map(|c| unpack_offset(u64::from_le_bytes(c.try_into().expect("8 bytes"))))
+        .collect();
+    while entries.len() > 1 && entries.last().is_some_and(|e| e.relative_offset == 0 && e.position == 0) {
+        entries.pop();
+    }
+    if entries.len() == 1 && entries[0].position == 0 && entries[0].relative_offset == 0 {
+        entries.clear();
+    }
+    entries
+}
+
+/// Parses the bytes of a `.timeindex` file (offline tools).
+pub fn parse_time_index(bytes: &[u8]) -> Vec<TimeEntry> {
+    let mut entries: Vec<TimeEntry> = bytes
+        .chunks_exact(16)
+        .map(|c| {
+            unpack_time([
+                u64::from_le_bytes(c[..8].try_into().expect("8 bytes")),
+                u64::from_le_bytes(c[8..].try_into().expect("8 bytes")),
+            ])
+        })
+        .collect();
+    while entries.last().is_some_and(|e| e.timestamp_ms == 0 && e.relative_offset == 0) {
+        entries.pop();
+    }
+    entries
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_index_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = parse_offset_index(&bytes);
+            let _ = parse_time_index(&bytes);
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! `strata log dump PATH` and `strata log verify DIR`: offline inspection of
+//! segment and index files through the storage engine's own codecs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Subcommand;
+
+use crate::cli::time::format_ms;
+use crate::storage::batch::{self, BatchHeader, BATCH_BYTES_LIMIT};
+use crate::storage::fs::{FileSystem, StdFs};
+use crate::storage::index::{parse_offset_index, parse_time_index};
+use crate::storage::verify::{self, VerifyReport};
+
+#[derive(Debug, Subcommand)]
+pub enum LogCommand {
+    /// Print the batches of a .log (or the entries of a .index/.timeindex).
+    Dump {
+        path: PathBuf,
+        /// Also print every record.
+        #[arg(long)]
+        records: bool,
+    },
+    /// Check every segment and index under a data dir, topic or partition dir.
+    Verify { dir: PathBuf },
+}
+
+pub fn run(command: LogCommand) -> anyhow::Result<()> {
+    match command {
+        LogCommand::Dump { path, records } => dump(&path, records),
+        LogCommand::Verify { dir } => {
+            let report = verify_with_progress(&dir)?;
+            println!(
+                "verified {} partition(s), {} segment(s), {} batch(es), {} record(s), {} bytes",
+                report.partitions, report.segments, report.batches, report.records, report.bytes
+            );
+            if report.is_clean() {
+                println!("OK: no problems found");
+                Ok(())
+            } else {
+                for p in &report.problems {
+                    println!("PROBLEM {p}");
+                }
+                anyhow::bail!("{} problem(s) found in {}", report.problems.len(), dir.display())
+            }
+        }
+    }
+}
+
+fn verify_with_progress(dir: &Path) -> anyhow::Result<VerifyReport> {
+    if !dir.exists() {
+        anyhow::bail!("{} does not exist", dir.display());
+    }
+    let started = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
+    let report = verify::verify_tree(Arc::new(StdFs), dir, &mut |r| {
+        if last.elapsed().as_millis() >= 500 {
+            last = std::time::Instant::now();
+            eprint!(
+                "\rverifying: {} partition(s), {} segment(s), {:.1} MiB, {:.1} s",
+                r.partitions,
+                r.segments,
+                r.bytes as f64 / (1 << 20) as f64,
+                started.elapsed().as_secs_f64()
+            );
+            let _ = std::io::stderr().flush();
+        }
+    })?;
+    if started.elapsed().as_millis() >= 500 {
+        eprintln!();
+    }
+    Ok(report)
+}
+
+fn dump(path: &Path, records: bool) -> anyhow::Result<()> {
+    let bytes = StdFs.read_file(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let base: u64 = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("index") => {
+            for (i, e) in parse_offset_index(&bytes).iter().enumerate() {
+                println!("entry {i}: offset {} -> position {}", base + e.relative_offset as u64, e.position);
+            }
+        }
+        Some("timeindex") => {
+            for (i, e) in parse_time_index(&bytes).iter().enumerate() {
+                println!(
+                    "entry {i}: max timestamp {} ({}) at offset {}",
+                    e.timestamp_ms,
+                    format_ms(e.timestamp_ms),
+                    base + e.relative_offset as u64
+                );
+            }
+        }
+        _ => dump_log(&bytes, records)?,
+    }
+    Ok(())
+}
+
+fn dump_log(bytes: &[u8], records: bool) -> anyhow::Result<()> {
+    let mut pos = 0usize;
+    let mut count = 0u64;
+    while pos < bytes.len() {
+        let header = match BatchHeader::parse(&bytes[pos..], BATCH_BYTES_LIMIT) {
+            Ok(h) if pos + h.total_len <= bytes.len() => h,
+            Ok(h) => {
+                println!("position {pos}: torn batch ({} bytes declared, {} present)", h.total_len, bytes.len() - pos);
+                break;
+            }
+            Err(e) => {
+                println!("position {pos}: invalid batch header: {e} ({} bytes to the end)", bytes.len() - pos);
+                break;
+            }
+        };
+        let whole = &bytes[pos..pos + header.total_len];
+        let crc = match batch::verify_crc(&header, whole) {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("BAD ({e})"),
+        };
+        let producer = header
+            .producer()
+            .map(|p| format!("{}:{}", p.producer_id, p.first_sequence))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "batch offsets {}..={} count {} position {} size {} first_ts {} max_ts {} producer {} crc {}",
+            header.base_offset,
+            header.last_offset(),
+            header.record_count,
+            pos,
+            header.total_len,
+            format_ms(header.first_timestamp),
+            format_ms(header.max_timestamp),
+            producer,
+            crc
+        );
+        if records {
+            match batch::decode_records(&bytes::Bytes::copy_from_slice(whole)) {
+                Ok(rs) => {
+                    for r in rs {
+                        println!(
+                            "  offset {} ts {} key {:?} value {:?} headers {}",
+                            r.offset,
+                            format_ms(r.timestamp_ms),
+                            String::from_utf8_lossy(&r.key),
+                            String::from_utf8_lossy(&r.value),
+                            r.headers.len()
+                        );
+                    }
+                }
+                Err(e) => println!("  records do not decode: {e}"),
+            }
+        }
+        count += 1;
+        pos += header.total_len;
+    }
+    println!("{count} batch(es), {} bytes", bytes.len());
+    Ok(())
+}

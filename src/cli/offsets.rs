@@ -1,0 +1,63 @@
+//! `strata offsets TOPIC [--at TIME]`: per partition, the log start offset,
+//! the high watermark, and (with --at) the first offset at or after a time.
+
+use super::{connect, status_error, ClientArgs, Format};
+use crate::cli::time::parse_time_ms;
+use crate::proto::{self, position::Position as P};
+
+#[derive(Debug, clap::Args)]
+pub struct OffsetsArgs {
+    pub topic: String,
+    /// A time (RFC 3339 or relative like -1h).
+    #[arg(long, allow_hyphen_values = true)]
+    pub at: Option<String>,
+}
+
+pub async fn run(args: OffsetsArgs, client_args: &ClientArgs) -> anyhow::Result<()> {
+    let mut client = connect(client_args).await?;
+    let at_ms = args.at.as_deref().map(parse_time_ms).transpose().map_err(|e| anyhow::anyhow!(e))?;
+    let topic = client
+        .describe_topic(proto::DescribeTopicRequest { name: args.topic.clone() })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if client_args.format == Format::Text {
+        print!("{:>9} {:>14} {:>14}", "PARTITION", "LOG-START", "HIGH-WATERMARK");
+        if at_ms.is_some() {
+            print!(" {:>14}", "OFFSET-AT-TIME");
+        }
+        println!();
+    }
+    for p in &topic.partition_descriptions {
+        let at_offset = match at_ms {
+            Some(ms) => Some(
+                client
+                    .list_offsets(proto::ListOffsetsRequest {
+                        topic: args.topic.clone(),
+                        partition: p.partition,
+                        at: Some(proto::Position { position: Some(P::TimestampMs(ms)) }),
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner()
+                    .offset,
+            ),
+            None => None,
+        };
+        match client_args.format {
+            Format::Json => println!(
+                "{}",
+                serde_json::json!({"topic": args.topic, "partition": p.partition, "log_start_offset": p.log_start_offset,
+                    "high_watermark": p.high_watermark, "offset_at_time": at_offset})
+            ),
+            Format::Text => {
+                print!("{:>9} {:>14} {:>14}", p.partition, p.log_start_offset, p.high_watermark);
+                if let Some(o) = at_offset {
+                    print!(" {o:>14}");
+                }
+                println!();
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! `strata serve`: run the broker until SIGTERM or Ctrl-C, then stop
+//! gracefully (finish in-flight requests, flush, mark every log clean).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::config::{BrokerConfig, ConfigFile};
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Data directory [default: ./data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:50051].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// TOML config file; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// Defaults, then the config file, then flags.
+pub fn broker_config(args: &ServeArgs) -> anyhow::Result<BrokerConfig> {
+    let mut config = BrokerConfig::default();
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let file = ConfigFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        file.apply(&mut config).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    if let Some(d) = &args.data_dir {
+        config.data_dir = d.clone();
+    }
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    Ok(config)
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = broker_config(&args)?;
+    let server = crate::server::start(config).await?;
+    println!("strata listening on {}", server.addr());
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
