@@ -36,7 +36,9 @@ async fn topic_lifecycle() {
     create(&mut c, "policy.updated", 1).await;
 
     let listed = c
-        .list_topics(proto::ListTopicsRequest { topic_pattern: "payments.*".into() })
+        .list_topics(proto::ListTopicsRequest {
+            topic_pattern: "payments.*".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -54,9 +56,15 @@ async fn topic_lifecycle() {
     assert_eq!(altered.config["flush.policy"], "interval:100");
     assert_eq!(altered.config["retention.ms"], "86400000", "earlier overrides stay");
 
-    c.delete_topic(proto::DeleteTopicRequest { name: "payments.sent".into() }).await.unwrap();
+    c.delete_topic(proto::DeleteTopicRequest {
+        name: "payments.sent".into(),
+    })
+    .await
+    .unwrap();
     let err = c
-        .describe_topic(proto::DescribeTopicRequest { name: "payments.sent".into() })
+        .describe_topic(proto::DescribeTopicRequest {
+            name: "payments.sent".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
@@ -80,9 +88,17 @@ async fn produce_and_fetch_are_byte_exact() {
             headers: [("trace".to_string(), bytes::Bytes::from_static(b"\x00\xff"))].into(),
             timestamp_ms: 1_600_000_000_123,
         },
-        proto::Record { key: Default::default(), value: Default::default(), headers: Default::default(), timestamp_ms: 0 },
+        proto::Record {
+            key: Default::default(),
+            value: Default::default(),
+            headers: Default::default(),
+            timestamp_ms: 0,
+        },
     ];
-    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let results = produce(&mut c, "bytes", Some(0), records.clone()).await;
     assert_eq!((results[0].base_offset, results[0].last_offset), (0, 1));
     let got = fetch_all(&mut c, "bytes", 0, 0).await;
@@ -91,12 +107,21 @@ async fn produce_and_fetch_are_byte_exact() {
     assert_eq!(got[0].value, records[0].value);
     assert_eq!(got[0].headers, records[0].headers);
     assert_eq!(got[0].timestamp_ms, 1_600_000_000_123);
-    assert_eq!((got[0].topic.as_str(), got[0].partition, got[0].offset), ("bytes", 0, 0));
+    assert_eq!(
+        (got[0].topic.as_str(), got[0].partition, got[0].offset),
+        ("bytes", 0, 0)
+    );
     assert!(got[1].value.is_empty() && got[1].key.is_empty());
     assert!(got[1].timestamp_ms >= before, "timestamp 0 means broker time");
     // Max records is honoured, and next_offset continues from there.
     let one = c
-        .fetch(proto::FetchRequest { topic: "bytes".into(), partition: 0, from: at_offset(0), max_records: 1, ..Default::default() })
+        .fetch(proto::FetchRequest {
+            topic: "bytes".into(),
+            partition: 0,
+            from: at_offset(0),
+            max_records: 1,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -135,17 +160,30 @@ async fn long_poll_wakes_on_append_and_times_out_when_idle() {
 
     let started = Instant::now();
     let idle = c
-        .fetch(proto::FetchRequest { topic: "afrh.capacity.low".into(), from: at_offset(0), max_wait_ms: 300, ..Default::default() })
+        .fetch(proto::FetchRequest {
+            topic: "afrh.capacity.low".into(),
+            from: at_offset(0),
+            max_wait_ms: 300,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert!(idle.records.is_empty());
-    assert!(started.elapsed() >= Duration::from_millis(300), "waits the full max_wait_ms");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "waits the full max_wait_ms"
+    );
 
     let mut poller = c.clone();
     let poll = tokio::spawn(async move {
         poller
-            .fetch(proto::FetchRequest { topic: "afrh.capacity.low".into(), from: at_offset(0), max_wait_ms: 30_000, ..Default::default() })
+            .fetch(proto::FetchRequest {
+                topic: "afrh.capacity.low".into(),
+                from: at_offset(0),
+                max_wait_ms: 30_000,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner()
@@ -185,7 +223,11 @@ async fn pattern_subscription_sees_new_matching_topics_and_nothing_else() {
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while seen.len() < 3 {
-        let msg = tokio::time::timeout_at(deadline, stream.next()).await.expect("records arrive").unwrap().unwrap();
+        let msg = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("records arrive")
+            .unwrap()
+            .unwrap();
         for r in msg.records {
             seen.push((r.topic, String::from_utf8(r.value.to_vec()).unwrap()));
         }
@@ -202,7 +244,11 @@ async fn pattern_subscription_sees_new_matching_topics_and_nothing_else() {
     // Nothing else arrives (in particular nothing from "audit").
     produce(&mut c, "payments.sent", Some(0), vec![record("", "marker")]).await;
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(20), stream.next()).await.unwrap().unwrap().unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         let values: Vec<_> = msg.records.iter().map(|r| r.value.clone()).collect();
         assert!(msg.records.iter().all(|r| r.topic.starts_with("payments.")));
         if values.iter().any(|v| v.as_ref() == b"marker") {
@@ -220,20 +266,31 @@ async fn restart_on_the_same_data_dir_keeps_everything() {
     let mut c = client(&server).await;
     create(&mut c, "policy.updated", 2).await;
     for i in 0..50 {
-        produce(&mut c, "policy.updated", Some(i % 2), vec![record("", &format!("v{i}"))]).await;
+        produce(
+            &mut c,
+            "policy.updated",
+            Some(i % 2),
+            vec![record("", &format!("v{i}"))],
+        )
+        .await;
     }
     server.shutdown().await.unwrap();
 
     let server = start(dir.path()).await;
     let mut c = client(&server).await;
     let d = c
-        .describe_topic(proto::DescribeTopicRequest { name: "policy.updated".into() })
+        .describe_topic(proto::DescribeTopicRequest {
+            name: "policy.updated".into(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(d.partitions, 2);
     let p0 = fetch_all(&mut c, "policy.updated", 0, 0).await;
-    let values: Vec<_> = p0.iter().map(|r| String::from_utf8(r.value.to_vec()).unwrap()).collect();
+    let values: Vec<_> = p0
+        .iter()
+        .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+        .collect();
     assert_eq!(values, (0..50).step_by(2).map(|i| format!("v{i}")).collect::<Vec<_>>());
     assert_eq!(fetch_all(&mut c, "policy.updated", 1, 0).await.len(), 25);
     server.shutdown().await.unwrap();
@@ -245,8 +302,18 @@ async fn idempotent_retry_returns_the_original_offsets() {
     let server = start(dir.path()).await;
     let mut c = client(&server).await;
     create(&mut c, "orders", 1).await;
-    let pid = c.init_producer(proto::InitProducerRequest {}).await.unwrap().into_inner().producer_id;
-    let other = c.init_producer(proto::InitProducerRequest {}).await.unwrap().into_inner().producer_id;
+    let pid = c
+        .init_producer(proto::InitProducerRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .producer_id;
+    let other = c
+        .init_producer(proto::InitProducerRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .producer_id;
     assert_ne!(pid, other);
     let req = proto::ProduceRequest {
         topic: "orders".into(),
@@ -255,11 +322,19 @@ async fn idempotent_retry_returns_the_original_offsets() {
         sequence: Some(0),
         ..Default::default()
     };
-    let offsets = |r: Vec<proto::ProduceResult>| r.into_iter().map(|r| (r.partition, r.base_offset, r.last_offset)).collect::<Vec<_>>();
+    let offsets = |r: Vec<proto::ProduceResult>| {
+        r.into_iter()
+            .map(|r| (r.partition, r.base_offset, r.last_offset))
+            .collect::<Vec<_>>()
+    };
     let first = offsets(c.produce(req.clone()).await.unwrap().into_inner().results);
     let retry = offsets(c.produce(req.clone()).await.unwrap().into_inner().results);
     assert_eq!(first, retry);
-    assert_eq!(fetch_all(&mut c, "orders", 0, 0).await.len(), 2, "the retry appended nothing");
+    assert_eq!(
+        fetch_all(&mut c, "orders", 0, 0).await.len(),
+        2,
+        "the retry appended nothing"
+    );
     server.shutdown().await.unwrap();
 
     // Also after a restart.
@@ -268,7 +343,12 @@ async fn idempotent_retry_returns_the_original_offsets() {
     let retry = offsets(c.produce(req).await.unwrap().into_inner().results);
     assert_eq!(first, retry);
     assert_eq!(fetch_all(&mut c, "orders", 0, 0).await.len(), 2);
-    let fresh = c.init_producer(proto::InitProducerRequest {}).await.unwrap().into_inner().producer_id;
+    let fresh = c
+        .init_producer(proto::InitProducerRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .producer_id;
     assert!(fresh > other, "producer ids are never reused across restarts");
     server.shutdown().await.unwrap();
 }
@@ -305,10 +385,17 @@ async fn produce_stream_pipelines_and_echoes_request_ids() {
         if *id == 1050 {
             continue;
         }
-        assert_eq!(r.results[0].base_offset, next, "stream order is log order (request {id})");
+        assert_eq!(
+            r.results[0].base_offset, next,
+            "stream order is log order (request {id})"
+        );
         next += 2;
     }
-    let values: Vec<_> = fetch_all(&mut c, "stream", 0, 0).await.into_iter().map(|r| r.value).collect();
+    let values: Vec<_> = fetch_all(&mut c, "stream", 0, 0)
+        .await
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
     assert_eq!(values.len(), 398);
     assert_eq!(values[0].as_ref(), b"m0");
     assert_eq!(values[397].as_ref(), b"n199");
@@ -322,15 +409,45 @@ async fn list_offsets_by_boundary_and_time() {
     let mut c = client(&server).await;
     create(&mut c, "timed", 1).await;
     let records = (0..10)
-        .map(|i| proto::Record { value: vec![i].into(), timestamp_ms: 1_000_000 + i as i64 * 1000, ..Default::default() })
+        .map(|i| proto::Record {
+            value: vec![i].into(),
+            timestamp_ms: 1_000_000 + i as i64 * 1000,
+            ..Default::default()
+        })
         .collect();
     produce(&mut c, "timed", None, records).await;
-    let at = |p: Option<proto::Position>| proto::ListOffsetsRequest { topic: "timed".into(), partition: 0, at: p };
-    let ts = |t: i64| Some(proto::Position { position: Some(proto::position::Position::TimestampMs(t)) });
-    assert_eq!(c.list_offsets(at(at_boundary(proto::Boundary::Earliest))).await.unwrap().into_inner().offset, 0);
-    assert_eq!(c.list_offsets(at(at_boundary(proto::Boundary::Latest))).await.unwrap().into_inner().offset, 10);
+    let at = |p: Option<proto::Position>| proto::ListOffsetsRequest {
+        topic: "timed".into(),
+        partition: 0,
+        at: p,
+    };
+    let ts = |t: i64| {
+        Some(proto::Position {
+            position: Some(proto::position::Position::TimestampMs(t)),
+        })
+    };
+    assert_eq!(
+        c.list_offsets(at(at_boundary(proto::Boundary::Earliest)))
+            .await
+            .unwrap()
+            .into_inner()
+            .offset,
+        0
+    );
+    assert_eq!(
+        c.list_offsets(at(at_boundary(proto::Boundary::Latest)))
+            .await
+            .unwrap()
+            .into_inner()
+            .offset,
+        10
+    );
     assert_eq!(c.list_offsets(at(ts(1_004_500))).await.unwrap().into_inner().offset, 5);
-    assert_eq!(c.list_offsets(at(ts(9_999_999))).await.unwrap().into_inner().offset, 10, "past the end: high watermark");
+    assert_eq!(
+        c.list_offsets(at(ts(9_999_999))).await.unwrap().into_inner().offset,
+        10,
+        "past the end: high watermark"
+    );
     server.shutdown().await.unwrap();
 }
 
@@ -338,24 +455,44 @@ async fn list_offsets_by_boundary_and_time() {
 async fn health_and_reflection_are_served() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::{server_reflection_request::MessageRequest, server_reflection_response::MessageResponse, ServerReflectionRequest};
+    use tonic_reflection::pb::v1::{
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse, ServerReflectionRequest,
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
-    let channel = tonic::transport::Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut health = HealthClient::new(channel.clone());
     let status = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "strata.v1.Broker".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "strata.v1.Broker".into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     let mut reflection = ServerReflectionClient::new(channel);
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut resp = reflection.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = reflection
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
     let msg = resp.next().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else { panic!("unexpected reply") };
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+        panic!("unexpected reply")
+    };
     assert!(list.service.iter().any(|s| s.name == "strata.v1.Broker"));
     server.shutdown().await.unwrap();
 }

@@ -7,7 +7,11 @@ pub enum BrokerError {
     #[error("topic {0:?} does not exist")]
     TopicNotFound(String),
     #[error("topic {topic:?} has no partition {partition} (it has {partitions})")]
-    PartitionNotFound { topic: String, partition: u32, partitions: u32 },
+    PartitionNotFound {
+        topic: String,
+        partition: u32,
+        partitions: u32,
+    },
     #[error("topic {0:?} already exists")]
     TopicExists(String),
     #[error("{0}")]

@@ -138,7 +138,8 @@ impl Broker {
     pub fn open(config: BrokerConfig, fs: Arc<dyn FileSystem>, clock: Arc<dyn Clock>) -> Result<Arc<Broker>> {
         let dir = config.data_dir.clone();
         let io = |what: &str, e: std::io::Error| BrokerError::Internal(format!("{what} {}: {e}", dir.display()));
-        fs.create_dir_all(&dir).map_err(|e| io("cannot create data directory", e))?;
+        fs.create_dir_all(&dir)
+            .map_err(|e| io("cannot create data directory", e))?;
         let started = std::time::Instant::now();
         let mut topics = HashMap::new();
         let names = fs.list_dir(&dir).map_err(|e| io("cannot list data directory", e))?;
@@ -259,7 +260,11 @@ impl Broker {
     ) -> Result<TopicInfo> {
         self.check_running()?;
         names::validate("topic", name, false)?;
-        let partitions = if partitions == 0 { self.config.default_partitions } else { partitions };
+        let partitions = if partitions == 0 {
+            self.config.default_partitions
+        } else {
+            partitions
+        };
         if partitions > PARTITIONS_MAX {
             return Err(BrokerError::InvalidArgument(format!(
                 "topic {name:?}: {partitions} partitions is more than the limit of {PARTITIONS_MAX}"
@@ -286,7 +291,9 @@ impl Broker {
         let meta = metadata.clone();
         let topic_dir = dir.clone();
         let created = tokio::task::spawn_blocking(move || -> Result<Vec<Arc<Partition>>> {
-            let internal = |e: std::io::Error| BrokerError::Internal(format!("cannot create topic directory {}: {e}", topic_dir.display()));
+            let internal = |e: std::io::Error| {
+                BrokerError::Internal(format!("cannot create topic directory {}: {e}", topic_dir.display()))
+            };
             if fs.exists(&topic_dir) {
                 // Leftover of a create that crashed before its metadata was written.
                 fs.remove_dir_all(&topic_dir).map_err(internal)?;
@@ -294,13 +301,19 @@ impl Broker {
             fs.create_dir_all(&topic_dir).map_err(internal)?;
             let mut parts = Vec::new();
             for p in 0..meta.partitions {
-                let log = Log::open(&topic_dir.join(p.to_string()), fs.clone(), clock.clone(), log_config.clone())
-                    .map_err(|e| BrokerError::storage(&meta.name, p, e))?;
+                let log = Log::open(
+                    &topic_dir.join(p.to_string()),
+                    fs.clone(),
+                    clock.clone(),
+                    log_config.clone(),
+                )
+                .map_err(|e| BrokerError::storage(&meta.name, p, e))?;
                 parts.push(Arc::new(Partition::new(&meta.name, p, log)));
             }
             // The metadata file is written last: a topic directory without it
             // is an unfinished create and is cleaned up.
-            meta.write(fs.as_ref(), &topic_dir).map_err(|e| io_error(&topic_dir, e))?;
+            meta.write(fs.as_ref(), &topic_dir)
+                .map_err(|e| io_error(&topic_dir, e))?;
             if let Some(parent) = topic_dir.parent() {
                 // Guards against a power loss forgetting the topic directory.
                 fs.sync_dir(parent).map_err(|e| io_error(parent, e))?;
@@ -474,7 +487,11 @@ impl Broker {
                 Err(e) => first_error = first_error.or(Some(e)),
             }
         }
-        Ok(PendingProduce { parts, now, first_error })
+        Ok(PendingProduce {
+            parts,
+            now,
+            first_error,
+        })
     }
 
     /// Appends records; each partition's share is one atomic batch. Returns
@@ -510,8 +527,16 @@ impl Broker {
         self.check_running()?;
         let partition = self.partition(topic, partition)?;
         let offset = self.resolve(&partition, from).await?;
-        let records_max = if records_max == 0 { FETCH_RECORDS_DEFAULT } else { records_max.min(FETCH_RECORDS_MAX) };
-        let bytes_max = if bytes_max == 0 { FETCH_BYTES_DEFAULT } else { bytes_max.min(self.config.request_bytes_max) };
+        let records_max = if records_max == 0 {
+            FETCH_RECORDS_DEFAULT
+        } else {
+            records_max.min(FETCH_RECORDS_MAX)
+        };
+        let bytes_max = if bytes_max == 0 {
+            FETCH_BYTES_DEFAULT
+        } else {
+            bytes_max.min(self.config.request_bytes_max)
+        };
         let mut hw = partition.watch();
         let mut stopping = self.watch_stopping();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(FETCH_WAIT_MAX_MS));
@@ -576,7 +601,8 @@ impl Broker {
                     _ = stop.changed() => return,
                 }
                 let now = this.clock.now_ms() as u64;
-                let checkpoint_due = last_checkpoint.elapsed() >= Duration::from_millis(this.config.checkpoint_interval_ms);
+                let checkpoint_due =
+                    last_checkpoint.elapsed() >= Duration::from_millis(this.config.checkpoint_interval_ms);
                 for p in this.all_partitions() {
                     let result = match p.log.config().flush {
                         crate::storage::FlushPolicy::Interval(ms) => p.flush_if_due(now, ms).await,

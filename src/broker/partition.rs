@@ -89,7 +89,9 @@ impl Partition {
                 batches,
                 high_watermark,
                 log_start_offset,
-            } = self.log.read(out.next_offset, bytes_max.saturating_sub(bytes).max(1))
+            } = self
+                .log
+                .read(out.next_offset, bytes_max.saturating_sub(bytes).max(1))
                 .map_err(|e| self.error(e))?;
             out.high_watermark = high_watermark;
             out.log_start_offset = log_start_offset;

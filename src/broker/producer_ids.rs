@@ -24,12 +24,20 @@ impl ProducerIds {
         let start = if fs.exists(&path) {
             let text = String::from_utf8_lossy(&fs.read_file(&path)?).trim().to_string();
             text.parse::<i64>().map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: not a number: {text:?}", path.display()))
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: not a number: {text:?}", path.display()),
+                )
             })?
         } else {
             1
         };
-        Ok(ProducerIds { fs, path, next: start, reserved_end: start })
+        Ok(ProducerIds {
+            fs,
+            path,
+            next: start,
+            reserved_end: start,
+        })
     }
 
     pub fn allocate(&mut self) -> std::io::Result<i64> {

@@ -30,7 +30,9 @@ pub fn parse_from(text: &str) -> anyhow::Result<proto::Position> {
         t if t.chars().all(|c| c.is_ascii_digit()) => P::Offset(t.parse()?),
         t => P::TimestampMs(parse_time_ms(t).map_err(|e| anyhow::anyhow!(e))?),
     };
-    Ok(proto::Position { position: Some(position) })
+    Ok(proto::Position {
+        position: Some(position),
+    })
 }
 
 pub async fn run(args: ConsumeArgs, client_args: &ClientArgs) -> anyhow::Result<()> {
@@ -61,7 +63,9 @@ pub async fn run(args: ConsumeArgs, client_args: &ClientArgs) -> anyhow::Result<
         return Ok(());
     }
     let topics = client
-        .list_topics(proto::ListTopicsRequest { topic_pattern: args.topic.clone() })
+        .list_topics(proto::ListTopicsRequest {
+            topic_pattern: args.topic.clone(),
+        })
         .await
         .map_err(status_error)?
         .into_inner()
@@ -73,7 +77,11 @@ pub async fn run(args: ConsumeArgs, client_args: &ClientArgs) -> anyhow::Result<
         for p in &topic.partition_descriptions {
             let end = p.high_watermark;
             let start = client
-                .list_offsets(proto::ListOffsetsRequest { topic: topic.name.clone(), partition: p.partition, at: Some(from) })
+                .list_offsets(proto::ListOffsetsRequest {
+                    topic: topic.name.clone(),
+                    partition: p.partition,
+                    at: Some(from),
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner()
@@ -84,7 +92,9 @@ pub async fn run(args: ConsumeArgs, client_args: &ClientArgs) -> anyhow::Result<
                     .fetch(proto::FetchRequest {
                         topic: topic.name.clone(),
                         partition: p.partition,
-                        from: Some(proto::Position { position: Some(P::Offset(next)) }),
+                        from: Some(proto::Position {
+                            position: Some(P::Offset(next)),
+                        }),
                         max_records: (max - printed).min(1000) as u32,
                         ..Default::default()
                     })
@@ -121,7 +131,13 @@ pub fn print_record(r: &proto::StoredRecord, format: Format) {
             );
         }
         Format::Text => {
-            let mut line = format!("{}[{}]@{}  {}", r.topic, r.partition, r.offset, format_ms(r.timestamp_ms));
+            let mut line = format!(
+                "{}[{}]@{}  {}",
+                r.topic,
+                r.partition,
+                r.offset,
+                format_ms(r.timestamp_ms)
+            );
             if !r.key.is_empty() {
                 line.push_str(&format!("  key={}", text(&r.key)));
             }

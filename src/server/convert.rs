@@ -29,12 +29,21 @@ pub fn produce_request(r: proto::ProduceRequest) -> Result<ProduceRequest, Statu
     let producer = match (r.producer_id, r.sequence) {
         (Some(producer_id), Some(sequence)) => {
             if producer_id < 0 || sequence < 0 {
-                return Err(Status::invalid_argument("producer_id and sequence must not be negative"));
+                return Err(Status::invalid_argument(
+                    "producer_id and sequence must not be negative",
+                ));
             }
-            Some(ProducerStamp { producer_id, first_sequence: sequence })
+            Some(ProducerStamp {
+                producer_id,
+                first_sequence: sequence,
+            })
         }
         (None, None) => None,
-        _ => return Err(Status::invalid_argument("producer_id and sequence go together: set both or neither")),
+        _ => {
+            return Err(Status::invalid_argument(
+                "producer_id and sequence go together: set both or neither",
+            ))
+        }
     };
     let records = r
         .records
@@ -84,7 +93,11 @@ pub fn stored_record(topic: &str, partition: u32, r: StoredRecord) -> proto::Sto
 
 pub fn fetch_response(topic: &str, partition: u32, read: ReadRecords) -> proto::FetchResponse {
     proto::FetchResponse {
-        records: read.records.into_iter().map(|r| stored_record(topic, partition, r)).collect(),
+        records: read
+            .records
+            .into_iter()
+            .map(|r| stored_record(topic, partition, r))
+            .collect(),
         next_offset: read.next_offset,
         high_watermark: read.high_watermark,
         log_start_offset: read.log_start_offset,

@@ -34,7 +34,11 @@ impl proto::broker_server::Broker for BrokerService {
     ) -> Result<Response<proto::TopicDescription>, Status> {
         let r = request.into_inner();
         let config: BTreeMap<String, String> = r.config.into_iter().collect();
-        let info = self.broker.create_topic(&r.name, r.partitions, config).await.map_err(to_status)?;
+        let info = self
+            .broker
+            .create_topic(&r.name, r.partitions, config)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(convert::topic_description(info)))
     }
 
@@ -42,7 +46,10 @@ impl proto::broker_server::Broker for BrokerService {
         &self,
         request: Request<proto::DeleteTopicRequest>,
     ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
-        self.broker.delete_topic(&request.into_inner().name).await.map_err(to_status)?;
+        self.broker
+            .delete_topic(&request.into_inner().name)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(proto::DeleteTopicResponse {}))
     }
 
@@ -50,7 +57,11 @@ impl proto::broker_server::Broker for BrokerService {
         &self,
         request: Request<proto::ListTopicsRequest>,
     ) -> Result<Response<proto::ListTopicsResponse>, Status> {
-        let topics = self.broker.list_topics(&request.into_inner().topic_pattern).await.map_err(to_status)?;
+        let topics = self
+            .broker
+            .list_topics(&request.into_inner().topic_pattern)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(proto::ListTopicsResponse {
             topics: topics.into_iter().map(convert::topic_description).collect(),
         }))
@@ -60,7 +71,11 @@ impl proto::broker_server::Broker for BrokerService {
         &self,
         request: Request<proto::DescribeTopicRequest>,
     ) -> Result<Response<proto::TopicDescription>, Status> {
-        let info = self.broker.describe_topic(&request.into_inner().name).await.map_err(to_status)?;
+        let info = self
+            .broker
+            .describe_topic(&request.into_inner().name)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(convert::topic_description(info)))
     }
 
@@ -95,7 +110,11 @@ impl proto::broker_server::Broker for BrokerService {
     ) -> Result<Response<proto::ProduceResponse>, Status> {
         let r = request.into_inner();
         let request_id = r.request_id;
-        let results = self.broker.produce(convert::produce_request(r)?).await.map_err(to_status)?;
+        let results = self
+            .broker
+            .produce(convert::produce_request(r)?)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(proto::ProduceResponse {
             results: convert::produce_results(results),
             request_id,
@@ -123,7 +142,9 @@ impl proto::broker_server::Broker for BrokerService {
                         break;
                     }
                 };
-                let Ok(permit) = depth.clone().acquire_owned().await else { break };
+                let Ok(permit) = depth.clone().acquire_owned().await else {
+                    break;
+                };
                 let request_id = message.request_id;
                 // Written here, in stream order, so a partition sees the
                 // stream's batches in the order they were sent; the fsync
@@ -212,8 +233,15 @@ impl proto::broker_server::Broker for BrokerService {
                 };
                 let Some(event) = event else { return };
                 let message = event.map_err(to_status).map(|e| match e {
-                    SubscriptionEvent::Records { topic, partition, records } => proto::SubscribeResponse {
-                        records: records.into_iter().map(|r| convert::stored_record(&topic, partition, r)).collect(),
+                    SubscriptionEvent::Records {
+                        topic,
+                        partition,
+                        records,
+                    } => proto::SubscribeResponse {
+                        records: records
+                            .into_iter()
+                            .map(|r| convert::stored_record(&topic, partition, r))
+                            .collect(),
                         assignments: vec![],
                     },
                     SubscriptionEvent::Assigned(held) => proto::SubscribeResponse {
@@ -238,8 +266,11 @@ impl proto::broker_server::Broker for BrokerService {
     ) -> Result<Response<proto::ListOffsetsResponse>, Status> {
         let r = request.into_inner();
         let at = convert::position(r.at, Position::Latest)?;
-        let (offset, log_start_offset, high_watermark) =
-            self.broker.list_offsets(&r.topic, r.partition, at).await.map_err(to_status)?;
+        let (offset, log_start_offset, high_watermark) = self
+            .broker
+            .list_offsets(&r.topic, r.partition, at)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(proto::ListOffsetsResponse {
             offset,
             log_start_offset,

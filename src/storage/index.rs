@@ -78,9 +78,7 @@ impl<const WORDS: usize> EntryFile<WORDS> {
             // length that still covers every published entry). AtomicU64 has
             // the layout of u64, and all access to the mapped words from this
             // process goes through these atomics, so there is no data race.
-            Some(map) => unsafe {
-                std::slice::from_raw_parts(map.as_ptr() as *const AtomicU64, self.capacity * WORDS)
-            },
+            Some(map) => unsafe { std::slice::from_raw_parts(map.as_ptr() as *const AtomicU64, self.capacity * WORDS) },
         }
     }
 
@@ -211,7 +209,8 @@ impl OffsetIndex {
     }
 
     pub fn push(&self, entry: OffsetEntry) -> bool {
-        self.0.push([(entry.relative_offset as u64) << 32 | entry.position as u64])
+        self.0
+            .push([(entry.relative_offset as u64) << 32 | entry.position as u64])
     }
 
     /// Keeps only entries whose position is below `position`.
@@ -356,7 +355,10 @@ mod tests {
         let path = dir.path().join("0.index");
         let idx = OffsetIndex::open(&path, StdFs.open(&path, true).unwrap(), 100, 1 << 20).unwrap();
         for i in 1..=10u32 {
-            assert!(idx.push(OffsetEntry { relative_offset: i * 10, position: i * 4096 }));
+            assert!(idx.push(OffsetEntry {
+                relative_offset: i * 10,
+                position: i * 4096
+            }));
         }
         assert_eq!(idx.lookup(5), None);
         assert_eq!(idx.lookup(10).unwrap().position, 4096);
@@ -378,8 +380,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.index");
         let idx = OffsetIndex::open(&path, StdFs.open(&path, true).unwrap(), 10, 1 << 20).unwrap();
-        idx.push(OffsetEntry { relative_offset: 1, position: 100 });
-        idx.push(OffsetEntry { relative_offset: 2, position: 9000 });
+        idx.push(OffsetEntry {
+            relative_offset: 1,
+            position: 100,
+        });
+        idx.push(OffsetEntry {
+            relative_offset: 2,
+            position: 9000,
+        });
         idx.flush().unwrap();
         drop(idx);
         let idx = OffsetIndex::open(&path, StdFs.open(&path, false).unwrap(), 10, 5000).unwrap();
@@ -391,9 +399,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.timeindex");
         let idx = TimeIndex::open(&path, StdFs.open(&path, true).unwrap(), 10, 1000).unwrap();
-        idx.push(TimeEntry { timestamp_ms: 100, relative_offset: 0 });
-        idx.push(TimeEntry { timestamp_ms: 90, relative_offset: 5 }); // not a new max: skipped
-        idx.push(TimeEntry { timestamp_ms: 200, relative_offset: 10 });
+        idx.push(TimeEntry {
+            timestamp_ms: 100,
+            relative_offset: 0,
+        });
+        idx.push(TimeEntry {
+            timestamp_ms: 90,
+            relative_offset: 5,
+        }); // not a new max: skipped
+        idx.push(TimeEntry {
+            timestamp_ms: 200,
+            relative_offset: 10,
+        });
         assert_eq!(idx.len(), 2);
         assert_eq!(idx.last_below(100), None);
         assert_eq!(idx.last_below(101).unwrap().relative_offset, 0);
@@ -408,7 +425,11 @@ pub fn parse_offset_index(bytes: &[u8]) -> Vec<OffsetEntry> {
         .chunks_exact(8)
         .map(|c| unpack_offset(u64::from_le_bytes(c.try_into().expect("8 bytes"))))
         .collect();
-    while entries.len() > 1 && entries.last().is_some_and(|e| e.relative_offset == 0 && e.position == 0) {
+    while entries.len() > 1
+        && entries
+            .last()
+            .is_some_and(|e| e.relative_offset == 0 && e.position == 0)
+    {
         entries.pop();
     }
     if entries.len() == 1 && entries[0].position == 0 && entries[0].relative_offset == 0 {
@@ -428,7 +449,10 @@ pub fn parse_time_index(bytes: &[u8]) -> Vec<TimeEntry> {
             ])
         })
         .collect();
-    while entries.last().is_some_and(|e| e.timestamp_ms == 0 && e.relative_offset == 0) {
+    while entries
+        .last()
+        .is_some_and(|e| e.timestamp_ms == 0 && e.relative_offset == 0)
+    {
         entries.pop();
     }
     entries

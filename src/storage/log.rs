@@ -67,7 +67,9 @@ impl FromStr for FlushPolicy {
             "never" => Ok(FlushPolicy::Never),
             _ => match s.strip_prefix("interval:").map(str::parse::<u64>) {
                 Some(Ok(ms)) if ms > 0 => Ok(FlushPolicy::Interval(ms)),
-                _ => Err(format!("flush policy {s:?} is not one of always, interval:<ms> (ms > 0), never")),
+                _ => Err(format!(
+                    "flush policy {s:?} is not one of always, interval:<ms> (ms > 0), never"
+                )),
             },
         }
     }
@@ -240,7 +242,8 @@ impl Log {
         let active = segments.values().next_back().expect("at least one segment").clone();
         let log_start_offset = *segments.keys().next().expect("at least one segment");
         if clean {
-            fs.remove_file(&clean_path).map_err(|e| StorageError::io(&clean_path, e))?;
+            fs.remove_file(&clean_path)
+                .map_err(|e| StorageError::io(&clean_path, e))?;
             // Guards against a crash after this open resurrecting the marker,
             // which would make the next open skip recovery.
             fs.sync_dir(dir).map_err(|e| StorageError::io(dir, e))?;
@@ -301,7 +304,12 @@ impl Log {
     }
 
     fn segments_snapshot(&self) -> Vec<Arc<Segment>> {
-        self.segments.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn segment_count(&self) -> usize {
@@ -381,11 +389,18 @@ impl Log {
             if let Some(p) = header.producer() {
                 match w.producers.check(p.producer_id, p.first_sequence) {
                     SequenceCheck::New => {}
-                    SequenceCheck::Duplicate { base_offset, last_offset } => {
+                    SequenceCheck::Duplicate {
+                        base_offset,
+                        last_offset,
+                    } => {
                         // The original may still be waiting for its fsync,
                         // so the retry waits for the same one.
                         return Ok(PendingAppend {
-                            outcome: AppendOutcome { base_offset, last_offset, duplicate: true },
+                            outcome: AppendOutcome {
+                                base_offset,
+                                last_offset,
+                                duplicate: true,
+                            },
                             epoch: w.epoch,
                             needs_sync: config.flush == FlushPolicy::Always,
                         });
@@ -482,7 +497,12 @@ impl Log {
 
     /// Closes the active segment (fsynced, indexes trimmed) and starts a new one.
     fn roll(&self, w: &mut Writer, config: &LogConfig) -> Result<()> {
-        let new = Arc::new(Segment::create(self.fs.clone(), &self.dir, w.next_offset, config.limits())?);
+        let new = Arc::new(Segment::create(
+            self.fs.clone(),
+            &self.dir,
+            w.next_offset,
+            config.limits(),
+        )?);
         if let Err(e) = w.active.close() {
             let _ = new.delete();
             w.poisoned = Some(format!("closing segment failed: {e}"));
@@ -622,7 +642,10 @@ impl Log {
             (w.next_offset, w.epoch, w.poisoned.clone())
         };
         if let Some(reason) = poisoned {
-            return Err(StorageError::Poisoned { path: self.dir.clone(), reason });
+            return Err(StorageError::Poisoned {
+                path: self.dir.clone(),
+                reason,
+            });
         }
         self.sync_until(target, epoch)
     }
@@ -647,7 +670,9 @@ impl Log {
 
     fn write_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
         let path = self.dir.join(checkpoint::FILE_NAME);
-        self.fs.write_atomic(&path, &cp.encode()).map_err(|e| StorageError::io(&path, e))
+        self.fs
+            .write_atomic(&path, &cp.encode())
+            .map_err(|e| StorageError::io(&path, e))
     }
 
     /// Clean close: sync, checkpoint at the end, write the clean marker.
@@ -655,10 +680,20 @@ impl Log {
     pub fn close(&self) -> Result<()> {
         self.checkpoint()?;
         let mut w = lock(&self.writer);
-        w.active.indexes()?.offset.flush().map_err(|e| StorageError::io(w.active.index_path(), e))?;
-        w.active.indexes()?.time.flush().map_err(|e| StorageError::io(w.active.time_index_path(), e))?;
+        w.active
+            .indexes()?
+            .offset
+            .flush()
+            .map_err(|e| StorageError::io(w.active.index_path(), e))?;
+        w.active
+            .indexes()?
+            .time
+            .flush()
+            .map_err(|e| StorageError::io(w.active.time_index_path(), e))?;
         let path = self.dir.join(CLEAN_SHUTDOWN_FILE);
-        self.fs.write_atomic(&path, b"clean\n").map_err(|e| StorageError::io(&path, e))?;
+        self.fs
+            .write_atomic(&path, b"clean\n")
+            .map_err(|e| StorageError::io(&path, e))?;
         w.poisoned = Some("the log is closed".into());
         Ok(())
     }
@@ -771,7 +806,11 @@ fn read_checkpoint(fs: &dyn FileSystem, dir: &Path) -> Option<Checkpoint> {
     if !fs.exists(&path) {
         return None;
     }
-    match fs.read_file(&path).map_err(|e| e.to_string()).and_then(|b| Checkpoint::decode(&b).map_err(String::from)) {
+    match fs
+        .read_file(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| Checkpoint::decode(&b).map_err(String::from))
+    {
         Ok(cp) => Some(cp),
         Err(reason) => {
             tracing::warn!(path = %path.display(), %reason, "ignoring unreadable recovery checkpoint");
@@ -813,7 +852,11 @@ fn recover(
     // inside it, else the start of the active segment (closed segments were
     // fsynced when they were rolled).
     let (start_base, start_position, start_offset, mut producers) = match checkpoint {
-        Some(cp) if segments.get(&cp.segment_base).is_some_and(|s| cp.position <= s.readable_len()) => {
+        Some(cp)
+            if segments
+                .get(&cp.segment_base)
+                .is_some_and(|s| cp.position <= s.readable_len()) =>
+        {
             (cp.segment_base, cp.position, cp.next_offset, cp.producers)
         }
         _ => (active.base_offset, 0, active.base_offset, ProducerState::default()),
@@ -843,7 +886,11 @@ fn recover(
                 );
             }
         })?;
-        let segment_next = if end.position == from { next_offset } else { end.next_offset };
+        let segment_next = if end.position == from {
+            next_offset
+        } else {
+            end.next_offset
+        };
         if let Some(reason) = &end.error {
             tracing::warn!(
                 segment = %segment.log_path.display(),
@@ -852,9 +899,15 @@ fn recover(
                 %reason,
                 "cutting torn or corrupt tail"
             );
-            segment.log.set_len(end.position).map_err(|e| StorageError::io(&segment.log_path, e))?;
+            segment
+                .log
+                .set_len(end.position)
+                .map_err(|e| StorageError::io(&segment.log_path, e))?;
             // Guards against the cut tail reappearing after a power loss.
-            segment.log.sync_data().map_err(|e| StorageError::io(&segment.log_path, e))?;
+            segment
+                .log
+                .sync_data()
+                .map_err(|e| StorageError::io(&segment.log_path, e))?;
             segment.set_readable_len(end.position);
         }
         let idx = segment.indexes()?;
@@ -864,7 +917,9 @@ fn recover(
         idx.time.truncate_to_relative(next_offset - segment.base_offset);
         let mut since = from - idx.offset.last().map(|e| e.position as u64).unwrap_or(0);
         let mut max_ts = idx.time.last().map(|e| e.timestamp_ms).unwrap_or(i64::MIN);
-        segment.scan(from, end.position, false, None, |pos, h| segment.index_batch(idx, pos, h, &mut since, &mut max_ts))?;
+        segment.scan(from, end.position, false, None, |pos, h| {
+            segment.index_batch(idx, pos, h, &mut since, &mut max_ts)
+        })?;
         idx.offset.flush().map_err(|e| StorageError::io(idx.offset.path(), e))?;
         idx.time.flush().map_err(|e| StorageError::io(idx.time.path(), e))?;
         next_offset = segment_next;

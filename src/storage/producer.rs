@@ -128,7 +128,10 @@ mod tests {
         }
         assert_eq!(
             s.check(7, 60),
-            SequenceCheck::Duplicate { base_offset: 60, last_offset: 69 }
+            SequenceCheck::Duplicate {
+                base_offset: 60,
+                last_offset: 69
+            }
         );
         assert_eq!(s.check(7, 0), SequenceCheck::TooOld { last_sequence: 69 });
         assert_eq!(s.check(7, 70), SequenceCheck::New);

@@ -149,7 +149,9 @@ impl Segment {
             .map(|e| self.position_of_batch(e.relative_offset))
             .transpose()?
             .unwrap_or(0);
-        self.scan(from, self.readable_len(), false, None, |_, h| max = max.max(h.max_timestamp))?;
+        self.scan(from, self.readable_len(), false, None, |_, h| {
+            max = max.max(h.max_timestamp)
+        })?;
         self.note_timestamp(max);
         Ok(max)
     }
@@ -172,8 +174,14 @@ impl Segment {
         let log_len = self.readable_len();
         let (index_path, time_path) = (self.index_path(), self.time_index_path());
         let existed = self.fs.exists(&index_path) && self.fs.exists(&time_path);
-        let index_file = self.fs.open(&index_path, true).map_err(|e| StorageError::io(&index_path, e))?;
-        let time_file = self.fs.open(&time_path, true).map_err(|e| StorageError::io(&time_path, e))?;
+        let index_file = self
+            .fs
+            .open(&index_path, true)
+            .map_err(|e| StorageError::io(&index_path, e))?;
+        let time_file = self
+            .fs
+            .open(&time_path, true)
+            .map_err(|e| StorageError::io(&time_path, e))?;
         let capacity = self.limits.index_capacity;
         let offset = OffsetIndex::open(&index_path, index_file, capacity, log_len)
             .map_err(|e| StorageError::io(&index_path, e))?;
@@ -290,21 +298,43 @@ impl Segment {
             }
             let at = (pos - buf_start) as usize;
             if buf.len() < at + HEADER_LEN {
-                return Ok(stop(pos, next_offset, Some(format!("{} trailing bytes are not a whole batch header", end - pos))));
+                return Ok(stop(
+                    pos,
+                    next_offset,
+                    Some(format!("{} trailing bytes are not a whole batch header", end - pos)),
+                ));
             }
             let header = match BatchHeader::parse(&buf[at..], self.limits.batch_bytes_max) {
                 Ok(h) => h,
                 Err(e) => return Ok(stop(pos, next_offset, Some(e.to_string()))),
             };
             if pos + header.total_len as u64 > end {
-                return Ok(stop(pos, next_offset, Some(format!("batch of {} bytes runs past the end of the log", header.total_len))));
+                return Ok(stop(
+                    pos,
+                    next_offset,
+                    Some(format!(
+                        "batch of {} bytes runs past the end of the log",
+                        header.total_len
+                    )),
+                ));
             }
             if let Some(exp) = expected {
                 if header.base_offset != exp {
-                    return Ok(stop(pos, next_offset, Some(format!("base offset {} where {} was expected", header.base_offset, exp))));
+                    return Ok(stop(
+                        pos,
+                        next_offset,
+                        Some(format!("base offset {} where {} was expected", header.base_offset, exp)),
+                    ));
                 }
             } else if header.base_offset < self.base_offset {
-                return Ok(stop(pos, next_offset, Some(format!("base offset {} below the segment's {}", header.base_offset, self.base_offset))));
+                return Ok(stop(
+                    pos,
+                    next_offset,
+                    Some(format!(
+                        "base offset {} below the segment's {}",
+                        header.base_offset, self.base_offset
+                    )),
+                ));
             }
             if check_crc {
                 if at + header.total_len > buf.len() {
@@ -406,7 +436,8 @@ impl Segment {
                 first_offset: from,
                 reason,
             };
-            let header = BatchHeader::parse(&buf[at..], self.limits.batch_bytes_max).map_err(|e| corrupt(e.to_string()))?;
+            let header =
+                BatchHeader::parse(&buf[at..], self.limits.batch_bytes_max).map_err(|e| corrupt(e.to_string()))?;
             if at + header.total_len > buf.len() || header.base_offset >= high_watermark {
                 break;
             }

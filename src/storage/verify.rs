@@ -93,7 +93,9 @@ pub fn verify_partition(
         let path = segment.log_path.display().to_string();
         if let Some(exp) = expected {
             if base != exp {
-                report.problems.push(format!("{path}: segment starts at offset {base}, but the previous one ends at {exp}"));
+                report.problems.push(format!(
+                    "{path}: segment starts at offset {base}, but the previous one ends at {exp}"
+                ));
             }
         }
         let len = segment.readable_len();
@@ -139,7 +141,9 @@ fn check_offset_index(fs: &dyn FileSystem, segment: &Segment, batches: &[(u64, u
             }
         };
         if let Some(p) = problem {
-            report.problems.push(format!("{}: entry {i} (offset {offset}): {p}", path.display()));
+            report
+                .problems
+                .push(format!("{}: entry {i} (offset {offset}): {p}", path.display()));
             return;
         }
         prev = Some((e.relative_offset, e.position));
@@ -163,9 +167,10 @@ fn check_time_index(fs: &dyn FileSystem, segment: &Segment, batches: &[(u64, u64
         } else {
             match running.iter().find(|r| r.0 == offset) {
                 None => Some(format!("offset {offset} is not the start of a valid batch")),
-                Some(r) if r.1 != e.timestamp_ms => {
-                    Some(format!("timestamp {} but the records up to there have max {}", e.timestamp_ms, r.1))
-                }
+                Some(r) if r.1 != e.timestamp_ms => Some(format!(
+                    "timestamp {} but the records up to there have max {}",
+                    e.timestamp_ms, r.1
+                )),
                 _ => None,
             }
         };

@@ -50,7 +50,12 @@ pub fn record(key: &str, value: &str) -> proto::Record {
     }
 }
 
-pub async fn produce(client: &mut Client, topic: &str, partition: Option<u32>, records: Vec<proto::Record>) -> Vec<proto::ProduceResult> {
+pub async fn produce(
+    client: &mut Client,
+    topic: &str,
+    partition: Option<u32>,
+    records: Vec<proto::Record>,
+) -> Vec<proto::ProduceResult> {
     client
         .produce(proto::ProduceRequest {
             topic: topic.into(),
@@ -65,14 +70,23 @@ pub async fn produce(client: &mut Client, topic: &str, partition: Option<u32>, r
 }
 
 pub fn at_offset(offset: u64) -> Option<proto::Position> {
-    Some(proto::Position { position: Some(P::Offset(offset)) })
+    Some(proto::Position {
+        position: Some(P::Offset(offset)),
+    })
 }
 
 pub fn at_boundary(b: proto::Boundary) -> Option<proto::Position> {
-    Some(proto::Position { position: Some(P::Boundary(b as i32)) })
+    Some(proto::Position {
+        position: Some(P::Boundary(b as i32)),
+    })
 }
 
-pub async fn fetch(client: &mut Client, topic: &str, partition: u32, from: u64) -> Result<proto::FetchResponse, tonic::Status> {
+pub async fn fetch(
+    client: &mut Client,
+    topic: &str,
+    partition: u32,
+    from: u64,
+) -> Result<proto::FetchResponse, tonic::Status> {
     client
         .fetch(proto::FetchRequest {
             topic: topic.into(),
