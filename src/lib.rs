@@ -12,6 +12,7 @@
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod group;
 pub mod server;
 pub mod storage;
 

@@ -2,11 +2,12 @@
 //! `strata` binary, and checks what a person would look for in the output.
 //! The commands come from the README itself, so the docs cannot drift.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_strata");
+use std::path::Path;
+use std::process::Command;
+
+use common::process::{run, serve};
 
 fn tour_commands() -> Vec<String> {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
@@ -17,39 +18,6 @@ fn tour_commands() -> Vec<String> {
         .filter(|l| l.contains("strata "))
         .map(|l| l.trim().to_string())
         .collect()
-}
-
-/// Starts `strata serve` in `cwd` (default ./data) on a free port.
-fn serve(cwd: &Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .current_dir(cwd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
-    (child, format!("http://{addr}"))
-}
-
-fn run(cwd: &Path, server: &str, line: &str) -> (bool, String, String) {
-    // `strata` in the README is the binary under test.
-    let script = line.replace("strata ", &format!("{BIN} "));
-    let out = Command::new("sh")
-        .args(["-c", &script])
-        .current_dir(cwd)
-        .env("STRATA_SERVER", server)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -103,7 +71,8 @@ fn readme_tour_works_as_written() {
     let (ok, stdout, stderr) = run(dir.path(), &server, "strata log verify ./data");
     assert!(ok, "{stdout}{stderr}");
     assert!(
-        stdout.contains("OK: no problems found") && stdout.contains("3 partition(s)"),
+        // Three partitions of payments.sent plus the committed-offsets log.
+        stdout.contains("OK: no problems found") && stdout.contains("4 partition(s)"),
         "{stdout}"
     );
     let dumps: Vec<String> = (0..3)

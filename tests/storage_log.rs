@@ -365,7 +365,7 @@ fn retention_deletes_whole_old_segments_and_advances_log_start() {
         retention_ms: 60_000,
         ..small_config()
     };
-    let log = Log::open(dir.path(), Arc::new(StdFs), Arc::new(clock.clone()), config.clone()).unwrap();
+    let log = Log::open(dir.path(), Arc::new(StdFs), Arc::new(clock.clone()), config).unwrap();
     for i in 0..60u64 {
         log.append(batch_of(i * 3, 3, 30, T0 + i as i64 * 1000)).unwrap();
     }
@@ -459,7 +459,7 @@ proptest! {
             flush: if flush_always { FlushPolicy::Always } else { FlushPolicy::Never },
             ..LogConfig::default()
         };
-        let reopen = |config: &LogConfig| Log::open(dir.path(), Arc::new(StdFs), Arc::new(clock.clone()), config.clone()).unwrap();
+        let reopen = |config: &LogConfig| Log::open(dir.path(), Arc::new(StdFs), Arc::new(clock.clone()), *config).unwrap();
         let mut log = reopen(&config);
         let mut model: Vec<(i64, usize)> = Vec::new(); // (timestamp, value length) per offset
         let mut start = 0u64;
@@ -488,7 +488,7 @@ proptest! {
                 }
                 Op::Advance { ms } => clock.advance(ms),
                 Op::Retention { bytes } => {
-                    log.set_config(LogConfig { retention_bytes: bytes, retention_ms: 20_000, ..config.clone() });
+                    log.set_config(LogConfig { retention_bytes: bytes, retention_ms: 20_000, ..config });
                     log.enforce_retention().unwrap();
                     let new_start = log.log_start_offset();
                     prop_assert!(new_start >= start);
@@ -497,7 +497,7 @@ proptest! {
                         prop_assert!(model[(new_start - 1) as usize].0 < clock.now_ms() - 20_000);
                     }
                     start = new_start;
-                    log.set_config(config.clone());
+                    log.set_config(config);
                 }
                 Op::Reopen { clean } => {
                     if clean { log.close().unwrap(); }

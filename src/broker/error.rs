@@ -12,6 +12,8 @@ pub enum BrokerError {
         partition: u32,
         partitions: u32,
     },
+    #[error("group {0:?} does not exist (no live members and no committed offsets)")]
+    GroupNotFound(String),
     #[error("topic {0:?} already exists")]
     TopicExists(String),
     #[error("{0}")]

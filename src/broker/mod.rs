@@ -7,6 +7,7 @@
 //! Layout: `DATA/<topic>/topic.json` and `DATA/<topic>/<partition>/`.
 
 pub mod error;
+pub mod groups;
 pub mod names;
 pub mod partition;
 pub mod partitioner;
@@ -131,6 +132,8 @@ pub struct Broker {
     admin: tokio::sync::Mutex<()>,
     /// True once shutdown began: new requests are refused, waits end.
     stopping: watch::Sender<bool>,
+    /// Consumer groups and their committed offsets.
+    groups: groups::Coordinator,
 }
 
 impl Broker {
@@ -181,6 +184,8 @@ impl Broker {
             let t = Topic::new(topic_dir, metadata, topic_config, partitions);
             topics.insert(t.name.clone(), Arc::new(t));
         }
+        let offsets = crate::group::offsets::OffsetStore::open(&dir, fs.clone(), clock.clone())
+            .map_err(|e| BrokerError::storage(groups::OFFSETS_TOPIC, 0, e))?;
         let producer_ids = ProducerIds::open(fs.clone(), dir.join(producer_ids::FILE_NAME))
             .map_err(|e| io("cannot read producer ids in", e))?;
         tracing::info!(
@@ -198,6 +203,7 @@ impl Broker {
             producer_ids: Mutex::new(producer_ids),
             admin: tokio::sync::Mutex::new(()),
             stopping: watch::Sender::new(false),
+            groups: groups::Coordinator::new(offsets),
         }))
     }
 
@@ -215,7 +221,7 @@ impl Broker {
         self.stopping.send_replace(true);
     }
 
-    fn check_running(&self) -> Result<()> {
+    pub(crate) fn check_running(&self) -> Result<()> {
         if *self.stopping.borrow() {
             return Err(BrokerError::ShuttingDown);
         }
@@ -301,13 +307,8 @@ impl Broker {
             fs.create_dir_all(&topic_dir).map_err(internal)?;
             let mut parts = Vec::new();
             for p in 0..meta.partitions {
-                let log = Log::open(
-                    &topic_dir.join(p.to_string()),
-                    fs.clone(),
-                    clock.clone(),
-                    log_config.clone(),
-                )
-                .map_err(|e| BrokerError::storage(&meta.name, p, e))?;
+                let log = Log::open(&topic_dir.join(p.to_string()), fs.clone(), clock.clone(), log_config)
+                    .map_err(|e| BrokerError::storage(&meta.name, p, e))?;
                 parts.push(Arc::new(Partition::new(&meta.name, p, log)));
             }
             // The metadata file is written last: a topic directory without it
@@ -555,7 +556,7 @@ impl Broker {
                     Ok(Ok(())) => continue,
                     Ok(Err(_)) | Err(_) => return Ok(read),
                 },
-                _ = stopping.wait_for(|s| *s) => return Ok(read),
+                _ = stopped(&mut stopping) => return Ok(read),
             }
         }
     }
@@ -574,6 +575,7 @@ impl Broker {
     /// Starts retention, interval flush and checkpoint tasks; they stop when
     /// `shutdown` turns true.
     pub fn spawn_background(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
+        self.spawn_coordinator(shutdown.clone());
         let this = self.clone();
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
@@ -633,8 +635,17 @@ impl Broker {
                 tracing::error!(topic = %p.topic, partition = p.id, error = %e, "clean close failed; the next start will recover");
             }
         }
+        let offsets = &self.groups.offsets;
+        if let Err(e) = offsets.close() {
+            tracing::error!(error = %e, "clean close of committed offsets failed; the next start will recover");
+        }
         tracing::info!(partitions = count, "broker closed cleanly");
     }
+}
+
+/// Completes once shutdown has begun (holds no watch guard across awaits).
+pub async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|s| *s).await;
 }
 
 fn io_error(path: &std::path::Path, e: std::io::Error) -> BrokerError {

@@ -20,6 +20,10 @@ pub struct ConsumeArgs {
     /// Keep waiting for new records.
     #[arg(long)]
     pub follow: bool,
+    /// Consume as a member of this group: start at its committed offsets
+    /// (--from applies where nothing is committed) and commit as it goes.
+    #[arg(long)]
+    pub group: Option<String>,
 }
 
 /// Parses `--from` into a position.
@@ -40,6 +44,9 @@ pub async fn run(args: ConsumeArgs, client_args: &ClientArgs) -> anyhow::Result<
     let from = parse_from(&args.from)?;
     let max = args.max.unwrap_or(u64::MAX);
     let mut printed = 0u64;
+    if let Some(group) = &args.group {
+        return consume_group(&mut client, &args, group, client_args.format).await;
+    }
     if args.follow {
         let mut stream = client
             .subscribe(proto::SubscribeRequest {
@@ -149,6 +156,150 @@ pub fn print_record(r: &proto::StoredRecord, format: Format) {
             line.push_str("  ");
             line.push_str(&text(&r.value));
             println!("{line}");
+        }
+    }
+}
+
+/// Group consumption: the Subscribe stream is the membership. Each received
+/// batch is printed, then committed (at least once: a crash between the two
+/// re-delivers the batch). Without --follow it stops once every assigned
+/// partition has reached the high watermark it had when assigned.
+async fn consume_group(
+    client: &mut crate::proto::broker_client::BrokerClient<tonic::transport::Channel>,
+    args: &ConsumeArgs,
+    group: &str,
+    format: Format,
+) -> anyhow::Result<()> {
+    let mut member_id = String::new();
+    let result = consume_group_stream(client, args, group, format, &mut member_id).await;
+    if !member_id.is_empty() {
+        // Leave now rather than when the broker notices the closed stream,
+        // so a `group reset` right after this command is not refused.
+        let _ = client
+            .leave_group(proto::LeaveGroupRequest {
+                group: group.to_string(),
+                member_id,
+            })
+            .await;
+    }
+    result
+}
+
+async fn consume_group_stream(
+    client: &mut crate::proto::broker_client::BrokerClient<tonic::transport::Channel>,
+    args: &ConsumeArgs,
+    group: &str,
+    format: Format,
+    member_id: &mut String,
+) -> anyhow::Result<()> {
+    let (from, fallback) = match args.from.as_str() {
+        "earliest" => (None, proto::Boundary::Earliest),
+        "latest" => (None, proto::Boundary::Latest),
+        other => (Some(parse_from(other)?), proto::Boundary::Earliest),
+    };
+    let from = from.unwrap_or(proto::Position {
+        position: Some(P::Boundary(proto::Boundary::Committed as i32)),
+    });
+    let mut stream = client
+        .subscribe(proto::SubscribeRequest {
+            topic_pattern: args.topic.clone(),
+            group: Some(group.to_string()),
+            from: Some(from),
+            fallback: Some(fallback as i32),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let max = args.max.unwrap_or(u64::MAX);
+    let mut printed = 0u64;
+    // Per assigned partition: the high watermark to reach (without --follow).
+    let mut targets: std::collections::BTreeMap<(String, u32), u64> = std::collections::BTreeMap::new();
+    let mut positions: std::collections::BTreeMap<(String, u32), u64> = std::collections::BTreeMap::new();
+    let mut generation = None;
+    loop {
+        if !args.follow
+            && generation.is_some()
+            && targets
+                .iter()
+                .all(|(tp, hw)| positions.get(tp).copied().unwrap_or(0) >= *hw)
+        {
+            return Ok(());
+        }
+        let wait = if args.follow {
+            std::time::Duration::from_secs(u64::MAX / 4)
+        } else {
+            std::time::Duration::from_secs(10)
+        };
+        let msg = match tokio::time::timeout(wait, stream.next()).await {
+            Ok(Some(m)) => m.map_err(status_error)?,
+            Ok(None) => return Ok(()),
+            Err(_) => return Ok(()),
+        };
+        if generation != Some(msg.generation) {
+            generation = Some(msg.generation);
+            member_id.clone_from(&msg.member_id);
+            targets.clear();
+            for a in &msg.assignments {
+                let d = client
+                    .describe_topic(proto::DescribeTopicRequest { name: a.topic.clone() })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                let committed = client
+                    .fetch_committed_offsets(proto::FetchCommittedOffsetsRequest {
+                        group: group.to_string(),
+                        topic: Some(a.topic.clone()),
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner()
+                    .offsets;
+                for p in &a.partitions {
+                    let desc = d.partition_descriptions.iter().find(|x| x.partition == *p);
+                    let (lso, hw) = desc.map(|x| (x.log_start_offset, x.high_watermark)).unwrap_or((0, 0));
+                    targets.insert((a.topic.clone(), *p), hw);
+                    let start = committed.iter().find(|c| c.partition == *p).map(|c| c.offset);
+                    let unstarted = if fallback == proto::Boundary::Latest { hw } else { lso };
+                    positions
+                        .entry((a.topic.clone(), *p))
+                        .or_insert(start.unwrap_or(unstarted));
+                }
+            }
+        }
+        if msg.records.is_empty() {
+            continue;
+        }
+        let mut commits: std::collections::BTreeMap<(String, u32), u64> = std::collections::BTreeMap::new();
+        for r in &msg.records {
+            if printed >= max {
+                break;
+            }
+            print_record(r, format);
+            printed += 1;
+            commits.insert((r.topic.clone(), r.partition), r.offset + 1);
+        }
+        for (tp, next) in &commits {
+            positions.insert(tp.clone(), *next);
+        }
+        client
+            .commit_offsets(proto::CommitOffsetsRequest {
+                group: group.to_string(),
+                member_id: msg.member_id.clone(),
+                generation: msg.generation,
+                offsets: commits
+                    .into_iter()
+                    .map(|((topic, partition), offset)| proto::OffsetCommit {
+                        topic,
+                        partition,
+                        offset,
+                        metadata: String::new(),
+                    })
+                    .collect(),
+            })
+            .await
+            .map_err(status_error)?;
+        if printed >= max {
+            return Ok(());
         }
     }
 }

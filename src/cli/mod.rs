@@ -2,6 +2,7 @@
 //! to `--server`; `log dump|verify` read files directly (no server).
 
 pub mod consume;
+pub mod group;
 pub mod log;
 pub mod offsets;
 pub mod produce;
@@ -67,6 +68,13 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List, describe (with lag), reset and delete consumer groups.
+    Group {
+        #[command(subcommand)]
+        command: group::GroupCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show each partition's log start offset and high watermark (and the offset at a time).
     Offsets {
         #[command(flatten)]
@@ -102,6 +110,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic { command, client } => topic::run(command, &client).await,
         Command::Produce { args, client } => produce::run(args, &client).await,
         Command::Consume { args, client } => consume::run(args, &client).await,
+        Command::Group { command, client } => group::run(command, &client).await,
         Command::Offsets { args, client } => offsets::run(args, &client).await,
         Command::Log { command } => log::run(command),
     }

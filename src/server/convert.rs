@@ -1,7 +1,9 @@
 //! Proto <-> domain translation. Proto types stop in `server/`.
 
+use crate::broker::groups::GroupInfo;
 use crate::broker::partition::ReadRecords;
 use crate::broker::{PartitionInfo, Position, ProduceRequest, ProduceResult, TopicInfo};
+use crate::group::offsets::Committed;
 use crate::proto;
 use crate::storage::batch::{ProducerStamp, Record, StoredRecord};
 use tonic::Status;
@@ -122,5 +124,71 @@ fn partition_description(p: PartitionInfo) -> proto::PartitionDescription {
         segments: p.segments,
         first_timestamp_ms: p.first_timestamp_ms,
         last_timestamp_ms: p.last_timestamp_ms,
+    }
+}
+
+pub fn assignments(tps: &[crate::group::TopicPartition]) -> Vec<proto::TopicPartitions> {
+    let mut by_topic: std::collections::BTreeMap<&str, Vec<u32>> = std::collections::BTreeMap::new();
+    for (t, p) in tps {
+        by_topic.entry(t).or_default().push(*p);
+    }
+    by_topic
+        .into_iter()
+        .map(|(topic, partitions)| proto::TopicPartitions {
+            topic: topic.to_string(),
+            partitions,
+        })
+        .collect()
+}
+
+pub fn committed_in(c: proto::OffsetCommit) -> (String, u32, Committed) {
+    (
+        c.topic,
+        c.partition,
+        Committed {
+            offset: c.offset,
+            metadata: c.metadata,
+        },
+    )
+}
+
+pub fn committed_out((topic, partition, c): (String, u32, Committed)) -> proto::OffsetCommit {
+    proto::OffsetCommit {
+        topic,
+        partition,
+        offset: c.offset,
+        metadata: c.metadata,
+    }
+}
+
+pub fn group_description(g: GroupInfo) -> proto::DescribeGroupResponse {
+    proto::DescribeGroupResponse {
+        group: g.group,
+        state: g.state.to_string(),
+        generation: g.generation,
+        members: g
+            .members
+            .into_iter()
+            .map(|m| proto::MemberDescription {
+                member_id: m.member_id,
+                topic_pattern: m.topic_pattern,
+                assignments: assignments(&m.assignment),
+                last_heartbeat_ms: m.last_heartbeat_ms,
+                session_timeout_ms: m.session_timeout_ms as u32,
+            })
+            .collect(),
+        partitions: g
+            .partitions
+            .into_iter()
+            .map(|p| proto::PartitionLag {
+                topic: p.topic,
+                partition: p.partition,
+                committed_offset: p.committed.as_ref().map(|c| c.offset),
+                high_watermark: p.high_watermark,
+                lag: p.lag,
+                metadata: p.committed.map(|c| c.metadata).unwrap_or_default(),
+                log_start_offset: p.log_start_offset,
+            })
+            .collect(),
     }
 }

@@ -205,22 +205,21 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let r = request.into_inner();
-        if r.group.is_some() {
-            return Err(Status::unimplemented(
-                "Subscribe with a group is not supported by this broker version; subscribe without a group",
-            ));
-        }
         let fallback = match r.fallback {
             Some(b) => convert::boundary(b)?,
             None => Position::Latest,
         };
+        if fallback == Position::Committed {
+            return Err(Status::invalid_argument("fallback must be EARLIEST or LATEST"));
+        }
+        if let Some(group) = r.group {
+            let from = convert::position(r.from, Position::Committed)?;
+            return self.subscribe_group(r.topic_pattern, group, from, fallback);
+        }
         let mut from = convert::position(r.from, Position::Latest)?;
         if from == Position::Committed {
             // No group, so nothing is committed: use the fallback.
             from = fallback;
-        }
-        if from == Position::Committed {
-            return Err(Status::invalid_argument("fallback must be EARLIEST or LATEST"));
         }
         let mut events = self.broker.subscribe(r.topic_pattern, from);
         let (tx, rx) = mpsc::channel(1);
@@ -229,7 +228,7 @@ impl proto::broker_server::Broker for BrokerService {
             loop {
                 let event = tokio::select! {
                     e = events.recv() => e,
-                    _ = stopping.wait_for(|s| *s) => None,
+                    _ = crate::broker::stopped(&mut stopping) => None,
                 };
                 let Some(event) = event else { return };
                 let message = event.map_err(to_status).map(|e| match e {
@@ -242,7 +241,7 @@ impl proto::broker_server::Broker for BrokerService {
                             .into_iter()
                             .map(|r| convert::stored_record(&topic, partition, r))
                             .collect(),
-                        assignments: vec![],
+                        ..Default::default()
                     },
                     SubscriptionEvent::Assigned(held) => proto::SubscribeResponse {
                         records: vec![],
@@ -250,6 +249,7 @@ impl proto::broker_server::Broker for BrokerService {
                             .into_iter()
                             .map(|(topic, partitions)| proto::TopicPartitions { topic, partitions })
                             .collect(),
+                        ..Default::default()
                     },
                 });
                 if tx.send(message).await.is_err() {
@@ -276,5 +276,181 @@ impl proto::broker_server::Broker for BrokerService {
             log_start_offset,
             high_watermark,
         }))
+    }
+
+    async fn join_group(
+        &self,
+        request: Request<proto::JoinGroupRequest>,
+    ) -> Result<Response<proto::JoinGroupResponse>, Status> {
+        let r = request.into_inner();
+        let m = self
+            .broker
+            .join_group(
+                &r.group,
+                &r.member_id,
+                &r.topic_pattern,
+                r.session_timeout_ms as u64,
+                false,
+            )
+            .map_err(to_status)?;
+        Ok(Response::new(proto::JoinGroupResponse {
+            member_id: m.member_id,
+            generation: m.generation,
+            assignments: convert::assignments(&m.assignment),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        let m = self.broker.heartbeat(&r.group, &r.member_id).map_err(to_status)?;
+        Ok(Response::new(proto::HeartbeatResponse {
+            generation: m.generation,
+            assignments: convert::assignments(&m.assignment),
+        }))
+    }
+
+    async fn leave_group(
+        &self,
+        request: Request<proto::LeaveGroupRequest>,
+    ) -> Result<Response<proto::LeaveGroupResponse>, Status> {
+        let r = request.into_inner();
+        self.broker.leave_group(&r.group, &r.member_id).map_err(to_status)?;
+        Ok(Response::new(proto::LeaveGroupResponse {}))
+    }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<proto::CommitOffsetsRequest>,
+    ) -> Result<Response<proto::CommitOffsetsResponse>, Status> {
+        let r = request.into_inner();
+        let offsets = r.offsets.into_iter().map(convert::committed_in).collect();
+        let broker = self.broker.clone();
+        tokio::task::spawn_blocking(move || broker.commit_offsets(&r.group, &r.member_id, r.generation, offsets))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(to_status)?;
+        Ok(Response::new(proto::CommitOffsetsResponse {}))
+    }
+
+    async fn fetch_committed_offsets(
+        &self,
+        request: Request<proto::FetchCommittedOffsetsRequest>,
+    ) -> Result<Response<proto::FetchCommittedOffsetsResponse>, Status> {
+        let r = request.into_inner();
+        let offsets = self.broker.committed_offsets(&r.group, r.topic.as_deref());
+        Ok(Response::new(proto::FetchCommittedOffsetsResponse {
+            offsets: offsets.into_iter().map(convert::committed_out).collect(),
+        }))
+    }
+
+    async fn list_groups(
+        &self,
+        _request: Request<proto::ListGroupsRequest>,
+    ) -> Result<Response<proto::ListGroupsResponse>, Status> {
+        let groups = self
+            .broker
+            .list_groups()
+            .into_iter()
+            .map(|(group, state, generation, members)| proto::GroupSummary {
+                group,
+                state: state.to_string(),
+                generation,
+                members: members as u32,
+            })
+            .collect();
+        Ok(Response::new(proto::ListGroupsResponse { groups }))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<proto::DescribeGroupRequest>,
+    ) -> Result<Response<proto::DescribeGroupResponse>, Status> {
+        let info = self
+            .broker
+            .describe_group(&request.into_inner().group)
+            .map_err(to_status)?;
+        Ok(Response::new(convert::group_description(info)))
+    }
+
+    async fn reset_group_offsets(
+        &self,
+        request: Request<proto::ResetGroupOffsetsRequest>,
+    ) -> Result<Response<proto::ResetGroupOffsetsResponse>, Status> {
+        let r = request.into_inner();
+        let to = convert::position(r.to, Position::Earliest)?;
+        let resets = self
+            .broker
+            .reset_group_offsets(&r.group, &r.topic_pattern, to, r.dry_run)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(proto::ResetGroupOffsetsResponse {
+            resets: resets
+                .into_iter()
+                .map(|x| proto::OffsetReset {
+                    topic: x.topic,
+                    partition: x.partition,
+                    old_offset: x.old_offset,
+                    new_offset: x.new_offset,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<proto::DeleteGroupRequest>,
+    ) -> Result<Response<proto::DeleteGroupResponse>, Status> {
+        self.broker
+            .delete_group(&request.into_inner().group)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(proto::DeleteGroupResponse {}))
+    }
+}
+
+impl BrokerService {
+    /// Subscribe with a group: the stream is the membership.
+    fn subscribe_group(
+        &self,
+        pattern: String,
+        group: String,
+        from: Position,
+        fallback: Position,
+    ) -> Result<Response<BoxStream<proto::SubscribeResponse>>, Status> {
+        let mut events = self
+            .broker
+            .subscribe_group(pattern, group, from, fallback)
+            .map_err(to_status)?;
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let message = event.map_err(to_status).map(|e| {
+                    let records = match e.records {
+                        Some(SubscriptionEvent::Records {
+                            topic,
+                            partition,
+                            records,
+                        }) => records
+                            .into_iter()
+                            .map(|r| convert::stored_record(&topic, partition, r))
+                            .collect(),
+                        _ => vec![],
+                    };
+                    proto::SubscribeResponse {
+                        records,
+                        assignments: convert::assignments(&e.assignment),
+                        member_id: e.member_id,
+                        generation: e.generation,
+                    }
+                });
+                if tx.send(message).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

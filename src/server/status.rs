@@ -8,7 +8,9 @@ use crate::storage::StorageError;
 pub fn to_status(e: BrokerError) -> Status {
     let message = e.to_string();
     let code = match &e {
-        BrokerError::TopicNotFound(_) | BrokerError::PartitionNotFound { .. } => Code::NotFound,
+        BrokerError::TopicNotFound(_) | BrokerError::PartitionNotFound { .. } | BrokerError::GroupNotFound(_) => {
+            Code::NotFound
+        }
         BrokerError::TopicExists(_) => Code::AlreadyExists,
         BrokerError::InvalidArgument(_) => Code::InvalidArgument,
         BrokerError::OffsetOutOfRange { .. } => Code::OutOfRange,

@@ -76,7 +76,7 @@ impl FromStr for FlushPolicy {
 }
 
 /// Settings of one log; the topic config maps onto these.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogConfig {
     /// Roll the active segment before it would grow past this.
     pub segment_bytes: u64,
@@ -287,7 +287,7 @@ impl Log {
     }
 
     pub fn config(&self) -> LogConfig {
-        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+        *self.config.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Applies new settings; they take effect from the next append or retention pass.
@@ -762,6 +762,48 @@ impl Log {
         Ok(high_watermark)
     }
 
+    /// Closes the active segment now (if it holds anything) and returns the
+    /// offset the new one starts at.
+    pub fn roll_now(&self) -> Result<u64> {
+        let config = self.config();
+        let mut w = lock(&self.writer);
+        if let Some(reason) = &w.poisoned {
+            return Err(StorageError::Poisoned {
+                path: self.dir.clone(),
+                reason: reason.clone(),
+            });
+        }
+        if w.position > 0 {
+            self.roll(&mut w, &config)?;
+        }
+        Ok(w.next_offset)
+    }
+
+    /// Deletes every closed segment that ends at or before `offset`,
+    /// advancing the log start offset (used to drop what a snapshot replaced).
+    pub fn delete_segments_before(&self, offset: u64) -> Result<usize> {
+        let segments = self.segments_snapshot();
+        let mut deleted = 0;
+        for pair in segments.windows(2) {
+            if pair[1].base_offset > offset {
+                break;
+            }
+            self.delete_oldest(&pair[0], pair[1].base_offset)?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    fn delete_oldest(&self, segment: &Segment, next_base: u64) -> Result<()> {
+        self.segments
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&segment.base_offset);
+        // Readers asking below the new start get OUT_OF_RANGE, not an I/O error.
+        self.log_start_offset.fetch_max(next_base, Ordering::AcqRel);
+        segment.delete()
+    }
+
     /// Deletes whole closed segments past `retention.ms` or over
     /// `retention.bytes`, advancing the log start offset. An active segment
     /// whose records have all expired is rolled so the next pass can delete
@@ -779,13 +821,7 @@ impl Log {
             if !(expired || over) {
                 break;
             }
-            let next_base = segments[i + 1].base_offset;
-            self.segments
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&segment.base_offset);
-            self.log_start_offset.fetch_max(next_base, Ordering::AcqRel);
-            segment.delete()?;
+            self.delete_oldest(segment, segments[i + 1].base_offset)?;
             total -= size;
             deleted += 1;
             tracing::info!(segment = %segment.log_path.display(), bytes = size, expired, over_size = over, "retention deleted segment");

@@ -1,6 +1,8 @@
 //! Shared helpers: a real broker on 127.0.0.1:0 over a temp dir, and a client.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::path::Path;
 
 use strata::config::BrokerConfig;

@@ -1,0 +1,655 @@
+//! The group coordinator: drives each group's pure state machine
+//! ([`crate::group::state`]) with requests, the clock and topic changes, and
+//! keeps committed offsets in the durable [`OffsetStore`].
+//!
+//! Rebalancing is immediate: a join, leave, expiry or new matching partition
+//! computes the new assignment and generation at once; members learn it from
+//! Heartbeat (or their Subscribe stream). Commits are fenced by generation.
+//! The groups lock is never held across `.await` or disk I/O.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::names;
+use super::subscription::{stream_partition, SubscriptionEvent, SubscriptionItem};
+use super::{Broker, BrokerError, Position, Result};
+use crate::group::offsets::{Committed, OffsetStore};
+use crate::group::state::{GroupState, Member};
+use crate::group::TopicPartition;
+
+/// Session timeout when a member gives none.
+pub const SESSION_TIMEOUT_DEFAULT_MS: u64 = 10_000;
+pub const SESSION_TIMEOUT_MIN_MS: u64 = 100;
+pub const SESSION_TIMEOUT_MAX_MS: u64 = 3_600_000;
+/// How often expired sessions are looked for.
+const EXPIRY_CHECK_MS: u64 = 50;
+
+#[derive(Debug)]
+struct GroupEntry {
+    state: GroupState,
+    /// The current generation, watched by the group's Subscribe streams.
+    generation: watch::Sender<u64>,
+}
+
+impl Default for GroupEntry {
+    fn default() -> Self {
+        GroupEntry {
+            state: GroupState::default(),
+            generation: watch::Sender::new(0),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Coordinator {
+    groups: Mutex<HashMap<String, GroupEntry>>,
+    pub offsets: OffsetStore,
+    next_member: AtomicU64,
+}
+
+/// A member's view after join or heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub member_id: String,
+    pub generation: u64,
+    pub assignment: Vec<TopicPartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub member_id: String,
+    pub topic_pattern: String,
+    pub assignment: Vec<TopicPartition>,
+    pub last_heartbeat_ms: i64,
+    pub session_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: u32,
+    pub committed: Option<Committed>,
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+    pub lag: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub group: String,
+    pub state: &'static str,
+    pub generation: u64,
+    pub members: Vec<MemberInfo>,
+    pub partitions: Vec<PartitionLag>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetReset {
+    pub topic: String,
+    pub partition: u32,
+    pub old_offset: Option<u64>,
+    pub new_offset: u64,
+}
+
+impl Coordinator {
+    pub fn new(offsets: OffsetStore) -> Coordinator {
+        Coordinator {
+            groups: Mutex::new(HashMap::new()),
+            offsets,
+            next_member: AtomicU64::new(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, GroupEntry>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn state_name(state: &GroupState) -> &'static str {
+    if state.is_empty() {
+        "Empty"
+    } else {
+        "Stable"
+    }
+}
+
+fn unknown_member(group: &str, member_id: &str) -> BrokerError {
+    BrokerError::FailedPrecondition(format!(
+        "member {member_id:?} is not in group {group:?} (its session expired or it left); join again with an empty member_id"
+    ))
+}
+
+impl Broker {
+    fn coordinator(&self) -> &Coordinator {
+        &self.groups
+    }
+
+    /// Every partition of every topic matching any member's pattern.
+    fn group_partitions(&self, state: &GroupState) -> Vec<TopicPartition> {
+        let mut out = Vec::new();
+        let patterns: std::collections::BTreeSet<&str> =
+            state.members.values().map(|m| m.topic_pattern.as_str()).collect();
+        for topic in self.matching_topics("*") {
+            if patterns.iter().any(|p| names::glob_match(p, &topic.name)) {
+                out.extend(topic.partitions.iter().map(|p| (topic.name.clone(), p.id)));
+            }
+        }
+        out
+    }
+
+    fn rebalance(&self, entry: &mut GroupEntry) {
+        let partitions = self.group_partitions(&entry.state);
+        if entry
+            .state
+            .rebalance(partitions, |pattern, tp| names::glob_match(pattern, &tp.0))
+        {
+            entry.generation.send_replace(entry.state.generation);
+        }
+    }
+
+    fn membership(entry: &GroupEntry, member_id: &str) -> Membership {
+        Membership {
+            member_id: member_id.to_string(),
+            generation: entry.state.generation,
+            assignment: entry.state.assignment_of(member_id),
+        }
+    }
+
+    pub fn join_group(
+        &self,
+        group: &str,
+        member_id: &str,
+        topic_pattern: &str,
+        session_timeout_ms: u64,
+        held_by_stream: bool,
+    ) -> Result<Membership> {
+        self.check_running()?;
+        names::validate("group", group, false)?;
+        if topic_pattern.is_empty() {
+            return Err(BrokerError::InvalidArgument(format!(
+                "group {group:?}: topic_pattern is empty"
+            )));
+        }
+        let timeout = if session_timeout_ms == 0 {
+            SESSION_TIMEOUT_DEFAULT_MS
+        } else {
+            session_timeout_ms
+        };
+        if !(SESSION_TIMEOUT_MIN_MS..=SESSION_TIMEOUT_MAX_MS).contains(&timeout) {
+            return Err(BrokerError::InvalidArgument(format!(
+                "session_timeout_ms {timeout} is outside {SESSION_TIMEOUT_MIN_MS}..={SESSION_TIMEOUT_MAX_MS}"
+            )));
+        }
+        let now = self.clock.now_ms();
+        let mut groups = self.coordinator().lock();
+        let entry = groups.entry(group.to_string()).or_default();
+        let id = if member_id.is_empty() {
+            let n = self.coordinator().next_member.fetch_add(1, Ordering::Relaxed);
+            format!("{group}-{n}-{:x}", now)
+        } else if entry.state.members.contains_key(member_id) {
+            member_id.to_string()
+        } else {
+            return Err(unknown_member(group, member_id));
+        };
+        entry.state.join(Member {
+            id: id.clone(),
+            topic_pattern: topic_pattern.to_string(),
+            session_timeout_ms: timeout,
+            last_heartbeat_ms: now,
+            held_by_stream,
+        });
+        // A new member always starts a new generation, even if the
+        // assignment happens to stay the same.
+        entry.state.generation += 1;
+        self.rebalance(entry);
+        entry.generation.send_replace(entry.state.generation);
+        tracing::info!(group, member = %id, generation = entry.state.generation, "member joined");
+        Ok(Self::membership(entry, &id))
+    }
+
+    pub fn heartbeat(&self, group: &str, member_id: &str) -> Result<Membership> {
+        let now = self.clock.now_ms();
+        let mut groups = self.coordinator().lock();
+        let entry = groups.get_mut(group).ok_or_else(|| unknown_member(group, member_id))?;
+        if !entry.state.heartbeat(member_id, now) {
+            return Err(unknown_member(group, member_id));
+        }
+        Ok(Self::membership(entry, member_id))
+    }
+
+    pub fn leave_group(&self, group: &str, member_id: &str) -> Result<()> {
+        let mut groups = self.coordinator().lock();
+        let entry = groups.get_mut(group).ok_or_else(|| unknown_member(group, member_id))?;
+        if !entry.state.leave(member_id) {
+            return Err(unknown_member(group, member_id));
+        }
+        self.rebalance(entry);
+        tracing::info!(
+            group,
+            member = member_id,
+            generation = entry.state.generation,
+            "member left"
+        );
+        Ok(())
+    }
+
+    /// Removes members past their session timeout and rebalances; also
+    /// rebalances every group when topics changed.
+    pub fn expire_members(&self, topics_changed: bool) {
+        let now = self.clock.now_ms();
+        let mut groups = self.coordinator().lock();
+        for (name, entry) in groups.iter_mut() {
+            let expired = entry.state.expire(now);
+            for m in &expired {
+                tracing::info!(group = %name, member = %m, "member session expired");
+            }
+            if (!expired.is_empty() || topics_changed) && (!entry.state.is_empty() || !expired.is_empty()) {
+                self.rebalance(entry);
+            }
+        }
+    }
+
+    /// Stores offsets (the next offset to read) for a group, fenced by
+    /// generation; durable before it returns. Blocking: call off the workers.
+    pub fn commit_offsets(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: u64,
+        offsets: Vec<(String, u32, Committed)>,
+    ) -> Result<()> {
+        self.check_running()?;
+        names::validate("group", group, false)?;
+        {
+            let groups = self.coordinator().lock();
+            let entry = groups.get(group);
+            let live = entry.is_some_and(|e| !e.state.is_empty());
+            match entry {
+                Some(e) if live => {
+                    if !e.state.members.contains_key(member_id) {
+                        return Err(unknown_member(group, member_id));
+                    }
+                    if e.state.generation != generation {
+                        return Err(BrokerError::FailedPrecondition(format!(
+                            "commit to group {group:?} from generation {generation}, but the group is at generation {}; \
+                             heartbeat to get the new assignment",
+                            e.state.generation
+                        )));
+                    }
+                }
+                _ if !member_id.is_empty() => return Err(unknown_member(group, member_id)),
+                _ => {}
+            }
+        }
+        for (topic, partition, c) in &offsets {
+            let p = self.partition(topic, *partition)?;
+            let hw = p.log.high_watermark();
+            if c.offset > hw {
+                return Err(BrokerError::OffsetOutOfRange {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: c.offset,
+                    log_start_offset: p.log.log_start_offset(),
+                    high_watermark: hw,
+                });
+            }
+        }
+        self.coordinator()
+            .offsets
+            .commit(group, &offsets)
+            .map_err(|e| BrokerError::storage(OFFSETS_TOPIC, 0, e))
+    }
+
+    pub fn committed_offsets(&self, group: &str, topic: Option<&str>) -> Vec<(String, u32, Committed)> {
+        self.coordinator().offsets.of_group(group, topic)
+    }
+
+    /// Groups with live members or committed offsets: (name, state, generation, members).
+    pub fn list_groups(&self) -> Vec<(String, &'static str, u64, usize)> {
+        let mut names = self.coordinator().offsets.groups();
+        let groups = self.coordinator().lock();
+        names.extend(
+            groups
+                .iter()
+                .filter(|(_, e)| !e.state.is_empty())
+                .map(|(n, _)| n.clone()),
+        );
+        names
+            .into_iter()
+            .map(|n| match groups.get(&n) {
+                Some(e) => (n, state_name(&e.state), e.state.generation, e.state.members.len()),
+                None => (n, "Empty", 0, 0),
+            })
+            .collect()
+    }
+
+    pub fn describe_group(&self, group: &str) -> Result<GroupInfo> {
+        let committed = self.coordinator().offsets.of_group(group, None);
+        let (state, generation, members, assigned) = {
+            let groups = self.coordinator().lock();
+            match groups.get(group) {
+                Some(e) => {
+                    let members = e
+                        .state
+                        .members
+                        .values()
+                        .map(|m| MemberInfo {
+                            member_id: m.id.clone(),
+                            topic_pattern: m.topic_pattern.clone(),
+                            assignment: e.state.assignment_of(&m.id),
+                            last_heartbeat_ms: m.last_heartbeat_ms,
+                            session_timeout_ms: m.session_timeout_ms,
+                        })
+                        .collect::<Vec<_>>();
+                    (
+                        state_name(&e.state),
+                        e.state.generation,
+                        members,
+                        e.state.partitions.clone(),
+                    )
+                }
+                None => ("Empty", 0, vec![], vec![]),
+            }
+        };
+        if members.is_empty() && committed.is_empty() {
+            return Err(BrokerError::GroupNotFound(group.to_string()));
+        }
+        let mut keys: BTreeMap<TopicPartition, Option<Committed>> = assigned.into_iter().map(|tp| (tp, None)).collect();
+        for (t, p, c) in committed {
+            keys.insert((t, p), Some(c));
+        }
+        let partitions = keys
+            .into_iter()
+            .map(|((topic, partition), committed)| {
+                let (lso, hw) = self
+                    .partition(&topic, partition)
+                    .map(|p| (p.log.log_start_offset(), p.log.high_watermark()))
+                    .unwrap_or((0, 0));
+                let from = committed.as_ref().map(|c| c.offset).unwrap_or(lso);
+                PartitionLag {
+                    topic,
+                    partition,
+                    committed,
+                    log_start_offset: lso,
+                    high_watermark: hw,
+                    lag: hw.saturating_sub(from),
+                }
+            })
+            .collect();
+        Ok(GroupInfo {
+            group: group.to_string(),
+            state,
+            generation,
+            members,
+            partitions,
+        })
+    }
+
+    fn require_no_live_members(&self, group: &str, what: &str) -> Result<()> {
+        let groups = self.coordinator().lock();
+        if let Some(e) = groups.get(group).filter(|e| !e.state.is_empty()) {
+            return Err(BrokerError::FailedPrecondition(format!(
+                "cannot {what} group {group:?} while it has {} live member(s); stop its consumers first",
+                e.state.members.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Moves a group's committed offsets for every partition of the topics
+    /// matching `pattern`. Refused while the group has live members.
+    pub async fn reset_group_offsets(
+        self: &Arc<Self>,
+        group: &str,
+        pattern: &str,
+        to: Position,
+        dry_run: bool,
+    ) -> Result<Vec<OffsetReset>> {
+        self.check_running()?;
+        names::validate("group", group, false)?;
+        self.require_no_live_members(group, "reset")?;
+        let topics = self.matching_topics(pattern);
+        if topics.is_empty() {
+            return Err(BrokerError::TopicNotFound(pattern.to_string()));
+        }
+        let mut resets = Vec::new();
+        for topic in topics {
+            for p in &topic.partitions {
+                let old = self
+                    .coordinator()
+                    .offsets
+                    .get(group, &topic.name, p.id)
+                    .map(|c| c.offset);
+                let new = match to {
+                    Position::Committed => old.unwrap_or(p.log.log_start_offset()),
+                    other => self.resolve(p, other).await?,
+                };
+                let new = new.clamp(p.log.log_start_offset(), p.log.high_watermark());
+                resets.push(OffsetReset {
+                    topic: topic.name.clone(),
+                    partition: p.id,
+                    old_offset: old,
+                    new_offset: new,
+                });
+            }
+        }
+        if !dry_run {
+            let entries: Vec<_> = resets
+                .iter()
+                .map(|r| {
+                    (
+                        r.topic.clone(),
+                        r.partition,
+                        Committed {
+                            offset: r.new_offset,
+                            metadata: "reset".into(),
+                        },
+                    )
+                })
+                .collect();
+            let (broker, group_owned) = (self.clone(), group.to_string());
+            tokio::task::spawn_blocking(move || broker.commit_offsets(&group_owned, "", 0, entries))
+                .await
+                .map_err(|e| BrokerError::Internal(format!("commit task failed: {e}")))??;
+        }
+        Ok(resets)
+    }
+
+    pub async fn delete_group(self: &Arc<Self>, group: &str) -> Result<()> {
+        self.check_running()?;
+        self.require_no_live_members(group, "delete")?;
+        let broker = self.clone();
+        let name = group.to_string();
+        let deleted = tokio::task::spawn_blocking(move || {
+            broker
+                .coordinator()
+                .offsets
+                .delete_group(&name)
+                .map_err(|e| BrokerError::storage(OFFSETS_TOPIC, 0, e))
+        })
+        .await
+        .map_err(|e| BrokerError::Internal(format!("delete task failed: {e}")))??;
+        let existed = self.coordinator().lock().remove(group).is_some();
+        if deleted == 0 && !existed {
+            return Err(BrokerError::GroupNotFound(group.to_string()));
+        }
+        Ok(())
+    }
+
+    /// A Subscribe stream that is a group membership: joins on open, streams
+    /// the assigned partitions from their committed offsets (or `fallback`),
+    /// follows rebalances, and leaves when the receiver is dropped.
+    pub fn subscribe_group(
+        self: &Arc<Self>,
+        pattern: String,
+        group: String,
+        from: Position,
+        fallback: Position,
+    ) -> Result<mpsc::Receiver<Result<GroupStreamEvent>>> {
+        let membership = self.join_group(&group, "", &pattern, SESSION_TIMEOUT_DEFAULT_MS, true)?;
+        let (tx, rx) = mpsc::channel(4);
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let member = membership.member_id.clone();
+            run_group_stream(&broker, &group, &member, from, fallback, tx).await;
+            let _ = broker.leave_group(&group, &member);
+        });
+        Ok(rx)
+    }
+
+    fn generation_watch(&self, group: &str) -> Option<watch::Receiver<u64>> {
+        self.coordinator().lock().get(group).map(|e| e.generation.subscribe())
+    }
+
+    /// Runs the coordinator's timer: session expiry and topic changes.
+    pub(super) fn spawn_coordinator(self: &Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut topics = this.watch_topics();
+            let mut tick = tokio::time::interval(Duration::from_millis(EXPIRY_CHECK_MS));
+            loop {
+                let changed = tokio::select! {
+                    _ = tick.tick() => false,
+                    r = topics.changed() => r.is_ok(),
+                    _ = stop.changed() => return,
+                };
+                this.expire_members(changed);
+            }
+        });
+    }
+}
+
+/// Name used for the internal offsets log in errors.
+pub const OFFSETS_TOPIC: &str = crate::group::offsets::DIR_NAME;
+
+/// What a group Subscribe stream carries.
+#[derive(Debug, Clone)]
+pub struct GroupStreamEvent {
+    pub member_id: String,
+    pub generation: u64,
+    pub assignment: Vec<TopicPartition>,
+    pub records: Option<SubscriptionEvent>,
+}
+
+async fn run_group_stream(
+    broker: &Arc<Broker>,
+    group: &str,
+    member: &str,
+    from: Position,
+    fallback: Position,
+    tx: mpsc::Sender<Result<GroupStreamEvent>>,
+) {
+    let Some(mut generation) = broker.generation_watch(group) else {
+        return;
+    };
+    let mut stopping = broker.watch_stopping();
+    let (records_tx, mut records_rx) = mpsc::channel::<SubscriptionItem>(4);
+    let mut tasks: HashMap<TopicPartition, tokio::task::JoinHandle<()>> = HashMap::new();
+    // Next offset expected per partition: drops stale batches from a task
+    // that was revoked while its batch sat in the channel.
+    let mut cursor: HashMap<TopicPartition, u64> = HashMap::new();
+    let mut membership: Option<Membership> = None;
+    loop {
+        generation.borrow_and_update();
+        let current = match broker.heartbeat(group, member) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                break;
+            }
+        };
+        if membership.as_ref().is_none_or(|m| m.generation != current.generation) {
+            let assigned: std::collections::HashSet<&TopicPartition> = current.assignment.iter().collect();
+            tasks.retain(|tp, task| {
+                let keep = assigned.contains(tp);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            cursor.retain(|tp, _| assigned.contains(tp));
+            for tp in &current.assignment {
+                if tasks.contains_key(tp) {
+                    continue;
+                }
+                let Ok(partition) = broker.partition(&tp.0, tp.1) else {
+                    continue;
+                };
+                let start = match from {
+                    Position::Committed => match broker.coordinator().offsets.get(group, &tp.0, tp.1) {
+                        Some(c) => Position::Offset(c.offset.max(partition.log.log_start_offset())),
+                        None => fallback,
+                    },
+                    other => other,
+                };
+                let start = match broker.resolve(&partition, start).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        continue;
+                    }
+                };
+                cursor.insert(tp.clone(), start);
+                tasks.insert(
+                    tp.clone(),
+                    tokio::spawn(stream_partition(
+                        broker.clone(),
+                        partition,
+                        Position::Offset(start),
+                        records_tx.clone(),
+                    )),
+                );
+            }
+            let event = GroupStreamEvent {
+                member_id: member.to_string(),
+                generation: current.generation,
+                assignment: current.assignment.clone(),
+                records: None,
+            };
+            if tx.send(Ok(event)).await.is_err() {
+                break;
+            }
+            membership = Some(current);
+        }
+        let m = membership.as_ref().expect("set above");
+        tokio::select! {
+            r = generation.changed() => if r.is_err() { break },
+            item = records_rx.recv() => match item {
+                Some(Ok(SubscriptionEvent::Records { topic, partition, records })) => {
+                    let tp = (topic.clone(), partition);
+                    let expected = cursor.get(&tp).copied();
+                    if expected != records.first().map(|r| r.offset) {
+                        continue;
+                    }
+                    if let Some(last) = records.last() {
+                        cursor.insert(tp, last.offset + 1);
+                    }
+                    let event = GroupStreamEvent {
+                        member_id: member.to_string(),
+                        generation: m.generation,
+                        assignment: m.assignment.clone(),
+                        records: Some(SubscriptionEvent::Records { topic, partition, records }),
+                    };
+                    if tx.send(Ok(event)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(SubscriptionEvent::Assigned(_))) => {}
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(e)).await;
+                    break;
+                }
+                None => break,
+            },
+            _ = tx.closed() => break,
+            _ = super::stopped(&mut stopping) => break,
+        }
+    }
+    for task in tasks.values() {
+        task.abort();
+    }
+}

@@ -1,0 +1,53 @@
+//! Helpers that run the real `strata` binary.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_strata");
+
+/// Starts `strata serve` in `cwd` (default ./data) on a free port; returns
+/// the process and the broker's URL.
+pub fn serve(cwd: &Path) -> (Child, String) {
+    serve_on(cwd, "127.0.0.1:0")
+}
+
+/// Starts `strata serve` on `listen` (a fixed address allows restarts).
+pub fn serve_on(cwd: &Path, listen: &str) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", listen])
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "broker did not start: {line:?}");
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    (child, format!("http://{addr}"))
+}
+
+pub fn run(cwd: &Path, server: &str, line: &str) -> (bool, String, String) {
+    // `strata` in the README is the binary under test.
+    let script = line.replace("strata ", &format!("{BIN} "));
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(cwd)
+        .env("STRATA_SERVER", server)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// SIGKILL: no shutdown, no flush, no clean marker.
+pub fn kill9(child: &mut Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
