@@ -55,6 +55,18 @@ fn readme_tour_works_as_written() {
     assert!(describe.contains("retention.ms = 86400000"), "{describe}");
     assert!(describe.contains("flush.policy = always"), "{describe}");
     assert!(out("strata topic list").contains("payments.sent"));
+    assert_eq!(out("strata consume payments.sent --group alerts").lines().count(), 2);
+    let lag = out("strata group describe alerts");
+    let total: u64 = lag
+        .lines()
+        .find(|l| l.starts_with("TOTAL"))
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(total, 1, "three records, two consumed and committed\n{lag}");
 
     // Errors are one clear line and a non-zero exit.
     let (ok, _, stderr) = run(dir.path(), &server, "strata consume no.such.topic");
