@@ -225,44 +225,54 @@ async fn corrupt_closed_segment_is_data_loss_and_the_rest_is_served() {
 }
 
 #[tokio::test]
-async fn full_disk_is_resource_exhausted_and_appends_resume_after() {
-    let dir = tempfile::tempdir().unwrap();
-    let fs = FaultyFs::default();
-    let switch = fs.switch.clone();
-    let server = strata::server::start_with(config(dir.path()), Arc::new(fs), Arc::new(SystemClock))
-        .await
-        .unwrap();
-    let mut c = client(&server).await;
-    create(&mut c, "disk", 1).await;
-    produce(&mut c, "disk", None, vec![record("", "one")]).await;
-    switch.set(Some(Fault::DiskFull));
-    assert_code(
-        c.produce(produce_req("disk", None, vec![record("", "lost")])).await,
-        Code::ResourceExhausted,
-        &["No space"],
-    );
-    switch.set(Some(Fault::SyncFails));
-    assert_code(
-        c.produce(produce_req("disk", None, vec![record("", "lost")])).await,
-        Code::Unavailable,
-        &["fsync"],
-    );
-    assert_eq!(
-        fetch_all(&mut c, "disk", 0, 0).await.len(),
-        1,
-        "reads keep working; nothing unacknowledged is visible"
-    );
-    switch.set(None);
-    let r = produce(&mut c, "disk", None, vec![record("", "two")]).await;
-    assert_eq!(r[0].base_offset, 1, "no hole where the failed appends were");
-    let values: Vec<_> = fetch_all(&mut c, "disk", 0, 0)
-        .await
-        .into_iter()
-        .map(|r| r.value)
-        .collect();
-    assert_eq!(
-        values,
-        [bytes::Bytes::from_static(b"one"), bytes::Bytes::from_static(b"two")]
-    );
-    server.shutdown().await.unwrap();
+async fn disk_faults_are_errors_never_acks_and_appends_resume_after() {
+    let cases = [
+        (Fault::DiskFull, Code::ResourceExhausted, "No space"),
+        (Fault::SyncFails, Code::Unavailable, "fsync"),
+        (Fault::WriteFails, Code::Unavailable, "I/O error"),
+        (Fault::PartialWrite, Code::Unavailable, "I/O error"),
+    ];
+    for (fault, code, mention) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FaultyFs::default();
+        let switch = fs.switch.clone();
+        let server = strata::server::start_with(config(dir.path()), Arc::new(fs), Arc::new(SystemClock))
+            .await
+            .unwrap();
+        let mut c = client(&server).await;
+        create(&mut c, "disk", 1).await;
+        produce(&mut c, "disk", None, vec![record("", "one")]).await;
+        switch.set(Some(fault));
+        let lost = vec![record("", "lost"), record("", "lost too")];
+        assert_code(c.produce(produce_req("disk", None, lost)).await, code, &[mention]);
+        assert!(switch.fired(), "{fault:?} was injected");
+        let values: Vec<_> = fetch_all(&mut c, "disk", 0, 0)
+            .await
+            .into_iter()
+            .map(|r| r.value)
+            .collect();
+        assert_eq!(
+            values,
+            [bytes::Bytes::from_static(b"one")],
+            "{fault:?}: reads work, nothing unacknowledged visible"
+        );
+        switch.set(None);
+        let r = produce(&mut c, "disk", None, vec![record("", "two")]).await;
+        assert_eq!(r[0].base_offset, 1, "{fault:?}: no hole where the failed append was");
+        server.shutdown().await.unwrap();
+        // And the files hold no garbage: a restart reads exactly the two.
+        let server = start(dir.path()).await;
+        let mut c = client(&server).await;
+        let values: Vec<_> = fetch_all(&mut c, "disk", 0, 0)
+            .await
+            .into_iter()
+            .map(|r| r.value)
+            .collect();
+        assert_eq!(
+            values,
+            [bytes::Bytes::from_static(b"one"), bytes::Bytes::from_static(b"two")],
+            "{fault:?}"
+        );
+        server.shutdown().await.unwrap();
+    }
 }
