@@ -97,3 +97,29 @@ impl Topic {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn metadata_round_trips_and_rejects_bad_partition_counts() {
+        let m = TopicMetadata {
+            name: "t".into(),
+            partitions: 3,
+            config: [("retention.ms".to_string(), "5".to_string())].into(),
+            created_ms: 1,
+        };
+        assert_eq!(TopicMetadata::parse(&serde_json::to_vec(&m).unwrap()).unwrap(), m);
+        let zero = br#"{"name":"t","partitions":0,"config":{},"created_ms":1}"#;
+        assert!(TopicMetadata::parse(zero).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_metadata_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = TopicMetadata::parse(&bytes);
+        }
+    }
+}

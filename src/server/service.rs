@@ -131,10 +131,17 @@ impl proto::broker_server::Broker for BrokerService {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(PIPELINE_DEPTH_MAX);
         let broker = self.broker.clone();
+        let mut stopping = broker.watch_stopping();
         tokio::spawn(async move {
             let depth = Arc::new(Semaphore::new(PIPELINE_DEPTH_MAX));
             loop {
-                let message = match inbound.message().await {
+                let next = tokio::select! {
+                    m = inbound.message() => m,
+                    // End the stream on shutdown so graceful stop does not
+                    // wait for the client to hang up.
+                    _ = crate::broker::stopped(&mut stopping) => Ok(None),
+                };
+                let message = match next {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(status) => {
