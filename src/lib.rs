@@ -9,6 +9,7 @@
 //!
 //! The `strata` binary (`main.rs` and [`cli`]) sits on top.
 
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;

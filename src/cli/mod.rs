@@ -82,6 +82,11 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Load generator and machine-limit baselines.
+    Bench {
+        #[command(subcommand)]
+        command: crate::bench::BenchCommand,
+    },
     /// Offline inspection of segment and index files (no server needed).
     Log {
         #[command(subcommand)]
@@ -113,5 +118,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group { command, client } => group::run(command, &client).await,
         Command::Offsets { args, client } => offsets::run(args, &client).await,
         Command::Log { command } => log::run(command),
+        Command::Bench { command } => crate::bench::run(command).await,
     }
 }

@@ -1,0 +1,169 @@
+//! `strata bench limits`: the machine's own limits, measured in this run on
+//! this disk, and strata's figures as ratios of them (these machines are
+//! noisy, so only ratios within one run mean anything).
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::load;
+use super::{BenchArgs, LimitsArgs};
+use crate::storage::FlushPolicy;
+
+/// MB/s of appending `chunk`-byte writes to a file for about `time`,
+/// optionally fdatasync'ing each (a plain write loop; no fio needed).
+fn file_append(dir: &Path, chunk: usize, sync: bool, time: Duration) -> anyhow::Result<f64> {
+    let path = dir.join(format!("limits-{chunk}-{sync}.bin"));
+    let mut file = std::fs::File::create(&path)?;
+    let buf = vec![0x5a; chunk];
+    let started = Instant::now();
+    let mut written = 0u64;
+    while started.elapsed() < time && written < (4u64 << 30) {
+        file.write_all(&buf)?;
+        if sync {
+            file.sync_data()?;
+        }
+        written += chunk as u64;
+    }
+    let rate = written as f64 / started.elapsed().as_secs_f64() / 1e6;
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(rate)
+}
+
+/// MB/s pushed through a loopback TCP socket pair by tokio for about `time`.
+async fn loopback_tcp(time: Duration) -> anyhow::Result<f64> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let reader = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(total);
+            }
+            total += n as u64;
+        }
+    });
+    let mut w = tokio::net::TcpStream::connect(addr).await?;
+    let buf = vec![0u8; 1 << 20];
+    let started = Instant::now();
+    while started.elapsed() < time {
+        w.write_all(&buf).await?;
+    }
+    drop(w);
+    let total = reader.await??;
+    Ok(total as f64 / started.elapsed().as_secs_f64() / 1e6)
+}
+
+pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)?;
+    let dir = tempfile::Builder::new()
+        .prefix("strata-limits-")
+        .tempdir_in(&args.data_dir)?;
+    let t = Duration::from_secs(2);
+    eprintln!("[limits] measuring baselines on {}", args.data_dir.display());
+    let sync_64k = file_append(dir.path(), 64 << 10, true, t)?;
+    let sync_1m = file_append(dir.path(), 1 << 20, true, t)?;
+    let buffered = file_append(dir.path(), 1 << 20, false, t)?;
+    let tcp = loopback_tcp(t).await?;
+    eprintln!("[limits] append+fdatasync 64 KiB {sync_64k:.0} MB/s, 1 MiB {sync_1m:.0} MB/s; buffered {buffered:.0} MB/s; loopback TCP {tcp:.0} MB/s");
+
+    let base = BenchArgs {
+        embedded: true,
+        server: None,
+        data_dir: Some(dir.path().join("broker")),
+        topic: String::new(),
+        partitions: 1,
+        record_bytes: 1024,
+        batch: 100,
+        producers: 8,
+        consumers: 1,
+        records: None,
+        duration: Some(Duration::from_secs(args.seconds)),
+        rate: 0,
+        flush: FlushPolicy::Always,
+        json: true,
+    };
+    let target = load::Target::start(&base).await?;
+    let on = |topic: &str| BenchArgs {
+        server: Some(target.url.clone()),
+        topic: topic.into(),
+        ..base.clone()
+    };
+    eprintln!("[limits] 1. produce 1 KiB x 100, 8 producers, flush always");
+    let p1 = load::produce(&on("limits.always.1k")).await?;
+    eprintln!("[limits] 2. produce 100 B x 100, 8 producers, flush always");
+    let p2 = load::produce(&BenchArgs {
+        record_bytes: 100,
+        ..on("limits.always.100b")
+    })
+    .await?;
+    eprintln!("[limits] 3. produce 1 KiB x 100, 8 producers, flush never");
+    let p3 = load::produce(&BenchArgs {
+        flush: FlushPolicy::Never,
+        ..on("limits.never")
+    })
+    .await?;
+    eprintln!("[limits] 4. consume what step 3 wrote (page cache)");
+    let c4 = load::consume(&BenchArgs {
+        flush: FlushPolicy::Never,
+        ..on("limits.never")
+    })
+    .await?;
+    eprintln!("[limits] 5. end to end at 10,000 records/s, flush always");
+    let e5 = load::e2e(&BenchArgs {
+        rate: 10_000,
+        producers: 1,
+        batch: 10,
+        ..on("limits.e2e")
+    })
+    .await?;
+    target.stop().await?;
+
+    let rows = serde_json::json!({
+        "baselines_mb_per_s": {"append_fdatasync_64k": sync_64k, "append_fdatasync_1m": sync_1m, "buffered_write": buffered, "loopback_tcp": tcp},
+        "produce_always_1k": {"mb_per_s": p1.mb_per_s, "records_per_s": p1.records_per_s, "p99_ms": p1.p99_ms, "ratio_to_fdatasync_1m": p1.mb_per_s / sync_1m},
+        "produce_always_100b": {"records_per_s": p2.records_per_s, "mb_per_s": p2.mb_per_s, "p99_ms": p2.p99_ms},
+        "produce_never_1k": {"mb_per_s": p3.mb_per_s, "ratio_to_tcp": p3.mb_per_s / tcp},
+        "consume_page_cache": {"mb_per_s": c4.mb_per_s, "records": c4.records, "ratio_to_tcp": c4.mb_per_s / tcp},
+        "e2e_10k_always": {"p50_ms": e5.p50_ms, "p99_ms": e5.p99_ms, "p999_ms": e5.p999_ms, "max_ms": e5.max_ms, "records_per_s": e5.records_per_s},
+    });
+    if args.json {
+        println!("{rows}");
+        return Ok(());
+    }
+    println!("baselines (this run, this disk): append+fdatasync 64 KiB {sync_64k:.0} MB/s, 1 MiB {sync_1m:.0} MB/s; buffered write {buffered:.0} MB/s; loopback TCP {tcp:.0} MB/s");
+    println!("{:<58} {:>14} {:>22}", "target", "strata", "ratio / goal");
+    println!(
+        "{:<58} {:>9.1} MB/s {:>10.2} (>= 0.50)",
+        "1. produce 1 KiB x100, 8 producers, always vs fdatasync 1 MiB",
+        p1.mb_per_s,
+        p1.mb_per_s / sync_1m
+    );
+    println!(
+        "{:<58} {:>8.0} rec/s {:>22}",
+        "2. produce 100 B x100, 8 producers, always", p2.records_per_s, "(>= 300000 rec/s)"
+    );
+    println!(
+        "{:<58} {:>9.1} MB/s {:>10.2} (>= 0.25)",
+        "3. produce never vs loopback TCP",
+        p3.mb_per_s,
+        p3.mb_per_s / tcp
+    );
+    println!(
+        "{:<58} {:>9.1} MB/s {:>10.2} (>= 0.50)",
+        "4. consume from page cache vs loopback TCP",
+        c4.mb_per_s,
+        c4.mb_per_s / tcp
+    );
+    println!(
+        "{:<58} p99 {:.2} ms, p99.9 {:.2} ms (< 2, < 10)",
+        "5. e2e latency at 10k rec/s, always (send -> received)", e5.p99_ms, e5.p999_ms
+    );
+    Ok(())
+}

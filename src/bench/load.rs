@@ -1,0 +1,370 @@
+//! The produce, consume and end-to-end loads.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use super::report::{Meter, Summary};
+use super::BenchArgs;
+use crate::config::BrokerConfig;
+use crate::proto::broker_client::BrokerClient;
+use crate::proto::{self, position::Position as P};
+use crate::server::RunningServer;
+
+type Client = BrokerClient<Channel>;
+
+/// The broker under test: a URL, and the in-process broker when embedded.
+pub struct Target {
+    pub url: String,
+    server: Option<RunningServer>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Target {
+    pub async fn start(args: &BenchArgs) -> anyhow::Result<Target> {
+        if let Some(url) = &args.server {
+            return Ok(Target {
+                url: url.clone(),
+                server: None,
+                _dir: None,
+            });
+        }
+        let (dir, path) = match &args.data_dir {
+            Some(p) => (None, p.clone()),
+            None => {
+                let d = tempfile::Builder::new().prefix("strata-bench-").tempdir_in(".")?;
+                let p = d.path().to_path_buf();
+                (Some(d), p)
+            }
+        };
+        let config = BrokerConfig {
+            data_dir: path,
+            listen: "127.0.0.1:0".parse()?,
+            ..BrokerConfig::default()
+        };
+        let server = crate::server::start(config).await?;
+        Ok(Target {
+            url: server.url(),
+            server: Some(server),
+            _dir: dir,
+        })
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        if let Some(s) = self.server {
+            s.shutdown().await?;
+        }
+        Ok(())
+    }
+}
+
+pub async fn client(url: &str) -> anyhow::Result<Client> {
+    let channel = Channel::from_shared(url.to_string())?
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(BrokerClient::new(channel)
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20))
+}
+
+/// Creates the bench topic (or reuses it) with the bench's flush policy.
+async fn ensure_topic(c: &mut Client, args: &BenchArgs) -> anyhow::Result<()> {
+    let config = [("flush.policy".to_string(), args.flush.to_string())].into();
+    let req = proto::CreateTopicRequest {
+        name: args.topic.clone(),
+        partitions: args.partitions,
+        config,
+    };
+    match c.create_topic(req).await {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => {
+            let config = [("flush.policy".to_string(), args.flush.to_string())].into();
+            c.alter_topic_config(proto::AlterTopicConfigRequest {
+                name: args.topic.clone(),
+                config,
+            })
+            .await?;
+            Ok(())
+        }
+        Err(s) => Err(anyhow::anyhow!("cannot create topic {}: {}", args.topic, s.message())),
+    }
+}
+
+fn config_json(args: &BenchArgs) -> serde_json::Value {
+    serde_json::json!({
+        "topic": args.topic, "partitions": args.partitions, "record_bytes": args.record_bytes,
+        "batch": args.batch, "producers": args.producers, "consumers": args.consumers,
+        "rate": args.rate, "flush": args.flush.to_string(), "embedded": args.server.is_none(),
+    })
+}
+
+/// Claims up to `n` records from a shared budget; 0 when it is spent.
+fn claim(budget: &AtomicI64, n: usize) -> usize {
+    let before = budget.fetch_sub(n as i64, Ordering::Relaxed);
+    before.clamp(0, n as i64) as usize
+}
+
+/// Runs `producers` loops that send batches until the budget, deadline or
+/// `stop` ends them. `value` makes each record's value.
+async fn run_producers(
+    url: &str,
+    args: &BenchArgs,
+    meter: &Arc<Meter>,
+    stop: Arc<AtomicBool>,
+    value: Arc<dyn Fn() -> Bytes + Send + Sync>,
+) -> anyhow::Result<()> {
+    let budget = Arc::new(AtomicI64::new(args.record_budget().min(i64::MAX as u64) as i64));
+    let deadline = args.duration.map(|d| Instant::now() + d);
+    let per_producer_rate = (args.rate as f64 / args.producers.max(1) as f64).max(0.0);
+    let mut tasks = Vec::new();
+    for p in 0..args.producers.max(1) {
+        let (mut c, meter, stop, budget, value) = (
+            client(url).await?,
+            meter.clone(),
+            stop.clone(),
+            budget.clone(),
+            value.clone(),
+        );
+        let (topic, batch, partitions) = (args.topic.clone(), args.batch.max(1), args.partitions.max(1));
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let mut sent = 0u64;
+            loop {
+                if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let n = claim(&budget, batch);
+                if n == 0 {
+                    return Ok(());
+                }
+                if per_producer_rate > 0.0 {
+                    let due = Duration::from_secs_f64(sent as f64 / per_producer_rate);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                let records: Vec<proto::Record> = (0..n)
+                    .map(|_| proto::Record {
+                        value: value(),
+                        ..Default::default()
+                    })
+                    .collect();
+                let bytes: u64 = records.iter().map(|r| r.value.len() as u64).sum();
+                let req = proto::ProduceRequest {
+                    topic: topic.clone(),
+                    partition: Some((p as u32 + sent as u32 / batch as u32) % partitions),
+                    records,
+                    ..Default::default()
+                };
+                let t0 = Instant::now();
+                c.produce(req)
+                    .await
+                    .map_err(|s| anyhow::anyhow!("produce failed: {}", s.message()))?;
+                meter.latency(t0.elapsed());
+                meter.add(n as u64, bytes);
+                sent += n as u64;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+pub async fn produce(args: &BenchArgs) -> anyhow::Result<Summary> {
+    let target = Target::start(args).await?;
+    ensure_topic(&mut client(&target.url).await?, args).await?;
+    let meter = Meter::new();
+    let done = Arc::new(AtomicBool::new(false));
+    meter.spawn_progress("produce".into(), done.clone());
+    let payload = Bytes::from(vec![b'x'; args.record_bytes]);
+    let started = Instant::now();
+    run_producers(
+        &target.url,
+        args,
+        &meter,
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(move || payload.clone()),
+    )
+    .await?;
+    let elapsed = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    target.stop().await?;
+    Ok(meter.summary("produce", elapsed, config_json(args)))
+}
+
+pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
+    let target = Target::start(args).await?;
+    let mut c = client(&target.url).await?;
+    ensure_topic(&mut c, args).await?;
+    let want = args.record_budget().min(10_000_000_000);
+    let have: u64 = c
+        .describe_topic(proto::DescribeTopicRequest {
+            name: args.topic.clone(),
+        })
+        .await?
+        .into_inner()
+        .partition_descriptions
+        .iter()
+        .map(|p| p.high_watermark - p.log_start_offset)
+        .sum();
+    if have < want && args.records.is_some() {
+        eprintln!("[bench consume] writing {} records first", want - have);
+        let fill = BenchArgs {
+            records: Some(want - have),
+            duration: None,
+            rate: 0,
+            producers: 4,
+            batch: 1000,
+            ..args.clone()
+        };
+        let payload = Bytes::from(vec![b'x'; args.record_bytes]);
+        run_producers(
+            &target.url,
+            &fill,
+            &Meter::new(),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(move || payload.clone()),
+        )
+        .await?;
+    }
+    let meter = Meter::new();
+    let done = Arc::new(AtomicBool::new(false));
+    meter.spawn_progress("consume".into(), done.clone());
+    let deadline = args.duration.map(|d| Instant::now() + d);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..args.consumers.max(1) {
+        let (mut c, meter, topic) = (client(&target.url).await?, meter.clone(), args.topic.clone());
+        let partitions: Vec<u32> = (0..args.partitions)
+            .filter(|p| *p as usize % args.consumers.max(1) == k)
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                for &partition in &partitions {
+                    let mut next = 0u64;
+                    loop {
+                        let req = proto::FetchRequest {
+                            topic: topic.clone(),
+                            partition,
+                            from: Some(proto::Position {
+                                position: Some(P::Offset(next)),
+                            }),
+                            max_records: 100_000,
+                            max_bytes: 8 << 20,
+                            max_wait_ms: 0,
+                        };
+                        let t0 = Instant::now();
+                        let r = c
+                            .fetch(req)
+                            .await
+                            .map_err(|s| anyhow::anyhow!("fetch failed: {}", s.message()))?
+                            .into_inner();
+                        meter.latency(t0.elapsed());
+                        if r.records.is_empty() {
+                            break;
+                        }
+                        let bytes: u64 = r
+                            .records
+                            .iter()
+                            .map(|x| x.value.len() as u64 + x.key.len() as u64)
+                            .sum();
+                        meter.add(r.records.len() as u64, bytes);
+                        next = r.next_offset;
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            return Ok::<_, anyhow::Error>(());
+                        }
+                    }
+                }
+                if deadline.is_none_or(|d| Instant::now() >= d) {
+                    return Ok(());
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    target.stop().await?;
+    Ok(meter.summary("consume", elapsed, config_json(args)))
+}
+
+pub async fn e2e(args: &BenchArgs) -> anyhow::Result<Summary> {
+    let args = &BenchArgs {
+        duration: args.duration.or(if args.records.is_none() {
+            Some(Duration::from_secs(10))
+        } else {
+            None
+        }),
+        rate: if args.rate == 0 { 10_000 } else { args.rate },
+        ..args.clone()
+    };
+    let target = Target::start(args).await?;
+    ensure_topic(&mut client(&target.url).await?, args).await?;
+    let epoch = Instant::now();
+    let meter = Meter::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut consumers = Vec::new();
+    for _ in 0..args.consumers.max(1) {
+        let mut c = client(&target.url).await?;
+        let req = proto::SubscribeRequest {
+            topic_pattern: args.topic.clone(),
+            group: None,
+            from: Some(proto::Position {
+                position: Some(P::Boundary(proto::Boundary::Latest as i32)),
+            }),
+            fallback: None,
+        };
+        let mut stream = c.subscribe(req).await?.into_inner();
+        // The first message lists the partitions: the stream is live.
+        stream.next().await;
+        let (meter, stop) = (meter.clone(), stop.clone());
+        consumers.push(tokio::spawn(async move {
+            while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
+                let now = epoch.elapsed().as_nanos() as u64;
+                let mut bytes = 0;
+                for r in &msg.records {
+                    let sent = u64::from_le_bytes(r.value[..8].try_into().unwrap_or([0; 8]));
+                    meter.latency(Duration::from_nanos(now.saturating_sub(sent)));
+                    bytes += r.value.len() as u64;
+                }
+                meter.add(msg.records.len() as u64, bytes);
+                if stop.load(Ordering::Relaxed) && msg.records.is_empty() {
+                    break;
+                }
+            }
+        }));
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    meter.spawn_progress("e2e".into(), done.clone());
+    let record_bytes = args.record_bytes.max(8);
+    let value: Arc<dyn Fn() -> Bytes + Send + Sync> = Arc::new(move || {
+        let mut v = vec![b'x'; record_bytes];
+        v[..8].copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_le_bytes());
+        Bytes::from(v)
+    });
+    let producers_meter = Meter::new();
+    let started = Instant::now();
+    run_producers(&target.url, args, &producers_meter, stop.clone(), value).await?;
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for c in consumers {
+        let _ = c.await;
+    }
+    done.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    target.stop().await?;
+    Ok(meter.summary("e2e", elapsed, config_json(args)))
+}

@@ -1,0 +1,106 @@
+//! `strata bench`: a load generator against a running broker (`--server`)
+//! or one started in-process on a temp dir (`--embedded`). A live progress
+//! line on stderr, and a summary (records/s, MB/s, latency p50/p99/p99.9/max
+//! from an HDR histogram) as text or one JSON object (`--json`).
+//!
+//! `limits` measures, in the same run and on the same disk, the physical
+//! baselines (append + fdatasync, buffered writes, loopback TCP) and prints
+//! strata's figures as ratios of them.
+
+pub mod limits;
+pub mod load;
+pub mod report;
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::storage::FlushPolicy;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Producers sending batches; latency is send -> durable ack.
+    Produce(BenchArgs),
+    /// Consumers reading records already in the topic (written first if needed).
+    Consume(BenchArgs),
+    /// Producers at a rate and subscribers; latency is send -> received by a subscriber.
+    E2e(BenchArgs),
+    /// Baselines of this machine and strata's figures as ratios of them.
+    Limits(LimitsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Start a broker in this process on a temp dir (default unless --server is given).
+    #[arg(long)]
+    pub embedded: bool,
+    /// Broker URL, instead of --embedded.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Data dir for --embedded [default: a temp dir next to ./data].
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+    #[arg(long, default_value = "bench")]
+    pub topic: String,
+    #[arg(long, default_value_t = 1)]
+    pub partitions: u32,
+    #[arg(long, default_value_t = 1024)]
+    pub record_bytes: usize,
+    /// Records per request.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Concurrent producers.
+    #[arg(long, default_value_t = 1)]
+    pub producers: usize,
+    /// Concurrent consumers (consume, e2e).
+    #[arg(long, default_value_t = 1)]
+    pub consumers: usize,
+    /// Total records (produce/consume); with --duration, whichever comes first.
+    #[arg(long)]
+    pub records: Option<u64>,
+    /// How long to run, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Target records/s over all producers (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Flush policy of the topic the bench creates.
+    #[arg(long, default_value = "always")]
+    pub flush: FlushPolicy,
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    /// Total records to produce or consume, when no duration bounds it.
+    pub fn record_budget(&self) -> u64 {
+        match (self.records, self.duration) {
+            (Some(n), _) => n,
+            (None, Some(_)) => u64::MAX,
+            (None, None) => 200_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LimitsArgs {
+    /// Directory on the disk to measure [default: ./data].
+    #[arg(long, default_value = "./data")]
+    pub data_dir: std::path::PathBuf,
+    /// Seconds per strata measurement.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Produce(a) => report::print(&load::produce(&a).await?, a.json),
+        BenchCommand::Consume(a) => report::print(&load::consume(&a).await?, a.json),
+        BenchCommand::E2e(a) => report::print(&load::e2e(&a).await?, a.json),
+        BenchCommand::Limits(a) => limits::run(&a).await,
+    }
+}
