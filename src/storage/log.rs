@@ -137,6 +137,13 @@ pub struct PendingAppend {
     needs_sync: bool,
 }
 
+impl PendingAppend {
+    /// Whether [`Log::wait_durable`] has anything to wait for.
+    pub fn needs_sync(&self) -> bool {
+        self.needs_sync
+    }
+}
+
 /// Batches returned by a read, plus the log's bounds at the time.
 #[derive(Debug, Clone, Default)]
 pub struct ReadBatches {
