@@ -88,6 +88,7 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         rate: 0,
         flush: FlushPolicy::Always,
         json: true,
+        raw: false,
     };
     let target = load::Target::start(&base).await?;
     let on = |topic: &str| BenchArgs {
@@ -115,6 +116,13 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         ..on("limits.never")
     })
     .await?;
+    eprintln!("[limits] 4b. consume again, raw batches");
+    let c4r = load::consume(&BenchArgs {
+        flush: FlushPolicy::Never,
+        raw: true,
+        ..on("limits.never")
+    })
+    .await?;
     eprintln!("[limits] 5. end to end at 10,000 records/s, flush always");
     let e5 = load::e2e(&BenchArgs {
         rate: 10_000,
@@ -131,6 +139,7 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         "produce_always_100b": {"records_per_s": p2.records_per_s, "mb_per_s": p2.mb_per_s, "p99_ms": p2.p99_ms},
         "produce_never_1k": {"mb_per_s": p3.mb_per_s, "ratio_to_tcp": p3.mb_per_s / tcp},
         "consume_page_cache": {"mb_per_s": c4.mb_per_s, "records": c4.records, "ratio_to_tcp": c4.mb_per_s / tcp},
+        "consume_page_cache_raw": {"mb_per_s": c4r.mb_per_s, "records": c4r.records, "ratio_to_tcp": c4r.mb_per_s / tcp},
         "e2e_10k_always": {"p50_ms": e5.p50_ms, "p99_ms": e5.p99_ms, "p999_ms": e5.p999_ms, "max_ms": e5.max_ms, "records_per_s": e5.records_per_s},
     });
     if args.json {

@@ -66,6 +66,7 @@ pub async fn client(url: &str) -> anyhow::Result<Client> {
     let channel = Channel::from_shared(url.to_string())?
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20))
+        .max_frame_size(Some(1 << 20))
         .tcp_nodelay(true)
         .connect()
         .await?;
@@ -244,7 +245,7 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for k in 0..args.consumers.max(1) {
-        let (mut c, meter, topic) = (client(&target.url).await?, meter.clone(), args.topic.clone());
+        let (mut c, meter, topic, raw) = (client(&target.url).await?, meter.clone(), args.topic.clone(), args.raw);
         let partitions: Vec<u32> = (0..args.partitions)
             .filter(|p| *p as usize % args.consumers.max(1) == k)
             .collect();
@@ -262,6 +263,7 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
                             max_records: 100_000,
                             max_bytes: 8 << 20,
                             max_wait_ms: 0,
+                            raw_batches: raw,
                         };
                         let t0 = Instant::now();
                         let r = c
@@ -270,15 +272,16 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
                             .map_err(|s| anyhow::anyhow!("fetch failed: {}", s.message()))?
                             .into_inner();
                         meter.latency(t0.elapsed());
-                        if r.records.is_empty() {
+                        let (records, bytes) = if raw {
+                            decoded(&r.record_batches, next)?
+                        } else {
+                            let bytes = r.records.iter().map(|x| (x.value.len() + x.key.len()) as u64).sum();
+                            (r.records.len() as u64, bytes)
+                        };
+                        if records == 0 {
                             break;
                         }
-                        let bytes: u64 = r
-                            .records
-                            .iter()
-                            .map(|x| x.value.len() as u64 + x.key.len() as u64)
-                            .sum();
-                        meter.add(r.records.len() as u64, bytes);
+                        meter.add(records, bytes);
                         next = r.next_offset;
                         if deadline.is_some_and(|d| Instant::now() >= d) {
                             return Ok::<_, anyhow::Error>(());
@@ -367,4 +370,19 @@ pub async fn e2e(args: &BenchArgs) -> anyhow::Result<Summary> {
     tokio::time::sleep(Duration::from_millis(20)).await;
     target.stop().await?;
     Ok(meter.summary("e2e", elapsed, config_json(args)))
+}
+
+/// Decodes raw batches as a client would: records at or after `from`, and
+/// their key + value bytes.
+fn decoded(batches: &[Bytes], from: u64) -> anyhow::Result<(u64, u64)> {
+    let (mut records, mut bytes) = (0u64, 0u64);
+    for b in batches {
+        for r in crate::storage::batch::decode_records(b)? {
+            if r.offset >= from {
+                records += 1;
+                bytes += (r.key.len() + r.value.len()) as u64;
+            }
+        }
+    }
+    Ok((records, bytes))
 }

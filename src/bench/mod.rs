@@ -70,6 +70,10 @@ pub struct BenchArgs {
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+    /// consume: fetch stored batches as they are (raw_batches) and decode
+    /// them in the client, instead of per-record protobuf.
+    #[arg(long)]
+    pub raw: bool,
 }
 
 impl BenchArgs {

@@ -525,28 +525,71 @@ impl Broker {
         bytes_max: usize,
         wait_ms: u64,
     ) -> Result<ReadRecords> {
-        self.check_running()?;
-        let partition = self.partition(topic, partition)?;
-        let offset = self.resolve(&partition, from).await?;
         let records_max = if records_max == 0 {
             FETCH_RECORDS_DEFAULT
         } else {
             records_max.min(FETCH_RECORDS_MAX)
         };
-        let bytes_max = if bytes_max == 0 {
+        let bytes_max = self.fetch_bytes(bytes_max);
+        self.long_poll(topic, partition, from, wait_ms, |p, offset| async move {
+            let read = p.read(offset, records_max, bytes_max).await?;
+            let found = !read.records.is_empty() || offset < read.high_watermark;
+            Ok((found, read))
+        })
+        .await
+    }
+
+    /// Like [`Broker::fetch`], returning the stored batches as they are.
+    pub async fn fetch_raw(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: Position,
+        bytes_max: usize,
+        wait_ms: u64,
+    ) -> Result<crate::storage::ReadBatches> {
+        let bytes_max = self.fetch_bytes(bytes_max);
+        self.long_poll(topic, partition, from, wait_ms, |p, offset| async move {
+            let read = p.read_raw(offset, bytes_max).await?;
+            Ok((!read.batches.is_empty(), read))
+        })
+        .await
+    }
+
+    fn fetch_bytes(&self, bytes_max: usize) -> usize {
+        if bytes_max == 0 {
             FETCH_BYTES_DEFAULT
         } else {
             bytes_max.min(self.config.request_bytes_max)
-        };
+        }
+    }
+
+    /// Calls `read` at the resolved offset until it finds data, an append
+    /// wakes it, `wait_ms` passes, or shutdown begins (no polling).
+    async fn long_poll<T, F, Fut>(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: Position,
+        wait_ms: u64,
+        read: F,
+    ) -> Result<T>
+    where
+        F: Fn(Arc<Partition>, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<(bool, T)>>,
+    {
+        self.check_running()?;
+        let partition = self.partition(topic, partition)?;
+        let offset = self.resolve(&partition, from).await?;
         let mut hw = partition.watch();
         let mut stopping = self.watch_stopping();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(FETCH_WAIT_MAX_MS));
         loop {
-            let read = partition.read(offset, records_max, bytes_max).await?;
-            if !read.records.is_empty() || offset < read.high_watermark {
-                return Ok(read);
+            let (found, out) = read(partition.clone(), offset).await?;
+            if found {
+                return Ok(out);
             }
-            // Nothing at `offset` yet: wait for an append (no polling).
+            // Nothing at `offset` yet: wait for an append.
             hw.borrow_and_update();
             if partition.log.high_watermark() > offset {
                 continue;
@@ -554,9 +597,9 @@ impl Broker {
             tokio::select! {
                 r = tokio::time::timeout_at(deadline, hw.changed()) => match r {
                     Ok(Ok(())) => continue,
-                    Ok(Err(_)) | Err(_) => return Ok(read),
+                    Ok(Err(_)) | Err(_) => return Ok(out),
                 },
-                _ = stopped(&mut stopping) => return Ok(read),
+                _ = stopped(&mut stopping) => return Ok(out),
             }
         }
     }

@@ -130,6 +130,12 @@ impl Partition {
         }
     }
 
+    /// Reads whole stored batches from `from` on, up to about `bytes_max`
+    /// (at least one batch), for fetches that take the on-disk format.
+    pub async fn read_raw(self: &Arc<Self>, from: u64, bytes_max: usize) -> Result<ReadBatches> {
+        self.blocking(move |log| log.read(from, bytes_max)).await
+    }
+
     /// Runs a blocking log operation off the async workers.
     pub async fn blocking<T: Send + 'static>(
         self: &Arc<Self>,

@@ -103,6 +103,27 @@ pub fn fetch_response(topic: &str, partition: u32, read: ReadRecords) -> proto::
         next_offset: read.next_offset,
         high_watermark: read.high_watermark,
         log_start_offset: read.log_start_offset,
+        record_batches: vec![],
+    }
+}
+
+/// A raw fetch: the stored batches as they are; next_offset is after the last.
+pub fn raw_fetch_response(from: Position, read: crate::storage::ReadBatches) -> proto::FetchResponse {
+    let next_offset = read
+        .batches
+        .last()
+        .and_then(|b| crate::storage::batch::BatchHeader::parse(b, usize::MAX).ok())
+        .map(|h| h.next_offset())
+        .unwrap_or(match from {
+            Position::Offset(o) => o,
+            _ => read.high_watermark,
+        });
+    proto::FetchResponse {
+        records: vec![],
+        next_offset,
+        high_watermark: read.high_watermark,
+        log_start_offset: read.log_start_offset,
+        record_batches: read.batches,
     }
 }
 

@@ -99,6 +99,8 @@ pub async fn start_with(
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .initial_stream_window_size(Some(1 << 20))
             .initial_connection_window_size(Some(8 << 20))
+            // Large frames: a 1 MiB produce or fetch is a few frames, not 64.
+            .max_frame_size(Some(1 << 20))
             .layer(tower::util::MapResponseLayer::new(status::rewrite_size_limit))
             .add_service(health_service)
             .add_service(reflection)

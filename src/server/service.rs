@@ -190,6 +190,14 @@ impl proto::broker_server::Broker for BrokerService {
     async fn fetch(&self, request: Request<proto::FetchRequest>) -> Result<Response<proto::FetchResponse>, Status> {
         let r = request.into_inner();
         let from = convert::position(r.from, Position::Earliest)?;
+        if r.raw_batches {
+            let read = self
+                .broker
+                .fetch_raw(&r.topic, r.partition, from, r.max_bytes as usize, r.max_wait_ms as u64)
+                .await
+                .map_err(to_status)?;
+            return Ok(Response::new(convert::raw_fetch_response(from, read)));
+        }
         let read = self
             .broker
             .fetch(

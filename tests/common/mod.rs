@@ -97,6 +97,7 @@ pub async fn fetch(
             max_records: 0,
             max_bytes: 0,
             max_wait_ms: 0,
+            raw_batches: false,
         })
         .await
         .map(|r| r.into_inner())
