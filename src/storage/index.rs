@@ -40,12 +40,15 @@ impl<const WORDS: usize> EntryFile<WORDS> {
     const ENTRY_BYTES: usize = WORDS * 8;
 
     /// Maps `file`, growing it to `capacity` entries when that is larger.
-    /// `valid` decides how many leading entries are kept.
+    /// `valid(i, entry)` is asked for each leading entry in turn; the first
+    /// `false` ends the index there. Only the entries up to that one are
+    /// read, so a preallocated zero tail is never touched (it would otherwise
+    /// page in the whole preallocation of every partition on open).
     fn open(
         path: &Path,
         file: Arc<dyn StorageFile>,
         capacity: usize,
-        valid: impl Fn(&[[u64; WORDS]]) -> usize,
+        mut valid: impl FnMut(usize, [u64; WORDS]) -> bool,
     ) -> io::Result<Self> {
         let file_len = file.len()? as usize;
         let existing = file_len / Self::ENTRY_BYTES;
@@ -58,15 +61,15 @@ impl<const WORDS: usize> EntryFile<WORDS> {
         } else {
             Some(MmapRaw::map_raw(file.std_file())?)
         };
-        let mut this = EntryFile {
+        let this = EntryFile {
             path: path.to_path_buf(),
             file,
             map,
             capacity,
             len: AtomicUsize::new(0),
         };
-        let entries: Vec<[u64; WORDS]> = (0..existing).map(|i| this.read(i)).collect();
-        this.len = AtomicUsize::new(valid(&entries).min(existing));
+        let kept = (0..existing).take_while(|&i| valid(i, this.read(i))).count();
+        this.len.store(kept, Ordering::Release);
         Ok(this)
     }
 
@@ -155,19 +158,14 @@ impl OffsetIndex {
     /// Opens (or creates) the index, keeping the leading entries that are
     /// strictly increasing and point inside the first `log_len` bytes.
     pub fn open(path: &Path, file: Arc<dyn StorageFile>, capacity: usize, log_len: u64) -> io::Result<Self> {
-        let inner = EntryFile::open(path, file, capacity, |entries| {
-            let mut prev: Option<OffsetEntry> = None;
-            for (i, e) in entries.iter().enumerate() {
-                let e = unpack_offset(e[0]);
-                let ok = (e.position as u64) < log_len
-                    && prev.is_none_or(|p| e.relative_offset > p.relative_offset && e.position > p.position)
-                    && !(i > 0 && e.position == 0);
-                if !ok {
-                    return i;
-                }
-                prev = Some(e);
-            }
-            entries.len()
+        let mut prev: Option<OffsetEntry> = None;
+        let inner = EntryFile::open(path, file, capacity, |i, words| {
+            let e = unpack_offset(words[0]);
+            let ok = (e.position as u64) < log_len
+                && prev.is_none_or(|p| e.relative_offset > p.relative_offset && e.position > p.position)
+                && !(i > 0 && e.position == 0);
+            prev = Some(e);
+            ok
         })?;
         Ok(OffsetIndex(inner))
     }
@@ -255,19 +253,14 @@ impl TimeIndex {
     /// Opens (or creates) the index, keeping the leading entries whose
     /// timestamps and offsets are strictly increasing and below `next_relative`.
     pub fn open(path: &Path, file: Arc<dyn StorageFile>, capacity: usize, next_relative: u64) -> io::Result<Self> {
-        let inner = EntryFile::open(path, file, capacity, |entries| {
-            let mut prev: Option<TimeEntry> = None;
-            for (i, e) in entries.iter().enumerate() {
-                let e = unpack_time(*e);
-                let ok = (e.relative_offset as u64) < next_relative
-                    && e.timestamp_ms != 0
-                    && prev.is_none_or(|p| e.timestamp_ms > p.timestamp_ms && e.relative_offset > p.relative_offset);
-                if !ok {
-                    return i;
-                }
-                prev = Some(e);
-            }
-            entries.len()
+        let mut prev: Option<TimeEntry> = None;
+        let inner = EntryFile::open(path, file, capacity, |_, words| {
+            let e = unpack_time(words);
+            let ok = (e.relative_offset as u64) < next_relative
+                && e.timestamp_ms != 0
+                && prev.is_none_or(|p| e.timestamp_ms > p.timestamp_ms && e.relative_offset > p.relative_offset);
+            prev = Some(e);
+            ok
         })?;
         Ok(TimeIndex(inner))
     }

@@ -249,11 +249,12 @@ impl Log {
         let active = segments.values().next_back().expect("at least one segment").clone();
         let log_start_offset = *segments.keys().next().expect("at least one segment");
         if clean {
+            // No directory fsync here: if a power loss resurrects the marker,
+            // the next open still trusts the checkpoint only when it matches
+            // the active segment's length exactly, and anything appended
+            // after this open changes that length or the active segment.
             fs.remove_file(&clean_path)
                 .map_err(|e| StorageError::io(&clean_path, e))?;
-            // Guards against a crash after this open resurrecting the marker,
-            // which would make the next open skip recovery.
-            fs.sync_dir(dir).map_err(|e| StorageError::io(dir, e))?;
         }
         let idx = active.indexes()?;
         let bytes_since_entry = recovered.position - idx.offset.last().map(|e| e.position as u64).unwrap_or(0);
