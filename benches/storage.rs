@@ -31,11 +31,7 @@ fn encoded(record_bytes: usize, batch_records: usize) -> Vec<u8> {
 }
 
 fn open(dir: &Path, flush: FlushPolicy) -> Log {
-    let config = LogConfig {
-        flush,
-        segment_bytes: 1 << 30,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { flush, segment_bytes: 1 << 30, ..LogConfig::default() };
     Log::open(dir, Arc::new(StdFs), Arc::new(SystemClock), config).unwrap()
 }
 
@@ -116,10 +112,7 @@ fn summary(_c: &mut Criterion) {
 
 fn append(c: &mut Criterion) {
     let mut group = c.benchmark_group("append");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(500));
+    group.sample_size(10).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
     for flush in [FlushPolicy::Never, FlushPolicy::Always] {
         for record_bytes in [100usize, 1024] {
             for batch_records in [1usize, 100, 1000] {
@@ -235,25 +228,13 @@ fn tail_after_reopen(c: &mut Criterion) {
     group.bench_function("before_reopen", |bench| bench.iter(|| log.read(hw - 500, 1).unwrap()));
     drop(log); // unclean
     let log = open(dir.path(), FlushPolicy::Never);
-    group.bench_function("after_unclean_reopen", |bench| {
-        bench.iter(|| log.read(hw - 500, 1).unwrap())
-    });
+    group.bench_function("after_unclean_reopen", |bench| bench.iter(|| log.read(hw - 500, 1).unwrap()));
     log.close().unwrap();
     drop(log);
     let log = open(dir.path(), FlushPolicy::Never);
-    group.bench_function("after_clean_reopen", |bench| {
-        bench.iter(|| log.read(hw - 500, 1).unwrap())
-    });
+    group.bench_function("after_clean_reopen", |bench| bench.iter(|| log.read(hw - 500, 1).unwrap()));
     group.finish();
 }
 
-criterion_group!(
-    benches,
-    summary,
-    append,
-    append_concurrent,
-    read,
-    lookup,
-    tail_after_reopen
-);
+criterion_group!(benches, summary, append, append_concurrent, read, lookup, tail_after_reopen);
 criterion_main!(benches);

@@ -109,12 +109,7 @@ impl TopicConfig {
                 }
             }
             "flush.policy" => self.flush = value.parse().map_err(|e| format!("config {key}: {e}"))?,
-            _ => {
-                return Err(format!(
-                    "unknown config key {key:?}; known keys: {}",
-                    TOPIC_CONFIG_KEYS.join(", ")
-                ))
-            }
+            _ => return Err(format!("unknown config key {key:?}; known keys: {}", TOPIC_CONFIG_KEYS.join(", "))),
         }
         Ok(())
     }
@@ -184,7 +179,7 @@ impl Default for BrokerConfig {
             listen: "127.0.0.1:50051".parse().expect("valid address"),
             request_bytes_max: 16 << 20,
             retention_check_interval_ms: 5000,
-            checkpoint_interval_ms: 5000,
+            checkpoint_interval_ms: 1000,
             default_partitions: 1,
             topic_defaults: TopicConfig::default(),
         }

@@ -14,20 +14,13 @@ fn bench_modes_print_a_json_summary() {
         "e2e --duration 1s --rate 2000 --record-bytes 64",
         "produce --records 1000 --flush never --batch 10",
     ] {
-        let (ok, out, err) = run(
-            dir.path(),
-            "http://unused",
-            &format!("strata bench {mode} --embedded --json"),
-        );
+        let (ok, out, err) = run(dir.path(), "http://unused", &format!("strata bench {mode} --embedded --json"));
         assert!(ok, "bench {mode}: {err}");
         let summary: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
         for key in ["records_per_s", "mb_per_s", "p50_ms", "p99_ms", "p999_ms", "max_ms"] {
             assert!(summary[key].is_number(), "bench {mode}: {key} in {summary}");
         }
-        assert!(
-            summary["records"].as_u64().unwrap() > 0,
-            "bench {mode} moved records: {summary}"
-        );
+        assert!(summary["records"].as_u64().unwrap() > 0, "bench {mode} moved records: {summary}");
         assert!(summary["p50_ms"].as_f64().unwrap() <= summary["max_ms"].as_f64().unwrap());
     }
     // The embedded broker's temp dirs are cleaned up.

@@ -13,11 +13,7 @@ fn tour_commands() -> Vec<String> {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let start = readme.find("<!-- tour:start -->").expect("tour start marker");
     let end = readme.find("<!-- tour:end -->").expect("tour end marker");
-    readme[start..end]
-        .lines()
-        .filter(|l| l.contains("strata "))
-        .map(|l| l.trim().to_string())
-        .collect()
+    readme[start..end].lines().filter(|l| l.contains("strata ")).map(|l| l.trim().to_string()).collect()
 }
 
 #[test]
@@ -46,9 +42,7 @@ fn readme_tour_works_as_written() {
     let json = out("strata consume payments.sent --from -1h --format json");
     let records: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(records.len(), 3, "the last hour holds all three records");
-    assert!(records
-        .iter()
-        .any(|r| r["key"] == "cust-42" && r["headers"]["source"] == "web"));
+    assert!(records.iter().any(|r| r["key"] == "cust-42" && r["headers"]["source"] == "web"));
     let offsets = out("strata offsets");
     assert!(offsets.contains("OFFSET-AT-TIME"), "{offsets}");
     let describe = out("strata topic describe");
@@ -57,23 +51,13 @@ fn readme_tour_works_as_written() {
     assert!(out("strata topic list").contains("payments.sent"));
     assert_eq!(out("strata consume payments.sent --group alerts").lines().count(), 2);
     let lag = out("strata group describe alerts");
-    let total: u64 = lag
-        .lines()
-        .find(|l| l.starts_with("TOTAL"))
-        .unwrap()
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let total: u64 =
+        lag.lines().find(|l| l.starts_with("TOTAL")).unwrap().split_whitespace().last().unwrap().parse().unwrap();
     assert_eq!(total, 1, "three records, two consumed and committed\n{lag}");
 
     // Errors are one clear line and a non-zero exit.
     let (ok, _, stderr) = run(dir.path(), &server, "strata consume no.such.topic");
-    assert!(
-        !ok && stderr.trim().lines().count() == 1 && stderr.contains("no.such.topic"),
-        "{stderr}"
-    );
+    assert!(!ok && stderr.trim().lines().count() == 1 && stderr.contains("no.such.topic"), "{stderr}");
 
     // Stop it the way an operator would, then inspect the files offline.
     let pid = broker.id().to_string();
@@ -97,10 +81,7 @@ fn readme_tour_works_as_written() {
             .1
         })
         .collect();
-    assert!(
-        dumps.iter().any(|d| d.contains("crc ok") && d.contains("amount")),
-        "{dumps:?}"
-    );
+    assert!(dumps.iter().any(|d| d.contains("crc ok") && d.contains("amount")), "{dumps:?}");
 }
 
 #[test]
@@ -109,19 +90,9 @@ fn log_verify_reports_a_corrupt_segment_with_file_and_position() {
     let (mut broker, server) = serve(dir.path());
     assert!(run(dir.path(), &server, "strata topic create t --config segment.bytes=1024").0);
     for i in 0..30 {
-        assert!(
-            run(
-                dir.path(),
-                &server,
-                &format!("strata produce t value-{i}-{}", "x".repeat(50))
-            )
-            .0
-        );
+        assert!(run(dir.path(), &server, &format!("strata produce t value-{i}-{}", "x".repeat(50))).0);
     }
-    Command::new("kill")
-        .args(["-TERM", &broker.id().to_string()])
-        .status()
-        .unwrap();
+    Command::new("kill").args(["-TERM", &broker.id().to_string()]).status().unwrap();
     broker.wait().unwrap();
     let segment = dir.path().join("data/t/0/00000000000000000000.log");
     let mut bytes = std::fs::read(&segment).unwrap();

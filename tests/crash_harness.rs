@@ -91,21 +91,13 @@ async fn producer(
                 let v = value(&name, seq, &mut rng);
                 sent.push(v.clone());
                 proto::Record {
-                    key: if keyed {
-                        Bytes::from(format!("k{}", rng.below(50)))
-                    } else {
-                        Bytes::new()
-                    },
+                    key: if keyed { Bytes::from(format!("k{}", rng.below(50))) } else { Bytes::new() },
                     value: v,
                     ..Default::default()
                 }
             })
             .collect();
-        let req = proto::ProduceRequest {
-            topic: topic.into(),
-            records: records.clone(),
-            ..Default::default()
-        };
+        let req = proto::ProduceRequest { topic: topic.into(), records: records.clone(), ..Default::default() };
         match c.produce(req).await {
             Ok(r) => {
                 let results = r.into_inner().results;
@@ -167,13 +159,7 @@ async fn stream_producer(url: String, stop: Arc<AtomicBool>, seed: u64) -> (Vec<
                 })
                 .collect();
             sent.extend(values.iter().cloned());
-            let records = values
-                .iter()
-                .map(|v| proto::Record {
-                    value: v.clone(),
-                    ..Default::default()
-                })
-                .collect();
+            let records = values.iter().map(|v| proto::Record { value: v.clone(), ..Default::default() }).collect();
             pending.insert(id, values);
             let req = proto::ProduceRequest {
                 topic: "crash.b".into(),
@@ -256,11 +242,7 @@ async fn idempotent_producer(
             Ok(r) => {
                 let res = &r.into_inner().results[0];
                 for (i, rec) in req.records.iter().enumerate() {
-                    acked.push((
-                        ("crash.a".to_string(), 0),
-                        res.base_offset + i as u64,
-                        rec.value.clone(),
-                    ));
+                    acked.push((("crash.a".to_string(), 0), res.base_offset + i as u64, rec.value.clone()));
                 }
             }
             Err(_) => {
@@ -279,14 +261,7 @@ async fn committer(url: String, stop: Arc<AtomicBool>, seed: u64) -> Vec<(Tp, u6
     while !stop.load(Ordering::Relaxed) {
         let (topic, partitions) = TOPICS[rng.below(2) as usize];
         let partition = rng.below(partitions as u64) as u32;
-        let hw = match c
-            .list_offsets(proto::ListOffsetsRequest {
-                topic: topic.into(),
-                partition,
-                at: None,
-            })
-            .await
-        {
+        let hw = match c.list_offsets(proto::ListOffsetsRequest { topic: topic.into(), partition, at: None }).await {
             Ok(r) => r.into_inner().offset,
             Err(_) => break,
         };
@@ -297,12 +272,7 @@ async fn committer(url: String, stop: Arc<AtomicBool>, seed: u64) -> Vec<(Tp, u6
             group: "crash-group".into(),
             member_id: String::new(),
             generation: 0,
-            offsets: vec![proto::OffsetCommit {
-                topic: topic.into(),
-                partition,
-                offset,
-                metadata: String::new(),
-            }],
+            offsets: vec![proto::OffsetCommit { topic: topic.into(), partition, offset, metadata: String::new() }],
         };
         match c.commit_offsets(req).await {
             Ok(_) => log.last_mut().unwrap().2 = true,
@@ -342,67 +312,42 @@ async fn check(url: &str, ledger: &Ledger) -> u64 {
                 }
             }
             for v in &log {
-                assert!(
-                    ledger.sent.contains(v),
-                    "{topic}/{partition}: a record that was never produced: {v:?}"
-                );
+                assert!(ledger.sent.contains(v), "{topic}/{partition}: a record that was never produced: {v:?}");
             }
             for ((atp, offset), v) in ledger.acked.iter().filter(|((t, _), _)| *t == tp) {
                 let _ = atp;
                 let got = log.get(*offset as usize);
-                assert_eq!(
-                    got,
-                    Some(v),
-                    "{topic}/{partition}: acknowledged record at offset {offset} lost or changed"
-                );
+                assert_eq!(got, Some(v), "{topic}/{partition}: acknowledged record at offset {offset} lost or changed");
             }
             let mut seen = HashSet::new();
             for v in log.iter().filter(|v| ledger.idempotent.contains(*v)) {
-                assert!(
-                    seen.insert(v.clone()),
-                    "{topic}/{partition}: idempotent record appended twice: {v:?}"
-                );
+                assert!(seen.insert(v.clone()), "{topic}/{partition}: idempotent record appended twice: {v:?}");
             }
             total += log.len() as u64;
         }
     }
     let committed = c
-        .fetch_committed_offsets(proto::FetchCommittedOffsetsRequest {
-            group: "crash-group".into(),
-            topic: None,
-        })
+        .fetch_committed_offsets(proto::FetchCommittedOffsetsRequest { group: "crash-group".into(), topic: None })
         .await
         .unwrap()
         .into_inner()
         .offsets;
     for (tp, (acked, attempts)) in &ledger.commits {
-        let stored = committed
-            .iter()
-            .find(|o| (o.topic.as_str(), o.partition) == (tp.0.as_str(), tp.1))
-            .map(|o| o.offset);
+        let stored =
+            committed.iter().find(|o| (o.topic.as_str(), o.partition) == (tp.0.as_str(), tp.1)).map(|o| o.offset);
         let ok = stored == *acked || stored.is_some_and(|s| attempts.contains(&s));
-        assert!(
-            ok,
-            "{tp:?}: committed offset {stored:?}, acknowledged {acked:?}, in flight {attempts:?}"
-        );
+        assert!(ok, "{tp:?}: committed offset {stored:?}, acknowledged {acked:?}, in flight {attempts:?}");
     }
     total
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_acknowledged_is_lost_across_repeated_sigkills() {
-    let cycles: u64 = std::env::var("STRATA_CRASH_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(24);
+    let cycles: u64 = std::env::var("STRATA_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path().to_path_buf();
     let mut ledger = Ledger::default();
-    let mut idem = Idempotent {
-        producer_id: None,
-        sequence: 0,
-        unacked: None,
-    };
+    let mut idem = Idempotent { producer_id: None, sequence: 0, unacked: None };
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
     let (mut kills, mut clean_stops) = (0u64, 0u64);
     let (mut broker, mut url) = serve(&cwd);
@@ -421,15 +366,7 @@ async fn nothing_acknowledged_is_lost_across_repeated_sigkills() {
         let stop = Arc::new(AtomicBool::new(false));
         let seed = rng.next();
         let producers: Vec<_> = (0..3u64)
-            .map(|i| {
-                tokio::spawn(producer(
-                    url.clone(),
-                    format!("c{cycle}p{i}"),
-                    i % 2 == 0,
-                    stop.clone(),
-                    seed ^ i,
-                ))
-            })
+            .map(|i| tokio::spawn(producer(url.clone(), format!("c{cycle}p{i}"), i % 2 == 0, stop.clone(), seed ^ i)))
             .collect();
         let streamer = tokio::spawn(stream_producer(url.clone(), stop.clone(), seed ^ 99));
         let idem_task = tokio::spawn(idempotent_producer(url.clone(), idem, stop.clone(), seed ^ 7));
@@ -438,10 +375,7 @@ async fn nothing_acknowledged_is_lost_across_repeated_sigkills() {
         let clean = cycle % 6 == 5;
         if clean {
             let pid = broker.id().to_string();
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap();
+            std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
             stop.store(true, Ordering::Relaxed);
         } else {
             kill9(&mut broker);
@@ -488,10 +422,7 @@ async fn nothing_acknowledged_is_lost_across_repeated_sigkills() {
         (broker, url) = serve(&cwd);
         let total = check(&url, &ledger).await;
         if cycle % 6 == 0 {
-            eprintln!(
-                "cycle {cycle}: {total} records in the log, {} acknowledged so far",
-                ledger.records_acked
-            );
+            eprintln!("cycle {cycle}: {total} records in the log, {} acknowledged so far", ledger.records_acked);
         }
     }
     // The idempotent producer's last retry, if any, lands exactly once.
@@ -502,10 +433,7 @@ async fn nothing_acknowledged_is_lost_across_repeated_sigkills() {
     }
     check(&url, &ledger).await;
     let pid = broker.id().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(broker.wait().unwrap().success());
     let (ok, out, err) = run(&cwd, &url, "strata log verify ./data");
     assert!(ok, "{out}{err}");

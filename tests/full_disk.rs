@@ -50,10 +50,7 @@ async fn a_full_disk_refuses_appends_keeps_data_and_recovers_when_space_returns(
         let value = vec![(i % 251) as u8; 60_000];
         let req = proto::ProduceRequest {
             topic: "big".into(),
-            records: vec![proto::Record {
-                value: value.clone().into(),
-                ..Default::default()
-            }],
+            records: vec![proto::Record { value: value.clone().into(), ..Default::default() }],
             ..Default::default()
         };
         match c.produce(req).await {

@@ -12,12 +12,7 @@ fn lag_rows(describe: &str) -> Vec<(u32, String, u64, u64)> {
         .filter(|l| l.starts_with("t "))
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (
-                f[1].parse().unwrap(),
-                f[2].to_string(),
-                f[3].parse().unwrap(),
-                f[4].parse().unwrap(),
-            )
+            (f[1].parse().unwrap(), f[2].to_string(), f[3].parse().unwrap(), f[4].parse().unwrap())
         })
         .collect()
 }
@@ -37,22 +32,14 @@ fn group_commits_survive_sigkill_and_the_cli_resumes_from_them() {
     assert!(out.contains("event-0") && out.contains("event-3") && !out.contains("event-4"));
     let (ok, describe, _) = run(cwd, &server, "strata group describe g");
     assert!(ok);
-    assert_eq!(
-        lag_rows(&describe),
-        [(0, "4".to_string(), 10, 6)],
-        "lag = 10 - 4\n{describe}"
-    );
+    assert_eq!(lag_rows(&describe), [(0, "4".to_string(), 10, 6)], "lag = 10 - 4\n{describe}");
 
     kill9(&mut broker);
     let addr = server.trim_start_matches("http://");
     let (mut broker, _) = common::process::serve_on(cwd, addr);
     let (ok, describe, err) = run(cwd, &server, "strata group describe g");
     assert!(ok, "{err}");
-    assert_eq!(
-        lag_rows(&describe),
-        [(0, "4".to_string(), 10, 6)],
-        "the commit survived kill -9\n{describe}"
-    );
+    assert_eq!(lag_rows(&describe), [(0, "4".to_string(), 10, 6)], "the commit survived kill -9\n{describe}");
 
     let (ok, out, err) = run(cwd, &server, "strata consume t --group g");
     assert!(ok, "{err}");

@@ -12,10 +12,7 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 
 fn held(assignments: &[proto::TopicPartitions]) -> BTreeSet<(String, u32)> {
-    assignments
-        .iter()
-        .flat_map(|a| a.partitions.iter().map(move |p| (a.topic.clone(), *p)))
-        .collect()
+    assignments.iter().flat_map(|a| a.partitions.iter().map(move |p| (a.topic.clone(), *p))).collect()
 }
 
 async fn join(c: &mut Client, group: &str, pattern: &str, member: &str, timeout_ms: u32) -> proto::JoinGroupResponse {
@@ -31,13 +28,9 @@ async fn join(c: &mut Client, group: &str, pattern: &str, member: &str, timeout_
 }
 
 async fn heartbeat(c: &mut Client, group: &str, member: &str) -> Result<proto::HeartbeatResponse, tonic::Status> {
-    c.heartbeat(proto::HeartbeatRequest {
-        group: group.into(),
-        member_id: member.into(),
-        generation: 0,
-    })
-    .await
-    .map(|r| r.into_inner())
+    c.heartbeat(proto::HeartbeatRequest { group: group.into(), member_id: member.into(), generation: 0 })
+        .await
+        .map(|r| r.into_inner())
 }
 
 async fn commit(
@@ -53,12 +46,7 @@ async fn commit(
         group: group.into(),
         member_id: member.into(),
         generation,
-        offsets: vec![proto::OffsetCommit {
-            topic: topic.into(),
-            partition,
-            offset,
-            metadata: String::new(),
-        }],
+        offsets: vec![proto::OffsetCommit { topic: topic.into(), partition, offset, metadata: String::new() }],
     })
     .await
     .map(|_| ())
@@ -79,12 +67,7 @@ async fn two_members_split_four_partitions_and_one_leaving_hands_over_all() {
     assert!(ha.is_disjoint(&hb), "disjoint");
     assert_eq!(ha.union(&hb).count(), 4, "complete");
 
-    c.leave_group(proto::LeaveGroupRequest {
-        group: "billing".into(),
-        member_id: b.member_id.clone(),
-    })
-    .await
-    .unwrap();
+    c.leave_group(proto::LeaveGroupRequest { group: "billing".into(), member_id: b.member_id.clone() }).await.unwrap();
     let a_after = heartbeat(&mut c, "billing", &a.member_id).await.unwrap();
     assert_eq!(held(&a_after.assignments).len(), 4);
     assert!(a_after.generation > a_now.generation);
@@ -125,43 +108,25 @@ async fn commits_are_fenced_by_generation_and_membership() {
     create(&mut c, "orders", 2).await;
     produce(&mut c, "orders", Some(0), vec![record("", "a"), record("", "b")]).await;
     let a = join(&mut c, "g", "orders", "", 10_000).await;
-    commit(&mut c, "g", &a.member_id, a.generation, "orders", 0, 1)
-        .await
-        .unwrap();
+    commit(&mut c, "g", &a.member_id, a.generation, "orders", 0, 1).await.unwrap();
     let _b = join(&mut c, "g", "orders", "", 10_000).await;
-    let stale = commit(&mut c, "g", &a.member_id, a.generation, "orders", 0, 2)
-        .await
-        .unwrap_err();
+    let stale = commit(&mut c, "g", &a.member_id, a.generation, "orders", 0, 2).await.unwrap_err();
     assert_eq!(stale.code(), Code::FailedPrecondition);
     assert!(stale.message().contains("generation"), "{}", stale.message());
-    let unknown = commit(&mut c, "g", "nobody", a.generation + 1, "orders", 0, 2)
-        .await
-        .unwrap_err();
+    let unknown = commit(&mut c, "g", "nobody", a.generation + 1, "orders", 0, 2).await.unwrap_err();
     assert_eq!(unknown.code(), Code::FailedPrecondition);
     let manual = commit(&mut c, "g", "", 0, "orders", 0, 2).await.unwrap_err();
-    assert_eq!(
-        manual.code(),
-        Code::FailedPrecondition,
-        "no manual commits while members are live"
-    );
+    assert_eq!(manual.code(), Code::FailedPrecondition, "no manual commits while members are live");
     let generation = heartbeat(&mut c, "g", &a.member_id).await.unwrap().generation;
-    let beyond = commit(&mut c, "g", &a.member_id, generation, "orders", 0, 99)
-        .await
-        .unwrap_err();
+    let beyond = commit(&mut c, "g", &a.member_id, generation, "orders", 0, 99).await.unwrap_err();
     assert_eq!(beyond.code(), Code::OutOfRange);
     let committed = c
-        .fetch_committed_offsets(proto::FetchCommittedOffsetsRequest {
-            group: "g".into(),
-            topic: None,
-        })
+        .fetch_committed_offsets(proto::FetchCommittedOffsetsRequest { group: "g".into(), topic: None })
         .await
         .unwrap()
         .into_inner()
         .offsets;
-    assert_eq!(
-        committed.iter().map(|o| (o.partition, o.offset)).collect::<Vec<_>>(),
-        [(0, 1)]
-    );
+    assert_eq!(committed.iter().map(|o| (o.partition, o.offset)).collect::<Vec<_>>(), [(0, 1)]);
 
     // With no live members, manual commits (empty member id) are accepted.
     let m = c.list_groups(proto::ListGroupsRequest {}).await.unwrap().into_inner();
@@ -169,18 +134,9 @@ async fn commits_are_fenced_by_generation_and_membership() {
     for g in m.groups.iter() {
         assert_eq!(g.group, "g");
     }
-    let desc = c
-        .describe_group(proto::DescribeGroupRequest { group: "g".into() })
-        .await
-        .unwrap()
-        .into_inner();
+    let desc = c.describe_group(proto::DescribeGroupRequest { group: "g".into() }).await.unwrap().into_inner();
     for member in desc.members {
-        c.leave_group(proto::LeaveGroupRequest {
-            group: "g".into(),
-            member_id: member.member_id,
-        })
-        .await
-        .unwrap();
+        c.leave_group(proto::LeaveGroupRequest { group: "g".into(), member_id: member.member_id }).await.unwrap();
     }
     commit(&mut c, "g", "", 0, "orders", 1, 0).await.unwrap();
     commit(&mut c, "g", "", 0, "orders", 0, 2).await.unwrap();
@@ -201,11 +157,7 @@ async fn subscribe_group(c: &mut Client, pattern: &str, group: &str) -> tonic::S
 
 async fn next_records(s: &mut tonic::Streaming<proto::SubscribeResponse>) -> proto::SubscribeResponse {
     loop {
-        let m = tokio::time::timeout(Duration::from_secs(20), s.next())
-            .await
-            .expect("a message")
-            .unwrap()
-            .unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(20), s.next()).await.expect("a message").unwrap().unwrap();
         if !m.records.is_empty() {
             return m;
         }
@@ -222,41 +174,21 @@ async fn a_consumer_killed_mid_stream_resumes_at_its_commit_and_skips_nothing() 
         produce(&mut c, "events", None, vec![record("", &format!("e{i}"))]).await;
     }
     let mut stream = subscribe_group(&mut c, "events", "auditor").await;
-    let first = tokio::time::timeout(Duration::from_secs(20), stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        held(&first.assignments).len(),
-        1,
-        "the first message says what the stream holds"
-    );
+    let first = tokio::time::timeout(Duration::from_secs(20), stream.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(held(&first.assignments).len(), 1, "the first message says what the stream holds");
     assert!(!first.member_id.is_empty());
     let msg = next_records(&mut stream).await;
     assert_eq!(msg.records[0].offset, 0);
-    assert_eq!(
-        held(&msg.assignments).len(),
-        1,
-        "every message says what the stream holds"
-    );
+    assert_eq!(held(&msg.assignments).len(), 1, "every message says what the stream holds");
     // Commit only up to offset 4 (next to read: 4), then "crash".
-    commit(&mut c, "auditor", &msg.member_id, msg.generation, "events", 0, 4)
-        .await
-        .unwrap();
+    commit(&mut c, "auditor", &msg.member_id, msg.generation, "events", 0, 4).await.unwrap();
     drop(stream);
     for i in 10..15 {
         produce(&mut c, "events", None, vec![record("", &format!("e{i}"))]).await;
     }
     // The group has no members once the stream is gone (wait for the leave).
     for _ in 0..100 {
-        let d = c
-            .describe_group(proto::DescribeGroupRequest {
-                group: "auditor".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let d = c.describe_group(proto::DescribeGroupRequest { group: "auditor".into() }).await.unwrap().into_inner();
         if d.members.is_empty() {
             break;
         }
@@ -268,11 +200,7 @@ async fn a_consumer_killed_mid_stream_resumes_at_its_commit_and_skips_nothing() 
         let m = next_records(&mut stream).await;
         offsets.extend(m.records.iter().map(|r| r.offset));
     }
-    assert_eq!(
-        offsets,
-        (4..15).collect::<Vec<_>>(),
-        "resumes exactly at the committed offset, nothing skipped"
-    );
+    assert_eq!(offsets, (4..15).collect::<Vec<_>>(), "resumes exactly at the committed offset, nothing skipped");
     server.shutdown().await.unwrap();
 }
 
@@ -299,10 +227,7 @@ async fn reset_then_consume_starts_at_the_new_position() {
         .into_inner();
     assert_eq!((dry.resets[0].old_offset, dry.resets[0].new_offset), (Some(20), 5));
     let after_dry = c
-        .fetch_committed_offsets(proto::FetchCommittedOffsetsRequest {
-            group: "ops".into(),
-            topic: None,
-        })
+        .fetch_committed_offsets(proto::FetchCommittedOffsetsRequest { group: "ops".into(), topic: None })
         .await
         .unwrap()
         .into_inner();
@@ -329,10 +254,7 @@ async fn reset_then_consume_starts_at_the_new_position() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);
-    let refused = c
-        .delete_group(proto::DeleteGroupRequest { group: "ops".into() })
-        .await
-        .unwrap_err();
+    let refused = c.delete_group(proto::DeleteGroupRequest { group: "ops".into() }).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);
     drop(stream);
     server.shutdown().await.unwrap();
@@ -366,30 +288,11 @@ async fn lag_is_high_watermark_minus_committed_and_groups_can_be_deleted() {
     produce(&mut c, "metrics", Some(1), vec![record("", "x"), record("", "y")]).await;
     commit(&mut c, "dashboards", "", 0, "metrics", 0, 3).await.unwrap();
     commit(&mut c, "dashboards", "", 0, "metrics", 1, 2).await.unwrap();
-    let d = c
-        .describe_group(proto::DescribeGroupRequest {
-            group: "dashboards".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let lag: Vec<_> = d
-        .partitions
-        .iter()
-        .map(|p| (p.partition, p.committed_offset, p.high_watermark, p.lag))
-        .collect();
+    let d = c.describe_group(proto::DescribeGroupRequest { group: "dashboards".into() }).await.unwrap().into_inner();
+    let lag: Vec<_> = d.partitions.iter().map(|p| (p.partition, p.committed_offset, p.high_watermark, p.lag)).collect();
     assert_eq!(lag, [(0, Some(3), 7, 4), (1, Some(2), 2, 0)]);
-    c.delete_group(proto::DeleteGroupRequest {
-        group: "dashboards".into(),
-    })
-    .await
-    .unwrap();
-    let gone = c
-        .describe_group(proto::DescribeGroupRequest {
-            group: "dashboards".into(),
-        })
-        .await
-        .unwrap_err();
+    c.delete_group(proto::DeleteGroupRequest { group: "dashboards".into() }).await.unwrap();
+    let gone = c.describe_group(proto::DescribeGroupRequest { group: "dashboards".into() }).await.unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
     server.shutdown().await.unwrap();
 }

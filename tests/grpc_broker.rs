@@ -35,13 +35,8 @@ async fn topic_lifecycle() {
     create(&mut c, "payments.refunded", 1).await;
     create(&mut c, "policy.updated", 1).await;
 
-    let listed = c
-        .list_topics(proto::ListTopicsRequest {
-            topic_pattern: "payments.*".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let listed =
+        c.list_topics(proto::ListTopicsRequest { topic_pattern: "payments.*".into() }).await.unwrap().into_inner();
     let names: Vec<_> = listed.topics.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["payments.refunded", "payments.sent"]);
 
@@ -56,17 +51,8 @@ async fn topic_lifecycle() {
     assert_eq!(altered.config["flush.policy"], "interval:100");
     assert_eq!(altered.config["retention.ms"], "86400000", "earlier overrides stay");
 
-    c.delete_topic(proto::DeleteTopicRequest {
-        name: "payments.sent".into(),
-    })
-    .await
-    .unwrap();
-    let err = c
-        .describe_topic(proto::DescribeTopicRequest {
-            name: "payments.sent".into(),
-        })
-        .await
-        .unwrap_err();
+    c.delete_topic(proto::DeleteTopicRequest { name: "payments.sent".into() }).await.unwrap();
+    let err = c.describe_topic(proto::DescribeTopicRequest { name: "payments.sent".into() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     // The name can be reused, and the new topic starts empty.
     let again = create(&mut c, "payments.sent", 1).await;
@@ -95,10 +81,7 @@ async fn produce_and_fetch_are_byte_exact() {
             timestamp_ms: 0,
         },
     ];
-    let before = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let results = produce(&mut c, "bytes", Some(0), records.clone()).await;
     assert_eq!((results[0].base_offset, results[0].last_offset), (0, 1));
     let got = fetch_all(&mut c, "bytes", 0, 0).await;
@@ -107,10 +90,7 @@ async fn produce_and_fetch_are_byte_exact() {
     assert_eq!(got[0].value, records[0].value);
     assert_eq!(got[0].headers, records[0].headers);
     assert_eq!(got[0].timestamp_ms, 1_600_000_000_123);
-    assert_eq!(
-        (got[0].topic.as_str(), got[0].partition, got[0].offset),
-        ("bytes", 0, 0)
-    );
+    assert_eq!((got[0].topic.as_str(), got[0].partition, got[0].offset), ("bytes", 0, 0));
     assert!(got[1].value.is_empty() && got[1].key.is_empty());
     assert!(got[1].timestamp_ms >= before, "timestamp 0 means broker time");
     // Max records is honoured, and next_offset continues from there.
@@ -170,10 +150,7 @@ async fn long_poll_wakes_on_append_and_times_out_when_idle() {
         .unwrap()
         .into_inner();
     assert!(idle.records.is_empty());
-    assert!(
-        started.elapsed() >= Duration::from_millis(300),
-        "waits the full max_wait_ms"
-    );
+    assert!(started.elapsed() >= Duration::from_millis(300), "waits the full max_wait_ms");
 
     let mut poller = c.clone();
     let poll = tokio::spawn(async move {
@@ -223,11 +200,7 @@ async fn pattern_subscription_sees_new_matching_topics_and_nothing_else() {
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while seen.len() < 3 {
-        let msg = tokio::time::timeout_at(deadline, stream.next())
-            .await
-            .expect("records arrive")
-            .unwrap()
-            .unwrap();
+        let msg = tokio::time::timeout_at(deadline, stream.next()).await.expect("records arrive").unwrap().unwrap();
         for r in msg.records {
             seen.push((r.topic, String::from_utf8(r.value.to_vec()).unwrap()));
         }
@@ -244,11 +217,7 @@ async fn pattern_subscription_sees_new_matching_topics_and_nothing_else() {
     // Nothing else arrives (in particular nothing from "audit").
     produce(&mut c, "payments.sent", Some(0), vec![record("", "marker")]).await;
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(20), stream.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(20), stream.next()).await.unwrap().unwrap().unwrap();
         let values: Vec<_> = msg.records.iter().map(|r| r.value.clone()).collect();
         assert!(msg.records.iter().all(|r| r.topic.starts_with("payments.")));
         if values.iter().any(|v| v.as_ref() == b"marker") {
@@ -266,31 +235,16 @@ async fn restart_on_the_same_data_dir_keeps_everything() {
     let mut c = client(&server).await;
     create(&mut c, "policy.updated", 2).await;
     for i in 0..50 {
-        produce(
-            &mut c,
-            "policy.updated",
-            Some(i % 2),
-            vec![record("", &format!("v{i}"))],
-        )
-        .await;
+        produce(&mut c, "policy.updated", Some(i % 2), vec![record("", &format!("v{i}"))]).await;
     }
     server.shutdown().await.unwrap();
 
     let server = start(dir.path()).await;
     let mut c = client(&server).await;
-    let d = c
-        .describe_topic(proto::DescribeTopicRequest {
-            name: "policy.updated".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let d = c.describe_topic(proto::DescribeTopicRequest { name: "policy.updated".into() }).await.unwrap().into_inner();
     assert_eq!(d.partitions, 2);
     let p0 = fetch_all(&mut c, "policy.updated", 0, 0).await;
-    let values: Vec<_> = p0
-        .iter()
-        .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
-        .collect();
+    let values: Vec<_> = p0.iter().map(|r| String::from_utf8(r.value.to_vec()).unwrap()).collect();
     assert_eq!(values, (0..50).step_by(2).map(|i| format!("v{i}")).collect::<Vec<_>>());
     assert_eq!(fetch_all(&mut c, "policy.updated", 1, 0).await.len(), 25);
     server.shutdown().await.unwrap();
@@ -302,18 +256,8 @@ async fn idempotent_retry_returns_the_original_offsets() {
     let server = start(dir.path()).await;
     let mut c = client(&server).await;
     create(&mut c, "orders", 1).await;
-    let pid = c
-        .init_producer(proto::InitProducerRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .producer_id;
-    let other = c
-        .init_producer(proto::InitProducerRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .producer_id;
+    let pid = c.init_producer(proto::InitProducerRequest {}).await.unwrap().into_inner().producer_id;
+    let other = c.init_producer(proto::InitProducerRequest {}).await.unwrap().into_inner().producer_id;
     assert_ne!(pid, other);
     let req = proto::ProduceRequest {
         topic: "orders".into(),
@@ -323,18 +267,12 @@ async fn idempotent_retry_returns_the_original_offsets() {
         ..Default::default()
     };
     let offsets = |r: Vec<proto::ProduceResult>| {
-        r.into_iter()
-            .map(|r| (r.partition, r.base_offset, r.last_offset))
-            .collect::<Vec<_>>()
+        r.into_iter().map(|r| (r.partition, r.base_offset, r.last_offset)).collect::<Vec<_>>()
     };
     let first = offsets(c.produce(req.clone()).await.unwrap().into_inner().results);
     let retry = offsets(c.produce(req.clone()).await.unwrap().into_inner().results);
     assert_eq!(first, retry);
-    assert_eq!(
-        fetch_all(&mut c, "orders", 0, 0).await.len(),
-        2,
-        "the retry appended nothing"
-    );
+    assert_eq!(fetch_all(&mut c, "orders", 0, 0).await.len(), 2, "the retry appended nothing");
     server.shutdown().await.unwrap();
 
     // Also after a restart.
@@ -343,12 +281,7 @@ async fn idempotent_retry_returns_the_original_offsets() {
     let retry = offsets(c.produce(req).await.unwrap().into_inner().results);
     assert_eq!(first, retry);
     assert_eq!(fetch_all(&mut c, "orders", 0, 0).await.len(), 2);
-    let fresh = c
-        .init_producer(proto::InitProducerRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .producer_id;
+    let fresh = c.init_producer(proto::InitProducerRequest {}).await.unwrap().into_inner().producer_id;
     assert!(fresh > other, "producer ids are never reused across restarts");
     server.shutdown().await.unwrap();
 }
@@ -368,11 +301,7 @@ async fn produce_stream_pipelines_and_echoes_request_ids() {
     let mut requests: Vec<_> = requests.collect();
     // One bad request in the middle fails alone, with its code.
     requests[50].topic = "no.such.topic".into();
-    let mut responses = c
-        .produce_stream(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut responses = c.produce_stream(tokio_stream::iter(requests)).await.unwrap().into_inner();
     let mut by_id = std::collections::BTreeMap::new();
     while let Some(r) = responses.next().await {
         let r = r.unwrap();
@@ -385,17 +314,10 @@ async fn produce_stream_pipelines_and_echoes_request_ids() {
         if *id == 1050 {
             continue;
         }
-        assert_eq!(
-            r.results[0].base_offset, next,
-            "stream order is log order (request {id})"
-        );
+        assert_eq!(r.results[0].base_offset, next, "stream order is log order (request {id})");
         next += 2;
     }
-    let values: Vec<_> = fetch_all(&mut c, "stream", 0, 0)
-        .await
-        .into_iter()
-        .map(|r| r.value)
-        .collect();
+    let values: Vec<_> = fetch_all(&mut c, "stream", 0, 0).await.into_iter().map(|r| r.value).collect();
     assert_eq!(values.len(), 398);
     assert_eq!(values[0].as_ref(), b"m0");
     assert_eq!(values[397].as_ref(), b"n199");
@@ -416,32 +338,10 @@ async fn list_offsets_by_boundary_and_time() {
         })
         .collect();
     produce(&mut c, "timed", None, records).await;
-    let at = |p: Option<proto::Position>| proto::ListOffsetsRequest {
-        topic: "timed".into(),
-        partition: 0,
-        at: p,
-    };
-    let ts = |t: i64| {
-        Some(proto::Position {
-            position: Some(proto::position::Position::TimestampMs(t)),
-        })
-    };
-    assert_eq!(
-        c.list_offsets(at(at_boundary(proto::Boundary::Earliest)))
-            .await
-            .unwrap()
-            .into_inner()
-            .offset,
-        0
-    );
-    assert_eq!(
-        c.list_offsets(at(at_boundary(proto::Boundary::Latest)))
-            .await
-            .unwrap()
-            .into_inner()
-            .offset,
-        10
-    );
+    let at = |p: Option<proto::Position>| proto::ListOffsetsRequest { topic: "timed".into(), partition: 0, at: p };
+    let ts = |t: i64| Some(proto::Position { position: Some(proto::position::Position::TimestampMs(t)) });
+    assert_eq!(c.list_offsets(at(at_boundary(proto::Boundary::Earliest))).await.unwrap().into_inner().offset, 0);
+    assert_eq!(c.list_offsets(at(at_boundary(proto::Boundary::Latest))).await.unwrap().into_inner().offset, 10);
     assert_eq!(c.list_offsets(at(ts(1_004_500))).await.unwrap().into_inner().offset, 5);
     assert_eq!(
         c.list_offsets(at(ts(9_999_999))).await.unwrap().into_inner().offset,
@@ -461,38 +361,23 @@ async fn health_and_reflection_are_served() {
 
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
-    let channel = tonic::transport::Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = tonic::transport::Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
     let mut health = HealthClient::new(channel.clone());
     let status = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "strata.v1.Broker".into(),
-        })
+        .check(tonic_health::pb::HealthCheckRequest { service: "strata.v1.Broker".into() })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        status.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
+    assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
 
     let mut reflection = ServerReflectionClient::new(channel);
     let req = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut resp = reflection
-        .server_reflection_info(tokio_stream::iter(vec![req]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut resp = reflection.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
     let msg = resp.next().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
-        panic!("unexpected reply")
-    };
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else { panic!("unexpected reply") };
     assert!(list.service.iter().any(|s| s.name == "strata.v1.Broker"));
     server.shutdown().await.unwrap();
 }
@@ -536,11 +421,7 @@ async fn raw_fetch_returns_stored_batches_that_decode_to_the_same_records() {
         assert!(r.next_offset > next);
         next = r.next_offset;
     }
-    let want: Vec<_> = expected
-        .into_iter()
-        .skip(7)
-        .map(|r| (r.offset, r.key, r.value))
-        .collect();
+    let want: Vec<_> = expected.into_iter().skip(7).map(|r| (r.offset, r.key, r.value)).collect();
     assert_eq!(got, want);
     server.shutdown().await.unwrap();
 }

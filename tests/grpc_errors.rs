@@ -15,21 +15,12 @@ fn assert_code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, ment
     let status = r.expect_err("the call must fail");
     assert_eq!(status.code(), code, "{status:?}");
     for m in mentions {
-        assert!(
-            status.message().contains(m),
-            "{:?} should mention {m:?}",
-            status.message()
-        );
+        assert!(status.message().contains(m), "{:?} should mention {m:?}", status.message());
     }
 }
 
 fn produce_req(topic: &str, partition: Option<u32>, records: Vec<proto::Record>) -> proto::ProduceRequest {
-    proto::ProduceRequest {
-        topic: topic.into(),
-        partition,
-        records,
-        ..Default::default()
-    }
+    proto::ProduceRequest { topic: topic.into(), partition, records, ..Default::default() }
 }
 
 #[tokio::test]
@@ -48,39 +39,19 @@ async fn each_spec_error_code_is_returned_with_a_useful_message() {
     .unwrap();
 
     // NOT_FOUND: unknown topic, unknown partition.
-    assert_code(
-        c.produce(produce_req("nope", None, vec![record("", "x")])).await,
-        Code::NotFound,
-        &["nope"],
-    );
+    assert_code(c.produce(produce_req("nope", None, vec![record("", "x")])).await, Code::NotFound, &["nope"]);
     assert_code(fetch(&mut c, "nope", 0, 0).await, Code::NotFound, &["nope"]);
     assert_code(fetch(&mut c, "small", 7, 0).await, Code::NotFound, &["small", "7"]);
-    assert_code(
-        c.produce(produce_req("small", Some(9), vec![record("", "x")])).await,
-        Code::NotFound,
-        &["9"],
-    );
-    assert_code(
-        c.delete_topic(proto::DeleteTopicRequest { name: "nope".into() }).await,
-        Code::NotFound,
-        &["nope"],
-    );
+    assert_code(c.produce(produce_req("small", Some(9), vec![record("", "x")])).await, Code::NotFound, &["9"]);
+    assert_code(c.delete_topic(proto::DeleteTopicRequest { name: "nope".into() }).await, Code::NotFound, &["nope"]);
 
     // ALREADY_EXISTS.
-    let dup = proto::CreateTopicRequest {
-        name: "small".into(),
-        partitions: 1,
-        config: Default::default(),
-    };
+    let dup = proto::CreateTopicRequest { name: "small".into(), partitions: 1, config: Default::default() };
     assert_code(c.create_topic(dup).await, Code::AlreadyExists, &["small"]);
 
     // INVALID_ARGUMENT: bad names, bad config, oversize record, empty produce.
     for bad in ["", "..", "has space", "__reserved", &"x".repeat(250)] {
-        let req = proto::CreateTopicRequest {
-            name: bad.into(),
-            partitions: 1,
-            config: Default::default(),
-        };
+        let req = proto::CreateTopicRequest { name: bad.into(), partitions: 1, config: Default::default() };
         assert_code(c.create_topic(req).await, Code::InvalidArgument, &["name"]);
     }
     let bad_config = proto::CreateTopicRequest {
@@ -88,39 +59,18 @@ async fn each_spec_error_code_is_returned_with_a_useful_message() {
         partitions: 1,
         config: [("segment.bytes".to_string(), "12".to_string())].into(),
     };
-    assert_code(
-        c.create_topic(bad_config).await,
-        Code::InvalidArgument,
-        &["segment.bytes"],
-    );
+    assert_code(c.create_topic(bad_config).await, Code::InvalidArgument, &["segment.bytes"]);
     let unknown_key = proto::AlterTopicConfigRequest {
         name: "small".into(),
         config: [("colour".to_string(), "red".to_string())].into(),
     };
-    assert_code(
-        c.alter_topic_config(unknown_key).await,
-        Code::InvalidArgument,
-        &["colour"],
-    );
-    let big = proto::Record {
-        value: vec![0u8; 2000].into(),
-        ..Default::default()
-    };
-    assert_code(
-        c.produce(produce_req("small", None, vec![big])).await,
-        Code::InvalidArgument,
-        &["2000", "1000"],
-    );
-    assert_code(
-        c.produce(produce_req("small", None, vec![])).await,
-        Code::InvalidArgument,
-        &["no records"],
-    );
+    assert_code(c.alter_topic_config(unknown_key).await, Code::InvalidArgument, &["colour"]);
+    let big = proto::Record { value: vec![0u8; 2000].into(), ..Default::default() };
+    assert_code(c.produce(produce_req("small", None, vec![big])).await, Code::InvalidArgument, &["2000", "1000"]);
+    assert_code(c.produce(produce_req("small", None, vec![])).await, Code::InvalidArgument, &["no records"]);
 
     // OUT_OF_RANGE: above the high watermark; the message gives both bounds.
-    c.produce(produce_req("small", Some(0), vec![record("", "a"), record("", "b")]))
-        .await
-        .unwrap();
+    c.produce(produce_req("small", Some(0), vec![record("", "a"), record("", "b")])).await.unwrap();
     assert_code(
         fetch(&mut c, "small", 0, 5).await,
         Code::OutOfRange,
@@ -128,25 +78,11 @@ async fn each_spec_error_code_is_returned_with_a_useful_message() {
     );
 
     // RESOURCE_EXHAUSTED: a request over the broker's max request size.
-    let records = (0..400)
-        .map(|_| proto::Record {
-            value: vec![1u8; 900].into(),
-            ..Default::default()
-        })
-        .collect();
-    assert_code(
-        c.produce(produce_req("small", None, records)).await,
-        Code::ResourceExhausted,
-        &["too large"],
-    );
+    let records = (0..400).map(|_| proto::Record { value: vec![1u8; 900].into(), ..Default::default() }).collect();
+    assert_code(c.produce(produce_req("small", None, records)).await, Code::ResourceExhausted, &["too large"]);
 
     // FAILED_PRECONDITION: an idempotent sequence too old to judge.
-    let pid = c
-        .init_producer(proto::InitProducerRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .producer_id;
+    let pid = c.init_producer(proto::InitProducerRequest {}).await.unwrap().into_inner().producer_id;
     for seq in 0..7 {
         let mut req = produce_req("small", Some(1), vec![record("", "i")]);
         req.producer_id = Some(pid);
@@ -181,13 +117,7 @@ async fn corrupt_closed_segment_is_data_loss_and_the_rest_is_served() {
     .await
     .unwrap();
     for i in 0..60 {
-        produce(
-            &mut c,
-            "ledger",
-            None,
-            vec![record("", &format!("entry-{i:04}-{}", "x".repeat(60)))],
-        )
-        .await;
+        produce(&mut c, "ledger", None, vec![record("", &format!("entry-{i:04}-{}", "x".repeat(60)))]).await;
     }
     let first_segment = dir.path().join("ledger/0/00000000000000000000.log");
     let mut bytes = std::fs::read(&first_segment).unwrap();
@@ -204,11 +134,7 @@ async fn corrupt_closed_segment_is_data_loss_and_the_rest_is_served() {
                 .all(|rec| rec.value.starts_with(format!("entry-{:04}", rec.offset).as_bytes()))),
             Err(s) => {
                 assert_eq!(s.code(), Code::DataLoss, "{s:?}");
-                assert!(
-                    s.message().contains("offsets"),
-                    "names the offset range: {}",
-                    s.message()
-                );
+                assert!(s.message().contains("offsets"), "names the offset range: {}", s.message());
                 data_loss += 1;
             }
         }
@@ -217,10 +143,7 @@ async fn corrupt_closed_segment_is_data_loss_and_the_rest_is_served() {
     assert!(data_loss < 10, "only the corrupt batch's reads fail");
     // Later segments and new appends still work.
     produce(&mut c, "ledger", None, vec![record("", "after")]).await;
-    assert_eq!(
-        fetch(&mut c, "ledger", 0, 60).await.unwrap().records[0].value.as_ref(),
-        b"after"
-    );
+    assert_eq!(fetch(&mut c, "ledger", 0, 60).await.unwrap().records[0].value.as_ref(), b"after");
     server.shutdown().await.unwrap();
 }
 
@@ -236,9 +159,7 @@ async fn disk_faults_are_errors_never_acks_and_appends_resume_after() {
         let dir = tempfile::tempdir().unwrap();
         let fs = FaultyFs::default();
         let switch = fs.switch.clone();
-        let server = strata::server::start_with(config(dir.path()), Arc::new(fs), Arc::new(SystemClock))
-            .await
-            .unwrap();
+        let server = strata::server::start_with(config(dir.path()), Arc::new(fs), Arc::new(SystemClock)).await.unwrap();
         let mut c = client(&server).await;
         create(&mut c, "disk", 1).await;
         produce(&mut c, "disk", None, vec![record("", "one")]).await;
@@ -246,11 +167,7 @@ async fn disk_faults_are_errors_never_acks_and_appends_resume_after() {
         let lost = vec![record("", "lost"), record("", "lost too")];
         assert_code(c.produce(produce_req("disk", None, lost)).await, code, &[mention]);
         assert!(switch.fired(), "{fault:?} was injected");
-        let values: Vec<_> = fetch_all(&mut c, "disk", 0, 0)
-            .await
-            .into_iter()
-            .map(|r| r.value)
-            .collect();
+        let values: Vec<_> = fetch_all(&mut c, "disk", 0, 0).await.into_iter().map(|r| r.value).collect();
         assert_eq!(
             values,
             [bytes::Bytes::from_static(b"one")],
@@ -263,16 +180,8 @@ async fn disk_faults_are_errors_never_acks_and_appends_resume_after() {
         // And the files hold no garbage: a restart reads exactly the two.
         let server = start(dir.path()).await;
         let mut c = client(&server).await;
-        let values: Vec<_> = fetch_all(&mut c, "disk", 0, 0)
-            .await
-            .into_iter()
-            .map(|r| r.value)
-            .collect();
-        assert_eq!(
-            values,
-            [bytes::Bytes::from_static(b"one"), bytes::Bytes::from_static(b"two")],
-            "{fault:?}"
-        );
+        let values: Vec<_> = fetch_all(&mut c, "disk", 0, 0).await.into_iter().map(|r| r.value).collect();
+        assert_eq!(values, [bytes::Bytes::from_static(b"one"), bytes::Bytes::from_static(b"two")], "{fault:?}");
         server.shutdown().await.unwrap();
     }
 }

@@ -25,9 +25,7 @@ async fn poke(addr: std::net::SocketAddr, bytes: &[u8]) -> (Vec<u8>, bool) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let _ = s.write_all(bytes).await;
     let mut buf = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .is_ok();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.is_ok();
     (buf, closed)
 }
 
@@ -89,35 +87,18 @@ async fn huge_header_maps_and_oversize_requests_are_refused() {
     let server = start(dir.path()).await;
     let mut c = client(&server).await;
     create(&mut c, "h", 1).await;
-    let headers = (0..10_000)
-        .map(|i| (format!("h{i}"), bytes::Bytes::from_static(b"v")))
-        .collect();
+    let headers = (0..10_000).map(|i| (format!("h{i}"), bytes::Bytes::from_static(b"v"))).collect();
     let req = proto::ProduceRequest {
         topic: "h".into(),
-        records: vec![proto::Record {
-            value: "v".into(),
-            headers,
-            ..Default::default()
-        }],
+        records: vec![proto::Record { value: "v".into(), headers, ..Default::default() }],
         ..Default::default()
     };
     let err = c.produce(req).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(
-        err.message().contains("headers") && err.message().contains("256"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().contains("headers") && err.message().contains("256"), "{}", err.message());
     // A 20 MiB request is over the 16 MiB default.
-    let big = proto::Record {
-        value: vec![0u8; 20 << 20].into(),
-        ..Default::default()
-    };
-    let req = proto::ProduceRequest {
-        topic: "h".into(),
-        records: vec![big],
-        ..Default::default()
-    };
+    let big = proto::Record { value: vec![0u8; 20 << 20].into(), ..Default::default() };
+    let req = proto::ProduceRequest { topic: "h".into(), records: vec![big], ..Default::default() };
     assert_eq!(c.produce(req).await.unwrap_err().code(), tonic::Code::ResourceExhausted);
     // The broker is fine afterwards.
     let r = produce(&mut c, "h", None, vec![record("", "after")]).await;

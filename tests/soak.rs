@@ -24,17 +24,12 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_producers_four_consumers_for_a_minute() {
-    let secs: u64 = std::env::var("STRATA_SOAK_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+    let secs: u64 = std::env::var("STRATA_SOAK_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
     let dir = tempfile::tempdir().unwrap();
     let (mut broker, url) = serve(dir.path());
     let pid = broker.id();
@@ -63,13 +58,8 @@ async fn eight_producers_four_consumers_for_a_minute() {
                             Bytes::from(format!("p{i}-{seq:010}-{}", "v".repeat(180)))
                         })
                         .collect();
-                    let records = values
-                        .iter()
-                        .map(|v| proto::Record {
-                            value: v.clone(),
-                            ..Default::default()
-                        })
-                        .collect();
+                    let records =
+                        values.iter().map(|v| proto::Record { value: v.clone(), ..Default::default() }).collect();
                     let partition = (i + seq as u32) % PARTITIONS;
                     let r = c
                         .produce(proto::ProduceRequest {
@@ -82,12 +72,7 @@ async fn eight_producers_four_consumers_for_a_minute() {
                         .expect("no produce errors during the soak")
                         .into_inner();
                     let base = r.results[0].base_offset;
-                    acked.extend(
-                        values
-                            .into_iter()
-                            .enumerate()
-                            .map(|(k, v)| (partition, base + k as u64, v)),
-                    );
+                    acked.extend(values.into_iter().enumerate().map(|(k, v)| (partition, base + k as u64, v)));
                     // About 2,000 records/s per producer: a steady load, not a disk filler.
                     let due = Duration::from_millis(seq / 2);
                     if let Some(wait) = due.checked_sub(started.elapsed()) {
@@ -102,10 +87,7 @@ async fn eight_producers_four_consumers_for_a_minute() {
         .map(|partition| {
             let (url, stop) = (url.clone(), stop.clone());
             tokio::spawn(async move {
-                let mut c = BrokerClient::connect(url)
-                    .await
-                    .unwrap()
-                    .max_decoding_message_size(64 << 20);
+                let mut c = BrokerClient::connect(url).await.unwrap().max_decoding_message_size(64 << 20);
                 let mut got: Vec<(u64, Bytes)> = Vec::new();
                 let mut next = 0u64;
                 loop {
@@ -149,10 +131,7 @@ async fn eight_producers_four_consumers_for_a_minute() {
     let mut acked: HashMap<(u32, u64), Bytes> = HashMap::new();
     for p in producers {
         for (partition, offset, v) in p.await.unwrap() {
-            assert!(
-                acked.insert((partition, offset), v).is_none(),
-                "two acks for one offset"
-            );
+            assert!(acked.insert((partition, offset), v).is_none(), "two acks for one offset");
         }
     }
     let mut seen = HashSet::new();
@@ -160,19 +139,11 @@ async fn eight_producers_four_consumers_for_a_minute() {
     for (partition, c) in consumers.into_iter().enumerate() {
         for (offset, v) in c.await.unwrap() {
             assert!(seen.insert(v.clone()), "record consumed twice: {v:?}");
-            assert_eq!(
-                acked.get(&(partition as u32, offset)),
-                Some(&v),
-                "consumed record matches its ack"
-            );
+            assert_eq!(acked.get(&(partition as u32, offset)), Some(&v), "consumed record matches its ack");
             consumed += 1;
         }
     }
-    assert_eq!(
-        consumed,
-        acked.len(),
-        "every acknowledged record was consumed, nothing else"
-    );
+    assert_eq!(consumed, acked.len(), "every acknowledged record was consumed, nothing else");
     eprintln!(
         "soak {secs}s: {} records acked and consumed, broker RSS warm {} MiB, end {} MiB, max {} MiB, max fds {fds_max}",
         acked.len(),
@@ -180,10 +151,7 @@ async fn eight_producers_four_consumers_for_a_minute() {
         rss_end / 1024,
         rss_max / 1024
     );
-    assert!(
-        rss_end <= rss_warm * 3 / 2 + 32 * 1024,
-        "RSS grew from {rss_warm} KiB to {rss_end} KiB after warm-up"
-    );
+    assert!(rss_end <= rss_warm * 3 / 2 + 32 * 1024, "RSS grew from {rss_warm} KiB to {rss_end} KiB after warm-up");
     assert!(fds_max < 256, "open file descriptors: {fds_max}");
     broker.kill().unwrap();
     broker.wait().unwrap();

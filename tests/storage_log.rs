@@ -14,11 +14,7 @@ use strata::storage::{Clock, FlushPolicy, Log, LogConfig, ManualClock, StorageEr
 const T0: i64 = 1_700_000_000_000;
 
 fn small_config() -> LogConfig {
-    LogConfig {
-        segment_bytes: 2048,
-        index_interval_bytes: 256,
-        ..LogConfig::default()
-    }
+    LogConfig { segment_bytes: 2048, index_interval_bytes: 256, ..LogConfig::default() }
 }
 
 fn value(offset: u64, len: usize) -> Bytes {
@@ -49,10 +45,7 @@ fn read_all(log: &Log, from: u64) -> Result<Vec<(u64, Bytes)>, StorageError> {
     let mut next = from;
     while next < log.high_watermark() {
         let read = log.read(next, 4096)?;
-        assert!(
-            !read.batches.is_empty(),
-            "no batch at offset {next} below the high watermark"
-        );
+        assert!(!read.batches.is_empty(), "no batch at offset {next} below the high watermark");
         for b in &read.batches {
             for r in batch::decode_records(b).unwrap() {
                 if r.offset >= next {
@@ -95,10 +88,7 @@ fn append_read_round_trip_across_segments_and_reopen() {
     let mid = log.read(4, 1).unwrap();
     assert_eq!(batch::decode_records(&mid.batches[0]).unwrap()[0].offset, 3);
     assert_eq!(log.read(end, 100).unwrap().batches.len(), 0);
-    assert!(matches!(
-        log.read(end + 1, 100),
-        Err(StorageError::OffsetOutOfRange { .. })
-    ));
+    assert!(matches!(log.read(end + 1, 100), Err(StorageError::OffsetOutOfRange { .. })));
     log.close().unwrap();
     drop(log);
 
@@ -119,9 +109,7 @@ fn build_crashed_log(dir: &Path) -> (std::path::PathBuf, Vec<(u64, u64)>) {
     let log = open(dir, small_config());
     fill(&log, 60, 30);
     let active_base = log.read(log.high_watermark() - 1, 1).unwrap();
-    let base = batch::BatchHeader::parse(&active_base.batches[0], usize::MAX)
-        .unwrap()
-        .base_offset;
+    let base = batch::BatchHeader::parse(&active_base.batches[0], usize::MAX).unwrap().base_offset;
     drop(log);
     let mut logs: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
@@ -160,17 +148,9 @@ fn torn_tail_at_every_byte_recovers_the_longest_valid_prefix() {
     for cut in from..full_len {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(src.path(), dir.path());
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.path().join(active.file_name().unwrap()))
-            .unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(dir.path().join(active.file_name().unwrap())).unwrap();
         file.set_len(cut).unwrap();
-        let expected = ends
-            .iter()
-            .rev()
-            .find(|(end, _)| *end <= cut)
-            .map(|e| e.1)
-            .unwrap_or(first_base);
+        let expected = ends.iter().rev().find(|(end, _)| *end <= cut).map(|e| e.1).unwrap_or(first_base);
         let log = open(dir.path(), small_config());
         assert_eq!(log.high_watermark(), expected, "cut at byte {cut}");
         assert_prefix(&read_all(&log, 0).unwrap(), expected, 30);
@@ -201,11 +181,7 @@ fn flipped_bytes_never_serve_a_corrupt_record() {
         std::fs::write(&path, &bytes).unwrap();
         // The corrupt batch and everything after it is cut.
         let batch_start = ends.iter().map(|e| e.0).filter(|&e| e <= pos).max().unwrap_or(0);
-        let expected = ends
-            .iter()
-            .find(|e| e.0 == batch_start)
-            .map(|e| e.1)
-            .unwrap_or(first_base);
+        let expected = ends.iter().find(|e| e.0 == batch_start).map(|e| e.1).unwrap_or(first_base);
         let log = open(dir.path(), small_config());
         // A flip in the base offset field of the first batch after a valid
         // one still breaks density, so the prefix rule holds for every byte.
@@ -248,12 +224,7 @@ fn deleted_or_corrupted_indexes_give_the_same_reads() {
 
 #[test]
 fn disk_faults_fail_the_append_and_leave_no_hole_or_garbage() {
-    for fault in [
-        Fault::SyncFails,
-        Fault::WriteFails,
-        Fault::PartialWrite,
-        Fault::DiskFull,
-    ] {
+    for fault in [Fault::SyncFails, Fault::WriteFails, Fault::PartialWrite, Fault::DiskFull] {
         let dir = tempfile::tempdir().unwrap();
         let fs = FaultyFs::default();
         let switch = fs.switch.clone();
@@ -263,11 +234,7 @@ fn disk_faults_fail_the_append_and_leave_no_hole_or_garbage() {
         let err = log.append(batch_of(end, 3, 50, T0)).unwrap_err();
         assert!(switch.fired(), "{fault:?} was injected");
         assert_eq!(err.is_disk_full(), fault == Fault::DiskFull, "{fault:?}: {err}");
-        assert_eq!(
-            log.high_watermark(),
-            end,
-            "{fault:?}: nothing acknowledged moved the high watermark"
-        );
+        assert_eq!(log.high_watermark(), end, "{fault:?}: nothing acknowledged moved the high watermark");
         assert_prefix(&read_all(&log, 0).unwrap(), end, 50);
         switch.set(None);
         let out = log.append(batch_of(end, 3, 50, T0)).unwrap();
@@ -307,37 +274,21 @@ fn concurrent_appenders_share_fsyncs_and_get_dense_offsets() {
 #[test]
 fn idempotent_retry_returns_original_offsets_across_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let stamp = ProducerStamp {
-        producer_id: 77,
-        first_sequence: 0,
-    };
-    let records = vec![
-        Record {
-            value: Bytes::from_static(b"x"),
-            timestamp_ms: T0,
-            ..Record::default()
-        };
-        4
-    ];
+    let stamp = ProducerStamp { producer_id: 77, first_sequence: 0 };
+    let records = vec![Record { value: Bytes::from_static(b"x"), timestamp_ms: T0, ..Record::default() }; 4];
     let log = open(dir.path(), small_config());
     fill(&log, 2, 10);
     let first = log.append(batch::encode(&records, Some(stamp))).unwrap();
     let retry = log.append(batch::encode(&records, Some(stamp))).unwrap();
     assert!(retry.duplicate);
-    assert_eq!(
-        (retry.base_offset, retry.last_offset),
-        (first.base_offset, first.last_offset)
-    );
+    assert_eq!((retry.base_offset, retry.last_offset), (first.base_offset, first.last_offset));
     drop(log); // unclean
     let log = open(dir.path(), small_config());
     let retry = log.append(batch::encode(&records, Some(stamp))).unwrap();
     assert!(retry.duplicate);
     assert_eq!(retry.base_offset, first.base_offset);
     assert_eq!(log.high_watermark(), first.last_offset + 1);
-    let next = ProducerStamp {
-        producer_id: 77,
-        first_sequence: 4,
-    };
+    let next = ProducerStamp { producer_id: 77, first_sequence: 4 };
     assert!(!log.append(batch::encode(&records, Some(next))).unwrap().duplicate);
 }
 
@@ -361,10 +312,7 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after_it() {
 fn retention_deletes_whole_old_segments_and_advances_log_start() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
-    let config = LogConfig {
-        retention_ms: 60_000,
-        ..small_config()
-    };
+    let config = LogConfig { retention_ms: 60_000, ..small_config() };
     let log = Log::open(dir.path(), Arc::new(StdFs), Arc::new(clock.clone()), config).unwrap();
     for i in 0..60u64 {
         log.append(batch_of(i * 3, 3, 30, T0 + i as i64 * 1000)).unwrap();
@@ -378,11 +326,7 @@ fn retention_deletes_whole_old_segments_and_advances_log_start() {
     assert_prefix(&read_all(&log, start).unwrap(), 180 - start, 30);
 
     // By size: keep at most ~4 KiB.
-    log.set_config(LogConfig {
-        retention_ms: -1,
-        retention_bytes: 4096,
-        ..config
-    });
+    log.set_config(LogConfig { retention_ms: -1, retention_bytes: 4096, ..config });
     log.enforce_retention().unwrap();
     assert!(log.size_bytes() <= 4096 + 2048, "size {}", log.size_bytes());
     drop(log);
@@ -412,10 +356,7 @@ fn opening_a_thousand_segments_reads_none_of_their_indexes() {
 fn segment_ms_rolls_by_age() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
-    let config = LogConfig {
-        segment_ms: 1000,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { segment_ms: 1000, ..LogConfig::default() };
     let log = Log::open(dir.path(), Arc::new(StdFs), Arc::new(clock.clone()), config).unwrap();
     log.append(batch_of(0, 1, 10, clock.now_ms())).unwrap();
     clock.advance(1500);

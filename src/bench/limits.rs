@@ -62,9 +62,7 @@ async fn loopback_tcp(time: Duration) -> anyhow::Result<f64> {
 
 pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)?;
-    let dir = tempfile::Builder::new()
-        .prefix("strata-limits-")
-        .tempdir_in(&args.data_dir)?;
+    let dir = tempfile::Builder::new().prefix("strata-limits-").tempdir_in(&args.data_dir)?;
     let t = Duration::from_secs(2);
     eprintln!("[limits] measuring baselines on {}", args.data_dir.display());
     let sync_64k = file_append(dir.path(), 64 << 10, true, t)?;
@@ -91,46 +89,19 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         raw: false,
     };
     let target = load::Target::start(&base).await?;
-    let on = |topic: &str| BenchArgs {
-        server: Some(target.url.clone()),
-        topic: topic.into(),
-        ..base.clone()
-    };
+    let on = |topic: &str| BenchArgs { server: Some(target.url.clone()), topic: topic.into(), ..base.clone() };
     eprintln!("[limits] 1. produce 1 KiB x 100, 8 producers, flush always");
     let p1 = load::produce(&on("limits.always.1k")).await?;
     eprintln!("[limits] 2. produce 100 B x 100, 8 producers, flush always");
-    let p2 = load::produce(&BenchArgs {
-        record_bytes: 100,
-        ..on("limits.always.100b")
-    })
-    .await?;
+    let p2 = load::produce(&BenchArgs { record_bytes: 100, ..on("limits.always.100b") }).await?;
     eprintln!("[limits] 3. produce 1 KiB x 100, 8 producers, flush never");
-    let p3 = load::produce(&BenchArgs {
-        flush: FlushPolicy::Never,
-        ..on("limits.never")
-    })
-    .await?;
+    let p3 = load::produce(&BenchArgs { flush: FlushPolicy::Never, ..on("limits.never") }).await?;
     eprintln!("[limits] 4. consume what step 3 wrote (page cache)");
-    let c4 = load::consume(&BenchArgs {
-        flush: FlushPolicy::Never,
-        ..on("limits.never")
-    })
-    .await?;
+    let c4 = load::consume(&BenchArgs { flush: FlushPolicy::Never, ..on("limits.never") }).await?;
     eprintln!("[limits] 4b. consume again, raw batches");
-    let c4r = load::consume(&BenchArgs {
-        flush: FlushPolicy::Never,
-        raw: true,
-        ..on("limits.never")
-    })
-    .await?;
+    let c4r = load::consume(&BenchArgs { flush: FlushPolicy::Never, raw: true, ..on("limits.never") }).await?;
     eprintln!("[limits] 5. end to end at 10,000 records/s, flush always");
-    let e5 = load::e2e(&BenchArgs {
-        rate: 10_000,
-        producers: 1,
-        batch: 10,
-        ..on("limits.e2e")
-    })
-    .await?;
+    let e5 = load::e2e(&BenchArgs { rate: 10_000, producers: 1, batch: 10, ..on("limits.e2e") }).await?;
     target.stop().await?;
 
     let rows = serde_json::json!({

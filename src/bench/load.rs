@@ -27,11 +27,7 @@ pub struct Target {
 impl Target {
     pub async fn start(args: &BenchArgs) -> anyhow::Result<Target> {
         if let Some(url) = &args.server {
-            return Ok(Target {
-                url: url.clone(),
-                server: None,
-                _dir: None,
-            });
+            return Ok(Target { url: url.clone(), server: None, _dir: None });
         }
         let (dir, path) = match &args.data_dir {
             Some(p) => (None, p.clone()),
@@ -41,17 +37,9 @@ impl Target {
                 (Some(d), p)
             }
         };
-        let config = BrokerConfig {
-            data_dir: path,
-            listen: "127.0.0.1:0".parse()?,
-            ..BrokerConfig::default()
-        };
+        let config = BrokerConfig { data_dir: path, listen: "127.0.0.1:0".parse()?, ..BrokerConfig::default() };
         let server = crate::server::start(config).await?;
-        Ok(Target {
-            url: server.url(),
-            server: Some(server),
-            _dir: dir,
-        })
+        Ok(Target { url: server.url(), server: Some(server), _dir: dir })
     }
 
     pub async fn stop(self) -> anyhow::Result<()> {
@@ -70,28 +58,18 @@ pub async fn client(url: &str) -> anyhow::Result<Client> {
         .tcp_nodelay(true)
         .connect()
         .await?;
-    Ok(BrokerClient::new(channel)
-        .max_decoding_message_size(256 << 20)
-        .max_encoding_message_size(256 << 20))
+    Ok(BrokerClient::new(channel).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
 }
 
 /// Creates the bench topic (or reuses it) with the bench's flush policy.
 async fn ensure_topic(c: &mut Client, args: &BenchArgs) -> anyhow::Result<()> {
     let config = [("flush.policy".to_string(), args.flush.to_string())].into();
-    let req = proto::CreateTopicRequest {
-        name: args.topic.clone(),
-        partitions: args.partitions,
-        config,
-    };
+    let req = proto::CreateTopicRequest { name: args.topic.clone(), partitions: args.partitions, config };
     match c.create_topic(req).await {
         Ok(_) => Ok(()),
         Err(s) if s.code() == tonic::Code::AlreadyExists => {
             let config = [("flush.policy".to_string(), args.flush.to_string())].into();
-            c.alter_topic_config(proto::AlterTopicConfigRequest {
-                name: args.topic.clone(),
-                config,
-            })
-            .await?;
+            c.alter_topic_config(proto::AlterTopicConfigRequest { name: args.topic.clone(), config }).await?;
             Ok(())
         }
         Err(s) => Err(anyhow::anyhow!("cannot create topic {}: {}", args.topic, s.message())),
@@ -126,13 +104,8 @@ async fn run_producers(
     let per_producer_rate = (args.rate as f64 / args.producers.max(1) as f64).max(0.0);
     let mut tasks = Vec::new();
     for p in 0..args.producers.max(1) {
-        let (mut c, meter, stop, budget, value) = (
-            client(url).await?,
-            meter.clone(),
-            stop.clone(),
-            budget.clone(),
-            value.clone(),
-        );
+        let (mut c, meter, stop, budget, value) =
+            (client(url).await?, meter.clone(), stop.clone(), budget.clone(), value.clone());
         let (topic, batch, partitions) = (args.topic.clone(), args.batch.max(1), args.partitions.max(1));
         tasks.push(tokio::spawn(async move {
             let started = Instant::now();
@@ -151,12 +124,8 @@ async fn run_producers(
                         tokio::time::sleep(wait).await;
                     }
                 }
-                let records: Vec<proto::Record> = (0..n)
-                    .map(|_| proto::Record {
-                        value: value(),
-                        ..Default::default()
-                    })
-                    .collect();
+                let records: Vec<proto::Record> =
+                    (0..n).map(|_| proto::Record { value: value(), ..Default::default() }).collect();
                 let bytes: u64 = records.iter().map(|r| r.value.len() as u64).sum();
                 let req = proto::ProduceRequest {
                     topic: topic.clone(),
@@ -165,9 +134,7 @@ async fn run_producers(
                     ..Default::default()
                 };
                 let t0 = Instant::now();
-                c.produce(req)
-                    .await
-                    .map_err(|s| anyhow::anyhow!("produce failed: {}", s.message()))?;
+                c.produce(req).await.map_err(|s| anyhow::anyhow!("produce failed: {}", s.message()))?;
                 meter.latency(t0.elapsed());
                 meter.add(n as u64, bytes);
                 sent += n as u64;
@@ -188,14 +155,8 @@ pub async fn produce(args: &BenchArgs) -> anyhow::Result<Summary> {
     meter.spawn_progress("produce".into(), done.clone());
     let payload = Bytes::from(vec![b'x'; args.record_bytes]);
     let started = Instant::now();
-    run_producers(
-        &target.url,
-        args,
-        &meter,
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(move || payload.clone()),
-    )
-    .await?;
+    run_producers(&target.url, args, &meter, Arc::new(AtomicBool::new(false)), Arc::new(move || payload.clone()))
+        .await?;
     let elapsed = started.elapsed();
     done.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -209,9 +170,7 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
     ensure_topic(&mut c, args).await?;
     let want = args.record_budget().min(10_000_000_000);
     let have: u64 = c
-        .describe_topic(proto::DescribeTopicRequest {
-            name: args.topic.clone(),
-        })
+        .describe_topic(proto::DescribeTopicRequest { name: args.topic.clone() })
         .await?
         .into_inner()
         .partition_descriptions
@@ -246,9 +205,7 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
     let mut tasks = Vec::new();
     for k in 0..args.consumers.max(1) {
         let (mut c, meter, topic, raw) = (client(&target.url).await?, meter.clone(), args.topic.clone(), args.raw);
-        let partitions: Vec<u32> = (0..args.partitions)
-            .filter(|p| *p as usize % args.consumers.max(1) == k)
-            .collect();
+        let partitions: Vec<u32> = (0..args.partitions).filter(|p| *p as usize % args.consumers.max(1) == k).collect();
         tasks.push(tokio::spawn(async move {
             loop {
                 for &partition in &partitions {
@@ -257,9 +214,7 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
                         let req = proto::FetchRequest {
                             topic: topic.clone(),
                             partition,
-                            from: Some(proto::Position {
-                                position: Some(P::Offset(next)),
-                            }),
+                            from: Some(proto::Position { position: Some(P::Offset(next)) }),
                             max_records: 100_000,
                             max_bytes: 8 << 20,
                             max_wait_ms: 0,
@@ -306,11 +261,7 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
 
 pub async fn e2e(args: &BenchArgs) -> anyhow::Result<Summary> {
     let args = &BenchArgs {
-        duration: args.duration.or(if args.records.is_none() {
-            Some(Duration::from_secs(10))
-        } else {
-            None
-        }),
+        duration: args.duration.or(if args.records.is_none() { Some(Duration::from_secs(10)) } else { None }),
         rate: if args.rate == 0 { 10_000 } else { args.rate },
         ..args.clone()
     };
@@ -325,9 +276,7 @@ pub async fn e2e(args: &BenchArgs) -> anyhow::Result<Summary> {
         let req = proto::SubscribeRequest {
             topic_pattern: args.topic.clone(),
             group: None,
-            from: Some(proto::Position {
-                position: Some(P::Boundary(proto::Boundary::Latest as i32)),
-            }),
+            from: Some(proto::Position { position: Some(P::Boundary(proto::Boundary::Latest as i32)) }),
             fallback: None,
         };
         let mut stream = c.subscribe(req).await?.into_inner();

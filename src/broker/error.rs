@@ -7,11 +7,7 @@ pub enum BrokerError {
     #[error("topic {0:?} does not exist")]
     TopicNotFound(String),
     #[error("topic {topic:?} has no partition {partition} (it has {partitions})")]
-    PartitionNotFound {
-        topic: String,
-        partition: u32,
-        partitions: u32,
-    },
+    PartitionNotFound { topic: String, partition: u32, partitions: u32 },
     #[error("group {0:?} does not exist (no live members and no committed offsets)")]
     GroupNotFound(String),
     #[error("topic {0:?} already exists")]
@@ -19,13 +15,7 @@ pub enum BrokerError {
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{topic}/{partition}: offset {offset} is out of range: log start offset {log_start_offset}, high watermark {high_watermark}")]
-    OffsetOutOfRange {
-        topic: String,
-        partition: u32,
-        offset: u64,
-        log_start_offset: u64,
-        high_watermark: u64,
-    },
+    OffsetOutOfRange { topic: String, partition: u32, offset: u64, log_start_offset: u64, high_watermark: u64 },
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
@@ -48,22 +38,16 @@ impl BrokerError {
     /// expected outcomes (out of range) into their own variants.
     pub fn storage(topic: &str, partition: u32, source: StorageError) -> Self {
         match source {
-            StorageError::OffsetOutOfRange {
-                offset,
-                log_start_offset,
-                high_watermark,
-            } => BrokerError::OffsetOutOfRange {
-                topic: topic.to_string(),
-                partition,
-                offset,
-                log_start_offset,
-                high_watermark,
-            },
-            source => BrokerError::Storage {
-                topic: topic.to_string(),
-                partition,
-                source,
-            },
+            StorageError::OffsetOutOfRange { offset, log_start_offset, high_watermark } => {
+                BrokerError::OffsetOutOfRange {
+                    topic: topic.to_string(),
+                    partition,
+                    offset,
+                    log_start_offset,
+                    high_watermark,
+                }
+            }
+            source => BrokerError::Storage { topic: topic.to_string(), partition, source },
         }
     }
 }

@@ -37,10 +37,7 @@ struct GroupEntry {
 
 impl Default for GroupEntry {
     fn default() -> Self {
-        GroupEntry {
-            state: GroupState::default(),
-            generation: watch::Sender::new(0),
-        }
+        GroupEntry { state: GroupState::default(), generation: watch::Sender::new(0) }
     }
 }
 
@@ -97,11 +94,7 @@ pub struct OffsetReset {
 
 impl Coordinator {
     pub fn new(offsets: OffsetStore) -> Coordinator {
-        Coordinator {
-            groups: Mutex::new(HashMap::new()),
-            offsets,
-            next_member: AtomicU64::new(1),
-        }
+        Coordinator { groups: Mutex::new(HashMap::new()), offsets, next_member: AtomicU64::new(1) }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, GroupEntry>> {
@@ -143,10 +136,7 @@ impl Broker {
 
     fn rebalance(&self, entry: &mut GroupEntry) {
         let partitions = self.group_partitions(&entry.state);
-        if entry
-            .state
-            .rebalance(partitions, |pattern, tp| names::glob_match(pattern, &tp.0))
-        {
+        if entry.state.rebalance(partitions, |pattern, tp| names::glob_match(pattern, &tp.0)) {
             entry.generation.send_replace(entry.state.generation);
         }
     }
@@ -170,15 +160,9 @@ impl Broker {
         self.check_running()?;
         names::validate("group", group, false)?;
         if topic_pattern.is_empty() {
-            return Err(BrokerError::InvalidArgument(format!(
-                "group {group:?}: topic_pattern is empty"
-            )));
+            return Err(BrokerError::InvalidArgument(format!("group {group:?}: topic_pattern is empty")));
         }
-        let timeout = if session_timeout_ms == 0 {
-            SESSION_TIMEOUT_DEFAULT_MS
-        } else {
-            session_timeout_ms
-        };
+        let timeout = if session_timeout_ms == 0 { SESSION_TIMEOUT_DEFAULT_MS } else { session_timeout_ms };
         if !(SESSION_TIMEOUT_MIN_MS..=SESSION_TIMEOUT_MAX_MS).contains(&timeout) {
             return Err(BrokerError::InvalidArgument(format!(
                 "session_timeout_ms {timeout} is outside {SESSION_TIMEOUT_MIN_MS}..={SESSION_TIMEOUT_MAX_MS}"
@@ -228,12 +212,7 @@ impl Broker {
             return Err(unknown_member(group, member_id));
         }
         self.rebalance(entry);
-        tracing::info!(
-            group,
-            member = member_id,
-            generation = entry.state.generation,
-            "member left"
-        );
+        tracing::info!(group, member = member_id, generation = entry.state.generation, "member left");
         Ok(())
     }
 
@@ -298,10 +277,7 @@ impl Broker {
                 });
             }
         }
-        self.coordinator()
-            .offsets
-            .commit(group, &offsets)
-            .map_err(|e| BrokerError::storage(OFFSETS_TOPIC, 0, e))
+        self.coordinator().offsets.commit(group, &offsets).map_err(|e| BrokerError::storage(OFFSETS_TOPIC, 0, e))
     }
 
     pub fn committed_offsets(&self, group: &str, topic: Option<&str>) -> Vec<(String, u32, Committed)> {
@@ -312,12 +288,7 @@ impl Broker {
     pub fn list_groups(&self) -> Vec<(String, &'static str, u64, usize)> {
         let mut names = self.coordinator().offsets.groups();
         let groups = self.coordinator().lock();
-        names.extend(
-            groups
-                .iter()
-                .filter(|(_, e)| !e.state.is_empty())
-                .map(|(n, _)| n.clone()),
-        );
+        names.extend(groups.iter().filter(|(_, e)| !e.state.is_empty()).map(|(n, _)| n.clone()));
         names
             .into_iter()
             .map(|n| match groups.get(&n) {
@@ -345,12 +316,7 @@ impl Broker {
                             session_timeout_ms: m.session_timeout_ms,
                         })
                         .collect::<Vec<_>>();
-                    (
-                        state_name(&e.state),
-                        e.state.generation,
-                        members,
-                        e.state.partitions.clone(),
-                    )
+                    (state_name(&e.state), e.state.generation, members, e.state.partitions.clone())
                 }
                 None => ("Empty", 0, vec![], vec![]),
             }
@@ -380,13 +346,7 @@ impl Broker {
                 }
             })
             .collect();
-        Ok(GroupInfo {
-            group: group.to_string(),
-            state,
-            generation,
-            members,
-            partitions,
-        })
+        Ok(GroupInfo { group: group.to_string(), state, generation, members, partitions })
     }
 
     fn require_no_live_members(&self, group: &str, what: &str) -> Result<()> {
@@ -419,11 +379,7 @@ impl Broker {
         let mut resets = Vec::new();
         for topic in topics {
             for p in &topic.partitions {
-                let old = self
-                    .coordinator()
-                    .offsets
-                    .get(group, &topic.name, p.id)
-                    .map(|c| c.offset);
+                let old = self.coordinator().offsets.get(group, &topic.name, p.id).map(|c| c.offset);
                 let new = match to {
                     Position::Committed => old.unwrap_or(p.log.log_start_offset()),
                     other => self.resolve(p, other).await?,
@@ -440,16 +396,7 @@ impl Broker {
         if !dry_run {
             let entries: Vec<_> = resets
                 .iter()
-                .map(|r| {
-                    (
-                        r.topic.clone(),
-                        r.partition,
-                        Committed {
-                            offset: r.new_offset,
-                            metadata: "reset".into(),
-                        },
-                    )
-                })
+                .map(|r| (r.topic.clone(), r.partition, Committed { offset: r.new_offset, metadata: "reset".into() }))
                 .collect();
             let (broker, group_owned) = (self.clone(), group.to_string());
             tokio::task::spawn_blocking(move || broker.commit_offsets(&group_owned, "", 0, entries))
@@ -465,11 +412,7 @@ impl Broker {
         let broker = self.clone();
         let name = group.to_string();
         let deleted = tokio::task::spawn_blocking(move || {
-            broker
-                .coordinator()
-                .offsets
-                .delete_group(&name)
-                .map_err(|e| BrokerError::storage(OFFSETS_TOPIC, 0, e))
+            broker.coordinator().offsets.delete_group(&name).map_err(|e| BrokerError::storage(OFFSETS_TOPIC, 0, e))
         })
         .await
         .map_err(|e| BrokerError::Internal(format!("delete task failed: {e}")))??;

@@ -8,21 +8,14 @@ pub const NAME_LEN_MAX: usize = 249;
 /// Checks a topic or group name: 1..=249 of `[A-Za-z0-9._-]`, not `.` or `..`.
 /// Names starting with `__` are reserved unless `internal` is set.
 pub fn validate(kind: &str, name: &str, internal: bool) -> Result<(), BrokerError> {
-    let bad = |why: &str| {
-        Err(BrokerError::InvalidArgument(format!(
-            "{kind} name {name:?} is invalid: {why}"
-        )))
-    };
+    let bad = |why: &str| Err(BrokerError::InvalidArgument(format!("{kind} name {name:?} is invalid: {why}")));
     if name.is_empty() || name.len() > NAME_LEN_MAX {
         return bad("it must be 1 to 249 characters");
     }
     if name == "." || name == ".." {
         return bad("it must not be . or ..");
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
         return bad(&format!("character {c:?} is not one of A-Z a-z 0-9 . _ -"));
     }
     if name.starts_with("__") && !internal {

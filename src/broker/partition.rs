@@ -83,20 +83,11 @@ impl Partition {
     }
 
     fn read_blocking(&self, from: u64, records_max: usize, bytes_max: usize) -> Result<ReadRecords> {
-        let mut out = ReadRecords {
-            next_offset: from,
-            ..ReadRecords::default()
-        };
+        let mut out = ReadRecords { next_offset: from, ..ReadRecords::default() };
         let mut bytes = 0usize;
         loop {
-            let ReadBatches {
-                batches,
-                high_watermark,
-                log_start_offset,
-            } = self
-                .log
-                .read(out.next_offset, bytes_max.saturating_sub(bytes).max(1))
-                .map_err(|e| self.error(e))?;
+            let ReadBatches { batches, high_watermark, log_start_offset } =
+                self.log.read(out.next_offset, bytes_max.saturating_sub(bytes).max(1)).map_err(|e| self.error(e))?;
             out.high_watermark = high_watermark;
             out.log_start_offset = log_start_offset;
             if batches.is_empty() {

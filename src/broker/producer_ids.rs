@@ -32,12 +32,7 @@ impl ProducerIds {
         } else {
             1
         };
-        Ok(ProducerIds {
-            fs,
-            path,
-            next: start,
-            reserved_end: start,
-        })
+        Ok(ProducerIds { fs, path, next: start, reserved_end: start })
     }
 
     pub fn allocate(&mut self) -> std::io::Result<i64> {

@@ -64,10 +64,8 @@ impl Broker {
                 }
                 streaming.retain(|name, _| topics.iter().any(|t| &t.name == name));
                 if changed {
-                    let held = topics
-                        .iter()
-                        .map(|t| (t.name.clone(), t.partitions.iter().map(|p| p.id).collect()))
-                        .collect();
+                    let held =
+                        topics.iter().map(|t| (t.name.clone(), t.partitions.iter().map(|p| p.id).collect())).collect();
                     if tx.send(Ok(SubscriptionEvent::Assigned(held))).await.is_err() {
                         return;
                     }

@@ -74,13 +74,11 @@ impl Topic {
     }
 
     pub fn partition(&self, id: u32) -> Result<&Arc<Partition>> {
-        self.partitions
-            .get(id as usize)
-            .ok_or_else(|| BrokerError::PartitionNotFound {
-                topic: self.name.clone(),
-                partition: id,
-                partitions: self.partitions.len() as u32,
-            })
+        self.partitions.get(id as usize).ok_or_else(|| BrokerError::PartitionNotFound {
+            topic: self.name.clone(),
+            partition: id,
+            partitions: self.partitions.len() as u32,
+        })
     }
 
     /// The partition for the next batch of keyless records.

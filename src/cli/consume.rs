@@ -34,9 +34,7 @@ pub fn parse_from(text: &str) -> anyhow::Result<proto::Position> {
         t if t.chars().all(|c| c.is_ascii_digit()) => P::Offset(t.parse()?),
         t => P::TimestampMs(parse_time_ms(t).map_err(|e| anyhow::anyhow!(e))?),
     };
-    Ok(proto::Position {
-        position: Some(position),
-    })
+    Ok(proto::Position { position: Some(position) })
 }
 
 pub async fn run(args: ConsumeArgs, client_args: &ClientArgs) -> anyhow::Result<()> {
@@ -70,9 +68,7 @@ pub async fn run(args: ConsumeArgs, client_args: &ClientArgs) -> anyhow::Result<
         return Ok(());
     }
     let topics = client
-        .list_topics(proto::ListTopicsRequest {
-            topic_pattern: args.topic.clone(),
-        })
+        .list_topics(proto::ListTopicsRequest { topic_pattern: args.topic.clone() })
         .await
         .map_err(status_error)?
         .into_inner()
@@ -99,9 +95,7 @@ pub async fn run(args: ConsumeArgs, client_args: &ClientArgs) -> anyhow::Result<
                     .fetch(proto::FetchRequest {
                         topic: topic.name.clone(),
                         partition: p.partition,
-                        from: Some(proto::Position {
-                            position: Some(P::Offset(next)),
-                        }),
+                        from: Some(proto::Position { position: Some(P::Offset(next)) }),
                         max_records: (max - printed).min(1000) as u32,
                         ..Default::default()
                     })
@@ -138,13 +132,7 @@ pub fn print_record(r: &proto::StoredRecord, format: Format) {
             );
         }
         Format::Text => {
-            let mut line = format!(
-                "{}[{}]@{}  {}",
-                r.topic,
-                r.partition,
-                r.offset,
-                format_ms(r.timestamp_ms)
-            );
+            let mut line = format!("{}[{}]@{}  {}", r.topic, r.partition, r.offset, format_ms(r.timestamp_ms));
             if !r.key.is_empty() {
                 line.push_str(&format!("  key={}", text(&r.key)));
             }
@@ -175,12 +163,7 @@ async fn consume_group(
     if !member_id.is_empty() {
         // Leave now rather than when the broker notices the closed stream,
         // so a `group reset` right after this command is not refused.
-        let _ = client
-            .leave_group(proto::LeaveGroupRequest {
-                group: group.to_string(),
-                member_id,
-            })
-            .await;
+        let _ = client.leave_group(proto::LeaveGroupRequest { group: group.to_string(), member_id }).await;
     }
     result
 }
@@ -197,9 +180,7 @@ async fn consume_group_stream(
         "latest" => (None, proto::Boundary::Latest),
         other => (Some(parse_from(other)?), proto::Boundary::Earliest),
     };
-    let from = from.unwrap_or(proto::Position {
-        position: Some(P::Boundary(proto::Boundary::Committed as i32)),
-    });
+    let from = from.unwrap_or(proto::Position { position: Some(P::Boundary(proto::Boundary::Committed as i32)) });
     let mut stream = client
         .subscribe(proto::SubscribeRequest {
             topic_pattern: args.topic.clone(),
@@ -219,17 +200,12 @@ async fn consume_group_stream(
     loop {
         if !args.follow
             && generation.is_some()
-            && targets
-                .iter()
-                .all(|(tp, hw)| positions.get(tp).copied().unwrap_or(0) >= *hw)
+            && targets.iter().all(|(tp, hw)| positions.get(tp).copied().unwrap_or(0) >= *hw)
         {
             return Ok(());
         }
-        let wait = if args.follow {
-            std::time::Duration::from_secs(u64::MAX / 4)
-        } else {
-            std::time::Duration::from_secs(10)
-        };
+        let wait =
+            if args.follow { std::time::Duration::from_secs(u64::MAX / 4) } else { std::time::Duration::from_secs(10) };
         let msg = match tokio::time::timeout(wait, stream.next()).await {
             Ok(Some(m)) => m.map_err(status_error)?,
             Ok(None) => return Ok(()),
@@ -260,9 +236,7 @@ async fn consume_group_stream(
                     targets.insert((a.topic.clone(), *p), hw);
                     let start = committed.iter().find(|c| c.partition == *p).map(|c| c.offset);
                     let unstarted = if fallback == proto::Boundary::Latest { hw } else { lso };
-                    positions
-                        .entry((a.topic.clone(), *p))
-                        .or_insert(start.unwrap_or(unstarted));
+                    positions.entry((a.topic.clone(), *p)).or_insert(start.unwrap_or(unstarted));
                 }
             }
         }

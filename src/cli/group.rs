@@ -34,12 +34,8 @@ pub async fn run(command: GroupCommand, args: &ClientArgs) -> anyhow::Result<()>
     let mut client = connect(args).await?;
     match command {
         GroupCommand::List => {
-            let groups = client
-                .list_groups(proto::ListGroupsRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .groups;
+            let groups =
+                client.list_groups(proto::ListGroupsRequest {}).await.map_err(status_error)?.into_inner().groups;
             match args.format {
                 Format::Json => {
                     let all: Vec<_> = groups
@@ -57,22 +53,14 @@ pub async fn run(command: GroupCommand, args: &ClientArgs) -> anyhow::Result<()>
             }
         }
         GroupCommand::Describe { group } => {
-            let d = client
-                .describe_group(proto::DescribeGroupRequest { group })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let d =
+                client.describe_group(proto::DescribeGroupRequest { group }).await.map_err(status_error)?.into_inner();
             match args.format {
                 Format::Json => println!("{}", describe_json(&d)),
                 Format::Text => print_describe(&d),
             }
         }
-        GroupCommand::Reset {
-            group,
-            to,
-            topic,
-            dry_run,
-        } => {
+        GroupCommand::Reset { group, to, topic, dry_run } => {
             let pattern = match topic {
                 Some(t) => t,
                 None => {
@@ -118,10 +106,7 @@ pub async fn run(command: GroupCommand, args: &ClientArgs) -> anyhow::Result<()>
                     }
                 }
                 Format::Text => {
-                    println!(
-                        "{:<30} {:>9} {:>12} {:>12}",
-                        "TOPIC", "PARTITION", "OLD-OFFSET", "NEW-OFFSET"
-                    );
+                    println!("{:<30} {:>9} {:>12} {:>12}", "TOPIC", "PARTITION", "OLD-OFFSET", "NEW-OFFSET");
                     for r in resets {
                         let old = r.old_offset.map(|o| o.to_string()).unwrap_or_else(|| "-".into());
                         println!("{:<30} {:>9} {:>12} {:>12}", r.topic, r.partition, old, r.new_offset);
@@ -133,10 +118,7 @@ pub async fn run(command: GroupCommand, args: &ClientArgs) -> anyhow::Result<()>
             }
         }
         GroupCommand::Delete { group } => {
-            client
-                .delete_group(proto::DeleteGroupRequest { group: group.clone() })
-                .await
-                .map_err(status_error)?;
+            client.delete_group(proto::DeleteGroupRequest { group: group.clone() }).await.map_err(status_error)?;
             if args.format == Format::Text {
                 println!("deleted group {group}");
             }
@@ -146,24 +128,12 @@ pub async fn run(command: GroupCommand, args: &ClientArgs) -> anyhow::Result<()>
 }
 
 fn print_describe(d: &proto::DescribeGroupResponse) {
-    println!(
-        "group {}  state {}  generation {}  members {}",
-        d.group,
-        d.state,
-        d.generation,
-        d.members.len()
-    );
+    println!("group {}  state {}  generation {}  members {}", d.group, d.state, d.generation, d.members.len());
     for m in &d.members {
         let held: Vec<String> = m
             .assignments
             .iter()
-            .map(|a| {
-                format!(
-                    "{}[{}]",
-                    a.topic,
-                    a.partitions.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
-                )
-            })
+            .map(|a| format!("{}[{}]", a.topic, a.partitions.iter().map(u32::to_string).collect::<Vec<_>>().join(",")))
             .collect();
         println!(
             "  member {}  pattern {}  last heartbeat {}  holds {}",
@@ -173,17 +143,11 @@ fn print_describe(d: &proto::DescribeGroupResponse) {
             if held.is_empty() { "-".into() } else { held.join(" ") }
         );
     }
-    println!(
-        "{:<30} {:>9} {:>12} {:>15} {:>10}",
-        "TOPIC", "PARTITION", "COMMITTED", "HIGH-WATERMARK", "LAG"
-    );
+    println!("{:<30} {:>9} {:>12} {:>15} {:>10}", "TOPIC", "PARTITION", "COMMITTED", "HIGH-WATERMARK", "LAG");
     let mut total = 0;
     for p in &d.partitions {
         let committed = p.committed_offset.map(|o| o.to_string()).unwrap_or_else(|| "-".into());
-        println!(
-            "{:<30} {:>9} {:>12} {:>15} {:>10}",
-            p.topic, p.partition, committed, p.high_watermark, p.lag
-        );
+        println!("{:<30} {:>9} {:>12} {:>15} {:>10}", p.topic, p.partition, committed, p.high_watermark, p.lag);
         total += p.lag;
     }
     println!("{:<30} {:>9} {:>12} {:>15} {:>10}", "TOTAL", "", "", "", total);

@@ -74,22 +74,12 @@ fn verify_with_progress(dir: &Path) -> anyhow::Result<VerifyReport> {
 }
 
 fn dump(path: &Path, records: bool) -> anyhow::Result<()> {
-    let bytes = StdFs
-        .read_file(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    let base: u64 = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let bytes = StdFs.read_file(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let base: u64 = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).unwrap_or(0);
     match path.extension().and_then(|e| e.to_str()) {
         Some("index") => {
             for (i, e) in parse_offset_index(&bytes).iter().enumerate() {
-                println!(
-                    "entry {i}: offset {} -> position {}",
-                    base + e.relative_offset as u64,
-                    e.position
-                );
+                println!("entry {i}: offset {} -> position {}", base + e.relative_offset as u64, e.position);
             }
         }
         Some("timeindex") => {
@@ -114,18 +104,11 @@ fn dump_log(bytes: &[u8], records: bool) -> anyhow::Result<()> {
         let header = match BatchHeader::parse(&bytes[pos..], BATCH_BYTES_LIMIT) {
             Ok(h) if pos + h.total_len <= bytes.len() => h,
             Ok(h) => {
-                println!(
-                    "position {pos}: torn batch ({} bytes declared, {} present)",
-                    h.total_len,
-                    bytes.len() - pos
-                );
+                println!("position {pos}: torn batch ({} bytes declared, {} present)", h.total_len, bytes.len() - pos);
                 break;
             }
             Err(e) => {
-                println!(
-                    "position {pos}: invalid batch header: {e} ({} bytes to the end)",
-                    bytes.len() - pos
-                );
+                println!("position {pos}: invalid batch header: {e} ({} bytes to the end)", bytes.len() - pos);
                 break;
             }
         };
@@ -134,10 +117,8 @@ fn dump_log(bytes: &[u8], records: bool) -> anyhow::Result<()> {
             Ok(()) => "ok".to_string(),
             Err(e) => format!("BAD ({e})"),
         };
-        let producer = header
-            .producer()
-            .map(|p| format!("{}:{}", p.producer_id, p.first_sequence))
-            .unwrap_or_else(|| "-".into());
+        let producer =
+            header.producer().map(|p| format!("{}:{}", p.producer_id, p.first_sequence)).unwrap_or_else(|| "-".into());
         println!(
             "batch offsets {}..={} count {} position {} size {} first_ts {} max_ts {} producer {} crc {}",
             header.base_offset,

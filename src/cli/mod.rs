@@ -16,11 +16,7 @@ use crate::proto::broker_client::BrokerClient;
 use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "strata",
-    version,
-    about = "A durable, Kafka-style log broker for one machine"
-)]
+#[command(name = "strata", version, about = "A durable, Kafka-style log broker for one machine")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

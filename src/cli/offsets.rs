@@ -15,16 +15,9 @@ pub struct OffsetsArgs {
 
 pub async fn run(args: OffsetsArgs, client_args: &ClientArgs) -> anyhow::Result<()> {
     let mut client = connect(client_args).await?;
-    let at_ms = args
-        .at
-        .as_deref()
-        .map(parse_time_ms)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let at_ms = args.at.as_deref().map(parse_time_ms).transpose().map_err(|e| anyhow::anyhow!(e))?;
     let topic = client
-        .describe_topic(proto::DescribeTopicRequest {
-            name: args.topic.clone(),
-        })
+        .describe_topic(proto::DescribeTopicRequest { name: args.topic.clone() })
         .await
         .map_err(status_error)?
         .into_inner();
@@ -42,9 +35,7 @@ pub async fn run(args: OffsetsArgs, client_args: &ClientArgs) -> anyhow::Result<
                     .list_offsets(proto::ListOffsetsRequest {
                         topic: args.topic.clone(),
                         partition: p.partition,
-                        at: Some(proto::Position {
-                            position: Some(P::TimestampMs(ms)),
-                        }),
+                        at: Some(proto::Position { position: Some(P::TimestampMs(ms)) }),
                     })
                     .await
                     .map_err(status_error)?

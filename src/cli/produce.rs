@@ -30,11 +30,7 @@ pub async fn run(args: ProduceArgs, client_args: &ClientArgs) -> anyhow::Result<
     let make = |value: String| proto::Record {
         key: args.key.clone().unwrap_or_default().into_bytes().into(),
         value: value.into_bytes().into(),
-        headers: args
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone().into_bytes().into()))
-            .collect(),
+        headers: args.headers.iter().map(|(k, v)| (k.clone(), v.clone().into_bytes().into())).collect(),
         timestamp_ms: 0,
     };
     let mut batches: Vec<Vec<proto::Record>> = Vec::new();

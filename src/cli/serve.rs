@@ -25,8 +25,7 @@ pub fn broker_config(args: &ServeArgs) -> anyhow::Result<BrokerConfig> {
     if let Some(path) = &args.config {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         let file = ConfigFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        file.apply(&mut config)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        file.apply(&mut config).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
     if let Some(d) = &args.data_dir {
         config.data_dir = d.clone();

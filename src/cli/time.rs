@@ -7,9 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub fn parse_time_ms(text: &str) -> Result<i64, String> {
     if let Some(ago) = text.strip_prefix('-') {
         let d = humantime::parse_duration(ago).map_err(|e| format!("bad relative time {text:?}: {e}"))?;
-        let t = SystemTime::now()
-            .checked_sub(d)
-            .ok_or_else(|| format!("{text:?} is before 1970"))?;
+        let t = SystemTime::now().checked_sub(d).ok_or_else(|| format!("{text:?} is before 1970"))?;
         return Ok(millis(t));
     }
     humantime::parse_rfc3339_weak(text)

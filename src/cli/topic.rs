@@ -43,17 +43,9 @@ pub fn parse_pair(s: &str) -> Result<(String, String), String> {
 pub async fn run(command: TopicCommand, args: &ClientArgs) -> anyhow::Result<()> {
     let mut client = connect(args).await?;
     match command {
-        TopicCommand::Create {
-            name,
-            partitions,
-            config,
-        } => {
+        TopicCommand::Create { name, partitions, config } => {
             let t = client
-                .create_topic(proto::CreateTopicRequest {
-                    name,
-                    partitions,
-                    config: config.into_iter().collect(),
-                })
+                .create_topic(proto::CreateTopicRequest { name, partitions, config: config.into_iter().collect() })
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -64,9 +56,7 @@ pub async fn run(command: TopicCommand, args: &ClientArgs) -> anyhow::Result<()>
         }
         TopicCommand::List { pattern } => {
             let topics = client
-                .list_topics(proto::ListTopicsRequest {
-                    topic_pattern: pattern.unwrap_or_default(),
-                })
+                .list_topics(proto::ListTopicsRequest { topic_pattern: pattern.unwrap_or_default() })
                 .await
                 .map_err(status_error)?
                 .into_inner()
@@ -79,29 +69,17 @@ pub async fn run(command: TopicCommand, args: &ClientArgs) -> anyhow::Result<()>
                 Format::Text => {
                     println!("{:<40} {:>10} {:>14} {:>12}", "TOPIC", "PARTITIONS", "RECORDS", "SIZE");
                     for t in &topics {
-                        let records: u64 = t
-                            .partition_descriptions
-                            .iter()
-                            .map(|p| p.high_watermark - p.log_start_offset)
-                            .sum();
+                        let records: u64 =
+                            t.partition_descriptions.iter().map(|p| p.high_watermark - p.log_start_offset).sum();
                         let size: u64 = t.partition_descriptions.iter().map(|p| p.size_bytes).sum();
-                        println!(
-                            "{:<40} {:>10} {:>14} {:>12}",
-                            t.name,
-                            t.partitions,
-                            records,
-                            human_bytes(size)
-                        );
+                        println!("{:<40} {:>10} {:>14} {:>12}", t.name, t.partitions, records, human_bytes(size));
                     }
                 }
             }
         }
         TopicCommand::Describe { name } => {
-            let t = client
-                .describe_topic(proto::DescribeTopicRequest { name })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let t =
+                client.describe_topic(proto::DescribeTopicRequest { name }).await.map_err(status_error)?.into_inner();
             match args.format {
                 Format::Json => println!("{}", topic_json(&t)),
                 Format::Text => print_description(&t),
@@ -109,10 +87,7 @@ pub async fn run(command: TopicCommand, args: &ClientArgs) -> anyhow::Result<()>
         }
         TopicCommand::Alter { name, config } => {
             let t = client
-                .alter_topic_config(proto::AlterTopicConfigRequest {
-                    name,
-                    config: config.into_iter().collect(),
-                })
+                .alter_topic_config(proto::AlterTopicConfigRequest { name, config: config.into_iter().collect() })
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -122,10 +97,7 @@ pub async fn run(command: TopicCommand, args: &ClientArgs) -> anyhow::Result<()>
             }
         }
         TopicCommand::Delete { name } => {
-            client
-                .delete_topic(proto::DeleteTopicRequest { name: name.clone() })
-                .await
-                .map_err(status_error)?;
+            client.delete_topic(proto::DeleteTopicRequest { name: name.clone() }).await.map_err(status_error)?;
             if args.format == Format::Text {
                 println!("deleted topic {name}");
             }

@@ -35,10 +35,7 @@ pub fn assign(
         if taken.contains(tp) {
             continue;
         }
-        let target = members
-            .iter()
-            .filter(|m| eligible(m, tp))
-            .min_by_key(|m| (result[*m].len(), (*m).clone()));
+        let target = members.iter().filter(|m| eligible(m, tp)).min_by_key(|m| (result[*m].len(), (*m).clone()));
         if let Some(m) = target {
             result.get_mut(m).expect("member present").push(tp.clone());
             taken.insert(tp.clone());
@@ -47,16 +44,8 @@ pub fn assign(
     // Even out what patterns allowed to pile up (bounded: each move
     // narrows the gap).
     for _ in 0..partitions.len() {
-        let most = members
-            .iter()
-            .max_by_key(|m| (result[*m].len(), (*m).clone()))
-            .expect("non-empty")
-            .clone();
-        let least = members
-            .iter()
-            .min_by_key(|m| (result[*m].len(), (*m).clone()))
-            .expect("non-empty")
-            .clone();
+        let most = members.iter().max_by_key(|m| (result[*m].len(), (*m).clone())).expect("non-empty").clone();
+        let least = members.iter().min_by_key(|m| (result[*m].len(), (*m).clone())).expect("non-empty").clone();
         if result[&most].len() <= result[&least].len() + 1 {
             break;
         }
@@ -104,9 +93,7 @@ mod tests {
     #[test]
     fn patterns_limit_who_gets_what() {
         let parts = vec![("x".to_string(), 0), ("y".to_string(), 0), ("y".to_string(), 1)];
-        let a = assign(&members(&["a", "b"]), &parts, &BTreeMap::new(), |m, tp| {
-            m == "b" || tp.0 == "x"
-        });
+        let a = assign(&members(&["a", "b"]), &parts, &BTreeMap::new(), |m, tp| m == "b" || tp.0 == "x");
         assert_eq!(a["a"], vec![("x".to_string(), 0)]);
         assert_eq!(a["b"].len(), 2);
     }

@@ -53,10 +53,7 @@ fn decode_key(key: &[u8]) -> Option<Key> {
     let text = std::str::from_utf8(key).ok()?;
     let mut parts = text.split('\0');
     let (group, topic, partition) = (parts.next()?, parts.next()?, parts.next()?.parse().ok()?);
-    parts
-        .next()
-        .is_none()
-        .then(|| (group.to_string(), topic.to_string(), partition))
+    parts.next().is_none().then(|| (group.to_string(), topic.to_string(), partition))
 }
 
 fn encode_value(c: &Committed) -> Bytes {
@@ -104,10 +101,7 @@ impl OffsetStore {
             }
         }
         tracing::debug!(keys = committed.len(), "committed offsets loaded");
-        Ok(OffsetStore {
-            log,
-            committed: Mutex::new(committed),
-        })
+        Ok(OffsetStore { log, committed: Mutex::new(committed) })
     }
 
     fn map(&self) -> MutexGuard<'_, BTreeMap<Key, Committed>> {
@@ -190,9 +184,7 @@ impl OffsetStore {
                     }
                 }
             }
-            next = batch::BatchHeader::parse(last, usize::MAX)
-                .map(|h| h.next_offset())
-                .unwrap_or(u64::MAX);
+            next = batch::BatchHeader::parse(last, usize::MAX).map(|h| h.next_offset()).unwrap_or(u64::MAX);
         }
         *map = fresh;
     }
@@ -219,18 +211,12 @@ impl OffsetStore {
         }
         // Everything before `start` is restated after it: safe to drop.
         let deleted = self.log.delete_segments_before(start)?;
-        tracing::info!(
-            keys = map.len(),
-            deleted_segments = deleted,
-            "compacted committed offsets"
-        );
+        tracing::info!(keys = map.len(), deleted_segments = deleted, "compacted committed offsets");
         Ok(())
     }
 
     pub fn get(&self, group: &str, topic: &str, partition: u32) -> Option<Committed> {
-        self.map()
-            .get(&(group.to_string(), topic.to_string(), partition))
-            .cloned()
+        self.map().get(&(group.to_string(), topic.to_string(), partition)).cloned()
     }
 
     /// Every committed offset of a group, optionally of one topic.
@@ -276,19 +262,14 @@ mod tests {
     }
 
     fn c(offset: u64) -> Committed {
-        Committed {
-            offset,
-            metadata: format!("m{offset}"),
-        }
+        Committed { offset, metadata: format!("m{offset}") }
     }
 
     #[test]
     fn commits_survive_reopen_and_deletes_stick() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        store
-            .commit("g", &[("t".into(), 0, c(5)), ("t".into(), 1, c(7))])
-            .unwrap();
+        store.commit("g", &[("t".into(), 0, c(5)), ("t".into(), 1, c(7))]).unwrap();
         store.commit("g", &[("t".into(), 0, c(9))]).unwrap();
         store.commit("h", &[("t".into(), 0, c(1))]).unwrap();
         drop(store); // no clean close
@@ -308,17 +289,10 @@ mod tests {
         let store = open(dir.path());
         let metadata = "x".repeat(4000);
         for i in 0..12_000u64 {
-            let v = Committed {
-                offset: i,
-                metadata: metadata.clone(),
-            };
+            let v = Committed { offset: i, metadata: metadata.clone() };
             store.commit("g", &[("t".into(), (i % 3) as u32, v)]).unwrap();
         }
-        assert!(
-            store.segment_count() <= COMPACT_SEGMENTS + 1,
-            "{} segments",
-            store.segment_count()
-        );
+        assert!(store.segment_count() <= COMPACT_SEGMENTS + 1, "{} segments", store.segment_count());
         drop(store);
         let store = open(dir.path());
         assert_eq!(store.get("g", "t", 2).unwrap().offset, 11_999);

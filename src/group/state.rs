@@ -75,9 +75,8 @@ impl GroupState {
         eligible: impl Fn(&str, &TopicPartition) -> bool,
     ) -> bool {
         let ids: Vec<String> = self.members.keys().cloned().collect();
-        let next = assignor::assign(&ids, &partitions, &self.assignment, |m, tp| {
-            eligible(&self.members[m].topic_pattern, tp)
-        });
+        let next =
+            assignor::assign(&ids, &partitions, &self.assignment, |m, tp| eligible(&self.members[m].topic_pattern, tp));
         let changed = next != self.assignment || partitions != self.partitions;
         if changed {
             self.generation += 1;
@@ -118,10 +117,7 @@ mod tests {
         assert_eq!((g.generation, g.assignment_of("a").len()), (1, 4));
         g.join(member("b", 0));
         assert!(g.rebalance(parts(), |_, _| true));
-        assert_eq!(
-            (g.generation, g.assignment_of("a").len(), g.assignment_of("b").len()),
-            (2, 2, 2)
-        );
+        assert_eq!((g.generation, g.assignment_of("a").len(), g.assignment_of("b").len()), (2, 2, 2));
         // a keeps heartbeating, b goes silent past its session timeout.
         assert!(g.heartbeat("a", 900));
         assert!(g.expire(1500).contains(&"b".to_string()));
@@ -139,10 +135,7 @@ mod tests {
     #[test]
     fn stream_members_do_not_expire() {
         let mut g = GroupState::default();
-        g.join(Member {
-            held_by_stream: true,
-            ..member("s", 0)
-        });
+        g.join(Member { held_by_stream: true, ..member("s", 0) });
         assert!(g.expire(1_000_000).is_empty());
     }
 }

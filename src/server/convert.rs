@@ -31,21 +31,12 @@ pub fn produce_request(r: proto::ProduceRequest) -> Result<ProduceRequest, Statu
     let producer = match (r.producer_id, r.sequence) {
         (Some(producer_id), Some(sequence)) => {
             if producer_id < 0 || sequence < 0 {
-                return Err(Status::invalid_argument(
-                    "producer_id and sequence must not be negative",
-                ));
+                return Err(Status::invalid_argument("producer_id and sequence must not be negative"));
             }
-            Some(ProducerStamp {
-                producer_id,
-                first_sequence: sequence,
-            })
+            Some(ProducerStamp { producer_id, first_sequence: sequence })
         }
         (None, None) => None,
-        _ => {
-            return Err(Status::invalid_argument(
-                "producer_id and sequence go together: set both or neither",
-            ))
-        }
+        _ => return Err(Status::invalid_argument("producer_id and sequence go together: set both or neither")),
     };
     let records = r
         .records
@@ -53,20 +44,10 @@ pub fn produce_request(r: proto::ProduceRequest) -> Result<ProduceRequest, Statu
         .map(|rec| {
             let mut headers: Vec<(String, bytes::Bytes)> = rec.headers.into_iter().collect();
             headers.sort_by(|a, b| a.0.cmp(&b.0));
-            Record {
-                key: rec.key,
-                value: rec.value,
-                headers,
-                timestamp_ms: rec.timestamp_ms,
-            }
+            Record { key: rec.key, value: rec.value, headers, timestamp_ms: rec.timestamp_ms }
         })
         .collect();
-    Ok(ProduceRequest {
-        topic: r.topic,
-        partition: r.partition,
-        records,
-        producer,
-    })
+    Ok(ProduceRequest { topic: r.topic, partition: r.partition, records, producer })
 }
 
 pub fn produce_results(results: Vec<ProduceResult>) -> Vec<proto::ProduceResult> {
@@ -95,11 +76,7 @@ pub fn stored_record(topic: &str, partition: u32, r: StoredRecord) -> proto::Sto
 
 pub fn fetch_response(topic: &str, partition: u32, read: ReadRecords) -> proto::FetchResponse {
     proto::FetchResponse {
-        records: read
-            .records
-            .into_iter()
-            .map(|r| stored_record(topic, partition, r))
-            .collect(),
+        records: read.records.into_iter().map(|r| stored_record(topic, partition, r)).collect(),
         next_offset: read.next_offset,
         high_watermark: read.high_watermark,
         log_start_offset: read.log_start_offset,
@@ -155,31 +132,16 @@ pub fn assignments(tps: &[crate::group::TopicPartition]) -> Vec<proto::TopicPart
     }
     by_topic
         .into_iter()
-        .map(|(topic, partitions)| proto::TopicPartitions {
-            topic: topic.to_string(),
-            partitions,
-        })
+        .map(|(topic, partitions)| proto::TopicPartitions { topic: topic.to_string(), partitions })
         .collect()
 }
 
 pub fn committed_in(c: proto::OffsetCommit) -> (String, u32, Committed) {
-    (
-        c.topic,
-        c.partition,
-        Committed {
-            offset: c.offset,
-            metadata: c.metadata,
-        },
-    )
+    (c.topic, c.partition, Committed { offset: c.offset, metadata: c.metadata })
 }
 
 pub fn committed_out((topic, partition, c): (String, u32, Committed)) -> proto::OffsetCommit {
-    proto::OffsetCommit {
-        topic,
-        partition,
-        offset: c.offset,
-        metadata: c.metadata,
-    }
+    proto::OffsetCommit { topic, partition, offset: c.offset, metadata: c.metadata }
 }
 
 pub fn group_description(g: GroupInfo) -> proto::DescribeGroupResponse {

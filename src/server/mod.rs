@@ -74,9 +74,7 @@ pub async fn start_with(
     broker.spawn_background(broker.watch_stopping());
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<proto::broker_server::BrokerServer<service::BrokerService>>()
-        .await;
+    health.set_serving::<proto::broker_server::BrokerServer<service::BrokerService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -34,11 +34,7 @@ impl proto::broker_server::Broker for BrokerService {
     ) -> Result<Response<proto::TopicDescription>, Status> {
         let r = request.into_inner();
         let config: BTreeMap<String, String> = r.config.into_iter().collect();
-        let info = self
-            .broker
-            .create_topic(&r.name, r.partitions, config)
-            .await
-            .map_err(to_status)?;
+        let info = self.broker.create_topic(&r.name, r.partitions, config).await.map_err(to_status)?;
         Ok(Response::new(convert::topic_description(info)))
     }
 
@@ -46,10 +42,7 @@ impl proto::broker_server::Broker for BrokerService {
         &self,
         request: Request<proto::DeleteTopicRequest>,
     ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
-        self.broker
-            .delete_topic(&request.into_inner().name)
-            .await
-            .map_err(to_status)?;
+        self.broker.delete_topic(&request.into_inner().name).await.map_err(to_status)?;
         Ok(Response::new(proto::DeleteTopicResponse {}))
     }
 
@@ -57,11 +50,7 @@ impl proto::broker_server::Broker for BrokerService {
         &self,
         request: Request<proto::ListTopicsRequest>,
     ) -> Result<Response<proto::ListTopicsResponse>, Status> {
-        let topics = self
-            .broker
-            .list_topics(&request.into_inner().topic_pattern)
-            .await
-            .map_err(to_status)?;
+        let topics = self.broker.list_topics(&request.into_inner().topic_pattern).await.map_err(to_status)?;
         Ok(Response::new(proto::ListTopicsResponse {
             topics: topics.into_iter().map(convert::topic_description).collect(),
         }))
@@ -71,11 +60,7 @@ impl proto::broker_server::Broker for BrokerService {
         &self,
         request: Request<proto::DescribeTopicRequest>,
     ) -> Result<Response<proto::TopicDescription>, Status> {
-        let info = self
-            .broker
-            .describe_topic(&request.into_inner().name)
-            .await
-            .map_err(to_status)?;
+        let info = self.broker.describe_topic(&request.into_inner().name).await.map_err(to_status)?;
         Ok(Response::new(convert::topic_description(info)))
     }
 
@@ -84,11 +69,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::AlterTopicConfigRequest>,
     ) -> Result<Response<proto::TopicDescription>, Status> {
         let r = request.into_inner();
-        let info = self
-            .broker
-            .alter_topic_config(&r.name, r.config.into_iter().collect())
-            .await
-            .map_err(to_status)?;
+        let info = self.broker.alter_topic_config(&r.name, r.config.into_iter().collect()).await.map_err(to_status)?;
         Ok(Response::new(convert::topic_description(info)))
     }
 
@@ -110,11 +91,7 @@ impl proto::broker_server::Broker for BrokerService {
     ) -> Result<Response<proto::ProduceResponse>, Status> {
         let r = request.into_inner();
         let request_id = r.request_id;
-        let results = self
-            .broker
-            .produce(convert::produce_request(r)?)
-            .await
-            .map_err(to_status)?;
+        let results = self.broker.produce(convert::produce_request(r)?).await.map_err(to_status)?;
         Ok(Response::new(proto::ProduceResponse {
             results: convert::produce_results(results),
             request_id,
@@ -200,14 +177,7 @@ impl proto::broker_server::Broker for BrokerService {
         }
         let read = self
             .broker
-            .fetch(
-                &r.topic,
-                r.partition,
-                from,
-                r.max_records as usize,
-                r.max_bytes as usize,
-                r.max_wait_ms as u64,
-            )
+            .fetch(&r.topic, r.partition, from, r.max_records as usize, r.max_bytes as usize, r.max_wait_ms as u64)
             .await
             .map_err(to_status)?;
         Ok(Response::new(convert::fetch_response(&r.topic, r.partition, read)))
@@ -247,15 +217,8 @@ impl proto::broker_server::Broker for BrokerService {
                 };
                 let Some(event) = event else { return };
                 let message = event.map_err(to_status).map(|e| match e {
-                    SubscriptionEvent::Records {
-                        topic,
-                        partition,
-                        records,
-                    } => proto::SubscribeResponse {
-                        records: records
-                            .into_iter()
-                            .map(|r| convert::stored_record(&topic, partition, r))
-                            .collect(),
+                    SubscriptionEvent::Records { topic, partition, records } => proto::SubscribeResponse {
+                        records: records.into_iter().map(|r| convert::stored_record(&topic, partition, r)).collect(),
                         ..Default::default()
                     },
                     SubscriptionEvent::Assigned(held) => proto::SubscribeResponse {
@@ -281,16 +244,9 @@ impl proto::broker_server::Broker for BrokerService {
     ) -> Result<Response<proto::ListOffsetsResponse>, Status> {
         let r = request.into_inner();
         let at = convert::position(r.at, Position::Latest)?;
-        let (offset, log_start_offset, high_watermark) = self
-            .broker
-            .list_offsets(&r.topic, r.partition, at)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(proto::ListOffsetsResponse {
-            offset,
-            log_start_offset,
-            high_watermark,
-        }))
+        let (offset, log_start_offset, high_watermark) =
+            self.broker.list_offsets(&r.topic, r.partition, at).await.map_err(to_status)?;
+        Ok(Response::new(proto::ListOffsetsResponse { offset, log_start_offset, high_watermark }))
     }
 
     async fn join_group(
@@ -300,13 +256,7 @@ impl proto::broker_server::Broker for BrokerService {
         let r = request.into_inner();
         let m = self
             .broker
-            .join_group(
-                &r.group,
-                &r.member_id,
-                &r.topic_pattern,
-                r.session_timeout_ms as u64,
-                false,
-            )
+            .join_group(&r.group, &r.member_id, &r.topic_pattern, r.session_timeout_ms as u64, false)
             .map_err(to_status)?;
         Ok(Response::new(proto::JoinGroupResponse {
             member_id: m.member_id,
@@ -383,10 +333,7 @@ impl proto::broker_server::Broker for BrokerService {
         &self,
         request: Request<proto::DescribeGroupRequest>,
     ) -> Result<Response<proto::DescribeGroupResponse>, Status> {
-        let info = self
-            .broker
-            .describe_group(&request.into_inner().group)
-            .map_err(to_status)?;
+        let info = self.broker.describe_group(&request.into_inner().group).map_err(to_status)?;
         Ok(Response::new(convert::group_description(info)))
     }
 
@@ -396,11 +343,8 @@ impl proto::broker_server::Broker for BrokerService {
     ) -> Result<Response<proto::ResetGroupOffsetsResponse>, Status> {
         let r = request.into_inner();
         let to = convert::position(r.to, Position::Earliest)?;
-        let resets = self
-            .broker
-            .reset_group_offsets(&r.group, &r.topic_pattern, to, r.dry_run)
-            .await
-            .map_err(to_status)?;
+        let resets =
+            self.broker.reset_group_offsets(&r.group, &r.topic_pattern, to, r.dry_run).await.map_err(to_status)?;
         Ok(Response::new(proto::ResetGroupOffsetsResponse {
             resets: resets
                 .into_iter()
@@ -418,10 +362,7 @@ impl proto::broker_server::Broker for BrokerService {
         &self,
         request: Request<proto::DeleteGroupRequest>,
     ) -> Result<Response<proto::DeleteGroupResponse>, Status> {
-        self.broker
-            .delete_group(&request.into_inner().group)
-            .await
-            .map_err(to_status)?;
+        self.broker.delete_group(&request.into_inner().group).await.map_err(to_status)?;
         Ok(Response::new(proto::DeleteGroupResponse {}))
     }
 }
@@ -435,23 +376,15 @@ impl BrokerService {
         from: Position,
         fallback: Position,
     ) -> Result<Response<BoxStream<proto::SubscribeResponse>>, Status> {
-        let mut events = self
-            .broker
-            .subscribe_group(pattern, group, from, fallback)
-            .map_err(to_status)?;
+        let mut events = self.broker.subscribe_group(pattern, group, from, fallback).map_err(to_status)?;
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 let message = event.map_err(to_status).map(|e| {
                     let records = match e.records {
-                        Some(SubscriptionEvent::Records {
-                            topic,
-                            partition,
-                            records,
-                        }) => records
-                            .into_iter()
-                            .map(|r| convert::stored_record(&topic, partition, r))
-                            .collect(),
+                        Some(SubscriptionEvent::Records { topic, partition, records }) => {
+                            records.into_iter().map(|r| convert::stored_record(&topic, partition, r)).collect()
+                        }
                         _ => vec![],
                     };
                     proto::SubscribeResponse {

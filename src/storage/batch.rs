@@ -113,10 +113,7 @@ impl BatchHeader {
     /// Parses and sanity-checks a header; `max_batch_len` bounds the length field.
     pub fn parse(buf: &[u8], max_batch_len: usize) -> Result<BatchHeader, BatchError> {
         if buf.len() < HEADER_LEN {
-            return Err(BatchError::Truncated {
-                needed: HEADER_LEN,
-                available: buf.len(),
-            });
+            return Err(BatchError::Truncated { needed: HEADER_LEN, available: buf.len() });
         }
         let batch_length = u32_at(buf, 8) as u64;
         let total = batch_length + LENGTH_PREFIX_LEN as u64;
@@ -155,27 +152,19 @@ impl BatchHeader {
     }
 
     pub fn producer(&self) -> Option<ProducerStamp> {
-        (self.producer_id != NO_PRODUCER).then_some(ProducerStamp {
-            producer_id: self.producer_id,
-            first_sequence: self.first_sequence,
-        })
+        (self.producer_id != NO_PRODUCER)
+            .then_some(ProducerStamp { producer_id: self.producer_id, first_sequence: self.first_sequence })
     }
 }
 
 /// Checks the CRC of a whole batch (`buf.len()` must equal the header's total length).
 pub fn verify_crc(header: &BatchHeader, buf: &[u8]) -> Result<(), BatchError> {
     if buf.len() != header.total_len {
-        return Err(BatchError::Truncated {
-            needed: header.total_len,
-            available: buf.len(),
-        });
+        return Err(BatchError::Truncated { needed: header.total_len, available: buf.len() });
     }
     let computed = crc32fast::hash(&buf[CRC_START..]);
     if computed != header.crc {
-        return Err(BatchError::BadCrc {
-            stored: header.crc,
-            computed,
-        });
+        return Err(BatchError::BadCrc { stored: header.crc, computed });
     }
     Ok(())
 }
@@ -184,10 +173,7 @@ pub fn verify_crc(header: &BatchHeader, buf: &[u8]) -> Result<(), BatchError> {
 pub fn validate(buf: &[u8], max_batch_len: usize) -> Result<BatchHeader, BatchError> {
     let header = BatchHeader::parse(buf, max_batch_len)?;
     if buf.len() < header.total_len {
-        return Err(BatchError::Truncated {
-            needed: header.total_len,
-            available: buf.len(),
-        });
+        return Err(BatchError::Truncated { needed: header.total_len, available: buf.len() });
     }
     verify_crc(&header, &buf[..header.total_len])?;
     Ok(header)
@@ -253,9 +239,8 @@ pub fn decode_records(batch: &Bytes) -> Result<Vec<StoredRecord>, BatchError> {
         let mut headers = Vec::with_capacity(header_count as usize);
         for _ in 0..header_count {
             let name = read_bytes(batch, &mut pos, record_end)?;
-            let name = std::str::from_utf8(&name)
-                .map_err(|_| BatchError::BadRecord("header name is not UTF-8"))?
-                .to_string();
+            let name =
+                std::str::from_utf8(&name).map_err(|_| BatchError::BadRecord("header name is not UTF-8"))?.to_string();
             let value = read_bytes(batch, &mut pos, record_end)?;
             headers.push((name, value));
         }
@@ -296,11 +281,7 @@ fn encoded_record_len(record: &Record, offset_delta: u64, ts_delta: i64) -> usiz
 
 /// Upper bound of the encoded size of a batch of these records, for limits.
 pub fn encoded_len(records: &[Record]) -> usize {
-    HEADER_LEN
-        + records
-            .iter()
-            .map(|r| encoded_record_len(r, u32::MAX as u64, i64::MAX) + 5)
-            .sum::<usize>()
+    HEADER_LEN + records.iter().map(|r| encoded_record_len(r, u32::MAX as u64, i64::MAX) + 5).sum::<usize>()
 }
 
 fn encode_record(buf: &mut Vec<u8>, record: &Record, offset_delta: u64, ts_delta: i64) {

@@ -97,12 +97,7 @@ impl Checkpoint {
         if r.pos != body.len() {
             return Err("trailing bytes");
         }
-        Ok(Checkpoint {
-            segment_base,
-            position,
-            next_offset,
-            producers,
-        })
+        Ok(Checkpoint { segment_base, position, next_offset, producers })
     }
 }
 
@@ -113,11 +108,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or("truncated")?;
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or("truncated")?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -138,21 +129,8 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut producers = ProducerState::default();
-        producers.record(
-            3,
-            ProducerBatch {
-                first_sequence: 0,
-                record_count: 2,
-                base_offset: 10,
-                last_offset: 11,
-            },
-        );
-        let cp = Checkpoint {
-            segment_base: 5,
-            position: 4096,
-            next_offset: 12,
-            producers,
-        };
+        producers.record(3, ProducerBatch { first_sequence: 0, record_count: 2, base_offset: 10, last_offset: 11 });
+        let cp = Checkpoint { segment_base: 5, position: 4096, next_offset: 12, producers };
         assert_eq!(Checkpoint::decode(&cp.encode()).unwrap(), cp);
     }
 

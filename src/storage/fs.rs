@@ -88,6 +88,19 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     }
 }
 
+/// Replaces a file that is only a hint (its loss costs time, never data):
+/// temp file and rename, with no fsync. A crash leaves the old file, the new
+/// one, or (after a power loss) possibly a torn one, which its reader must
+/// detect (the recovery checkpoint has a CRC) and ignore.
+pub fn write_hint(fs: &dyn FileSystem, path: &Path, contents: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let file = fs.open(&tmp, true)?;
+    file.set_len(0)?;
+    file.write_all_at(contents, 0)?;
+    drop(file);
+    fs.rename(&tmp, path)
+}
+
 /// The real file system.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StdFs;
@@ -118,12 +131,7 @@ impl StorageFile for StdFile {
 
 impl FileSystem for StdFs {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path)?;
         Ok(Arc::new(StdFile(file)))
     }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
@@ -273,11 +281,7 @@ impl StorageFile for FaultyFile {
 impl FileSystem for FaultyFs {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
         let inner = StdFs.open(path, create)?;
-        Ok(Arc::new(FaultyFile {
-            inner,
-            switch: self.switch.clone(),
-            path: path.to_path_buf(),
-        }))
+        Ok(Arc::new(FaultyFile { inner, switch: self.switch.clone(), path: path.to_path_buf() }))
     }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         StdFs.create_dir_all(path)

@@ -56,18 +56,8 @@ impl<const WORDS: usize> EntryFile<WORDS> {
         if capacity * Self::ENTRY_BYTES != file_len {
             file.set_len((capacity * Self::ENTRY_BYTES) as u64)?;
         }
-        let map = if capacity == 0 {
-            None
-        } else {
-            Some(MmapRaw::map_raw(file.std_file())?)
-        };
-        let this = EntryFile {
-            path: path.to_path_buf(),
-            file,
-            map,
-            capacity,
-            len: AtomicUsize::new(0),
-        };
+        let map = if capacity == 0 { None } else { Some(MmapRaw::map_raw(file.std_file())?) };
+        let this = EntryFile { path: path.to_path_buf(), file, map, capacity, len: AtomicUsize::new(0) };
         let kept = (0..existing).take_while(|&i| valid(i, this.read(i))).count();
         this.len.store(kept, Ordering::Release);
         Ok(this)
@@ -207,15 +197,12 @@ impl OffsetIndex {
     }
 
     pub fn push(&self, entry: OffsetEntry) -> bool {
-        self.0
-            .push([(entry.relative_offset as u64) << 32 | entry.position as u64])
+        self.0.push([(entry.relative_offset as u64) << 32 | entry.position as u64])
     }
 
     /// Keeps only entries whose position is below `position`.
     pub fn truncate_to_position(&self, position: u64) {
-        let keep = (0..self.len())
-            .take_while(|&i| (self.entry(i).position as u64) < position)
-            .count();
+        let keep = (0..self.len()).take_while(|&i| (self.entry(i).position as u64) < position).count();
         self.0.truncate(keep);
     }
 
@@ -229,10 +216,7 @@ impl OffsetIndex {
 }
 
 fn unpack_offset(word: u64) -> OffsetEntry {
-    OffsetEntry {
-        relative_offset: (word >> 32) as u32,
-        position: word as u32,
-    }
+    OffsetEntry { relative_offset: (word >> 32) as u32, position: word as u32 }
 }
 
 /// One time index entry.
@@ -315,9 +299,7 @@ impl TimeIndex {
     }
 
     pub fn truncate_to_relative(&self, next_relative: u64) {
-        let keep = (0..self.len())
-            .take_while(|&i| (self.entry(i).relative_offset as u64) < next_relative)
-            .count();
+        let keep = (0..self.len()).take_while(|&i| (self.entry(i).relative_offset as u64) < next_relative).count();
         self.0.truncate(keep);
     }
 
@@ -331,10 +313,7 @@ impl TimeIndex {
 }
 
 fn unpack_time(words: [u64; 2]) -> TimeEntry {
-    TimeEntry {
-        timestamp_ms: words[0] as i64,
-        relative_offset: words[1] as u32,
-    }
+    TimeEntry { timestamp_ms: words[0] as i64, relative_offset: words[1] as u32 }
 }
 
 #[cfg(test)]
@@ -348,10 +327,7 @@ mod tests {
         let path = dir.path().join("0.index");
         let idx = OffsetIndex::open(&path, StdFs.open(&path, true).unwrap(), 100, 1 << 20).unwrap();
         for i in 1..=10u32 {
-            assert!(idx.push(OffsetEntry {
-                relative_offset: i * 10,
-                position: i * 4096
-            }));
+            assert!(idx.push(OffsetEntry { relative_offset: i * 10, position: i * 4096 }));
         }
         assert_eq!(idx.lookup(5), None);
         assert_eq!(idx.lookup(10).unwrap().position, 4096);
@@ -373,14 +349,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.index");
         let idx = OffsetIndex::open(&path, StdFs.open(&path, true).unwrap(), 10, 1 << 20).unwrap();
-        idx.push(OffsetEntry {
-            relative_offset: 1,
-            position: 100,
-        });
-        idx.push(OffsetEntry {
-            relative_offset: 2,
-            position: 9000,
-        });
+        idx.push(OffsetEntry { relative_offset: 1, position: 100 });
+        idx.push(OffsetEntry { relative_offset: 2, position: 9000 });
         idx.flush().unwrap();
         drop(idx);
         let idx = OffsetIndex::open(&path, StdFs.open(&path, false).unwrap(), 10, 5000).unwrap();
@@ -392,18 +362,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.timeindex");
         let idx = TimeIndex::open(&path, StdFs.open(&path, true).unwrap(), 10, 1000).unwrap();
-        idx.push(TimeEntry {
-            timestamp_ms: 100,
-            relative_offset: 0,
-        });
-        idx.push(TimeEntry {
-            timestamp_ms: 90,
-            relative_offset: 5,
-        }); // not a new max: skipped
-        idx.push(TimeEntry {
-            timestamp_ms: 200,
-            relative_offset: 10,
-        });
+        idx.push(TimeEntry { timestamp_ms: 100, relative_offset: 0 });
+        idx.push(TimeEntry { timestamp_ms: 90, relative_offset: 5 }); // not a new max: skipped
+        idx.push(TimeEntry { timestamp_ms: 200, relative_offset: 10 });
         assert_eq!(idx.len(), 2);
         assert_eq!(idx.last_below(100), None);
         assert_eq!(idx.last_below(101).unwrap().relative_offset, 0);
@@ -414,15 +375,9 @@ mod tests {
 /// Parses the bytes of an `.index` file without mapping it (offline tools).
 /// Trailing all-zero entries are preallocated space, not entries.
 pub fn parse_offset_index(bytes: &[u8]) -> Vec<OffsetEntry> {
-    let mut entries: Vec<OffsetEntry> = bytes
-        .chunks_exact(8)
-        .map(|c| unpack_offset(u64::from_le_bytes(c.try_into().expect("8 bytes"))))
-        .collect();
-    while entries.len() > 1
-        && entries
-            .last()
-            .is_some_and(|e| e.relative_offset == 0 && e.position == 0)
-    {
+    let mut entries: Vec<OffsetEntry> =
+        bytes.chunks_exact(8).map(|c| unpack_offset(u64::from_le_bytes(c.try_into().expect("8 bytes")))).collect();
+    while entries.len() > 1 && entries.last().is_some_and(|e| e.relative_offset == 0 && e.position == 0) {
         entries.pop();
     }
     if entries.len() == 1 && entries[0].position == 0 && entries[0].relative_offset == 0 {
@@ -442,10 +397,7 @@ pub fn parse_time_index(bytes: &[u8]) -> Vec<TimeEntry> {
             ])
         })
         .collect();
-    while entries
-        .last()
-        .is_some_and(|e| e.timestamp_ms == 0 && e.relative_offset == 0)
-    {
+    while entries.last().is_some_and(|e| e.timestamp_ms == 0 && e.relative_offset == 0) {
         entries.pop();
     }
     entries

@@ -67,9 +67,7 @@ impl FromStr for FlushPolicy {
             "never" => Ok(FlushPolicy::Never),
             _ => match s.strip_prefix("interval:").map(str::parse::<u64>) {
                 Some(Ok(ms)) if ms > 0 => Ok(FlushPolicy::Interval(ms)),
-                _ => Err(format!(
-                    "flush policy {s:?} is not one of always, interval:<ms> (ms > 0), never"
-                )),
+                _ => Err(format!("flush policy {s:?} is not one of always, interval:<ms> (ms > 0), never")),
             },
         }
     }
@@ -224,9 +222,7 @@ impl Log {
             // Leftovers of an interrupted atomic write or of an index whose log is gone.
             let orphan = name.ends_with(".tmp")
                 || [".index", ".timeindex"].iter().any(|ext| {
-                    name.strip_suffix(ext)
-                        .and_then(|b| b.parse::<u64>().ok())
-                        .is_some_and(|b| !bases.contains(&b))
+                    name.strip_suffix(ext).and_then(|b| b.parse::<u64>().ok()).is_some_and(|b| !bases.contains(&b))
                 });
             if orphan {
                 let path = dir.join(name);
@@ -253,8 +249,7 @@ impl Log {
             // the next open still trusts the checkpoint only when it matches
             // the active segment's length exactly, and anything appended
             // after this open changes that length or the active segment.
-            fs.remove_file(&clean_path)
-                .map_err(|e| StorageError::io(&clean_path, e))?;
+            fs.remove_file(&clean_path).map_err(|e| StorageError::io(&clean_path, e))?;
         }
         let idx = active.indexes()?;
         let bytes_since_entry = recovered.position - idx.offset.last().map(|e| e.position as u64).unwrap_or(0);
@@ -281,10 +276,7 @@ impl Log {
             segments: RwLock::new(segments),
             log_start_offset: AtomicU64::new(log_start_offset),
             high_watermark: AtomicU64::new(recovered.next_offset),
-            sync: Mutex::new(SyncState {
-                synced_offset: recovered.next_offset,
-                ..SyncState::default()
-            }),
+            sync: Mutex::new(SyncState { synced_offset: recovered.next_offset, ..SyncState::default() }),
             writer: Mutex::new(writer),
             synced: Condvar::new(),
         })
@@ -312,12 +304,7 @@ impl Log {
     }
 
     fn segments_snapshot(&self) -> Vec<Arc<Segment>> {
-        self.segments
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.segments.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
     pub fn segment_count(&self) -> usize {
@@ -375,10 +362,7 @@ impl Log {
     pub fn append_pending(&self, mut batch: Vec<u8>) -> Result<PendingAppend> {
         let config = self.config();
         if batch.len() > config.batch_bytes_max {
-            return Err(StorageError::BatchTooLarge {
-                size: batch.len(),
-                limit: config.batch_bytes_max,
-            });
+            return Err(StorageError::BatchTooLarge { size: batch.len(), limit: config.batch_bytes_max });
         }
         let header = BatchHeader::parse(&batch, BATCH_BYTES_LIMIT).map_err(|e| StorageError::Corrupt {
             path: self.dir.clone(),
@@ -389,26 +373,16 @@ impl Log {
         let (outcome, epoch) = {
             let mut w = lock(&self.writer);
             if let Some(reason) = &w.poisoned {
-                return Err(StorageError::Poisoned {
-                    path: self.dir.clone(),
-                    reason: reason.clone(),
-                });
+                return Err(StorageError::Poisoned { path: self.dir.clone(), reason: reason.clone() });
             }
             if let Some(p) = header.producer() {
                 match w.producers.check(p.producer_id, p.first_sequence) {
                     SequenceCheck::New => {}
-                    SequenceCheck::Duplicate {
-                        base_offset,
-                        last_offset,
-                    } => {
+                    SequenceCheck::Duplicate { base_offset, last_offset } => {
                         // The original may still be waiting for its fsync,
                         // so the retry waits for the same one.
                         return Ok(PendingAppend {
-                            outcome: AppendOutcome {
-                                base_offset,
-                                last_offset,
-                                duplicate: true,
-                            },
+                            outcome: AppendOutcome { base_offset, last_offset, duplicate: true },
                             epoch: w.epoch,
                             needs_sync: config.flush == FlushPolicy::Always,
                         });
@@ -457,18 +431,10 @@ impl Log {
             if config.flush != FlushPolicy::Always {
                 self.publish(&w);
             }
-            let outcome = AppendOutcome {
-                base_offset,
-                last_offset: stamped.last_offset(),
-                duplicate: false,
-            };
+            let outcome = AppendOutcome { base_offset, last_offset: stamped.last_offset(), duplicate: false };
             (outcome, w.epoch)
         };
-        Ok(PendingAppend {
-            outcome,
-            epoch,
-            needs_sync: config.flush == FlushPolicy::Always,
-        })
+        Ok(PendingAppend { outcome, epoch, needs_sync: config.flush == FlushPolicy::Always })
     }
 
     /// Rolls back a failed write so no partial batch stays in the file.
@@ -492,9 +458,7 @@ impl Log {
             return Ok(());
         }
         let too_big = w.position + batch_len as u64 > config.segment_bytes;
-        let too_old = w
-            .first_append_ms
-            .is_some_and(|t| self.clock.now_ms() - t >= config.segment_ms);
+        let too_old = w.first_append_ms.is_some_and(|t| self.clock.now_ms() - t >= config.segment_ms);
         let offsets_full = w.next_offset + records as u64 - w.active.base_offset > u32::MAX as u64;
         let index_full = w.active.indexes()?.offset.len() >= config.limits().index_capacity;
         if too_big || too_old || offsets_full || index_full || w.position + batch_len as u64 > u32::MAX as u64 {
@@ -505,12 +469,7 @@ impl Log {
 
     /// Closes the active segment (fsynced, indexes trimmed) and starts a new one.
     fn roll(&self, w: &mut Writer, config: &LogConfig) -> Result<()> {
-        let new = Arc::new(Segment::create(
-            self.fs.clone(),
-            &self.dir,
-            w.next_offset,
-            config.limits(),
-        )?);
+        let new = Arc::new(Segment::create(self.fs.clone(), &self.dir, w.next_offset, config.limits())?);
         if let Err(e) = w.active.close() {
             let _ = new.delete();
             w.poisoned = Some(format!("closing segment failed: {e}"));
@@ -524,10 +483,7 @@ impl Log {
             s.synced_offset = s.synced_offset.max(w.next_offset);
         }
         self.synced.notify_all();
-        self.segments
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(new.base_offset, new.clone());
+        self.segments.write().unwrap_or_else(|e| e.into_inner()).insert(new.base_offset, new.clone());
         w.active = new;
         w.position = 0;
         w.bytes_since_entry = 0;
@@ -554,10 +510,7 @@ impl Log {
         let mut s = lock(&self.sync);
         loop {
             if s.discard_epoch > epoch && s.synced_offset < target {
-                return Err(StorageError::SyncFailed {
-                    path: self.dir.clone(),
-                    reason: s.last_error.clone(),
-                });
+                return Err(StorageError::SyncFailed { path: self.dir.clone(), reason: s.last_error.clone() });
             }
             if s.synced_offset >= target {
                 return Ok(());
@@ -575,10 +528,7 @@ impl Log {
                         s.last_error = reason;
                         if let Some(poison) = lock(&self.writer).poisoned.clone() {
                             self.synced.notify_all();
-                            return Err(StorageError::Poisoned {
-                                path: self.dir.clone(),
-                                reason: poison,
-                            });
+                            return Err(StorageError::Poisoned { path: self.dir.clone(), reason: poison });
                         }
                     }
                 }
@@ -650,10 +600,7 @@ impl Log {
             (w.next_offset, w.epoch, w.poisoned.clone())
         };
         if let Some(reason) = poisoned {
-            return Err(StorageError::Poisoned {
-                path: self.dir.clone(),
-                reason,
-            });
+            return Err(StorageError::Poisoned { path: self.dir.clone(), reason });
         }
         self.sync_until(target, epoch)
     }
@@ -676,11 +623,11 @@ impl Log {
         self.write_checkpoint(&cp)
     }
 
+    /// Writes the checkpoint as a hint: the log before it was fsynced first,
+    /// so a lost or torn checkpoint only makes the next recovery scan more.
     fn write_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
         let path = self.dir.join(checkpoint::FILE_NAME);
-        self.fs
-            .write_atomic(&path, &cp.encode())
-            .map_err(|e| StorageError::io(&path, e))
+        super::fs::write_hint(self.fs.as_ref(), &path, &cp.encode()).map_err(|e| StorageError::io(&path, e))
     }
 
     /// Clean close: sync, checkpoint at the end, write the clean marker.
@@ -688,20 +635,10 @@ impl Log {
     pub fn close(&self) -> Result<()> {
         self.checkpoint()?;
         let mut w = lock(&self.writer);
-        w.active
-            .indexes()?
-            .offset
-            .flush()
-            .map_err(|e| StorageError::io(w.active.index_path(), e))?;
-        w.active
-            .indexes()?
-            .time
-            .flush()
-            .map_err(|e| StorageError::io(w.active.time_index_path(), e))?;
+        w.active.indexes()?.offset.flush().map_err(|e| StorageError::io(w.active.index_path(), e))?;
+        w.active.indexes()?.time.flush().map_err(|e| StorageError::io(w.active.time_index_path(), e))?;
         let path = self.dir.join(CLEAN_SHUTDOWN_FILE);
-        self.fs
-            .write_atomic(&path, b"clean\n")
-            .map_err(|e| StorageError::io(&path, e))?;
+        self.fs.write_atomic(&path, b"clean\n").map_err(|e| StorageError::io(&path, e))?;
         w.poisoned = Some("the log is closed".into());
         Ok(())
     }
@@ -718,17 +655,9 @@ impl Log {
     pub fn read(&self, from: u64, bytes_max: usize) -> Result<ReadBatches> {
         let high_watermark = self.high_watermark();
         let log_start_offset = self.log_start_offset();
-        let mut out = ReadBatches {
-            batches: Vec::new(),
-            high_watermark,
-            log_start_offset,
-        };
+        let mut out = ReadBatches { batches: Vec::new(), high_watermark, log_start_offset };
         if from < log_start_offset || from > high_watermark {
-            return Err(StorageError::OffsetOutOfRange {
-                offset: from,
-                log_start_offset,
-                high_watermark,
-            });
+            return Err(StorageError::OffsetOutOfRange { offset: from, log_start_offset, high_watermark });
         }
         if from == high_watermark {
             return Ok(out);
@@ -776,10 +705,7 @@ impl Log {
         let config = self.config();
         let mut w = lock(&self.writer);
         if let Some(reason) = &w.poisoned {
-            return Err(StorageError::Poisoned {
-                path: self.dir.clone(),
-                reason: reason.clone(),
-            });
+            return Err(StorageError::Poisoned { path: self.dir.clone(), reason: reason.clone() });
         }
         if w.position > 0 {
             self.roll(&mut w, &config)?;
@@ -803,10 +729,7 @@ impl Log {
     }
 
     fn delete_oldest(&self, segment: &Segment, next_base: u64) -> Result<()> {
-        self.segments
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&segment.base_offset);
+        self.segments.write().unwrap_or_else(|e| e.into_inner()).remove(&segment.base_offset);
         // Readers asking below the new start get OUT_OF_RANGE, not an I/O error.
         self.log_start_offset.fetch_max(next_base, Ordering::AcqRel);
         segment.delete()
@@ -850,11 +773,7 @@ fn read_checkpoint(fs: &dyn FileSystem, dir: &Path) -> Option<Checkpoint> {
     if !fs.exists(&path) {
         return None;
     }
-    match fs
-        .read_file(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|b| Checkpoint::decode(&b).map_err(String::from))
-    {
+    match fs.read_file(&path).map_err(|e| e.to_string()).and_then(|b| Checkpoint::decode(&b).map_err(String::from)) {
         Ok(cp) => Some(cp),
         Err(reason) => {
             tracing::warn!(path = %path.display(), %reason, "ignoring unreadable recovery checkpoint");
@@ -896,11 +815,7 @@ fn recover(
     // inside it, else the start of the active segment (closed segments were
     // fsynced when they were rolled).
     let (start_base, start_position, start_offset, mut producers) = match checkpoint {
-        Some(cp)
-            if segments
-                .get(&cp.segment_base)
-                .is_some_and(|s| cp.position <= s.readable_len()) =>
-        {
+        Some(cp) if segments.get(&cp.segment_base).is_some_and(|s| cp.position <= s.readable_len()) => {
             (cp.segment_base, cp.position, cp.next_offset, cp.producers)
         }
         _ => (active.base_offset, 0, active.base_offset, ProducerState::default()),
@@ -930,11 +845,7 @@ fn recover(
                 );
             }
         })?;
-        let segment_next = if end.position == from {
-            next_offset
-        } else {
-            end.next_offset
-        };
+        let segment_next = if end.position == from { next_offset } else { end.next_offset };
         if let Some(reason) = &end.error {
             tracing::warn!(
                 segment = %segment.log_path.display(),
@@ -943,15 +854,9 @@ fn recover(
                 %reason,
                 "cutting torn or corrupt tail"
             );
-            segment
-                .log
-                .set_len(end.position)
-                .map_err(|e| StorageError::io(&segment.log_path, e))?;
+            segment.log.set_len(end.position).map_err(|e| StorageError::io(&segment.log_path, e))?;
             // Guards against the cut tail reappearing after a power loss.
-            segment
-                .log
-                .sync_data()
-                .map_err(|e| StorageError::io(&segment.log_path, e))?;
+            segment.log.sync_data().map_err(|e| StorageError::io(&segment.log_path, e))?;
             segment.set_readable_len(end.position);
         }
         let idx = segment.indexes()?;
@@ -993,9 +898,5 @@ fn recover(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "recovered log after unclean shutdown"
     );
-    Ok(Recovered {
-        next_offset,
-        position,
-        producers,
-    })
+    Ok(Recovered { next_offset, position, producers })
 }

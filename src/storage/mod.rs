@@ -32,10 +32,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
     }
 }
 
@@ -68,26 +65,13 @@ pub enum StorageError {
         source: std::io::Error,
     },
     #[error("offset {offset} is out of range: log start offset {log_start_offset}, high watermark {high_watermark}")]
-    OffsetOutOfRange {
-        offset: u64,
-        log_start_offset: u64,
-        high_watermark: u64,
-    },
+    OffsetOutOfRange { offset: u64, log_start_offset: u64, high_watermark: u64 },
     #[error("corrupt data in {path} at byte {position} (offsets from {first_offset}): {reason}")]
-    Corrupt {
-        path: PathBuf,
-        position: u64,
-        first_offset: u64,
-        reason: String,
-    },
+    Corrupt { path: PathBuf, position: u64, first_offset: u64, reason: String },
     #[error("batch of {size} bytes exceeds the limit of {limit} bytes")]
     BatchTooLarge { size: usize, limit: usize },
     #[error("producer {producer_id}: sequence {sequence} is older than the last one seen ({last_sequence}) and no longer remembered")]
-    SequenceTooOld {
-        producer_id: i64,
-        sequence: i32,
-        last_sequence: i32,
-    },
+    SequenceTooOld { producer_id: i64, sequence: i32, last_sequence: i32 },
     #[error("log {path} refuses writes after an unrecoverable I/O error ({reason}); reopen it")]
     Poisoned { path: PathBuf, reason: String },
     #[error("the data appended to {path} was discarded because an fsync failed: {reason}")]
@@ -96,10 +80,7 @@ pub enum StorageError {
 
 impl StorageError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        StorageError::Io {
-            path: path.into(),
-            source,
-        }
+        StorageError::Io { path: path.into(), source }
     }
 
     /// True when the error means the disk is full (ENOSPC or EDQUOT).

@@ -21,9 +21,7 @@ pub struct ProducerBatch {
 
 impl ProducerBatch {
     fn last_sequence(&self) -> i32 {
-        self.first_sequence
-            .wrapping_add(self.record_count as i32)
-            .wrapping_sub(1)
+        self.first_sequence.wrapping_add(self.record_count as i32).wrapping_sub(1)
     }
 }
 
@@ -49,10 +47,7 @@ impl ProducerState {
             return SequenceCheck::New;
         };
         if let Some(b) = batches.iter().find(|b| b.first_sequence == first_sequence) {
-            return SequenceCheck::Duplicate {
-                base_offset: b.base_offset,
-                last_offset: b.last_offset,
-            };
+            return SequenceCheck::Duplicate { base_offset: b.base_offset, last_offset: b.last_offset };
         }
         let oldest = batches.front().map(|b| b.first_sequence).unwrap_or(i32::MIN);
         let newest = batches.back().map(|b| b.last_sequence()).unwrap_or(i32::MIN);
@@ -95,11 +90,8 @@ impl ProducerState {
     }
 
     fn evict_oldest(&mut self) {
-        let oldest = self
-            .producers
-            .iter()
-            .min_by_key(|(_, b)| b.back().map(|b| b.last_offset).unwrap_or(0))
-            .map(|(k, _)| *k);
+        let oldest =
+            self.producers.iter().min_by_key(|(_, b)| b.back().map(|b| b.last_offset).unwrap_or(0)).map(|(k, _)| *k);
         if let Some(k) = oldest {
             self.producers.remove(&k);
         }
@@ -111,12 +103,7 @@ mod tests {
     use super::*;
 
     fn batch(seq: i32, n: u32, base: u64) -> ProducerBatch {
-        ProducerBatch {
-            first_sequence: seq,
-            record_count: n,
-            base_offset: base,
-            last_offset: base + n as u64 - 1,
-        }
+        ProducerBatch { first_sequence: seq, record_count: n, base_offset: base, last_offset: base + n as u64 - 1 }
     }
 
     #[test]
@@ -126,13 +113,7 @@ mod tests {
         for i in 0..7 {
             s.record(7, batch(i * 10, 10, i as u64 * 10));
         }
-        assert_eq!(
-            s.check(7, 60),
-            SequenceCheck::Duplicate {
-                base_offset: 60,
-                last_offset: 69
-            }
-        );
+        assert_eq!(s.check(7, 60), SequenceCheck::Duplicate { base_offset: 60, last_offset: 69 });
         assert_eq!(s.check(7, 0), SequenceCheck::TooOld { last_sequence: 69 });
         assert_eq!(s.check(7, 70), SequenceCheck::New);
         s.truncate(60);

@@ -143,15 +143,8 @@ impl Segment {
         let mut max = idx.time.last().map(|e| e.timestamp_ms).unwrap_or(i64::MIN);
         // The time index holds the max up to its last entry's batch; batches
         // after that batch can only be checked by reading their headers.
-        let from = idx
-            .time
-            .last()
-            .map(|e| self.position_of_batch(e.relative_offset))
-            .transpose()?
-            .unwrap_or(0);
-        self.scan(from, self.readable_len(), false, None, |_, h| {
-            max = max.max(h.max_timestamp)
-        })?;
+        let from = idx.time.last().map(|e| self.position_of_batch(e.relative_offset)).transpose()?.unwrap_or(0);
+        self.scan(from, self.readable_len(), false, None, |_, h| max = max.max(h.max_timestamp))?;
         self.note_timestamp(max);
         Ok(max)
     }
@@ -174,14 +167,8 @@ impl Segment {
         let log_len = self.readable_len();
         let (index_path, time_path) = (self.index_path(), self.time_index_path());
         let existed = self.fs.exists(&index_path) && self.fs.exists(&time_path);
-        let index_file = self
-            .fs
-            .open(&index_path, true)
-            .map_err(|e| StorageError::io(&index_path, e))?;
-        let time_file = self
-            .fs
-            .open(&time_path, true)
-            .map_err(|e| StorageError::io(&time_path, e))?;
+        let index_file = self.fs.open(&index_path, true).map_err(|e| StorageError::io(&index_path, e))?;
+        let time_file = self.fs.open(&time_path, true).map_err(|e| StorageError::io(&time_path, e))?;
         let capacity = self.limits.index_capacity;
         let offset = OffsetIndex::open(&index_path, index_file, capacity, log_len)
             .map_err(|e| StorageError::io(&index_path, e))?;
@@ -240,16 +227,10 @@ impl Segment {
         let relative = (header.base_offset - self.base_offset) as u32;
         *max_timestamp = (*max_timestamp).max(header.max_timestamp);
         if *bytes_since_entry >= self.limits.index_interval_bytes {
-            idx.offset.push(OffsetEntry {
-                relative_offset: relative,
-                position: position as u32,
-            });
+            idx.offset.push(OffsetEntry { relative_offset: relative, position: position as u32 });
             // A time entry beside each offset entry: the max timestamp of
             // every record up to and including this batch.
-            idx.time.push(TimeEntry {
-                timestamp_ms: *max_timestamp,
-                relative_offset: relative,
-            });
+            idx.time.push(TimeEntry { timestamp_ms: *max_timestamp, relative_offset: relative });
             *bytes_since_entry = 0;
         }
         *bytes_since_entry += header.total_len as u64;
@@ -262,9 +243,7 @@ impl Segment {
             return Ok(None);
         }
         let mut buf = [0u8; HEADER_LEN];
-        self.log
-            .read_exact_at(&mut buf, position)
-            .map_err(|e| StorageError::io(&self.log_path, e))?;
+        self.log.read_exact_at(&mut buf, position).map_err(|e| StorageError::io(&self.log_path, e))?;
         Ok(BatchHeader::parse(&buf, self.limits.batch_bytes_max).ok())
     }
 
@@ -312,10 +291,7 @@ impl Segment {
                 return Ok(stop(
                     pos,
                     next_offset,
-                    Some(format!(
-                        "batch of {} bytes runs past the end of the log",
-                        header.total_len
-                    )),
+                    Some(format!("batch of {} bytes runs past the end of the log", header.total_len)),
                 ));
             }
             if let Some(exp) = expected {
@@ -330,10 +306,7 @@ impl Segment {
                 return Ok(stop(
                     pos,
                     next_offset,
-                    Some(format!(
-                        "base offset {} below the segment's {}",
-                        header.base_offset, self.base_offset
-                    )),
+                    Some(format!("base offset {} below the segment's {}", header.base_offset, self.base_offset)),
                 ));
             }
             if check_crc {

@@ -36,11 +36,8 @@ impl VerifyReport {
     }
 }
 
-const LIMITS: SegmentLimits = SegmentLimits {
-    index_capacity: 0,
-    index_interval_bytes: u64::MAX,
-    batch_bytes_max: BATCH_BYTES_LIMIT,
-};
+const LIMITS: SegmentLimits =
+    SegmentLimits { index_capacity: 0, index_interval_bytes: u64::MAX, batch_bytes_max: BATCH_BYTES_LIMIT };
 
 /// Finds partition directories under `root`: `root` itself if it holds
 /// segments, else `root/<topic>/<partition>/` or `root/<partition>/`.
@@ -82,20 +79,17 @@ pub fn verify_partition(
 ) -> Result<()> {
     report.partitions += 1;
     let names = fs.list_dir(dir).map_err(|e| super::StorageError::io(dir, e))?;
-    let bases: BTreeMap<u64, ()> = names
-        .iter()
-        .filter_map(|n| n.strip_suffix(".log").and_then(|b| b.parse().ok()))
-        .map(|b| (b, ()))
-        .collect();
+    let bases: BTreeMap<u64, ()> =
+        names.iter().filter_map(|n| n.strip_suffix(".log").and_then(|b| b.parse().ok())).map(|b| (b, ())).collect();
     let mut expected: Option<u64> = None;
     for &base in bases.keys() {
         let segment = Segment::open(fs.clone(), dir, base, LIMITS)?;
         let path = segment.log_path.display().to_string();
         if let Some(exp) = expected {
             if base != exp {
-                report.problems.push(format!(
-                    "{path}: segment starts at offset {base}, but the previous one ends at {exp}"
-                ));
+                report
+                    .problems
+                    .push(format!("{path}: segment starts at offset {base}, but the previous one ends at {exp}"));
             }
         }
         let len = segment.readable_len();
@@ -141,9 +135,7 @@ fn check_offset_index(fs: &dyn FileSystem, segment: &Segment, batches: &[(u64, u
             }
         };
         if let Some(p) = problem {
-            report
-                .problems
-                .push(format!("{}: entry {i} (offset {offset}): {p}", path.display()));
+            report.problems.push(format!("{}: entry {i} (offset {offset}): {p}", path.display()));
             return;
         }
         prev = Some((e.relative_offset, e.position));
@@ -167,10 +159,9 @@ fn check_time_index(fs: &dyn FileSystem, segment: &Segment, batches: &[(u64, u64
         } else {
             match running.iter().find(|r| r.0 == offset) {
                 None => Some(format!("offset {offset} is not the start of a valid batch")),
-                Some(r) if r.1 != e.timestamp_ms => Some(format!(
-                    "timestamp {} but the records up to there have max {}",
-                    e.timestamp_ms, r.1
-                )),
+                Some(r) if r.1 != e.timestamp_ms => {
+                    Some(format!("timestamp {} but the records up to there have max {}", e.timestamp_ms, r.1))
+                }
                 _ => None,
             }
         };

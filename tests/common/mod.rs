@@ -14,11 +14,7 @@ use tonic::transport::Channel;
 pub type Client = BrokerClient<Channel>;
 
 pub fn config(dir: &Path) -> BrokerConfig {
-    BrokerConfig {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..BrokerConfig::default()
-    }
+    BrokerConfig { data_dir: dir.to_path_buf(), listen: "127.0.0.1:0".parse().unwrap(), ..BrokerConfig::default() }
 }
 
 pub async fn start(dir: &Path) -> RunningServer {
@@ -26,30 +22,19 @@ pub async fn start(dir: &Path) -> RunningServer {
 }
 
 pub async fn client(server: &RunningServer) -> Client {
-    BrokerClient::connect(server.url())
-        .await
-        .unwrap()
-        .max_decoding_message_size(64 << 20)
+    BrokerClient::connect(server.url()).await.unwrap().max_decoding_message_size(64 << 20)
 }
 
 pub async fn create(client: &mut Client, name: &str, partitions: u32) -> proto::TopicDescription {
     client
-        .create_topic(proto::CreateTopicRequest {
-            name: name.into(),
-            partitions,
-            config: Default::default(),
-        })
+        .create_topic(proto::CreateTopicRequest { name: name.into(), partitions, config: Default::default() })
         .await
         .unwrap()
         .into_inner()
 }
 
 pub fn record(key: &str, value: &str) -> proto::Record {
-    proto::Record {
-        key: key.as_bytes().to_vec().into(),
-        value: value.as_bytes().to_vec().into(),
-        ..Default::default()
-    }
+    proto::Record { key: key.as_bytes().to_vec().into(), value: value.as_bytes().to_vec().into(), ..Default::default() }
 }
 
 pub async fn produce(
@@ -59,12 +44,7 @@ pub async fn produce(
     records: Vec<proto::Record>,
 ) -> Vec<proto::ProduceResult> {
     client
-        .produce(proto::ProduceRequest {
-            topic: topic.into(),
-            partition,
-            records,
-            ..Default::default()
-        })
+        .produce(proto::ProduceRequest { topic: topic.into(), partition, records, ..Default::default() })
         .await
         .unwrap()
         .into_inner()
@@ -72,15 +52,11 @@ pub async fn produce(
 }
 
 pub fn at_offset(offset: u64) -> Option<proto::Position> {
-    Some(proto::Position {
-        position: Some(P::Offset(offset)),
-    })
+    Some(proto::Position { position: Some(P::Offset(offset)) })
 }
 
 pub fn at_boundary(b: proto::Boundary) -> Option<proto::Position> {
-    Some(proto::Position {
-        position: Some(P::Boundary(b as i32)),
-    })
+    Some(proto::Position { position: Some(P::Boundary(b as i32)) })
 }
 
 pub async fn fetch(

@@ -22,9 +22,7 @@ pub fn serve_on(cwd: &Path, listen: &str) -> (Child, String) {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     assert!(line.contains("listening"), "broker did not start: {line:?}");
     let addr = line.trim().rsplit(' ').next().unwrap().to_string();
     (child, format!("http://{addr}"))
@@ -33,12 +31,7 @@ pub fn serve_on(cwd: &Path, listen: &str) -> (Child, String) {
 pub fn run(cwd: &Path, server: &str, line: &str) -> (bool, String, String) {
     // `strata` in the README is the binary under test.
     let script = line.replace("strata ", &format!("{BIN} "));
-    let out = Command::new("sh")
-        .args(["-c", &script])
-        .current_dir(cwd)
-        .env("STRATA_SERVER", server)
-        .output()
-        .unwrap();
+    let out = Command::new("sh").args(["-c", &script]).current_dir(cwd).env("STRATA_SERVER", server).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
