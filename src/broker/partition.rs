@@ -59,6 +59,13 @@ impl Partition {
     /// Writes one batch (ordered with other writes to this partition) without
     /// waiting for durability; complete it with [`Partition::wait_durable`].
     pub async fn append_pending(self: &Arc<Self>, batch: Vec<u8>) -> Result<PendingAppend> {
+        // The write is a pwrite into the page cache, usually microseconds:
+        // on the multi-thread runtime it runs in place (the runtime moves
+        // other tasks off this worker meanwhile) instead of paying a thread
+        // hand-off both ways.
+        if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            return tokio::task::block_in_place(|| self.log.append_pending(batch)).map_err(|e| self.error(e));
+        }
         self.blocking(move |log| log.append_pending(batch)).await
     }
 
