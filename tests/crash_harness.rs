@@ -1,6 +1,6 @@
 //! Crash harness: the real `strata` binary under concurrent load (keyed and
 //! keyless producers, a pipelined ProduceStream producer, an idempotent
-//! producer, an offset committer) is SIGKILLed at random moments, restarted,
+//! producer, a consumer that commits what it reads) is SIGKILLed at random moments, restarted,
 //! and checked every time: every acknowledged record is at its acknowledged
 //! offset with identical bytes, offsets are dense, nothing appears that was
 //! never produced, acknowledged commits are there, idempotent retries after
@@ -253,32 +253,50 @@ async fn idempotent_producer(
     }
 }
 
-/// Commits random offsets for group "crash-group" (manual commits).
-async fn committer(url: String, stop: Arc<AtomicBool>, seed: u64) -> Vec<(Tp, u64, bool)> {
+/// A consumer of group "crash-group": reads each partition from its
+/// committed offset and commits what it read (manual assignment, so no
+/// member id). Returns every commit attempt and whether it was acknowledged.
+async fn committing_consumer(url: String, stop: Arc<AtomicBool>, seed: u64) -> Vec<(Tp, u64, bool)> {
     let mut log = Vec::new();
     let Some(mut c) = connect(&url).await else { return log };
     let mut rng = Rng(seed);
     while !stop.load(Ordering::Relaxed) {
         let (topic, partitions) = TOPICS[rng.below(2) as usize];
         let partition = rng.below(partitions as u64) as u32;
-        let hw = match c.list_offsets(proto::ListOffsetsRequest { topic: topic.into(), partition, at: None }).await {
-            Ok(r) => r.into_inner().offset,
+        let req = proto::FetchCommittedOffsetsRequest { group: "crash-group".into(), topic: Some(topic.into()) };
+        let committed = match c.fetch_committed_offsets(req).await {
+            Ok(r) => r.into_inner().offsets,
             Err(_) => break,
         };
-        let offset = rng.below(hw + 1);
+        let from = committed.iter().find(|o| o.partition == partition).map(|o| o.offset).unwrap_or(0);
+        let fetch = proto::FetchRequest {
+            topic: topic.into(),
+            partition,
+            from: common::at_offset(from),
+            max_records: 1 + rng.below(200) as u32,
+            ..Default::default()
+        };
+        let next = match c.fetch(fetch).await {
+            Ok(r) => r.into_inner().next_offset,
+            Err(_) => break,
+        };
         let tp = (topic.to_string(), partition);
-        log.push((tp.clone(), offset, false));
+        log.push((tp.clone(), next, false));
         let req = proto::CommitOffsetsRequest {
             group: "crash-group".into(),
             member_id: String::new(),
             generation: 0,
-            offsets: vec![proto::OffsetCommit { topic: topic.into(), partition, offset, metadata: String::new() }],
+            offsets: vec![proto::OffsetCommit {
+                topic: topic.into(),
+                partition,
+                offset: next,
+                metadata: String::new(),
+            }],
         };
         match c.commit_offsets(req).await {
-            Ok(_) => log.last_mut().unwrap().2 = true,
+            Ok(_) => log.last_mut().expect("just pushed").2 = true,
             Err(_) => break,
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     log
 }
@@ -370,7 +388,7 @@ async fn nothing_acknowledged_is_lost_across_repeated_sigkills() {
             .collect();
         let streamer = tokio::spawn(stream_producer(url.clone(), stop.clone(), seed ^ 99));
         let idem_task = tokio::spawn(idempotent_producer(url.clone(), idem, stop.clone(), seed ^ 7));
-        let committer_task = tokio::spawn(committer(url.clone(), stop.clone(), seed ^ 3));
+        let committer_task = tokio::spawn(committing_consumer(url.clone(), stop.clone(), seed ^ 3));
         tokio::time::sleep(Duration::from_millis(100 + rng.below(400))).await;
         let clean = cycle % 6 == 5;
         if clean {
