@@ -281,7 +281,8 @@ async fn lag_is_high_watermark_minus_committed_and_groups_can_be_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
     let mut c = client(&server).await;
-    create(&mut c, "metrics", 2).await;
+    create(&mut c, "metrics", 3).await;
+    produce(&mut c, "metrics", Some(2), (0..4).map(|i| record("", &format!("u{i}"))).collect()).await;
     for i in 0..7 {
         produce(&mut c, "metrics", Some(0), vec![record("", &format!("m{i}"))]).await;
     }
@@ -290,7 +291,8 @@ async fn lag_is_high_watermark_minus_committed_and_groups_can_be_deleted() {
     commit(&mut c, "dashboards", "", 0, "metrics", 1, 2).await.unwrap();
     let d = c.describe_group(proto::DescribeGroupRequest { group: "dashboards".into() }).await.unwrap().into_inner();
     let lag: Vec<_> = d.partitions.iter().map(|p| (p.partition, p.committed_offset, p.high_watermark, p.lag)).collect();
-    assert_eq!(lag, [(0, Some(3), 7, 4), (1, Some(2), 2, 0)]);
+    // Partition 2 has no commit: listed all the same, lag from the log start.
+    assert_eq!(lag, [(0, Some(3), 7, 4), (1, Some(2), 2, 0), (2, None, 4, 4)]);
     c.delete_group(proto::DeleteGroupRequest { group: "dashboards".into() }).await.unwrap();
     let gone = c.describe_group(proto::DescribeGroupRequest { group: "dashboards".into() }).await.unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);

@@ -325,6 +325,17 @@ impl Broker {
             return Err(BrokerError::GroupNotFound(group.to_string()));
         }
         let mut keys: BTreeMap<TopicPartition, Option<Committed>> = assigned.into_iter().map(|tp| (tp, None)).collect();
+        // Every partition of every topic the group reads, so the lag of a
+        // partition it has not committed to yet is visible too.
+        let topics: std::collections::BTreeSet<String> =
+            keys.keys().map(|tp| tp.0.clone()).chain(committed.iter().map(|c| c.0.clone())).collect();
+        for topic in topics {
+            if let Ok(t) = self.topic(&topic) {
+                for p in &t.partitions {
+                    keys.entry((topic.clone(), p.id)).or_insert(None);
+                }
+            }
+        }
         for (t, p, c) in committed {
             keys.insert((t, p), Some(c));
         }
