@@ -131,6 +131,40 @@ impl<const WORDS: usize> EntryFile<WORDS> {
     }
 }
 
+/// Accessors both index types share, over their `EntryFile`.
+macro_rules! shared_accessors {
+    ($entry:ty, $unpack:expr) => {
+        pub fn path(&self) -> &Path {
+            &self.0.path
+        }
+
+        pub fn len(&self) -> usize {
+            self.0.len()
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.len() == 0
+        }
+
+        pub fn entry(&self, i: usize) -> $entry {
+            ($unpack)(self.0.read(i))
+        }
+
+        pub fn last(&self) -> Option<$entry> {
+            let len = self.len();
+            (len > 0).then(|| self.entry(len - 1))
+        }
+
+        pub fn flush(&self) -> io::Result<()> {
+            self.0.flush()
+        }
+
+        pub fn trim(&self) -> io::Result<()> {
+            self.0.trim()
+        }
+    };
+}
+
 /// One offset index entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OffsetEntry {
@@ -160,26 +194,7 @@ impl OffsetIndex {
         Ok(OffsetIndex(inner))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.0.path
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn entry(&self, i: usize) -> OffsetEntry {
-        unpack_offset(self.0.read(i)[0])
-    }
-
-    pub fn last(&self) -> Option<OffsetEntry> {
-        let len = self.len();
-        (len > 0).then(|| self.entry(len - 1))
-    }
+    shared_accessors!(OffsetEntry, |w: [u64; 1]| unpack_offset(w[0]));
 
     /// The last entry at or below `relative_offset` (binary search, no scan).
     pub fn lookup(&self, relative_offset: u32) -> Option<OffsetEntry> {
@@ -204,14 +219,6 @@ impl OffsetIndex {
     pub fn truncate_to_position(&self, position: u64) {
         let keep = (0..self.len()).take_while(|&i| (self.entry(i).position as u64) < position).count();
         self.0.truncate(keep);
-    }
-
-    pub fn flush(&self) -> io::Result<()> {
-        self.0.flush()
-    }
-
-    pub fn trim(&self) -> io::Result<()> {
-        self.0.trim()
     }
 }
 
@@ -249,26 +256,7 @@ impl TimeIndex {
         Ok(TimeIndex(inner))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.0.path
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn entry(&self, i: usize) -> TimeEntry {
-        unpack_time(self.0.read(i))
-    }
-
-    pub fn last(&self) -> Option<TimeEntry> {
-        let len = self.len();
-        (len > 0).then(|| self.entry(len - 1))
-    }
+    shared_accessors!(TimeEntry, unpack_time);
 
     /// The last entry whose timestamp is below `timestamp_ms`: every record
     /// before that batch is older than `timestamp_ms`, so a search for the
@@ -301,14 +289,6 @@ impl TimeIndex {
     pub fn truncate_to_relative(&self, next_relative: u64) {
         let keep = (0..self.len()).take_while(|&i| (self.entry(i).relative_offset as u64) < next_relative).count();
         self.0.truncate(keep);
-    }
-
-    pub fn flush(&self) -> io::Result<()> {
-        self.0.flush()
-    }
-
-    pub fn trim(&self) -> io::Result<()> {
-        self.0.trim()
     }
 }
 
