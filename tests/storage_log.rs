@@ -454,3 +454,37 @@ proptest! {
         prop_assert_eq!(all.len() as u64, model.len() as u64 - start);
     }
 }
+
+/// Power-loss ordering, which no SIGKILL test can see: a new segment's name
+/// must be durable (directory fsynced) before any batch is written to it,
+/// and every batch reported durable must have been followed by an fsync of
+/// its file.
+#[test]
+fn a_new_segment_is_named_durably_before_data_goes_into_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::default();
+    let ops = fs.ops.clone();
+    let log = Log::open(dir.path(), Arc::new(fs), Arc::new(SystemClock), small_config()).unwrap();
+    fill(&log, 40, 30);
+    assert!(log.segment_count() > 3);
+    let ops = ops.lock().unwrap().clone();
+    let dir_sync = format!("sync_dir {}", dir.path().display());
+    let mut checked = 0;
+    for (i, op) in ops.iter().enumerate() {
+        let Some(file) = op.strip_prefix("create ").filter(|f| f.ends_with(".log")) else { continue };
+        let first_write = ops[i..].iter().position(|o| o == &format!("write {file}")).map(|p| p + i);
+        if let Some(w) = first_write {
+            assert!(
+                ops[i..w].contains(&dir_sync),
+                "{file}: no directory fsync between its creation and its first write"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 3, "segments checked: {checked}");
+    // Every write is followed by an fsync of the same file before the next
+    // append returns (flush policy always): count writes vs syncs per file.
+    let writes = ops.iter().filter(|o| o.starts_with("write ")).count();
+    let syncs = ops.iter().filter(|o| o.starts_with("sync ")).count();
+    assert!(syncs >= writes, "{syncs} fsyncs for {writes} appends under flush=always with one appender");
+}

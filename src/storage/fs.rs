@@ -216,16 +216,25 @@ impl FaultSwitch {
 }
 
 /// A [`FileSystem`] over the real one that injects the fault set on its
-/// [`FaultSwitch`] into `.log` file writes and syncs (the data path).
+/// [`FaultSwitch`] into `.log` file writes and syncs (the data path), and
+/// records the order of data-path operations for crash-ordering tests.
 #[derive(Debug, Default, Clone)]
 pub struct FaultyFs {
     pub switch: FaultSwitch,
+    /// `create <file>`, `write <file>`, `sync <file>`, `sync_dir <dir>`, in order.
+    pub ops: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FaultyFs {
+    fn record(&self, op: &str, path: &Path) {
+        self.ops.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{op} {}", path.display()));
+    }
 }
 
 #[derive(Debug)]
 struct FaultyFile {
     inner: Arc<dyn StorageFile>,
-    switch: FaultSwitch,
+    fs: FaultyFs,
     path: PathBuf,
 }
 
@@ -241,17 +250,18 @@ impl StorageFile for FaultyFile {
     }
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
         if self.is_data() {
-            match self.switch.get() {
+            self.fs.record("write", &self.path);
+            match self.fs.switch.get() {
                 Some(Fault::WriteFails) => {
-                    self.switch.fire();
+                    self.fs.switch.fire();
                     return Err(io::Error::from_raw_os_error(5));
                 }
                 Some(Fault::DiskFull) => {
-                    self.switch.fire();
+                    self.fs.switch.fire();
                     return Err(io::Error::from_raw_os_error(28));
                 }
                 Some(Fault::PartialWrite) => {
-                    self.switch.fire();
+                    self.fs.switch.fire();
                     self.inner.write_all_at(&buf[..buf.len() / 2], position)?;
                     return Err(io::Error::from_raw_os_error(5));
                 }
@@ -261,9 +271,12 @@ impl StorageFile for FaultyFile {
         self.inner.write_all_at(buf, position)
     }
     fn sync_data(&self) -> io::Result<()> {
-        if self.is_data() && self.switch.get() == Some(Fault::SyncFails) {
-            self.switch.fire();
-            return Err(io::Error::from_raw_os_error(5));
+        if self.is_data() {
+            self.fs.record("sync", &self.path);
+            if self.fs.switch.get() == Some(Fault::SyncFails) {
+                self.fs.switch.fire();
+                return Err(io::Error::from_raw_os_error(5));
+            }
         }
         self.inner.sync_data()
     }
@@ -280,8 +293,11 @@ impl StorageFile for FaultyFile {
 
 impl FileSystem for FaultyFs {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
+        if create && !path.exists() {
+            self.record("create", path);
+        }
         let inner = StdFs.open(path, create)?;
-        Ok(Arc::new(FaultyFile { inner, switch: self.switch.clone(), path: path.to_path_buf() }))
+        Ok(Arc::new(FaultyFile { inner, fs: self.clone(), path: path.to_path_buf() }))
     }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         StdFs.create_dir_all(path)
@@ -302,6 +318,7 @@ impl FileSystem for FaultyFs {
         StdFs.exists(path)
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.record("sync_dir", path);
         StdFs.sync_dir(path)
     }
 }

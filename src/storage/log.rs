@@ -240,6 +240,9 @@ impl Log {
         }
         if segments.is_empty() {
             segments.insert(0, Arc::new(Segment::create(fs.clone(), dir, 0, limits)?));
+            // Guards against a power loss dropping the new file's directory
+            // entry, and with it data later fsynced into the file.
+            fs.sync_dir(dir).map_err(|e| StorageError::io(dir, e))?;
         }
         let recovered = recover(dir, fs.as_ref(), &mut segments, clean, checkpoint)?;
         let active = segments.values().next_back().expect("at least one segment").clone();
@@ -470,6 +473,13 @@ impl Log {
     /// Closes the active segment (fsynced, indexes trimmed) and starts a new one.
     fn roll(&self, w: &mut Writer, config: &LogConfig) -> Result<()> {
         let new = Arc::new(Segment::create(self.fs.clone(), &self.dir, w.next_offset, config.limits())?);
+        // Guards against a power loss dropping the new segment's directory
+        // entry: fdatasync of the file alone does not persist its name, and
+        // acknowledged batches are about to be fsynced into it.
+        if let Err(e) = self.fs.sync_dir(&self.dir) {
+            let _ = new.delete();
+            return Err(StorageError::io(&self.dir, e));
+        }
         if let Err(e) = w.active.close() {
             let _ = new.delete();
             w.poisoned = Some(format!("closing segment failed: {e}"));
