@@ -488,3 +488,17 @@ fn a_new_segment_is_named_durably_before_data_goes_into_it() {
     let syncs = ops.iter().filter(|o| o.starts_with("sync ")).count();
     assert!(syncs >= writes, "{syncs} fsyncs for {writes} appends under flush=always with one appender");
 }
+
+#[test]
+fn a_new_partition_directory_is_made_durable_in_its_parent() {
+    let root = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::default();
+    let ops = fs.ops.clone();
+    let dir = root.path().join("__consumer_offsets");
+    let log = Log::open(&dir, Arc::new(fs), Arc::new(SystemClock), LogConfig::default()).unwrap();
+    fill(&log, 1, 10);
+    let ops = ops.lock().unwrap().clone();
+    let parent_sync = format!("sync_dir {}", root.path().display());
+    let first_write = ops.iter().position(|o| o.starts_with("write ")).unwrap();
+    assert!(ops[..first_write].contains(&parent_sync), "{ops:?}");
+}
