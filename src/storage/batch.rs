@@ -189,7 +189,9 @@ pub fn encode(records: &[Record], producer: Option<ProducerStamp>) -> Vec<u8> {
     let mut buf = Vec::with_capacity(HEADER_LEN + body);
     buf.resize(HEADER_LEN, 0);
     for (delta, record) in records.iter().enumerate() {
-        encode_record(&mut buf, record, delta as u64, record.timestamp_ms - first_timestamp);
+        // Wrapping: any i64 pair round-trips (decode adds back with wrapping_add),
+        // so hostile timestamps cannot overflow.
+        encode_record(&mut buf, record, delta as u64, record.timestamp_ms.wrapping_sub(first_timestamp));
     }
     let (producer_id, first_sequence) = match producer {
         Some(p) => (p.producer_id, p.first_sequence),
@@ -388,6 +390,14 @@ mod tests {
         assert_eq!(decoded[1].timestamp_ms, 900);
         assert_eq!(decoded[0].key.as_ref(), b"k");
         assert_eq!(decoded[1].value.as_ref(), b"two");
+    }
+
+    #[test]
+    fn extreme_timestamps_round_trip_without_overflow() {
+        let records = vec![record(b"", b"a", i64::MIN), record(b"", b"b", i64::MAX), record(b"", b"c", -1)];
+        let decoded = decode_records(&Bytes::from(encode(&records, None))).unwrap();
+        let ts: Vec<i64> = decoded.iter().map(|r| r.timestamp_ms).collect();
+        assert_eq!(ts, [i64::MIN, i64::MAX, -1]);
     }
 
     #[test]
