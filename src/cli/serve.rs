@@ -38,11 +38,22 @@ pub fn broker_config(args: &ServeArgs) -> anyhow::Result<BrokerConfig> {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = broker_config(&args)?;
+    raise_open_file_limit();
     let server = crate::server::start(config).await?;
     println!("strata listening on {}", server.addr());
     wait_for_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await
+}
+
+/// Each partition keeps its active `.log` and two index files open, so the
+/// common default soft limit of 1,024 descriptors would cap a broker at a few
+/// hundred partitions. Raise the soft limit to the hard limit, as servers do.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit; many partitions may exhaust it"),
+    }
 }
 
 async fn wait_for_signal() {
