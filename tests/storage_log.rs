@@ -70,7 +70,7 @@ fn assert_prefix(records: &[(u64, Bytes)], expected_len: u64, len: usize) {
 fn fill(log: &Log, batches: usize, len: usize) -> u64 {
     for _ in 0..batches {
         let next = log.high_watermark();
-        let out = log.append(batch_of(next, 3, len, T0)).unwrap();
+        let out = log.append(&mut batch_of(next, 3, len, T0)).unwrap();
         assert_eq!(out.base_offset, next);
         assert_eq!(out.last_offset, next + 2);
     }
@@ -155,7 +155,7 @@ fn torn_tail_at_every_byte_recovers_the_longest_valid_prefix() {
         assert_eq!(log.high_watermark(), expected, "cut at byte {cut}");
         assert_prefix(&read_all(&log, 0).unwrap(), expected, 30);
         // And it keeps working: the next append continues densely.
-        let out = log.append(batch_of(expected, 3, 30, T0)).unwrap();
+        let out = log.append(&mut batch_of(expected, 3, 30, T0)).unwrap();
         assert_eq!(out.base_offset, expected);
     }
 }
@@ -231,13 +231,13 @@ fn disk_faults_fail_the_append_and_leave_no_hole_or_garbage() {
         let log = Log::open(dir.path(), Arc::new(fs), Arc::new(SystemClock), LogConfig::default()).unwrap();
         let end = fill(&log, 5, 50);
         switch.set(Some(fault));
-        let err = log.append(batch_of(end, 3, 50, T0)).unwrap_err();
+        let err = log.append(&mut batch_of(end, 3, 50, T0)).unwrap_err();
         assert!(switch.fired(), "{fault:?} was injected");
         assert_eq!(err.is_disk_full(), fault == Fault::DiskFull, "{fault:?}: {err}");
         assert_eq!(log.high_watermark(), end, "{fault:?}: nothing acknowledged moved the high watermark");
         assert_prefix(&read_all(&log, 0).unwrap(), end, 50);
         switch.set(None);
-        let out = log.append(batch_of(end, 3, 50, T0)).unwrap();
+        let out = log.append(&mut batch_of(end, 3, 50, T0)).unwrap();
         assert_eq!(out.base_offset, end, "{fault:?}: appends resume at the same offset");
         drop(log);
         let log = open(dir.path(), LogConfig::default());
@@ -254,7 +254,7 @@ fn concurrent_appenders_share_fsyncs_and_get_dense_offsets() {
             let log = log.clone();
             std::thread::spawn(move || {
                 (0..50)
-                    .map(|_| log.append(batch_of(0, 10, 20, T0)).unwrap())
+                    .map(|_| log.append(&mut batch_of(0, 10, 20, T0)).unwrap())
                     .map(|o| (o.base_offset, o.last_offset))
                     .collect::<Vec<_>>()
             })
@@ -278,18 +278,18 @@ fn idempotent_retry_returns_original_offsets_across_restart() {
     let records = vec![Record { value: Bytes::from_static(b"x"), timestamp_ms: T0, ..Record::default() }; 4];
     let log = open(dir.path(), small_config());
     fill(&log, 2, 10);
-    let first = log.append(batch::encode(&records, Some(stamp))).unwrap();
-    let retry = log.append(batch::encode(&records, Some(stamp))).unwrap();
+    let first = log.append(&mut batch::encode(&records, Some(stamp))).unwrap();
+    let retry = log.append(&mut batch::encode(&records, Some(stamp))).unwrap();
     assert!(retry.duplicate);
     assert_eq!((retry.base_offset, retry.last_offset), (first.base_offset, first.last_offset));
     drop(log); // unclean
     let log = open(dir.path(), small_config());
-    let retry = log.append(batch::encode(&records, Some(stamp))).unwrap();
+    let retry = log.append(&mut batch::encode(&records, Some(stamp))).unwrap();
     assert!(retry.duplicate);
     assert_eq!(retry.base_offset, first.base_offset);
     assert_eq!(log.high_watermark(), first.last_offset + 1);
     let next = ProducerStamp { producer_id: 77, first_sequence: 4 };
-    assert!(!log.append(batch::encode(&records, Some(next))).unwrap().duplicate);
+    assert!(!log.append(&mut batch::encode(&records, Some(next))).unwrap().duplicate);
 }
 
 #[test]
@@ -297,7 +297,7 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let log = open(dir.path(), small_config());
     for i in 0..100u64 {
-        log.append(batch_of(i, 1, 30, T0 + i as i64 * 1000)).unwrap();
+        log.append(&mut batch_of(i, 1, 30, T0 + i as i64 * 1000)).unwrap();
     }
     assert_eq!(log.offset_for_timestamp(0).unwrap(), 0);
     assert_eq!(log.offset_for_timestamp(T0 + 42_000).unwrap(), 42);
@@ -315,7 +315,7 @@ fn retention_deletes_whole_old_segments_and_advances_log_start() {
     let config = LogConfig { retention_ms: 60_000, ..small_config() };
     let log = Log::open(dir.path(), Arc::new(StdFs), Arc::new(clock.clone()), config).unwrap();
     for i in 0..60u64 {
-        log.append(batch_of(i * 3, 3, 30, T0 + i as i64 * 1000)).unwrap();
+        log.append(&mut batch_of(i * 3, 3, 30, T0 + i as i64 * 1000)).unwrap();
     }
     assert_eq!(log.enforce_retention().unwrap(), 0, "nothing is old yet");
     clock.advance(90_000); // now = T0 + 90 s: records older than T0 + 30 s expire
@@ -358,9 +358,9 @@ fn segment_ms_rolls_by_age() {
     let clock = ManualClock::new(T0);
     let config = LogConfig { segment_ms: 1000, ..LogConfig::default() };
     let log = Log::open(dir.path(), Arc::new(StdFs), Arc::new(clock.clone()), config).unwrap();
-    log.append(batch_of(0, 1, 10, clock.now_ms())).unwrap();
+    log.append(&mut batch_of(0, 1, 10, clock.now_ms())).unwrap();
     clock.advance(1500);
-    log.append(batch_of(1, 1, 10, clock.now_ms())).unwrap();
+    log.append(&mut batch_of(1, 1, 10, clock.now_ms())).unwrap();
     assert_eq!(log.segment_count(), 2);
 }
 
@@ -408,7 +408,7 @@ proptest! {
             match op {
                 Op::Append { count, len } => {
                     let next = model.len() as u64;
-                    let out = log.append(batch_of(next, count, len, clock.now_ms())).unwrap();
+                    let out = log.append(&mut batch_of(next, count, len, clock.now_ms())).unwrap();
                     prop_assert_eq!(out.base_offset, next);
                     model.extend(std::iter::repeat_n((clock.now_ms(), len), count));
                 }

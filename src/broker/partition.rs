@@ -58,12 +58,12 @@ impl Partition {
 
     /// Writes one batch (ordered with other writes to this partition) without
     /// waiting for durability; complete it with [`Partition::wait_durable`].
-    pub async fn append_pending(self: &Arc<Self>, batch: Vec<u8>) -> Result<PendingAppend> {
+    pub async fn append_pending(self: &Arc<Self>, mut batch: Vec<u8>) -> Result<PendingAppend> {
         // The write is a pwrite into the page cache, usually microseconds:
         // on the multi-thread runtime it runs in place (the runtime moves
         // other tasks off this worker meanwhile) instead of paying a thread
         // hand-off both ways.
-        self.short_io(move |log| log.append_pending(batch)).await
+        self.short_io(move |log| log.append_pending(&mut batch)).await
     }
 
     /// Runs a short page-cache operation (a pwrite or pread, usually

@@ -159,7 +159,7 @@ impl OffsetStore {
     fn write(&self, records: Vec<Record>, update: impl FnOnce(&mut BTreeMap<Key, Committed>)) -> Result<()> {
         let pending = {
             let mut map = self.map();
-            let pending = self.log.append_pending(batch::encode(&records, None))?;
+            let pending = self.log.append_pending(&mut batch::encode(&records, None))?;
             update(&mut map);
             pending
         };
@@ -207,7 +207,7 @@ impl OffsetStore {
             })
             .collect();
         for chunk in records.chunks(SNAPSHOT_BATCH) {
-            self.log.append(batch::encode(chunk, None))?;
+            self.log.append(&mut batch::encode(chunk, None))?;
         }
         // Everything before `start` is restated after it: safe to drop.
         let deleted = self.log.delete_segments_before(start)?;

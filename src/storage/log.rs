@@ -351,7 +351,7 @@ impl Log {
 
     /// Appends one encoded batch (from [`batch::encode`]); the log stamps the
     /// offsets. Returns once the batch is durable per the flush policy.
-    pub fn append(&self, batch: Vec<u8>) -> Result<AppendOutcome> {
+    pub fn append(&self, batch: &mut [u8]) -> Result<AppendOutcome> {
         let pending = self.append_pending(batch)?;
         self.wait_durable(&pending)?;
         Ok(pending.outcome)
@@ -369,12 +369,13 @@ impl Log {
     /// Writes one batch without waiting for durability. Batches are ordered
     /// by the order of these calls; [`Log::wait_durable`] completes them.
     /// This is what lets a pipelined producer overlap writes with fsyncs.
-    pub fn append_pending(&self, mut batch: Vec<u8>) -> Result<PendingAppend> {
+    /// The log only stamps the base offset into `batch`; it keeps no reference.
+    pub fn append_pending(&self, batch: &mut [u8]) -> Result<PendingAppend> {
         let config = self.config();
         if batch.len() > config.batch_bytes_max {
             return Err(StorageError::BatchTooLarge { size: batch.len(), limit: config.batch_bytes_max });
         }
-        let header = BatchHeader::parse(&batch, BATCH_BYTES_LIMIT).map_err(|e| StorageError::Corrupt {
+        let header = BatchHeader::parse(batch, BATCH_BYTES_LIMIT).map_err(|e| StorageError::Corrupt {
             path: self.dir.clone(),
             position: 0,
             first_offset: 0,
@@ -408,9 +409,9 @@ impl Log {
             }
             self.maybe_roll(&mut w, &config, batch.len(), header.record_count)?;
             let base_offset = w.next_offset;
-            batch::set_base_offset(&mut batch, base_offset);
+            batch::set_base_offset(batch, base_offset);
             let position = w.position;
-            if let Err(e) = w.active.log.write_all_at(&batch, position) {
+            if let Err(e) = w.active.log.write_all_at(batch, position) {
                 self.undo_write(&mut w, position, &e);
                 return Err(StorageError::io(&w.active.log_path, e));
             }
