@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let descriptor_path = out_dir.join("strata_descriptor.bin");
     std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&fds))?;
-    tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
+    // The codec reserves each message's size before encoding (see
+    // src/proto_codec.rs).
+    tonic_prost_build::configure().bytes(".").codec_path("crate::proto_codec::StrataCodec").compile_fds(fds)?;
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod group;
+pub mod proto_codec;
 pub mod server;
 pub mod storage;
 

@@ -103,6 +103,39 @@ fn append_read_round_trip_across_segments_and_reopen() {
     assert_prefix(&read_all(&log, 0).unwrap(), end + 30, 40);
 }
 
+#[test]
+fn in_place_append_declines_only_when_a_roll_is_due() {
+    // The broker appends on its async threads through try_append_pending;
+    // a roll (file creation and fsyncs) must be handed back to it instead.
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), small_config());
+    let (mut appended, mut declined) = (0u64, 0);
+    while log.segment_count() < 4 {
+        let mut batch = batch_of(appended, 3, 100, T0);
+        match log.try_append_pending(&mut batch) {
+            Some(result) => {
+                let pending = result.unwrap();
+                assert_eq!(pending.outcome.base_offset, appended);
+                log.wait_durable(&pending).unwrap();
+            }
+            None => {
+                declined += 1;
+                let segments = log.segment_count();
+                let pending = log.append_pending(&mut batch).unwrap();
+                assert_eq!(pending.outcome.base_offset, appended);
+                log.wait_durable(&pending).unwrap();
+                assert_eq!(log.segment_count(), segments + 1, "declined because a roll was due");
+            }
+        }
+        appended += 3;
+    }
+    assert_eq!(declined, 3);
+    assert_prefix(&read_all(&log, 0).unwrap(), appended, 100);
+    // Invalid input is still an error, not a decline.
+    let mut garbage = vec![7u8; 80];
+    assert!(matches!(log.try_append_pending(&mut garbage), Some(Err(StorageError::Corrupt { .. }))));
+}
+
 /// Builds a log with several segments and an unclean stop, returning the
 /// active segment's path and the (position, next offset) after each batch in it.
 fn build_crashed_log(dir: &Path) -> (std::path::PathBuf, Vec<(u64, u64)>) {

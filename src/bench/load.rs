@@ -52,8 +52,8 @@ impl Target {
 
 pub async fn client(url: &str) -> anyhow::Result<Client> {
     let channel = Channel::from_shared(url.to_string())?
-        .initial_stream_window_size(Some(4 << 20))
-        .initial_connection_window_size(Some(16 << 20))
+        .initial_stream_window_size(Some(32 << 20))
+        .initial_connection_window_size(Some(64 << 20))
         .max_frame_size(Some(1 << 20))
         .tcp_nodelay(true)
         .connect()
@@ -209,8 +209,10 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
         tasks.push(tokio::spawn(async move {
             loop {
                 for &partition in &partitions {
-                    let mut next = 0u64;
-                    loop {
+                    // Like a Kafka consumer's fetcher: the next fetch is on
+                    // the wire while this response's records are decoded.
+                    let fetch = |c: &mut Client, next: u64| {
+                        let mut c = c.clone();
                         let req = proto::FetchRequest {
                             topic: topic.clone(),
                             partition,
@@ -220,25 +222,33 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
                             max_wait_ms: 0,
                             raw_batches: raw,
                         };
-                        let t0 = Instant::now();
-                        let r = c
-                            .fetch(req)
-                            .await
-                            .map_err(|s| anyhow::anyhow!("fetch failed: {}", s.message()))?
-                            .into_inner();
-                        meter.latency(t0.elapsed());
+                        tokio::spawn(async move {
+                            let t0 = Instant::now();
+                            let r = c.fetch(req).await.map_err(|s| anyhow::anyhow!("fetch failed: {}", s.message()));
+                            (t0.elapsed(), r)
+                        })
+                    };
+                    let mut next = 0u64;
+                    let mut inflight = Some(fetch(&mut c, next));
+                    while let Some(pending) = inflight.take() {
+                        let (took, r) = pending.await?;
+                        let r = r?.into_inner();
+                        meter.latency(took);
+                        let empty = r.records.is_empty() && r.record_batches.is_empty();
+                        let from = next;
+                        next = r.next_offset;
+                        let over = deadline.is_some_and(|d| Instant::now() >= d);
+                        if !empty && !over {
+                            inflight = Some(fetch(&mut c, next));
+                        }
                         let (records, bytes) = if raw {
-                            decoded(&r.record_batches, next)?
+                            decoded(&r.record_batches, from)?
                         } else {
                             let bytes = r.records.iter().map(|x| (x.value.len() + x.key.len()) as u64).sum();
                             (r.records.len() as u64, bytes)
                         };
-                        if records == 0 {
-                            break;
-                        }
                         meter.add(records, bytes);
-                        next = r.next_offset;
-                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                        if over {
                             return Ok::<_, anyhow::Error>(());
                         }
                     }

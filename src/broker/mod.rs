@@ -3,7 +3,8 @@
 //! (retention, interval flush, recovery checkpoints).
 //!
 //! Invariants: the registry lock is never held across `.await` or disk I/O
-//! on the data path; all blocking storage calls run on the blocking pool.
+//! on the data path; storage calls that may wait on the disk (fsync, roll,
+//! reads) run on the blocking pool; an append's pwrite runs in place.
 //! Layout: `DATA/<topic>/topic.json` and `DATA/<topic>/<partition>/`.
 
 pub mod error;

@@ -1,6 +1,7 @@
 //! One partition as the broker sees it: the storage log plus a watch of its
 //! high watermark, which wakes long polls and subscriptions without polling.
-//! Blocking log calls run on tokio's blocking pool, never on the async workers.
+//! Log calls that may wait on the disk (fsyncs, rolls, reads) run on tokio's
+//! blocking pool; an append's pwrite into the page cache runs in place.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -59,10 +60,15 @@ impl Partition {
     /// Writes one batch (ordered with other writes to this partition) without
     /// waiting for durability; complete it with [`Partition::wait_durable`].
     pub async fn append_pending(self: &Arc<Self>, mut batch: Vec<u8>) -> Result<PendingAppend> {
-        // The write is a pwrite into the page cache, usually microseconds:
-        // on the multi-thread runtime it runs in place (the runtime moves
-        // other tasks off this worker meanwhile) instead of paying a thread
-        // hand-off both ways.
+        // Usually the write is one pwrite into the page cache (tens of
+        // microseconds): done right here on the async worker, because any
+        // thread hand-off costs more than the write (block_in_place wakes a
+        // thread to take over the worker: 546 vs 390 MB/s produce). When the
+        // writer is busy or a roll (file creation, fsyncs) is due, it moves
+        // off the worker.
+        if let Some(result) = self.log.try_append_pending(&mut batch) {
+            return result.map_err(|e| self.error(e));
+        }
         self.short_io(move |log| log.append_pending(&mut batch)).await
     }
 

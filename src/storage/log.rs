@@ -372,17 +372,52 @@ impl Log {
     /// The log only stamps the base offset into `batch`; it keeps no reference.
     pub fn append_pending(&self, batch: &mut [u8]) -> Result<PendingAppend> {
         let config = self.config();
+        let header = self.check_batch(&config, batch)?;
+        let mut w = lock(&self.writer);
+        self.append_locked(&mut w, &config, header, batch)
+    }
+
+    /// [`Log::append_pending`] unless a segment roll (file creation and
+    /// fsyncs, milliseconds) is due: then `None`, and the caller should call
+    /// `append_pending` where blocking is fine. Otherwise this does one
+    /// pwrite, and waits for the writer lock only while another appender
+    /// does its pwrite, so an async caller can append in place without a
+    /// thread hand-off. (Falling back on a busy lock instead measured 35%
+    /// slower: with 8 producers the lock is usually busy.)
+    pub fn try_append_pending(&self, batch: &mut [u8]) -> Option<Result<PendingAppend>> {
+        let config = self.config();
+        let header = match self.check_batch(&config, batch) {
+            Ok(h) => h,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut w = lock(&self.writer);
+        match self.roll_due(&w, &config, batch.len(), header.record_count) {
+            Ok(false) => Some(self.append_locked(&mut w, &config, header, batch)),
+            Ok(true) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    fn check_batch(&self, config: &LogConfig, batch: &[u8]) -> Result<BatchHeader> {
         if batch.len() > config.batch_bytes_max {
             return Err(StorageError::BatchTooLarge { size: batch.len(), limit: config.batch_bytes_max });
         }
-        let header = BatchHeader::parse(batch, BATCH_BYTES_LIMIT).map_err(|e| StorageError::Corrupt {
+        BatchHeader::parse(batch, BATCH_BYTES_LIMIT).map_err(|e| StorageError::Corrupt {
             path: self.dir.clone(),
             position: 0,
             first_offset: 0,
             reason: format!("append of an invalid batch: {e}"),
-        })?;
+        })
+    }
+
+    fn append_locked(
+        &self,
+        w: &mut Writer,
+        config: &LogConfig,
+        header: BatchHeader,
+        batch: &mut [u8],
+    ) -> Result<PendingAppend> {
         let (outcome, epoch) = {
-            let mut w = lock(&self.writer);
             if let Some(reason) = &w.poisoned {
                 return Err(StorageError::Poisoned { path: self.dir.clone(), reason: reason.clone() });
             }
@@ -407,12 +442,14 @@ impl Log {
                     }
                 }
             }
-            self.maybe_roll(&mut w, &config, batch.len(), header.record_count)?;
+            if self.roll_due(w, config, batch.len(), header.record_count)? {
+                self.roll(w, config)?;
+            }
             let base_offset = w.next_offset;
             batch::set_base_offset(batch, base_offset);
             let position = w.position;
             if let Err(e) = w.active.log.write_all_at(batch, position) {
-                self.undo_write(&mut w, position, &e);
+                self.undo_write(w, position, &e);
                 return Err(StorageError::io(&w.active.log_path, e));
             }
             let stamped = BatchHeader { base_offset, ..header };
@@ -440,7 +477,7 @@ impl Log {
                 );
             }
             if config.flush != FlushPolicy::Always {
-                self.publish(&w);
+                self.publish(w);
             }
             let outcome = AppendOutcome { base_offset, last_offset: stamped.last_offset(), duplicate: false };
             (outcome, w.epoch)
@@ -464,18 +501,16 @@ impl Log {
         self.high_watermark.fetch_max(w.next_offset, Ordering::AcqRel);
     }
 
-    fn maybe_roll(&self, w: &mut Writer, config: &LogConfig, batch_len: usize, records: u32) -> Result<()> {
+    /// Whether the next batch must go into a new segment.
+    fn roll_due(&self, w: &Writer, config: &LogConfig, batch_len: usize, records: u32) -> Result<bool> {
         if w.position == 0 {
-            return Ok(());
+            return Ok(false);
         }
         let too_big = w.position + batch_len as u64 > config.segment_bytes;
         let too_old = w.first_append_ms.is_some_and(|t| self.clock.now_ms() - t >= config.segment_ms);
         let offsets_full = w.next_offset + records as u64 - w.active.base_offset > u32::MAX as u64;
         let index_full = w.active.indexes()?.offset.len() >= config.limits().index_capacity;
-        if too_big || too_old || offsets_full || index_full || w.position + batch_len as u64 > u32::MAX as u64 {
-            self.roll(w, config)?;
-        }
-        Ok(())
+        Ok(too_big || too_old || offsets_full || index_full || w.position + batch_len as u64 > u32::MAX as u64)
     }
 
     /// Closes the active segment (fsynced, indexes trimmed) and starts a new one.
