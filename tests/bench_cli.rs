@@ -13,6 +13,9 @@ fn bench_modes_print_a_json_summary() {
         "consume --records 3000 --partitions 2 --consumers 2",
         "e2e --duration 1s --rate 2000 --record-bytes 64",
         "produce --records 1000 --flush never --batch 10",
+        // Pipelined over ProduceStream, with client-encoded batches.
+        "produce --records 3000 --producers 2 --partitions 2 --in-flight 4 --raw --batch 7",
+        "consume --records 3000 --raw",
     ] {
         let (ok, out, err) = run(dir.path(), "http://unused", &format!("strata bench {mode} --embedded --json"));
         assert!(ok, "bench {mode}: {err}");
@@ -21,6 +24,9 @@ fn bench_modes_print_a_json_summary() {
             assert!(summary[key].is_number(), "bench {mode}: {key} in {summary}");
         }
         assert!(summary["records"].as_u64().unwrap() > 0, "bench {mode} moved records: {summary}");
+        if mode.starts_with("produce --records 3000") {
+            assert_eq!(summary["records"].as_u64(), Some(3000), "every record acknowledged once: {summary}");
+        }
         assert!(summary["p50_ms"].as_f64().unwrap() <= summary["max_ms"].as_f64().unwrap());
     }
     // The embedded broker's temp dirs are cleaned up.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use strata::broker::partitioner::partition_for_key;
 use strata::proto;
+use strata::storage::batch::{self, ProducerStamp};
 use tokio_stream::StreamExt;
 
 #[tokio::test]
@@ -423,5 +424,105 @@ async fn raw_fetch_returns_stored_batches_that_decode_to_the_same_records() {
     }
     let want: Vec<_> = expected.into_iter().skip(7).map(|r| (r.offset, r.key, r.value)).collect();
     assert_eq!(got, want);
+    server.shutdown().await.unwrap();
+}
+
+fn client_batch(records: &[(&str, &str, i64)], producer: Option<ProducerStamp>) -> Vec<u8> {
+    let records: Vec<batch::Record> = records
+        .iter()
+        .map(|(k, v, ts)| batch::Record {
+            key: bytes::Bytes::copy_from_slice(k.as_bytes()),
+            value: bytes::Bytes::copy_from_slice(v.as_bytes()),
+            headers: vec![("trace".into(), bytes::Bytes::from_static(b"t-1"))],
+            timestamp_ms: *ts,
+        })
+        .collect();
+    batch::encode(&records, producer)
+}
+
+fn raw_produce(topic: &str, partition: Option<u32>, batch: &[u8]) -> proto::ProduceRequest {
+    proto::ProduceRequest { topic: topic.into(), partition, record_batch: batch.to_vec().into(), ..Default::default() }
+}
+
+#[tokio::test]
+async fn raw_produce_writes_client_batches_as_they_are_and_refuses_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "rawp", 2).await;
+    const T: i64 = 1_700_000_000_000;
+    let good = client_batch(&[("a", "first", T), ("b", "second", T + 5), ("", "third", T + 2)], None);
+    let r = c.produce(raw_produce("rawp", Some(1), &good)).await.unwrap().into_inner().results;
+    assert_eq!((r[0].partition, r[0].base_offset, r[0].last_offset), (1, 0, 2));
+    let got = fetch_all(&mut c, "rawp", 1, 0).await;
+    let summary: Vec<_> = got.iter().map(|r| (r.offset, r.key.clone(), r.value.clone(), r.timestamp_ms)).collect();
+    assert_eq!(
+        summary,
+        vec![
+            (0, "a".into(), "first".into(), T),
+            (1, "b".into(), "second".into(), T + 5),
+            (2, "".into(), "third".into(), T + 2)
+        ]
+    );
+    assert_eq!(got[0].headers.get("trace").map(|v| v.as_ref()), Some(&b"t-1"[..]));
+    // Stored as sent: a raw fetch returns the same bytes (bar the base offset).
+    let stored = c
+        .fetch(proto::FetchRequest { topic: "rawp".into(), partition: 1, raw_batches: true, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .record_batches;
+    assert_eq!(stored[0].as_ref(), &good[..]);
+
+    // Every refusal is INVALID_ARGUMENT and writes nothing.
+    let refused = |what: &str, req: proto::ProduceRequest| (what.to_string(), req);
+    let mut bad = vec![
+        refused("no partition", raw_produce("rawp", None, &good)),
+        refused("garbage", raw_produce("rawp", Some(1), b"not a batch at all, just some bytes that are long enough!")),
+        refused("truncated", raw_produce("rawp", Some(1), &good[..good.len() - 1])),
+        refused("two batches", raw_produce("rawp", Some(1), &[good.clone(), good.clone()].concat())),
+        refused(
+            "records and a batch",
+            proto::ProduceRequest { records: vec![record("", "x")], ..raw_produce("rawp", Some(1), &good) },
+        ),
+        refused(
+            "producer outside the batch",
+            proto::ProduceRequest { producer_id: Some(1), sequence: Some(0), ..raw_produce("rawp", Some(1), &good) },
+        ),
+    ];
+    // Any flipped byte after the base offset (length, magic, CRC, header,
+    // records) is caught.
+    for at in 8..good.len() {
+        let mut flipped = good.clone();
+        flipped[at] ^= 0x20;
+        bad.push(refused(&format!("byte {at} flipped"), raw_produce("rawp", Some(1), &flipped)));
+    }
+    for (what, req) in bad {
+        let err = c.produce(req).await.expect_err(&what);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {}", err.message());
+    }
+    assert_eq!(fetch_all(&mut c, "rawp", 1, 0).await.len(), 3, "refused batches wrote nothing");
+
+    // A record timestamp of 0 means "now", as in Produce.
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let r = c.produce(raw_produce("rawp", Some(0), &client_batch(&[("", "now", 0)], None))).await.unwrap();
+    assert_eq!(r.into_inner().results[0].base_offset, 0);
+    assert!(fetch_all(&mut c, "rawp", 0, 0).await[0].timestamp_ms >= before);
+
+    // The idempotent producer stamp travels inside the batch.
+    let pid = c.init_producer(proto::InitProducerRequest {}).await.unwrap().into_inner().producer_id;
+    let stamped = client_batch(&[("", "once", T)], Some(ProducerStamp { producer_id: pid, first_sequence: 0 }));
+    let first = c.produce(raw_produce("rawp", Some(0), &stamped)).await.unwrap().into_inner().results;
+    let retry = c.produce(raw_produce("rawp", Some(0), &stamped)).await.unwrap().into_inner().results;
+    assert_eq!((first[0].base_offset, retry[0].base_offset), (1, 1));
+    assert_eq!(fetch_all(&mut c, "rawp", 0, 0).await.len(), 2, "the retry appended nothing");
+
+    // Per-record limits hold for raw batches too.
+    let config = [("max.record.bytes".to_string(), "100".to_string())].into();
+    c.create_topic(proto::CreateTopicRequest { name: "small".into(), partitions: 1, config }).await.unwrap();
+    let big = "x".repeat(200);
+    let err = c.produce(raw_produce("small", Some(0), &client_batch(&[("", &big, T)], None))).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("max.record.bytes"), "{}", err.message());
     server.shutdown().await.unwrap();
 }

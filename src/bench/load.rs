@@ -104,46 +104,157 @@ async fn run_producers(
     let per_producer_rate = (args.rate as f64 / args.producers.max(1) as f64).max(0.0);
     let mut tasks = Vec::new();
     for p in 0..args.producers.max(1) {
-        let (mut c, meter, stop, budget, value) =
+        let (c, meter, stop, budget, value) =
             (client(url).await?, meter.clone(), stop.clone(), budget.clone(), value.clone());
-        let (topic, batch, partitions) = (args.topic.clone(), args.batch.max(1), args.partitions.max(1));
-        tasks.push(tokio::spawn(async move {
-            let started = Instant::now();
-            let mut sent = 0u64;
-            loop {
-                if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Ok::<_, anyhow::Error>(());
-                }
-                let n = claim(&budget, batch);
-                if n == 0 {
-                    return Ok(());
-                }
-                if per_producer_rate > 0.0 {
-                    let due = Duration::from_secs_f64(sent as f64 / per_producer_rate);
-                    if let Some(wait) = due.checked_sub(started.elapsed()) {
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-                let records: Vec<proto::Record> =
-                    (0..n).map(|_| proto::Record { value: value(), ..Default::default() }).collect();
-                let bytes: u64 = records.iter().map(|r| r.value.len() as u64).sum();
-                let req = proto::ProduceRequest {
+        let (topic, batch, partitions, raw) = (args.topic.clone(), args.batch.max(1), args.partitions.max(1), args.raw);
+        // The next request of this producer, or None when it should stop.
+        let mut sent = 0u64;
+        let started = Instant::now();
+        // When and where this producer's next request goes, or None to stop.
+        let mut plan = move || {
+            if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+                return None;
+            }
+            let n = claim(&budget, batch);
+            if n == 0 {
+                return None;
+            }
+            let due =
+                (per_producer_rate > 0.0).then(|| started + Duration::from_secs_f64(sent as f64 / per_producer_rate));
+            let partition = (p as u32 + sent as u32 / batch as u32) % partitions;
+            sent += n as u64;
+            Some(Plan { due, records: n, partition })
+        };
+        // Builds the request when it is due (e2e stamps send times in values).
+        let build = move |plan: Plan| {
+            let values: Vec<Bytes> = (0..plan.records).map(|_| value()).collect();
+            let bytes = values.iter().map(|v| v.len() as u64).sum();
+            let partition = Some(plan.partition);
+            let req = if raw {
+                // The client encodes the stored batch format itself.
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let records: Vec<crate::storage::batch::Record> = values
+                    .into_iter()
+                    .map(|value| crate::storage::batch::Record {
+                        value,
+                        timestamp_ms: now.as_millis() as i64,
+                        ..Default::default()
+                    })
+                    .collect();
+                let batch = crate::storage::batch::encode(&records, None);
+                proto::ProduceRequest {
                     topic: topic.clone(),
-                    partition: Some((p as u32 + sent as u32 / batch as u32) % partitions),
-                    records,
+                    partition,
+                    record_batch: batch.into(),
                     ..Default::default()
-                };
+                }
+            } else {
+                let records = values.into_iter().map(|value| proto::Record { value, ..Default::default() }).collect();
+                proto::ProduceRequest { topic: topic.clone(), partition, records, ..Default::default() }
+            };
+            (req, plan.records as u64, bytes)
+        };
+        let in_flight = args.in_flight.max(1);
+        tasks.push(tokio::spawn(async move {
+            if in_flight > 1 {
+                return produce_pipelined(c, in_flight, &meter, &mut plan, &build).await;
+            }
+            let mut c = c;
+            while let Some(next) = plan() {
+                if let Some(due) = next.due {
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let (req, records, bytes) = build(next);
                 let t0 = Instant::now();
                 c.produce(req).await.map_err(|s| anyhow::anyhow!("produce failed: {}", s.message()))?;
                 meter.latency(t0.elapsed());
-                meter.add(n as u64, bytes);
-                sent += n as u64;
+                meter.add(records, bytes);
             }
+            Ok::<_, anyhow::Error>(())
         }));
     }
     for t in tasks {
         t.await??;
     }
+    Ok(())
+}
+
+/// A bench producer's next request: when, how many records, where.
+struct Plan {
+    /// When to send it (rate-limited loads).
+    due: Option<Instant>,
+    records: usize,
+    partition: u32,
+}
+
+/// A built request, its record count and key + value bytes.
+type Built = (proto::ProduceRequest, u64, u64);
+
+/// One producer keeping up to `depth` requests outstanding on a ProduceStream.
+async fn produce_pipelined(
+    mut c: Client,
+    depth: usize,
+    meter: &Meter,
+    plan: &mut (dyn FnMut() -> Option<Plan> + Send),
+    build: &(dyn Fn(Plan) -> Built + Send + Sync),
+) -> anyhow::Result<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(depth);
+    let mut responses = c.produce_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    // request_id -> (sent at, records, bytes). Responses to requests for
+    // different partitions may come back out of order.
+    let mut outstanding = std::collections::HashMap::new();
+    let mut id = 0u64;
+    let mut more = true;
+    loop {
+        while more && outstanding.len() < depth {
+            let Some(next) = plan() else {
+                more = false;
+                break;
+            };
+            if let Some(due) = next.due {
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let (mut req, records, bytes) = build(next);
+            req.request_id = id;
+            outstanding.insert(id, (Instant::now(), records, bytes));
+            id += 1;
+            tx.send(req).await.map_err(|_| anyhow::anyhow!("produce stream closed"))?;
+        }
+        if outstanding.is_empty() {
+            return Ok(());
+        }
+        let r = responses
+            .message()
+            .await
+            .map_err(|s| anyhow::anyhow!("produce stream failed: {}", s.message()))?
+            .ok_or_else(|| anyhow::anyhow!("produce stream ended early"))?;
+        if r.error_code != 0 {
+            anyhow::bail!("produce failed: {}", r.error_message);
+        }
+        let (t0, n, bytes) = outstanding
+            .remove(&r.request_id)
+            .ok_or_else(|| anyhow::anyhow!("response to unknown request {}", r.request_id))?;
+        meter.latency(t0.elapsed());
+        meter.add(n, bytes);
+    }
+}
+
+/// Makes everything written to `topic` durable, so its dirty pages are not
+/// written back under the next measurement: switches the topic to flush
+/// `always` and appends one record, whose fsync covers the whole active
+/// segment (closed segments were fsynced when they rolled).
+pub async fn settle(url: &str, topic: &str) -> anyhow::Result<()> {
+    let mut c = client(url).await?;
+    let config = [("flush.policy".to_string(), "always".to_string())].into();
+    c.alter_topic_config(proto::AlterTopicConfigRequest { name: topic.into(), config }).await?;
+    let record = proto::Record { value: Bytes::from_static(b"settle"), ..Default::default() };
+    c.produce(proto::ProduceRequest {
+        topic: topic.into(),
+        partition: Some(0),
+        records: vec![record],
+        ..Default::default()
+    })
+    .await?;
     Ok(())
 }
 

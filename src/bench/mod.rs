@@ -52,6 +52,11 @@ pub struct BenchArgs {
     /// Concurrent producers.
     #[arg(long, default_value_t = 1)]
     pub producers: usize,
+    /// Requests each producer keeps outstanding. Above 1, each producer
+    /// pipelines over one ProduceStream, as a Kafka producer does with
+    /// max.in.flight.requests.per.connection.
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
     /// Concurrent consumers (consume, e2e).
     #[arg(long, default_value_t = 1)]
     pub consumers: usize,
@@ -70,13 +75,19 @@ pub struct BenchArgs {
     /// Print one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
-    /// consume: fetch stored batches as they are (raw_batches) and decode
-    /// them in the client, instead of per-record protobuf.
+    /// Use the stored batch format on the wire instead of per-record
+    /// protobuf: produce sends client-encoded record batches
+    /// (record_batch); consume fetches stored batches as they are
+    /// (raw_batches) and decodes them in the client.
     #[arg(long)]
     pub raw: bool,
 }
 
 impl BenchArgs {
+    pub fn with_flush(self, flush: FlushPolicy) -> BenchArgs {
+        BenchArgs { flush, ..self }
+    }
+
     /// Total records to produce or consume, when no duration bounds it.
     pub fn record_budget(&self) -> u64 {
         match (self.records, self.duration) {

@@ -16,6 +16,7 @@ pub mod producer_ids;
 pub mod subscription;
 pub mod topic;
 
+use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -26,7 +27,7 @@ pub use self::error::{BrokerError, Result};
 use self::partition::{Partition, ReadRecords};
 use self::producer_ids::ProducerIds;
 use self::topic::{Topic, TopicMetadata};
-use crate::config::{BrokerConfig, TimestampType, HEADERS_PER_RECORD_MAX};
+use crate::config::{BrokerConfig, TimestampType, TopicConfig, HEADERS_PER_RECORD_MAX};
 use crate::storage::batch::{self, ProducerStamp, Record};
 use crate::storage::fs::FileSystem;
 use crate::storage::{Clock, Log};
@@ -60,6 +61,8 @@ pub struct ProduceRequest {
     pub partition: Option<u32>,
     pub records: Vec<Record>,
     pub producer: Option<ProducerStamp>,
+    /// A batch the client encoded (instead of `records`), validated here.
+    pub batch: Option<Bytes>,
 }
 
 /// A produce whose batches are written but maybe not yet durable.
@@ -73,6 +76,12 @@ pub struct PendingProduce {
 }
 
 impl PendingProduce {
+    /// Whether [`PendingProduce::wait`] has an fsync to wait for (else it
+    /// completes at once).
+    pub fn needs_sync(&self) -> bool {
+        self.parts.iter().any(|(_, p)| p.needs_sync())
+    }
+
     /// Waits until every batch is durable; the results are in partition order.
     pub async fn wait(self) -> Result<Vec<ProduceResult>> {
         let now = self.now;
@@ -400,12 +409,61 @@ impl Broker {
             .map_err(|e| BrokerError::Internal(format!("cannot allocate a producer id: {e}")))
     }
 
+    /// [`Broker::produce_pending`] of a batch the client encoded: validated,
+    /// then written as it is (re-encoded only to stamp broker timestamps).
+    async fn produce_batch_pending(&self, topic: &Arc<Topic>, request: ProduceRequest) -> Result<PendingProduce> {
+        let invalid = |m: String| BrokerError::InvalidArgument(format!("record_batch for {:?}: {m}", topic.name));
+        let Some(p) = request.partition else {
+            return Err(invalid("a record batch needs an explicit partition".into()));
+        };
+        if !request.records.is_empty() || request.producer.is_some() {
+            return Err(invalid("send records or record_batch, and the producer stamp inside the batch".into()));
+        }
+        let partition = topic.partition(p)?.clone();
+        let bytes = request.batch.unwrap_or_default();
+        let (header, records) = batch::validate_client_batch(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let config = topic.config();
+        for (i, r) in records.iter().enumerate() {
+            check_record_limits(&topic.name, &config, i, record_size(&r.key, &r.value, &r.headers), r.headers.len())?;
+        }
+        let now = self.clock.now_ms();
+        let stamp = config.timestamp_type == TimestampType::Append || records.iter().any(|r| r.timestamp_ms == 0);
+        let encoded = if stamp {
+            let records: Vec<Record> = records
+                .into_iter()
+                .map(|r| Record {
+                    timestamp_ms: if config.timestamp_type == TimestampType::Append || r.timestamp_ms == 0 {
+                        now
+                    } else {
+                        r.timestamp_ms
+                    },
+                    key: r.key,
+                    value: r.value,
+                    headers: r.headers,
+                })
+                .collect();
+            batch::encode(&records, header.producer())
+        } else {
+            drop(records);
+            bytes.to_vec()
+        };
+        let pending = partition.append_pending(encoded).await;
+        let (parts, first_error) = match pending {
+            Ok(p) => (vec![(partition, p)], None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+        Ok(PendingProduce { parts, now, first_error })
+    }
+
     /// Writes a produce request's batches (one atomic batch per partition)
     /// in call order, without waiting for durability: pipelined producers
     /// call this in order and await [`PendingProduce::wait`] concurrently.
     pub async fn produce_pending(&self, request: ProduceRequest) -> Result<PendingProduce> {
         self.check_running()?;
         let topic = self.topic(&request.topic)?;
+        if request.batch.is_some() {
+            return self.produce_batch_pending(&topic, request).await;
+        }
         if request.records.is_empty() {
             return Err(BrokerError::InvalidArgument(format!("produce to {:?} has no records", request.topic)));
         }
@@ -421,22 +479,8 @@ impl Broker {
         };
         let partitions = topic.partitions.len() as u32;
         for (i, mut record) in request.records.into_iter().enumerate() {
-            let size = record.key.len()
-                + record.value.len()
-                + record.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-            if size > config.record_bytes_max {
-                return Err(BrokerError::InvalidArgument(format!(
-                    "record {i} for {:?} is {size} bytes, over max.record.bytes = {}",
-                    topic.name, config.record_bytes_max
-                )));
-            }
-            if record.headers.len() > HEADERS_PER_RECORD_MAX {
-                return Err(BrokerError::InvalidArgument(format!(
-                    "record {i} for {:?} has {} headers, over the limit of {HEADERS_PER_RECORD_MAX}",
-                    topic.name,
-                    record.headers.len()
-                )));
-            }
+            let size = record_size(&record.key, &record.value, &record.headers);
+            check_record_limits(&topic.name, &config, i, size, record.headers.len())?;
             if record.timestamp_ms == 0 || config.timestamp_type == TimestampType::Append {
                 record.timestamp_ms = now;
             }
@@ -695,4 +739,24 @@ fn io_error(path: &std::path::Path, e: std::io::Error) -> BrokerError {
     } else {
         BrokerError::Internal(source.to_string())
     }
+}
+
+fn record_size(key: &[u8], value: &[u8], headers: &[(String, Bytes)]) -> usize {
+    key.len() + value.len() + headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+}
+
+/// The per-record limits of a produce: size and header count.
+fn check_record_limits(topic: &str, config: &TopicConfig, i: usize, size: usize, headers: usize) -> Result<()> {
+    if size > config.record_bytes_max {
+        return Err(BrokerError::InvalidArgument(format!(
+            "record {i} for {topic:?} is {size} bytes, over max.record.bytes = {}",
+            config.record_bytes_max
+        )));
+    }
+    if headers > HEADERS_PER_RECORD_MAX {
+        return Err(BrokerError::InvalidArgument(format!(
+            "record {i} for {topic:?} has {headers} headers, over the limit of {HEADERS_PER_RECORD_MAX}"
+        )));
+    }
+    Ok(())
 }

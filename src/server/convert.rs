@@ -47,7 +47,8 @@ pub fn produce_request(r: proto::ProduceRequest) -> Result<ProduceRequest, Statu
             Record { key: rec.key, value: rec.value, headers, timestamp_ms: rec.timestamp_ms }
         })
         .collect();
-    Ok(ProduceRequest { topic: r.topic, partition: r.partition, records, producer })
+    let batch = (!r.record_batch.is_empty()).then_some(r.record_batch);
+    Ok(ProduceRequest { topic: r.topic, partition: r.partition, records, producer, batch })
 }
 
 pub fn produce_results(results: Vec<ProduceResult>) -> Vec<proto::ProduceResult> {

@@ -138,7 +138,10 @@ impl proto::broker_server::Broker for BrokerService {
                     Err(s) => Err(s),
                 };
                 let tx = tx.clone();
-                tokio::spawn(async move {
+                // Nothing to wait for (flush never/interval, or an error):
+                // answer here, saving a task and a wake-up per request.
+                let ready = pending.as_ref().map_or(true, |p| !p.needs_sync());
+                let respond = async move {
                     let _permit = permit;
                     let result = match pending {
                         Ok(p) => p.wait().await.map_err(to_status),
@@ -158,7 +161,12 @@ impl proto::broker_server::Broker for BrokerService {
                         },
                     };
                     let _ = tx.send(Ok(response)).await;
-                });
+                };
+                if ready {
+                    respond.await;
+                } else {
+                    tokio::spawn(respond);
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

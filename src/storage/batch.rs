@@ -212,6 +212,43 @@ pub fn encode(records: &[Record], producer: Option<ProducerStamp>) -> Vec<u8> {
     buf
 }
 
+/// Validates a batch a client encoded (a raw produce): exactly one batch of
+/// this format, CRC intact, reserved attributes 0, every record well formed
+/// with dense offset deltas 0..n, header timestamps that agree with the
+/// records, and a producer stamp that is either absent (-1/-1) or
+/// non-negative. Returns the header and the (zero-copy) records.
+pub fn validate_client_batch(batch: &Bytes) -> Result<(BatchHeader, Vec<StoredRecord>), BatchError> {
+    let header = BatchHeader::parse(batch, BATCH_BYTES_LIMIT)?;
+    if header.total_len != batch.len() {
+        return Err(BatchError::BadLength(batch.len() as u64));
+    }
+    verify_crc(&header, batch)?;
+    if header.attributes != 0 {
+        return Err(BatchError::BadRecord("attributes are reserved and must be 0"));
+    }
+    let stamp_ok = (header.producer_id == NO_PRODUCER && header.first_sequence == -1)
+        || (header.producer_id >= 0 && header.first_sequence >= 0);
+    if !stamp_ok {
+        return Err(BatchError::BadRecord("producer id and sequence must both be -1 or both be non-negative"));
+    }
+    let records = decode_records(batch)?;
+    if records.len() != header.record_count as usize {
+        return Err(BatchError::BadRecord("record count disagrees with the records"));
+    }
+    for (i, r) in records.iter().enumerate() {
+        if r.offset != header.base_offset + i as u64 {
+            return Err(BatchError::BadRecord("offset deltas must be 0, 1, 2, ..."));
+        }
+    }
+    if records[0].timestamp_ms != header.first_timestamp {
+        return Err(BatchError::BadRecord("first record's timestamp delta must be 0"));
+    }
+    if records.iter().map(|r| r.timestamp_ms).max() != Some(header.max_timestamp) {
+        return Err(BatchError::BadRecord("max_timestamp disagrees with the records"));
+    }
+    Ok((header, records))
+}
+
 /// Stamps the base offset into an encoded batch (not covered by the CRC).
 pub fn set_base_offset(batch: &mut [u8], base_offset: u64) {
     batch[0..8].copy_from_slice(&base_offset.to_le_bytes());
