@@ -100,13 +100,11 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     let p3 = load::produce(&never).await?;
     load::settle(&target.url, &never.topic).await?;
     eprintln!("[limits] 3b. same, each producer pipelining 4 requests over ProduceStream");
-    let p3s =
-        load::produce(&BenchArgs { in_flight: 4, ..on("limits.never.stream") }.with_flush(FlushPolicy::Never)).await?;
+    let p3s = load::produce(&BenchArgs { in_flight: 4, topic: "limits.never.stream".into(), ..never.clone() }).await?;
     load::settle(&target.url, "limits.never.stream").await?;
     eprintln!("[limits] 3c. same, client-encoded batches");
-    let p3r =
-        load::produce(&BenchArgs { in_flight: 4, raw: true, ..on("limits.never.raw") }.with_flush(FlushPolicy::Never))
-            .await?;
+    let p3r = load::produce(&BenchArgs { in_flight: 4, raw: true, topic: "limits.never.raw".into(), ..never.clone() })
+        .await?;
     load::settle(&target.url, "limits.never.raw").await?;
     eprintln!("[limits] 4. consume what step 3 wrote (page cache)");
     let c4 = load::consume(&never).await?;

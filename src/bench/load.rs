@@ -52,8 +52,8 @@ impl Target {
 
 pub async fn client(url: &str) -> anyhow::Result<Client> {
     let channel = Channel::from_shared(url.to_string())?
-        .initial_stream_window_size(Some(32 << 20))
-        .initial_connection_window_size(Some(64 << 20))
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
         .max_frame_size(Some(1 << 20))
         .tcp_nodelay(true)
         .connect()
@@ -107,7 +107,6 @@ async fn run_producers(
         let (c, meter, stop, budget, value) =
             (client(url).await?, meter.clone(), stop.clone(), budget.clone(), value.clone());
         let (topic, batch, partitions, raw) = (args.topic.clone(), args.batch.max(1), args.partitions.max(1), args.raw);
-        // The next request of this producer, or None when it should stop.
         let mut sent = 0u64;
         let started = Instant::now();
         // When and where this producer's next request goes, or None to stop.
@@ -315,14 +314,14 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for k in 0..args.consumers.max(1) {
-        let (mut c, meter, topic, raw) = (client(&target.url).await?, meter.clone(), args.topic.clone(), args.raw);
+        let (c, meter, topic, raw) = (client(&target.url).await?, meter.clone(), args.topic.clone(), args.raw);
         let partitions: Vec<u32> = (0..args.partitions).filter(|p| *p as usize % args.consumers.max(1) == k).collect();
         tasks.push(tokio::spawn(async move {
             loop {
                 for &partition in &partitions {
                     // Like a Kafka consumer's fetcher: the next fetch is on
                     // the wire while this response's records are decoded.
-                    let fetch = |c: &mut Client, next: u64| {
+                    let fetch = |c: &Client, next: u64| {
                         let mut c = c.clone();
                         let req = proto::FetchRequest {
                             topic: topic.clone(),
@@ -340,7 +339,7 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
                         })
                     };
                     let mut next = 0u64;
-                    let mut inflight = Some(fetch(&mut c, next));
+                    let mut inflight = Some(fetch(&c, next));
                     while let Some(pending) = inflight.take() {
                         let (took, r) = pending.await?;
                         let r = r?.into_inner();
@@ -350,7 +349,7 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
                         next = r.next_offset;
                         let over = deadline.is_some_and(|d| Instant::now() >= d);
                         if !empty && !over {
-                            inflight = Some(fetch(&mut c, next));
+                            inflight = Some(fetch(&c, next));
                         }
                         let (records, bytes) = if raw {
                             decoded(&r.record_batches, from)?

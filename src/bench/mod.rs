@@ -84,10 +84,6 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
-    pub fn with_flush(self, flush: FlushPolicy) -> BenchArgs {
-        BenchArgs { flush, ..self }
-    }
-
     /// Total records to produce or consume, when no duration bounds it.
     pub fn record_budget(&self) -> u64 {
         match (self.records, self.duration) {

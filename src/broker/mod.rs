@@ -427,16 +427,11 @@ impl Broker {
             check_record_limits(&topic.name, &config, i, record_size(&r.key, &r.value, &r.headers), r.headers.len())?;
         }
         let now = self.clock.now_ms();
-        let stamp = config.timestamp_type == TimestampType::Append || records.iter().any(|r| r.timestamp_ms == 0);
-        let encoded = if stamp {
+        let encoded = if records.iter().any(|r| record_timestamp(&config, now, r.timestamp_ms) != r.timestamp_ms) {
             let records: Vec<Record> = records
                 .into_iter()
                 .map(|r| Record {
-                    timestamp_ms: if config.timestamp_type == TimestampType::Append || r.timestamp_ms == 0 {
-                        now
-                    } else {
-                        r.timestamp_ms
-                    },
+                    timestamp_ms: record_timestamp(&config, now, r.timestamp_ms),
                     key: r.key,
                     value: r.value,
                     headers: r.headers,
@@ -481,9 +476,7 @@ impl Broker {
         for (i, mut record) in request.records.into_iter().enumerate() {
             let size = record_size(&record.key, &record.value, &record.headers);
             check_record_limits(&topic.name, &config, i, size, record.headers.len())?;
-            if record.timestamp_ms == 0 || config.timestamp_type == TimestampType::Append {
-                record.timestamp_ms = now;
-            }
+            record.timestamp_ms = record_timestamp(&config, now, record.timestamp_ms);
             let partition = match request.partition {
                 Some(p) => p,
                 None if !record.key.is_empty() => partitioner::partition_for_key(&record.key, partitions),
@@ -738,6 +731,16 @@ fn io_error(path: &std::path::Path, e: std::io::Error) -> BrokerError {
         BrokerError::ResourceExhausted(source.to_string())
     } else {
         BrokerError::Internal(source.to_string())
+    }
+}
+
+/// The timestamp a record is stored with: the broker's clock for 0
+/// ("now") and on LogAppendTime topics, else the producer's.
+fn record_timestamp(config: &TopicConfig, now: i64, timestamp_ms: i64) -> i64 {
+    if timestamp_ms == 0 || config.timestamp_type == TimestampType::Append {
+        now
+    } else {
+        timestamp_ms
     }
 }
 

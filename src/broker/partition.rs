@@ -63,9 +63,8 @@ impl Partition {
         // Usually the write is one pwrite into the page cache (tens of
         // microseconds): done right here on the async worker, because any
         // thread hand-off costs more than the write (block_in_place wakes a
-        // thread to take over the worker: 546 vs 390 MB/s produce). When the
-        // writer is busy or a roll (file creation, fsyncs) is due, it moves
-        // off the worker.
+        // thread to take over the worker: 546 vs 390 MB/s produce). When a
+        // roll (file creation, fsyncs) is due, it moves off the worker.
         if let Some(result) = self.log.try_append_pending(&mut batch) {
             return result.map_err(|e| self.error(e));
         }

@@ -374,7 +374,8 @@ impl Log {
         let config = self.config();
         let header = self.check_batch(&config, batch)?;
         let mut w = lock(&self.writer);
-        self.append_locked(&mut w, &config, header, batch)
+        let roll = self.roll_due(&w, &config, batch.len(), header.record_count)?;
+        self.append_locked(&mut w, &config, header, batch, roll)
     }
 
     /// [`Log::append_pending`] unless a segment roll (file creation and
@@ -392,7 +393,7 @@ impl Log {
         };
         let mut w = lock(&self.writer);
         match self.roll_due(&w, &config, batch.len(), header.record_count) {
-            Ok(false) => Some(self.append_locked(&mut w, &config, header, batch)),
+            Ok(false) => Some(self.append_locked(&mut w, &config, header, batch, false)),
             Ok(true) => None,
             Err(e) => Some(Err(e)),
         }
@@ -410,12 +411,15 @@ impl Log {
         })
     }
 
+    /// The append itself, under the writer lock; `roll` (from
+    /// [`Log::roll_due`] under the same lock) starts a new segment first.
     fn append_locked(
         &self,
         w: &mut Writer,
         config: &LogConfig,
         header: BatchHeader,
         batch: &mut [u8],
+        roll: bool,
     ) -> Result<PendingAppend> {
         let (outcome, epoch) = {
             if let Some(reason) = &w.poisoned {
@@ -442,7 +446,7 @@ impl Log {
                     }
                 }
             }
-            if self.roll_due(w, config, batch.len(), header.record_count)? {
+            if roll {
                 self.roll(w, config)?;
             }
             let base_offset = w.next_offset;
