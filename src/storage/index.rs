@@ -9,8 +9,9 @@
 //! then the entry count with `Release`) while readers search the published
 //! prefix without a lock.
 //!
-//! This is the only module with `unsafe`: mapping the file and viewing the
-//! mapping as atomic words.
+//! This module has `unsafe` for mapping the file and viewing the mapping as
+//! atomic words; the only other `unsafe` is the mapped read of segment data
+//! in `fs.rs`.
 #![allow(unsafe_code)]
 
 use std::io;

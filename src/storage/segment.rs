@@ -391,14 +391,16 @@ impl Segment {
             return Ok(Vec::new());
         }
         let want = ((end - start) as usize).min(bytes_max.max(HEADER_LEN));
-        let mut buf = self.read_range(start, want)?;
+        // Readable bytes are never cut while the broker runs, so they may be
+        // shared (mapped) rather than copied.
+        let shared = |len: usize| self.log.read_shared(start, len).map_err(|e| StorageError::io(&self.log_path, e));
+        let mut buf = shared(want)?;
         // The first batch may be larger than the budget: read all of it.
         if let Ok(h) = BatchHeader::parse(&buf, self.limits.batch_bytes_max) {
             if h.total_len > buf.len() && start + h.total_len as u64 <= end {
-                buf = self.read_range(start, h.total_len)?;
+                buf = shared(h.total_len)?;
             }
         }
-        let buf = Bytes::from(buf);
         let mut out = Vec::new();
         let mut at = 0usize;
         while at + HEADER_LEN <= buf.len() {
