@@ -16,6 +16,9 @@ fn bench_modes_print_a_json_summary() {
         // Pipelined over ProduceStream, with client-encoded batches.
         "produce --records 3000 --producers 2 --partitions 2 --in-flight 4 --raw --batch 7",
         "consume --records 3000 --raw",
+        // Over Subscribe: alone, raw, and two consumers sharing a group.
+        "consume --records 3000 --raw --subscribe",
+        "consume --records 3000 --partitions 2 --consumers 2 --subscribe",
     ] {
         let (ok, out, err) = run(dir.path(), "http://unused", &format!("strata bench {mode} --embedded --json"));
         assert!(ok, "bench {mode}: {err}");
@@ -26,6 +29,10 @@ fn bench_modes_print_a_json_summary() {
         assert!(summary["records"].as_u64().unwrap() > 0, "bench {mode} moved records: {summary}");
         if mode.starts_with("produce --records 3000") {
             assert_eq!(summary["records"].as_u64(), Some(3000), "every record acknowledged once: {summary}");
+        }
+        if mode.ends_with("--subscribe") {
+            // A group rebalance may deliver a record twice (at least once).
+            assert!(summary["records"].as_u64().unwrap() >= 3000, "every record delivered: {summary}");
         }
         assert!(summary["p50_ms"].as_f64().unwrap() <= summary["max_ms"].as_f64().unwrap());
     }

@@ -149,6 +149,7 @@ async fn subscribe_group(c: &mut Client, pattern: &str, group: &str) -> tonic::S
         group: Some(group.into()),
         from: None,
         fallback: Some(proto::Boundary::Earliest as i32),
+        raw_batches: false,
     })
     .await
     .unwrap()

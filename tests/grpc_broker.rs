@@ -189,6 +189,7 @@ async fn pattern_subscription_sees_new_matching_topics_and_nothing_else() {
             group: None,
             from: at_boundary(proto::Boundary::Earliest),
             fallback: None,
+            raw_batches: false,
         })
         .await
         .unwrap()
@@ -524,5 +525,68 @@ async fn raw_produce_writes_client_batches_as_they_are_and_refuses_bad_ones() {
     let err = c.produce(raw_produce("small", Some(0), &client_batch(&[("", &big, T)], None))).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("max.record.bytes"), "{}", err.message());
+    server.shutdown().await.unwrap();
+}
+
+/// Reads raw Subscribe messages until `until` offsets have arrived, checking
+/// that each continues where the previous one ended; returns (offset, value).
+async fn raw_deliveries(
+    stream: &mut tonic::Streaming<proto::SubscribeResponse>,
+    mut next: u64,
+    until: u64,
+    group: bool,
+) -> Vec<(u64, String)> {
+    let mut got = Vec::new();
+    while next < until {
+        let m =
+            tokio::time::timeout(Duration::from_secs(20), stream.next()).await.expect("a message").unwrap().unwrap();
+        if m.record_batches.is_empty() {
+            continue; // an assignment message
+        }
+        assert!(m.records.is_empty(), "raw messages carry batches, not records");
+        assert_eq!((m.topic.as_str(), m.partition), ("raw.sub", 0));
+        assert_eq!(m.first_offset, next, "each message continues where the last ended");
+        assert_eq!(group, !m.member_id.is_empty());
+        for b in &m.record_batches {
+            for r in batch::decode_records(b).unwrap() {
+                if r.offset >= m.first_offset {
+                    got.push((r.offset, String::from_utf8(r.value.to_vec()).unwrap()));
+                }
+            }
+        }
+        assert_eq!(got.last().unwrap().0 + 1, m.next_offset);
+        next = m.next_offset;
+    }
+    got
+}
+
+#[tokio::test]
+async fn raw_subscription_pushes_stored_batches_alone_and_in_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "raw.sub", 1).await;
+    let value = |o: u64| format!("v{o}");
+    for b in 0..4u64 {
+        produce(&mut c, "raw.sub", None, (0..5).map(|j| record("", &value(b * 5 + j))).collect()).await;
+    }
+    let request = |group: Option<&str>, from| proto::SubscribeRequest {
+        topic_pattern: "raw.sub".into(),
+        group: group.map(String::from),
+        from,
+        fallback: Some(proto::Boundary::Earliest as i32),
+        raw_batches: true,
+    };
+    // From the middle of a batch: the message says which offset it starts at.
+    let mut alone = c.subscribe(request(None, at_offset(7))).await.unwrap().into_inner();
+    let got = raw_deliveries(&mut alone, 7, 20, false).await;
+    assert_eq!(got, (7..20).map(|o| (o, value(o))).collect::<Vec<_>>());
+    // A later append is pushed as it lands.
+    produce(&mut c, "raw.sub", None, (20..25).map(|o| record("", &value(o))).collect()).await;
+    assert_eq!(raw_deliveries(&mut alone, 20, 25, false).await, (20..25).map(|o| (o, value(o))).collect::<Vec<_>>());
+    // As a group member: from the committed offset (none, so the earliest).
+    let mut member = c.subscribe(request(Some("raw-group"), None)).await.unwrap().into_inner();
+    assert_eq!(raw_deliveries(&mut member, 0, 25, true).await, (0..25).map(|o| (o, value(o))).collect::<Vec<_>>());
+    drop((alone, member));
     server.shutdown().await.unwrap();
 }

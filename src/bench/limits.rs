@@ -88,6 +88,7 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         json: true,
         raw: false,
         in_flight: 1,
+        subscribe: false,
     };
     let target = load::Target::start(&base).await?;
     let on = |topic: &str| BenchArgs { server: Some(target.url.clone()), topic: topic.into(), ..base.clone() };
@@ -110,6 +111,8 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     let c4 = load::consume(&never).await?;
     eprintln!("[limits] 4b. consume again, raw batches");
     let c4r = load::consume(&BenchArgs { raw: true, ..never.clone() }).await?;
+    eprintln!("[limits] 4c. consume again, raw batches pushed over Subscribe");
+    let c4s = load::consume(&BenchArgs { raw: true, subscribe: true, ..never.clone() }).await?;
     // Last: right after the fsync-heavy steps 1 and 2 this VM's disk is
     // still busy, and p99 measured 3-5 ms instead of 1.1 ms.
     eprintln!("[limits] 5. end to end at 10,000 records/s, flush always");
@@ -125,6 +128,7 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         "produce_never_1k_stream4_raw": {"mb_per_s": p3r.mb_per_s, "ratio_to_tcp": p3r.mb_per_s / tcp},
         "consume_page_cache": {"mb_per_s": c4.mb_per_s, "records": c4.records, "ratio_to_tcp": c4.mb_per_s / tcp},
         "consume_page_cache_raw": {"mb_per_s": c4r.mb_per_s, "records": c4r.records, "ratio_to_tcp": c4r.mb_per_s / tcp},
+        "consume_page_cache_raw_subscribe": {"mb_per_s": c4s.mb_per_s, "records": c4s.records, "ratio_to_tcp": c4s.mb_per_s / tcp},
         "e2e_10k_always": {"p50_ms": e5.p50_ms, "p99_ms": e5.p99_ms, "p999_ms": e5.p999_ms, "max_ms": e5.max_ms, "records_per_s": e5.records_per_s},
     });
     if args.json {
@@ -146,6 +150,7 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     ratio("3c. same, client-encoded batches (record_batch)", p3r.mb_per_s, tcp, ">= 0.25");
     ratio("4. consume from page cache vs loopback TCP", c4.mb_per_s, tcp, ">= 0.50");
     ratio("4b. same, raw batches", c4r.mb_per_s, tcp, ">= 0.50");
+    ratio("4c. same, raw batches over Subscribe", c4s.mb_per_s, tcp, ">= 0.50");
     println!(
         "{:<62} p99 {:.2} ms, p99.9 {:.2} ms (< 2, < 10)",
         "5. e2e latency at 10k rec/s, always (send -> received)", e5.p99_ms, e5.p999_ms

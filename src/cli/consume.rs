@@ -52,6 +52,7 @@ pub async fn run(args: ConsumeArgs, client_args: &ClientArgs) -> anyhow::Result<
                 group: None,
                 from: Some(from),
                 fallback: None,
+                raw_batches: false,
             })
             .await
             .map_err(status_error)?
@@ -187,6 +188,7 @@ async fn consume_group_stream(
             group: Some(group.to_string()),
             from: Some(from),
             fallback: Some(fallback as i32),
+            raw_batches: false,
         })
         .await
         .map_err(status_error)?

@@ -2,6 +2,7 @@
 
 use crate::broker::groups::GroupInfo;
 use crate::broker::partition::ReadRecords;
+use crate::broker::subscription::SubscriptionEvent;
 use crate::broker::{PartitionInfo, Position, ProduceRequest, ProduceResult, TopicInfo};
 use crate::group::offsets::Committed;
 use crate::proto;
@@ -82,6 +83,25 @@ pub fn fetch_response(topic: &str, partition: u32, read: ReadRecords) -> proto::
         high_watermark: read.high_watermark,
         log_start_offset: read.log_start_offset,
         record_batches: vec![],
+    }
+}
+
+/// A Subscribe message carrying one delivery (records or stored batches).
+pub fn subscribe_response(delivered: Option<SubscriptionEvent>) -> proto::SubscribeResponse {
+    match delivered {
+        Some(SubscriptionEvent::Records { topic, partition, records }) => proto::SubscribeResponse {
+            records: records.into_iter().map(|r| stored_record(&topic, partition, r)).collect(),
+            ..Default::default()
+        },
+        Some(SubscriptionEvent::Batches { topic, partition, from, next, batches }) => proto::SubscribeResponse {
+            topic,
+            partition,
+            first_offset: from,
+            next_offset: next,
+            record_batches: batches,
+            ..Default::default()
+        },
+        Some(SubscriptionEvent::Assigned(_)) | None => proto::SubscribeResponse::default(),
     }
 }
 

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
 use super::status::{map_decode_status, to_status};
-use crate::broker::subscription::SubscriptionEvent;
+use crate::broker::subscription::{Delivery, SubscriptionEvent};
 use crate::broker::{Broker, Position};
 use crate::proto;
 
@@ -205,16 +205,17 @@ impl proto::broker_server::Broker for BrokerService {
         if fallback == Position::Committed {
             return Err(Status::invalid_argument("fallback must be EARLIEST or LATEST"));
         }
+        let delivery = if r.raw_batches { Delivery::Batches } else { Delivery::Records };
         if let Some(group) = r.group {
             let from = convert::position(r.from, Position::Committed)?;
-            return self.subscribe_group(r.topic_pattern, group, from, fallback);
+            return self.subscribe_group(r.topic_pattern, group, (from, fallback), delivery);
         }
         let mut from = convert::position(r.from, Position::Latest)?;
         if from == Position::Committed {
             // No group, so nothing is committed: use the fallback.
             from = fallback;
         }
-        let mut events = self.broker.subscribe(r.topic_pattern, from);
+        let mut events = self.broker.subscribe(r.topic_pattern, from, delivery);
         let (tx, rx) = mpsc::channel(1);
         let mut stopping = self.broker.watch_stopping();
         tokio::spawn(async move {
@@ -225,18 +226,14 @@ impl proto::broker_server::Broker for BrokerService {
                 };
                 let Some(event) = event else { return };
                 let message = event.map_err(to_status).map(|e| match e {
-                    SubscriptionEvent::Records { topic, partition, records } => proto::SubscribeResponse {
-                        records: records.into_iter().map(|r| convert::stored_record(&topic, partition, r)).collect(),
-                        ..Default::default()
-                    },
                     SubscriptionEvent::Assigned(held) => proto::SubscribeResponse {
-                        records: vec![],
                         assignments: held
                             .into_iter()
                             .map(|(topic, partitions)| proto::TopicPartitions { topic, partitions })
                             .collect(),
                         ..Default::default()
                     },
+                    delivered => convert::subscribe_response(Some(delivered)),
                 });
                 if tx.send(message).await.is_err() {
                     return;
@@ -381,26 +378,18 @@ impl BrokerService {
         &self,
         pattern: String,
         group: String,
-        from: Position,
-        fallback: Position,
+        (from, fallback): (Position, Position),
+        delivery: Delivery,
     ) -> Result<Response<BoxStream<proto::SubscribeResponse>>, Status> {
-        let mut events = self.broker.subscribe_group(pattern, group, from, fallback).map_err(to_status)?;
+        let mut events = self.broker.subscribe_group(pattern, group, from, fallback, delivery).map_err(to_status)?;
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
-                let message = event.map_err(to_status).map(|e| {
-                    let records = match e.records {
-                        Some(SubscriptionEvent::Records { topic, partition, records }) => {
-                            records.into_iter().map(|r| convert::stored_record(&topic, partition, r)).collect()
-                        }
-                        _ => vec![],
-                    };
-                    proto::SubscribeResponse {
-                        records,
-                        assignments: convert::assignments(&e.assignment),
-                        member_id: e.member_id,
-                        generation: e.generation,
-                    }
+                let message = event.map_err(to_status).map(|e| proto::SubscribeResponse {
+                    assignments: convert::assignments(&e.assignment),
+                    member_id: e.member_id,
+                    generation: e.generation,
+                    ..convert::subscribe_response(e.records)
                 });
                 if tx.send(message).await.is_err() {
                     return;
