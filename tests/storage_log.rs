@@ -423,7 +423,9 @@ fn opening_a_thousand_segments_reads_none_of_their_indexes() {
         .unwrap()
         .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "index"))
         .count();
-    assert_eq!(indexes, 1, "only the active segment's index is opened");
+    // Without a checkpoint recovery scans the active segment and the one
+    // before it (which `never` may not have fsynced yet); no other index.
+    assert_eq!(indexes, 2, "only the last two segments' indexes are opened");
     assert_eq!(read_all(&log, 0).unwrap().len(), 2000);
 }
 
@@ -576,4 +578,68 @@ fn a_new_partition_directory_is_made_durable_in_its_parent() {
     let parent_sync = format!("sync_dir {}", root.path().display());
     let first_write = ops.iter().position(|o| o.starts_with("write ")).unwrap();
     assert!(ops[..first_write].contains(&parent_sync), "{ops:?}");
+}
+
+/// Under `never`, nothing on the append path fsyncs: a roll leaves the old
+/// segment for `sync_closed` (the broker runs it in the background) and a
+/// checkpoint records only what is already durable. Once the rolled
+/// segments are synced, the checkpoint moves to the active segment.
+#[test]
+fn never_rolls_without_fsync_and_checkpoints_only_what_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::default();
+    let ops = fs.ops.clone();
+    let config = LogConfig { flush: FlushPolicy::Never, ..small_config() };
+    let log = Log::open(dir.path(), Arc::new(fs), Arc::new(SystemClock), config).unwrap();
+    let end = fill(&log, 40, 30);
+    assert!(log.segment_count() > 3);
+    let data_syncs = |ops: &[String]| ops.iter().filter(|o| o.starts_with("sync ") && o.ends_with(".log")).count();
+    assert_eq!(data_syncs(&ops.lock().unwrap()), 0, "no fsync of data on the append path under never");
+    assert!(log.has_unsynced_closed());
+    // Nothing is durable yet past the first segment: no checkpoint to write.
+    assert!(!log.checkpoint_durable().unwrap());
+    log.sync_closed().unwrap();
+    assert!(!log.has_unsynced_closed());
+    let closed = log.segment_count() - 1;
+    assert_eq!(data_syncs(&ops.lock().unwrap()), closed, "each rolled segment fsynced once");
+    // The checkpoint now starts recovery at the active segment, and writing
+    // it again without progress does nothing.
+    assert!(log.checkpoint_durable().unwrap());
+    assert!(!log.checkpoint_durable().unwrap());
+    assert_eq!(data_syncs(&ops.lock().unwrap()), closed, "checkpoints fsync no data");
+    drop(log); // unclean
+    let log = open(dir.path(), config);
+    assert_eq!(log.high_watermark(), end);
+    assert_prefix(&read_all(&log, 0).unwrap(), end, 30);
+}
+
+/// A power loss can leave the last rolled segment of a `never` log with a
+/// torn tail while the segment after it exists, and can lose the checkpoint
+/// (a hint written without fsync). Recovery then starts at the segment
+/// before the active one, cuts the torn tail and drops what follows, so no
+/// hole and no corrupt record is ever served.
+#[test]
+fn lost_checkpoint_and_torn_rolled_segment_recover_to_a_clean_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { flush: FlushPolicy::Never, ..small_config() };
+    let log = open(dir.path(), config);
+    fill(&log, 40, 30);
+    drop(log);
+    let mut logs: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    let last_closed = &logs[logs.len() - 2];
+    let base: u64 = last_closed.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let len = std::fs::metadata(last_closed).unwrap().len();
+    // Tear the last rolled segment in its last batch, and lose the checkpoint.
+    std::fs::OpenOptions::new().write(true).open(last_closed).unwrap().set_len(len - 5).unwrap();
+    let _ = std::fs::remove_file(dir.path().join("recovery.checkpoint"));
+    let log = open(dir.path(), config);
+    let hw = log.high_watermark();
+    assert!(hw > base && hw < base + 100, "recovered into the torn segment: {hw}");
+    assert_eq!(log.segment_count(), logs.len() - 1, "the segment after the tear is removed");
+    assert_prefix(&read_all(&log, 0).unwrap(), hw, 30);
 }

@@ -3,7 +3,7 @@
 //! Log calls that may wait on the disk (fsyncs, rolls, reads) run on tokio's
 //! blocking pool; an append's pwrite into the page cache runs in place.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -19,8 +19,8 @@ pub struct Partition {
     pub log: Arc<Log>,
     /// The high watermark, sent after every append that moved it.
     high_watermark: watch::Sender<u64>,
-    /// High watermark at the last recovery checkpoint (skip clean partitions).
-    checkpointed_at: AtomicU64,
+    /// Set while a task fsyncs segments rolled without one.
+    syncing_closed: AtomicBool,
     /// Clock time of the last background fsync (interval flush policy).
     last_flush_ms: AtomicU64,
 }
@@ -43,7 +43,7 @@ impl Partition {
             id,
             log: Arc::new(log),
             high_watermark: watch::Sender::new(hw),
-            checkpointed_at: AtomicU64::new(hw),
+            syncing_closed: AtomicBool::new(false),
             last_flush_ms: AtomicU64::new(0),
         }
     }
@@ -164,15 +164,31 @@ impl Partition {
             .map_err(|e| self.error(e))
     }
 
-    /// Writes a recovery checkpoint if anything was appended since the last one.
+    /// Writes a recovery checkpoint if the durable point moved since the
+    /// last one. It syncs nothing: under `never` that is the OS's business,
+    /// and under `always` acknowledged batches are already durable.
     pub async fn checkpoint_if_dirty(self: &Arc<Self>) -> Result<()> {
-        let hw = self.log.high_watermark();
-        if hw == self.checkpointed_at.load(Ordering::Acquire) && !self.log.has_unsynced() {
+        if !self.log.checkpoint_stale() {
             return Ok(());
         }
-        self.blocking(|log| log.checkpoint()).await?;
-        self.checkpointed_at.store(hw, Ordering::Release);
+        self.blocking(|log| log.checkpoint_durable()).await?;
         Ok(())
+    }
+
+    /// Starts a task that fsyncs segments rolled without one (`never` and
+    /// `interval` topics), unless one is running, so the durable point and
+    /// the recovery checkpoint follow the rolls.
+    pub fn spawn_sync_closed(self: &Arc<Self>) {
+        if !self.log.has_unsynced_closed() || self.syncing_closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.blocking(|log| log.sync_closed()).await {
+                tracing::error!(topic = %this.topic, partition = this.id, error = %e, "fsync of a rolled segment failed");
+            }
+            this.syncing_closed.store(false, Ordering::Release);
+        });
     }
 
     /// For the `interval:<ms>` policy: fsyncs when the interval has passed.

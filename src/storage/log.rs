@@ -166,9 +166,18 @@ struct Writer {
     /// Clock time of the active segment's first append, for `segment.ms`.
     first_append_ms: Option<i64>,
     producers: ProducerState,
-    /// The latest point known to be on stable storage.
+    /// The latest point known to be on stable storage. `durable_position`
+    /// is a position in the active segment and means something only while
+    /// `durable_offset >= active.base_offset`.
     durable_offset: u64,
     durable_position: u64,
+    /// Segments rolled under `never` or `interval` whose tail is not yet
+    /// fsynced, with the offset after each. A roll does not fsync the old
+    /// segment under the writer lock (128 MiB of dirty pages take the disk
+    /// hundreds of milliseconds); the next sync or `sync_closed` does.
+    unsynced_closed: Vec<(Arc<Segment>, u64)>,
+    /// The (segment, position) of the last checkpoint written.
+    checkpointed: (u64, u64),
     /// Bumped whenever unsynced data is discarded, to fail its waiters.
     epoch: u64,
     /// Why writes are refused, once an error left the log in doubt.
@@ -274,6 +283,8 @@ impl Log {
             producers: recovered.producers,
             durable_offset: recovered.next_offset,
             durable_position: recovered.position,
+            unsynced_closed: Vec::new(),
+            checkpointed: (u64::MAX, 0),
             epoch: 0,
             poisoned: None,
         };
@@ -527,37 +538,71 @@ impl Log {
             let _ = new.delete();
             return Err(StorageError::io(&self.dir, e));
         }
-        if let Err(e) = w.active.close() {
+        // Under `always` the old segment is fsynced here (its acknowledged
+        // batches already are; this covers the ones still waiting). Under
+        // `never` and `interval` nobody waits for it, so the fsync is left to
+        // the next sync or `sync_closed`, off the writer lock.
+        let sync_now =
+            (config.flush == FlushPolicy::Always || w.durable_offset >= w.next_offset) && w.unsynced_closed.is_empty();
+        let closed = if sync_now { w.active.close() } else { w.active.close_unsynced() };
+        if let Err(e) = closed {
             let _ = new.delete();
             w.poisoned = Some(format!("closing segment failed: {e}"));
             return Err(e);
         }
-        // Everything written so far is now durable: publish it and release
-        // any appender waiting for it.
         self.publish(w);
-        {
-            let mut s = lock(&self.sync);
-            s.synced_offset = s.synced_offset.max(w.next_offset);
+        if sync_now {
+            // Everything written so far is now durable: release any
+            // appender waiting for it.
+            {
+                let mut s = lock(&self.sync);
+                s.synced_offset = s.synced_offset.max(w.next_offset);
+            }
+            self.synced.notify_all();
+        } else {
+            w.unsynced_closed.push((w.active.clone(), w.next_offset));
         }
-        self.synced.notify_all();
         self.segments.write().unwrap_or_else(|e| e.into_inner()).insert(new.base_offset, new.clone());
         w.active = new;
         w.position = 0;
         w.bytes_since_entry = 0;
         w.max_timestamp = i64::MIN;
         w.first_append_ms = None;
-        w.durable_offset = w.next_offset;
-        w.durable_position = 0;
-        let cp = Checkpoint {
-            segment_base: w.active.base_offset,
-            position: 0,
-            next_offset: w.next_offset,
-            producers: w.producers.clone(),
-        };
-        if let Err(e) = self.write_checkpoint(&cp) {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "could not write the recovery checkpoint; recovery will scan more");
+        if sync_now {
+            w.durable_offset = w.next_offset;
         }
-        tracing::debug!(dir = %self.dir.display(), base_offset = w.next_offset, "rolled segment");
+        w.durable_position = 0;
+        if let Some(cp) = durable_checkpoint(w) {
+            if let Err(e) = self.write_checkpoint(&cp) {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "could not write the recovery checkpoint; recovery will scan more");
+            }
+            w.checkpointed = (cp.segment_base, cp.position);
+        }
+        tracing::debug!(dir = %self.dir.display(), base_offset = w.next_offset, synced = sync_now, "rolled segment");
+        Ok(())
+    }
+
+    /// Whether rolled segments wait for their fsync ([`Log::sync_closed`]).
+    pub fn has_unsynced_closed(&self) -> bool {
+        !lock(&self.writer).unsynced_closed.is_empty()
+    }
+
+    /// Fsyncs the segments rolled without one, without holding the writer
+    /// lock, and advances the durable point past them. A failed fsync
+    /// poisons the log: readers may have seen those batches.
+    pub fn sync_closed(&self) -> Result<()> {
+        let closed = lock(&self.writer).unsynced_closed.clone();
+        if closed.is_empty() {
+            return Ok(());
+        }
+        let result = sync_segments(&closed);
+        let mut w = lock(&self.writer);
+        if let Err(reason) = result {
+            tracing::error!(%reason, "poisoning the log");
+            w.poisoned = Some(reason.clone());
+            return Err(StorageError::SyncFailed { path: self.dir.clone(), reason });
+        }
+        forget_synced(&mut w, &closed);
         Ok(())
     }
 
@@ -600,14 +645,23 @@ impl Log {
     /// covers; on failure discards the unsynced tail (or poisons the log) and
     /// returns the new epoch and the reason.
     fn sync_once(&self) -> std::result::Result<u64, (u64, String)> {
-        let (segment, offset, position) = {
+        let (segment, offset, position, closed) = {
             let w = lock(&self.writer);
-            (w.active.clone(), w.next_offset, w.position)
+            (w.active.clone(), w.next_offset, w.position, w.unsynced_closed.clone())
         };
+        // Rolled segments first: the durable point cannot pass them.
+        if let Err(reason) = sync_segments(&closed) {
+            let mut w = lock(&self.writer);
+            tracing::error!(%reason, "poisoning the log");
+            w.poisoned = Some(reason.clone());
+            w.epoch += 1;
+            return Err((w.epoch, reason));
+        }
         // The fsync that makes group-committed appends durable: guards
         // against a power loss losing batches we are about to acknowledge.
         let result = segment.log.sync_data();
         let mut w = lock(&self.writer);
+        forget_synced(&mut w, &closed);
         match result {
             Ok(()) => {
                 if Arc::ptr_eq(&w.active, &segment) && w.durable_position < position {
@@ -666,18 +720,32 @@ impl Log {
     /// recovery starts scanning there.
     pub fn checkpoint(&self) -> Result<()> {
         self.sync()?;
+        self.checkpoint_durable().map(|_| ())
+    }
+
+    /// Records the durable point reached so far, without syncing anything,
+    /// if it moved since the last checkpoint; returns whether it wrote one.
+    /// Under `never` the durable point moves only when rolled segments are
+    /// synced, so recovery after a crash scans at most the active segment.
+    pub fn checkpoint_durable(&self) -> Result<bool> {
         let cp = {
-            let w = lock(&self.writer);
-            let mut producers = w.producers.clone();
-            producers.truncate(w.durable_offset);
-            Checkpoint {
-                segment_base: w.active.base_offset,
-                position: w.durable_position,
-                next_offset: w.durable_offset,
-                producers,
+            let mut w = lock(&self.writer);
+            match durable_checkpoint(&w) {
+                Some(cp) if (cp.segment_base, cp.position) != w.checkpointed => {
+                    w.checkpointed = (cp.segment_base, cp.position);
+                    cp
+                }
+                _ => return Ok(false),
             }
         };
-        self.write_checkpoint(&cp)
+        self.write_checkpoint(&cp)?;
+        Ok(true)
+    }
+
+    /// Whether [`Log::checkpoint_durable`] has something new to record.
+    pub fn checkpoint_stale(&self) -> bool {
+        let w = lock(&self.writer);
+        durable_checkpoint(&w).is_some_and(|cp| (cp.segment_base, cp.position) != w.checkpointed)
     }
 
     /// Writes the checkpoint as a hint: the log before it was fsynced first,
@@ -825,6 +893,41 @@ impl Log {
     }
 }
 
+/// The checkpoint for the writer's durable point, when that point is in the
+/// active segment (not while rolled segments still wait for their fsync).
+fn durable_checkpoint(w: &Writer) -> Option<Checkpoint> {
+    if !w.unsynced_closed.is_empty() || w.durable_offset < w.active.base_offset {
+        return None;
+    }
+    let mut producers = w.producers.clone();
+    producers.truncate(w.durable_offset);
+    Some(Checkpoint {
+        segment_base: w.active.base_offset,
+        position: w.durable_position,
+        next_offset: w.durable_offset,
+        producers,
+    })
+}
+
+/// Fsyncs rolled segments; the error names the first that failed.
+fn sync_segments(closed: &[(Arc<Segment>, u64)]) -> std::result::Result<(), String> {
+    for (segment, _) in closed {
+        // Guards against a power loss losing a rolled segment's tail after
+        // later segments (and checkpoints pointing into them) are durable.
+        segment.log.sync_data().map_err(|e| format!("fsync of {} failed: {e}", segment.log_path.display()))?;
+    }
+    Ok(())
+}
+
+/// Drops synced segments from the writer's list and advances the durable
+/// point to the active segment's start once none is left before it.
+fn forget_synced(w: &mut Writer, synced: &[(Arc<Segment>, u64)]) {
+    w.unsynced_closed.retain(|(s, _)| !synced.iter().any(|(done, _)| Arc::ptr_eq(s, done)));
+    if let Some(end) = synced.iter().map(|(_, end)| *end).max() {
+        w.durable_offset = w.durable_offset.max(end.min(w.unsynced_closed.first().map_or(end, |(s, _)| s.base_offset)));
+    }
+}
+
 fn read_checkpoint(fs: &dyn FileSystem, dir: &Path) -> Option<Checkpoint> {
     let path = dir.join(checkpoint::FILE_NAME);
     if !fs.exists(&path) {
@@ -869,13 +972,19 @@ fn recover(
     }
     let started = std::time::Instant::now();
     // Where to start: the checkpoint if it names a segment we have and lies
-    // inside it, else the start of the active segment (closed segments were
-    // fsynced when they were rolled).
+    // inside it. Without one, the start of the segment before the active
+    // one: under `never` a rolled segment is fsynced shortly after the roll,
+    // so after a power loss the last closed segment may still have a torn
+    // tail; the ones before it were synced before any checkpoint could pass
+    // them.
     let (start_base, start_position, start_offset, mut producers) = match checkpoint {
         Some(cp) if segments.get(&cp.segment_base).is_some_and(|s| cp.position <= s.readable_len()) => {
             (cp.segment_base, cp.position, cp.next_offset, cp.producers)
         }
-        _ => (active.base_offset, 0, active.base_offset, ProducerState::default()),
+        _ => {
+            let base = segments.range(..active.base_offset).next_back().map_or(active.base_offset, |(b, _)| *b);
+            (base, 0, base, ProducerState::default())
+        }
     };
     let to_scan: Vec<Arc<Segment>> = segments.range(start_base..).map(|(_, s)| s.clone()).collect();
     let mut next_offset = start_offset;

@@ -469,6 +469,12 @@ impl Segment {
         // Guards against a power loss losing this segment's tail after later
         // segments (and checkpoints pointing into them) became durable.
         self.log.sync_data().map_err(|e| StorageError::io(&self.log_path, e))?;
+        self.close_unsynced()
+    }
+
+    /// Closes the segment without fsyncing its data; the caller must fsync
+    /// it before anything durable depends on it (see `Log::sync_closed`).
+    pub fn close_unsynced(&self) -> Result<()> {
         if let Some(idx) = self.indexes.get() {
             idx.offset.trim().map_err(|e| StorageError::io(idx.offset.path(), e))?;
             idx.time.trim().map_err(|e| StorageError::io(idx.time.path(), e))?;
