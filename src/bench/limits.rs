@@ -12,15 +12,16 @@ use super::load;
 use super::{BenchArgs, LimitsArgs};
 use crate::storage::FlushPolicy;
 
-/// MB/s of appending `chunk`-byte writes to a file for about `time`,
+/// MB/s of appending `chunk`-byte writes to a file for about `time` (or
+/// until `max_bytes`),
 /// optionally fdatasync'ing each (a plain write loop; no fio needed).
-fn file_append(dir: &Path, chunk: usize, sync: bool, time: Duration) -> anyhow::Result<f64> {
+fn file_append(dir: &Path, chunk: usize, sync: bool, time: Duration, max_bytes: u64) -> anyhow::Result<f64> {
     let path = dir.join(format!("limits-{chunk}-{sync}.bin"));
     let mut file = std::fs::File::create(&path)?;
     let buf = vec![0x5a; chunk];
     let started = Instant::now();
     let mut written = 0u64;
-    while started.elapsed() < time && written < (4u64 << 30) {
+    while started.elapsed() < time && written < max_bytes {
         file.write_all(&buf)?;
         if sync {
             file.sync_data()?;
@@ -65,9 +66,10 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("strata-limits-").tempdir_in(&args.data_dir)?;
     let t = Duration::from_secs(2);
     eprintln!("[limits] measuring baselines on {}", args.data_dir.display());
-    let sync_64k = file_append(dir.path(), 64 << 10, true, t)?;
-    let sync_1m = file_append(dir.path(), 1 << 20, true, t)?;
-    let buffered = file_append(dir.path(), 1 << 20, false, t)?;
+    let sync_64k = file_append(dir.path(), 64 << 10, true, t, 4 << 30)?;
+    let sync_1m = file_append(dir.path(), 1 << 20, true, t, 4 << 30)?;
+    // Like step 3: 1 GB into the page cache.
+    let buffered = file_append(dir.path(), 1 << 20, false, t, 1 << 30)?;
     let tcp = loopback_tcp(t).await?;
     eprintln!("[limits] append+fdatasync 64 KiB {sync_64k:.0} MB/s, 1 MiB {sync_1m:.0} MB/s; buffered {buffered:.0} MB/s; loopback TCP {tcp:.0} MB/s");
 
@@ -96,8 +98,13 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     let p1 = load::produce(&on("limits.always.1k")).await?;
     eprintln!("[limits] 2. produce 100 B x 100, 8 producers, flush always");
     let p2 = load::produce(&BenchArgs { record_bytes: 100, ..on("limits.always.100b") }).await?;
-    let never = BenchArgs { flush: FlushPolicy::Never, ..on("limits.never") };
-    eprintln!("[limits] 3. produce 1 KiB x 100, 8 producers, flush never");
+    // A fixed 1 GB per flush-never step, not a duration: what fits in the
+    // page cache measures the broker; a 5 s run (3-4 GB) measured the disk's
+    // writeback once free memory ran out (a plain `dd` loop here fell from
+    // 1.9 GB/s to 0.4 GB/s on its second 5 s run). Each step's topic is
+    // fsynced afterwards, so the next starts with no dirty pages.
+    let never = BenchArgs { flush: FlushPolicy::Never, records: Some(1_000_000), duration: None, ..on("limits.never") };
+    eprintln!("[limits] 3. produce 1 GB (1 KiB x 100), 8 producers, flush never");
     let p3 = load::produce(&never).await?;
     load::settle(&target.url, &never.topic).await?;
     eprintln!("[limits] 3b. same, each producer pipelining 4 requests over ProduceStream");
@@ -107,7 +114,7 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     let p3r = load::produce(&BenchArgs { in_flight: 4, raw: true, topic: "limits.never.raw".into(), ..never.clone() })
         .await?;
     load::settle(&target.url, "limits.never.raw").await?;
-    eprintln!("[limits] 4. consume what step 3 wrote (page cache)");
+    eprintln!("[limits] 4. consume the 1 GB step 3 wrote (page cache)");
     let c4 = load::consume(&never).await?;
     eprintln!("[limits] 4b. consume again, raw batches");
     let c4r = load::consume(&BenchArgs { raw: true, ..never.clone() }).await?;
@@ -123,7 +130,7 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         "baselines_mb_per_s": {"append_fdatasync_64k": sync_64k, "append_fdatasync_1m": sync_1m, "buffered_write": buffered, "loopback_tcp": tcp},
         "produce_always_1k": {"mb_per_s": p1.mb_per_s, "records_per_s": p1.records_per_s, "p99_ms": p1.p99_ms, "ratio_to_fdatasync_1m": p1.mb_per_s / sync_1m},
         "produce_always_100b": {"records_per_s": p2.records_per_s, "mb_per_s": p2.mb_per_s, "p99_ms": p2.p99_ms},
-        "produce_never_1k": {"mb_per_s": p3.mb_per_s, "ratio_to_tcp": p3.mb_per_s / tcp},
+        "produce_never_1k": {"mb_per_s": p3.mb_per_s, "ratio_to_tcp": p3.mb_per_s / tcp, "ratio_to_buffered_write": p3.mb_per_s / buffered},
         "produce_never_1k_stream4": {"mb_per_s": p3s.mb_per_s, "ratio_to_tcp": p3s.mb_per_s / tcp},
         "produce_never_1k_stream4_raw": {"mb_per_s": p3r.mb_per_s, "ratio_to_tcp": p3r.mb_per_s / tcp},
         "consume_page_cache": {"mb_per_s": c4.mb_per_s, "records": c4.records, "ratio_to_tcp": c4.mb_per_s / tcp},
@@ -145,7 +152,8 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         "{:<62} {:>8.0} rec/s {:>22}",
         "2. produce 100 B x100, 8 producers, always", p2.records_per_s, "(>= 300000 rec/s)"
     );
-    ratio("3. produce never vs loopback TCP", p3.mb_per_s, tcp, ">= 0.25");
+    ratio("3. produce never (1 GB) vs loopback TCP", p3.mb_per_s, tcp, ">= 0.25");
+    ratio("   the same vs buffered write of 1 GB", p3.mb_per_s, buffered, "its bound here");
     ratio("3b. same, 4 in flight per producer (ProduceStream)", p3s.mb_per_s, tcp, ">= 0.25");
     ratio("3c. same, client-encoded batches (record_batch)", p3r.mb_per_s, tcp, ">= 0.25");
     ratio("4. consume from page cache vs loopback TCP", c4.mb_per_s, tcp, ">= 0.50");
