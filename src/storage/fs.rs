@@ -158,7 +158,8 @@ impl StorageFile for StdFile {
 /// encoded, so it does not add the file's pages to the broker's RSS for long.
 ///
 /// Safety argument: a mapping of a file that shrinks under it raises SIGBUS
-/// on access. The storage engine only maps readable bytes of a segment, and
+/// on access (and so would a page that fails to read from disk; that case
+/// is checked by populating the mapping with MADV_POPULATE_READ first). The storage engine only maps readable bytes of a segment, and
 /// it never cuts readable bytes while the broker runs: a failed write or
 /// fsync cuts only bytes no reader could see, recovery cuts before any
 /// reader exists, and retention unlinks whole files (a mapping outlives the
@@ -178,20 +179,30 @@ mod mapped {
     pub fn read(file: &File, position: u64, len: usize) -> io::Result<Bytes> {
         let file_len = file.metadata()?.len();
         let len = (file_len.saturating_sub(position)).min(len as u64) as usize;
-        if len < MAP_MIN {
-            let mut buf = vec![0u8; len];
-            std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, position)?;
-            return Ok(Bytes::from(buf));
+        if len >= MAP_MIN {
+            if let Some(bytes) = map(file, position, len) {
+                return Ok(bytes);
+            }
         }
+        let mut buf = vec![0u8; len];
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, position)?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// The range as a populated mapping, or None to read it with pread.
+    fn map(file: &File, position: u64, len: usize) -> Option<Bytes> {
         let page = 4096u64;
         let start = position - position % page;
         let skip = (position - start) as usize;
-        // SAFETY: the range is inside the file (checked just above) and,
+        // SAFETY: the range is inside the file (checked by the caller) and,
         // by the argument in the module docs, is never cut while mapped.
-        // MAP_POPULATE maps every page now, so the encode's copy does not
-        // take a page fault per 64 KiB.
-        let map = unsafe { memmap2::MmapOptions::new().offset(start).len(skip + len).populate().map(file)? };
-        Ok(Bytes::from_owner(map).slice(skip..))
+        let map = unsafe { memmap2::MmapOptions::new().offset(start).len(skip + len).map(file) }.ok()?;
+        // Reads every page in now, so the encode's copy takes no page fault
+        // per 64 KiB, and, unlike MAP_POPULATE, reports a failed read (a
+        // media error) as an error instead of a SIGBUS on first touch: we
+        // then fall back to pread, which returns it as an I/O error.
+        map.advise(memmap2::Advice::PopulateRead).ok()?;
+        Some(Bytes::from_owner(map).slice(skip..))
     }
 }
 
