@@ -408,10 +408,9 @@ async fn consume_fetched(
     meter: &Arc<Meter>,
     deadline: Option<Instant>,
 ) -> anyhow::Result<()> {
-    let target_url = url;
     let mut tasks = Vec::new();
     for k in 0..args.consumers.max(1) {
-        let (c, meter, topic, raw) = (client(target_url).await?, meter.clone(), args.topic.clone(), args.raw);
+        let (c, meter, topic, raw) = (client(url).await?, meter.clone(), args.topic.clone(), args.raw);
         let partitions: Vec<u32> = (0..args.partitions).filter(|p| *p as usize % args.consumers.max(1) == k).collect();
         tasks.push(tokio::spawn(async move {
             loop {

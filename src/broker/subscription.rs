@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::partition::Partition;
 use super::topic::Topic;
 use super::{Broker, BrokerError, Position};
-use crate::storage::batch::{BatchHeader, StoredRecord};
+use crate::storage::batch::StoredRecord;
 
 /// Records per push message.
 pub const PUSH_RECORDS_MAX: usize = 1000;
@@ -193,9 +193,7 @@ async fn read_next(
         }
         Delivery::Batches => {
             let read = partition.read_raw(offset, PUSH_RAW_BYTES_MAX).await?;
-            let next =
-                read.batches.last().and_then(|b| BatchHeader::parse(b, usize::MAX).ok()).map(|h| h.next_offset());
-            next.map(|next| SubscriptionEvent::Batches {
+            read.next_offset().map(|next| SubscriptionEvent::Batches {
                 topic,
                 partition: id,
                 from: offset,

@@ -107,15 +107,10 @@ pub fn subscribe_response(delivered: Option<SubscriptionEvent>) -> proto::Subscr
 
 /// A raw fetch: the stored batches as they are; next_offset is after the last.
 pub fn raw_fetch_response(from: Position, read: crate::storage::ReadBatches) -> proto::FetchResponse {
-    let next_offset = read
-        .batches
-        .last()
-        .and_then(|b| crate::storage::batch::BatchHeader::parse(b, usize::MAX).ok())
-        .map(|h| h.next_offset())
-        .unwrap_or(match from {
-            Position::Offset(o) => o,
-            _ => read.high_watermark,
-        });
+    let next_offset = read.next_offset().unwrap_or(match from {
+        Position::Offset(o) => o,
+        _ => read.high_watermark,
+    });
     proto::FetchResponse {
         records: vec![],
         next_offset,

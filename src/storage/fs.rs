@@ -37,6 +37,11 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     /// file is open (see the `mapped` module); the real file system maps them instead
     /// of copying them.
     fn read_shared(&self, position: u64, len: usize) -> io::Result<bytes::Bytes> {
+        self.read_up_to(position, len).map(bytes::Bytes::from)
+    }
+
+    /// Reads up to `len` bytes at `position` (fewer at the end of the file).
+    fn read_up_to(&self, position: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
         let mut filled = 0;
         while filled < len {
@@ -48,7 +53,7 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
             }
         }
         buf.truncate(filled);
-        Ok(bytes::Bytes::from(buf))
+        Ok(buf)
     }
 
     /// Reads exactly `buf.len()` bytes at `position` or fails with `UnexpectedEof`.

@@ -152,6 +152,13 @@ pub struct ReadBatches {
     pub log_start_offset: u64,
 }
 
+impl ReadBatches {
+    /// The offset after the last batch, if any batch was read.
+    pub fn next_offset(&self) -> Option<u64> {
+        self.batches.last().and_then(|b| BatchHeader::parse(b, usize::MAX).ok()).map(|h| h.next_offset())
+    }
+}
+
 /// State owned by the one writer.
 #[derive(Debug)]
 struct Writer {
@@ -572,11 +579,11 @@ impl Log {
             w.durable_offset = w.next_offset;
         }
         w.durable_position = 0;
-        if let Some(cp) = durable_checkpoint(w) {
-            if let Err(e) = self.write_checkpoint(&cp) {
+        if let Some(point) = durable_point(w) {
+            if let Err(e) = self.write_checkpoint(&durable_checkpoint(w)) {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "could not write the recovery checkpoint; recovery will scan more");
             }
-            w.checkpointed = (cp.segment_base, cp.position);
+            w.checkpointed = point;
         }
         tracing::debug!(dir = %self.dir.display(), base_offset = w.next_offset, synced = sync_now, "rolled segment");
         Ok(())
@@ -598,8 +605,7 @@ impl Log {
         let result = sync_segments(&closed);
         let mut w = lock(&self.writer);
         if let Err(reason) = result {
-            tracing::error!(%reason, "poisoning the log");
-            w.poisoned = Some(reason.clone());
+            poison(&mut w, &reason);
             return Err(StorageError::SyncFailed { path: self.dir.clone(), reason });
         }
         forget_synced(&mut w, &closed);
@@ -652,8 +658,7 @@ impl Log {
         // Rolled segments first: the durable point cannot pass them.
         if let Err(reason) = sync_segments(&closed) {
             let mut w = lock(&self.writer);
-            tracing::error!(%reason, "poisoning the log");
-            w.poisoned = Some(reason.clone());
+            poison(&mut w, &reason);
             w.epoch += 1;
             return Err((w.epoch, reason));
         }
@@ -730,10 +735,10 @@ impl Log {
     pub fn checkpoint_durable(&self) -> Result<bool> {
         let cp = {
             let mut w = lock(&self.writer);
-            match durable_checkpoint(&w) {
-                Some(cp) if (cp.segment_base, cp.position) != w.checkpointed => {
-                    w.checkpointed = (cp.segment_base, cp.position);
-                    cp
+            match durable_point(&w) {
+                Some(point) if point != w.checkpointed => {
+                    w.checkpointed = point;
+                    durable_checkpoint(&w)
                 }
                 _ => return Ok(false),
             }
@@ -745,7 +750,7 @@ impl Log {
     /// Whether [`Log::checkpoint_durable`] has something new to record.
     pub fn checkpoint_stale(&self) -> bool {
         let w = lock(&self.writer);
-        durable_checkpoint(&w).is_some_and(|cp| (cp.segment_base, cp.position) != w.checkpointed)
+        durable_point(&w).is_some_and(|point| point != w.checkpointed)
     }
 
     /// Writes the checkpoint as a hint: the log before it was fsynced first,
@@ -893,20 +898,30 @@ impl Log {
     }
 }
 
-/// The checkpoint for the writer's durable point, when that point is in the
+/// The writer's durable point as (segment, position), when it is in the
 /// active segment (not while rolled segments still wait for their fsync).
-fn durable_checkpoint(w: &Writer) -> Option<Checkpoint> {
-    if !w.unsynced_closed.is_empty() || w.durable_offset < w.active.base_offset {
-        return None;
-    }
+fn durable_point(w: &Writer) -> Option<(u64, u64)> {
+    let in_active = w.unsynced_closed.is_empty() && w.durable_offset >= w.active.base_offset;
+    in_active.then_some((w.active.base_offset, w.durable_position))
+}
+
+/// The checkpoint at the durable point (see [`durable_point`]).
+fn durable_checkpoint(w: &Writer) -> Checkpoint {
     let mut producers = w.producers.clone();
     producers.truncate(w.durable_offset);
-    Some(Checkpoint {
+    Checkpoint {
         segment_base: w.active.base_offset,
         position: w.durable_position,
         next_offset: w.durable_offset,
         producers,
-    })
+    }
+}
+
+/// Refuses further writes after a rolled segment's fsync failed: readers
+/// may have seen its batches, so they cannot be cut.
+fn poison(w: &mut Writer, reason: &str) {
+    tracing::error!(%reason, "poisoning the log");
+    w.poisoned = Some(reason.to_string());
 }
 
 /// Fsyncs rolled segments; the error names the first that failed.

@@ -328,18 +328,7 @@ impl Segment {
     }
 
     fn read_range(&self, position: u64, len: usize) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        let mut filled = 0;
-        while filled < len {
-            match self.log.read_at(&mut buf[filled..], position + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(StorageError::io(&self.log_path, e)),
-            }
-        }
-        buf.truncate(filled);
-        Ok(buf)
+        self.log.read_up_to(position, len).map_err(|e| StorageError::io(&self.log_path, e))
     }
 
     /// Position of the batch whose base offset is `base_offset + relative`.
