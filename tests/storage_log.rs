@@ -596,16 +596,17 @@ fn never_rolls_without_fsync_and_checkpoints_only_what_is_durable() {
     let data_syncs = |ops: &[String]| ops.iter().filter(|o| o.starts_with("sync ") && o.ends_with(".log")).count();
     assert_eq!(data_syncs(&ops.lock().unwrap()), 0, "no fsync of data on the append path under never");
     assert!(log.has_unsynced_closed());
-    // Nothing is durable yet past the first segment: no checkpoint to write.
-    assert!(!log.checkpoint_durable().unwrap());
+    // Nothing is durable past the first segment yet; the checkpoint records
+    // the written point (for a crash in this boot), once.
+    assert!(log.checkpoint_hint().unwrap());
+    assert!(!log.checkpoint_hint().unwrap());
     log.sync_closed().unwrap();
     assert!(!log.has_unsynced_closed());
     let closed = log.segment_count() - 1;
     assert_eq!(data_syncs(&ops.lock().unwrap()), closed, "each rolled segment fsynced once");
-    // The checkpoint now starts recovery at the active segment, and writing
-    // it again without progress does nothing.
-    assert!(log.checkpoint_durable().unwrap());
-    assert!(!log.checkpoint_durable().unwrap());
+    // The durable point moved to the active segment: recorded, once.
+    assert!(log.checkpoint_hint().unwrap());
+    assert!(!log.checkpoint_hint().unwrap());
     assert_eq!(data_syncs(&ops.lock().unwrap()), closed, "checkpoints fsync no data");
     drop(log); // unclean
     let log = open(dir.path(), config);
@@ -642,4 +643,132 @@ fn lost_checkpoint_and_torn_rolled_segment_recover_to_a_clean_prefix() {
     assert!(hw > base && hw < base + 100, "recovered into the torn segment: {hw}");
     assert_eq!(log.segment_count(), logs.len() - 1, "the segment after the tear is removed");
     assert_prefix(&read_all(&log, 0).unwrap(), hw, 30);
+}
+
+fn one_segment_never() -> LogConfig {
+    LogConfig { flush: FlushPolicy::Never, segment_bytes: 1 << 20, index_interval_bytes: 256, ..LogConfig::default() }
+}
+
+/// Like [`fill`], with timestamps that grow as a clock's do, so the time
+/// index has entries all along the segment.
+fn fill_ticking(log: &Log, batches: usize, len: usize) -> u64 {
+    for _ in 0..batches {
+        let next = log.high_watermark();
+        log.append(&mut batch_of(next, 3, len, T0 + next as i64)).unwrap();
+    }
+    log.high_watermark()
+}
+
+/// Where `read <segment>@<position>` ops of the first segment start.
+fn first_read_position(ops: &[String]) -> Option<u64> {
+    ops.iter().filter_map(|o| o.strip_prefix("read ")?.rsplit_once("00000000000000000000.log@")?.1.parse().ok()).min()
+}
+
+/// After a process crash (same boot) recovery trusts what completed writes
+/// put in the page cache up to the checkpoint's written point and reads only
+/// past it, so a `never` partition with a whole unsynced segment restarts
+/// in milliseconds. That tail is not treated as durable: the next sync
+/// fsyncs it. After a power loss (new boot) recovery starts at the durable
+/// point, and unsynced bytes that came back as garbage are cut exactly there.
+#[test]
+fn same_boot_recovery_reads_only_past_the_written_point_and_a_new_boot_past_the_durable_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::default();
+    let ops = fs.ops.clone();
+    let log = Log::open(dir.path(), Arc::new(fs.clone()), Arc::new(SystemClock), one_segment_never()).unwrap();
+    let durable = fill_ticking(&log, 10, 40);
+    log.sync().unwrap();
+    let durable_len = std::fs::metadata(dir.path().join("00000000000000000000.log")).unwrap().len();
+    let written = fill_ticking(&log, 100, 40);
+    assert!(log.checkpoint_hint().unwrap());
+    let checkpointed_len = std::fs::metadata(dir.path().join("00000000000000000000.log")).unwrap().len();
+    let end = fill_ticking(&log, 5, 40);
+    assert!(end > written && written > durable);
+    drop(log); // killed: no clean close
+
+    ops.lock().unwrap().clear();
+    let log = Log::open(dir.path(), Arc::new(fs.clone()), Arc::new(SystemClock), one_segment_never()).unwrap();
+    let first = first_read_position(&ops.lock().unwrap());
+    assert!(
+        first.is_some_and(|p| p >= checkpointed_len),
+        "recovery read from {first:?}, written point {checkpointed_len}"
+    );
+    assert_eq!(log.high_watermark(), end);
+    assert_prefix(&read_all(&log, 0).unwrap(), end, 40);
+    assert!(log.has_unsynced(), "the recovered tail is not known to be on disk");
+    let syncs = |ops: &[String]| ops.iter().filter(|o| o.starts_with("sync ") && o.ends_with(".log")).count();
+    let before = syncs(&ops.lock().unwrap());
+    log.sync().unwrap();
+    assert_eq!(syncs(&ops.lock().unwrap()), before + 1, "sync fsyncs the recovered tail");
+    drop(log);
+
+    // A power loss: everything past the durable point comes back as garbage.
+    let path = dir.path().join("00000000000000000000.log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    for b in &mut bytes[durable_len as usize..] {
+        *b = 0xA5;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    fs.reboot();
+    let log = Log::open(dir.path(), Arc::new(fs.clone()), Arc::new(SystemClock), one_segment_never()).unwrap();
+    assert!(log.high_watermark() >= durable && log.high_watermark() < written, "hw {}", log.high_watermark());
+    assert_prefix(&read_all(&log, 0).unwrap(), log.high_watermark(), 40);
+}
+
+/// A failed fsync cuts the unsynced tail; batches appended after it start
+/// at positions the old checkpoint's written point may fall inside. The
+/// cut replaces the checkpoint first, so a crash afterwards recovers every
+/// acknowledged batch.
+#[test]
+fn a_cut_after_a_failed_fsync_replaces_the_written_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::default();
+    let switch = fs.switch.clone();
+    let config = LogConfig { segment_bytes: 1 << 20, ..LogConfig::default() };
+    let log = Log::open(dir.path(), Arc::new(fs.clone()), Arc::new(SystemClock), config).unwrap();
+    let acked = fill(&log, 3, 40);
+    // Written, not yet synced: the checkpoint records its end.
+    let pending = log.append_pending(&mut batch_of(acked, 3, 40, T0)).unwrap();
+    assert!(log.checkpoint_hint().unwrap());
+    switch.set(Some(Fault::SyncFails));
+    assert!(log.wait_durable(&pending).is_err());
+    switch.set(None);
+    // Longer batches, so the old written point falls inside one of them.
+    for _ in 0..3 {
+        let next = log.high_watermark();
+        log.append(&mut batch_of(next, 5, 97, T0)).unwrap();
+    }
+    let end = log.high_watermark();
+    assert_eq!(end, acked + 15);
+    drop(log); // killed
+    let log = Log::open(dir.path(), Arc::new(fs), Arc::new(SystemClock), config).unwrap();
+    assert_eq!(log.high_watermark(), end, "every acknowledged batch recovered");
+    let records = read_all(&log, 0).unwrap();
+    assert_eq!(records.len() as u64, end);
+}
+
+/// Segments rolled under `never` and not yet fsynced when the broker was
+/// killed are recovered from the page cache in the same boot, and still
+/// get their fsync (in the background) before the durable point passes them.
+#[test]
+fn rolled_segments_recovered_in_the_same_boot_are_still_fsynced() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::default();
+    let ops = fs.ops.clone();
+    let config = LogConfig { flush: FlushPolicy::Never, ..small_config() };
+    let log = Log::open(dir.path(), Arc::new(fs.clone()), Arc::new(SystemClock), config).unwrap();
+    let end = fill_ticking(&log, 40, 30);
+    let segments = log.segment_count();
+    assert!(segments > 3);
+    assert!(log.checkpoint_hint().unwrap());
+    drop(log); // killed before the background fsync ran
+    ops.lock().unwrap().clear();
+    let log = Log::open(dir.path(), Arc::new(fs), Arc::new(SystemClock), config).unwrap();
+    assert_eq!(log.high_watermark(), end);
+    assert!(log.has_unsynced_closed(), "rolled segments read from the page cache wait for an fsync");
+    log.sync_closed().unwrap();
+    let synced = ops.lock().unwrap().iter().filter(|o| o.starts_with("sync ") && o.ends_with(".log")).count();
+    assert_eq!(synced, segments - 1, "each rolled segment fsynced once");
+    assert!(!log.has_unsynced_closed());
+    assert_prefix(&read_all(&log, 0).unwrap(), end, 30);
 }

@@ -164,14 +164,14 @@ impl Partition {
             .map_err(|e| self.error(e))
     }
 
-    /// Writes a recovery checkpoint if the durable point moved since the
-    /// last one. It syncs nothing: under `never` that is the OS's business,
-    /// and under `always` acknowledged batches are already durable.
+    /// Writes a recovery checkpoint if the durable or written point moved
+    /// since the last one. It syncs nothing: under `never` that is the OS's
+    /// business, and under `always` acknowledged batches are already durable.
     pub async fn checkpoint_if_dirty(self: &Arc<Self>) -> Result<()> {
         if !self.log.checkpoint_stale() {
             return Ok(());
         }
-        self.blocking(|log| log.checkpoint_durable()).await?;
+        self.blocking(|log| log.checkpoint_hint()).await?;
         Ok(())
     }
 

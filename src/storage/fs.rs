@@ -87,6 +87,15 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     /// fsync of a directory, which makes creations, renames and deletions in it durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
 
+    /// The running kernel's boot id, different after every boot; `None`
+    /// when unknown. Within one boot, bytes a completed write put in a file
+    /// are readable even if the writing process was killed before an fsync
+    /// (they are in the page cache or on disk); across a boot, only fsynced
+    /// bytes are.
+    fn boot_id(&self) -> Option<u128> {
+        system_boot_id()
+    }
+
     /// Reads a whole (small) file.
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
         let file = self.open(path, false)?;
@@ -123,6 +132,16 @@ pub fn write_hint(fs: &dyn FileSystem, path: &Path, contents: &[u8]) -> io::Resu
     file.write_all_at(contents, 0)?;
     drop(file);
     fs.rename(&tmp, path)
+}
+
+/// `/proc/sys/kernel/random/boot_id` as a number, read once.
+pub fn system_boot_id() -> Option<u128> {
+    static BOOT_ID: std::sync::OnceLock<Option<u128>> = std::sync::OnceLock::new();
+    *BOOT_ID.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let hex: String = text.trim().chars().filter(|c| *c != '-').collect();
+        (hex.len() == 32).then(|| u128::from_str_radix(&hex, 16).ok()).flatten()
+    })
 }
 
 /// The real file system.
@@ -303,11 +322,21 @@ impl FaultSwitch {
 #[derive(Debug, Default, Clone)]
 pub struct FaultyFs {
     pub switch: FaultSwitch,
-    /// `create <file>`, `write <file>`, `sync <file>`, `sync_dir <dir>`, in order.
+    /// `create <file>`, `write <file>`, `read <file>@<position>`, `sync <file>`,
+    /// `sync_dir <dir>`, in order.
     pub ops: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Simulated reboots since creation: each changes [`FileSystem::boot_id`].
+    reboots: Arc<AtomicU64>,
 }
 
 impl FaultyFs {
+    /// Makes later opens see a new boot, as after a power loss: recovery
+    /// then trusts only what was fsynced. (Tests that model the loss of
+    /// unsynced bytes cut or corrupt the files themselves.)
+    pub fn reboot(&self) {
+        self.reboots.fetch_add(1, Ordering::SeqCst);
+    }
+
     fn record(&self, op: &str, path: &Path) {
         self.ops.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{op} {}", path.display()));
     }
@@ -328,6 +357,9 @@ impl FaultyFile {
 
 impl StorageFile for FaultyFile {
     fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
+        if self.is_data() {
+            self.fs.record("read", &self.path.with_extension(format!("log@{position}")));
+        }
         self.inner.read_at(buf, position)
     }
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
@@ -372,6 +404,9 @@ impl StorageFile for FaultyFile {
         self.inner.std_file()
     }
     fn read_shared(&self, position: u64, len: usize) -> io::Result<bytes::Bytes> {
+        if self.is_data() {
+            self.fs.record("read", &self.path.with_extension(format!("log@{position}")));
+        }
         self.inner.read_shared(position, len)
     }
 }
@@ -401,6 +436,9 @@ impl FileSystem for FaultyFs {
     }
     fn exists(&self, path: &Path) -> bool {
         StdFs.exists(path)
+    }
+    fn boot_id(&self) -> Option<u128> {
+        system_boot_id().map(|b| b ^ self.reboots.load(Ordering::SeqCst) as u128)
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         self.record("sync_dir", path);

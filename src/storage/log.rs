@@ -26,7 +26,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use bytes::Bytes;
 
 use super::batch::{self, BatchHeader, BATCH_BYTES_LIMIT};
-use super::checkpoint::{self, Checkpoint};
+use super::checkpoint::{self, Checkpoint, SameBoot};
 use super::fs::FileSystem;
 use super::producer::{ProducerBatch, ProducerState, SequenceCheck};
 use super::segment::{Segment, SegmentLimits};
@@ -44,8 +44,9 @@ pub enum FlushPolicy {
     /// fsync in the background about every this many ms. Survives a process
     /// crash; a power loss may lose the last interval.
     Interval(u64),
-    /// No fsync on the append path (only at checkpoints and close). Survives
-    /// a process crash; a power loss may lose anything since the last checkpoint.
+    /// No fsync on the append path: rolled segments are fsynced in the
+    /// background, everything at a clean close. Survives a process crash; a
+    /// power loss may lose what was written to the active segment.
     Never,
 }
 
@@ -183,8 +184,11 @@ struct Writer {
     /// segment under the writer lock (128 MiB of dirty pages take the disk
     /// hundreds of milliseconds); the next sync or `sync_closed` does.
     unsynced_closed: Vec<(Arc<Segment>, u64)>,
-    /// The (segment, position) of the last checkpoint written.
-    checkpointed: (u64, u64),
+    /// The durable and written points of the last checkpoint written.
+    checkpointed: CheckpointPoints,
+    /// The last durable point recorded, reused by checkpoints taken while
+    /// the durable point is in a rolled segment waiting for its fsync.
+    last_durable: Checkpoint,
     /// Bumped whenever unsynced data is discarded, to fail its waiters.
     epoch: u64,
     /// Why writes are refused, once an error left the log in doubt.
@@ -280,6 +284,21 @@ impl Log {
         let idx = active.indexes()?;
         let bytes_since_entry = recovered.position - idx.offset.last().map(|e| e.position as u64).unwrap_or(0);
         let max_timestamp = active.max_timestamp()?;
+        // What recovery read past the durable point may be only in the page
+        // cache (same boot): it stays "unsynced" until the next sync, and
+        // rolled segments among it go to the background fsync.
+        let durable = &recovered.durable;
+        let mut unsynced_closed = Vec::new();
+        if durable.segment_base < active.base_offset {
+            let closed: Vec<Arc<Segment>> =
+                segments.range(durable.segment_base..active.base_offset).map(|(_, s)| s.clone()).collect();
+            for (i, s) in closed.iter().enumerate() {
+                let end = closed.get(i + 1).map_or(active.base_offset, |n| n.base_offset);
+                unsynced_closed.push((s.clone(), end));
+            }
+        }
+        let (durable_offset, durable_position) =
+            if unsynced_closed.is_empty() { (durable.next_offset, durable.position) } else { (durable.next_offset, 0) };
         let writer = Writer {
             active,
             next_offset: recovered.next_offset,
@@ -288,10 +307,11 @@ impl Log {
             max_timestamp,
             first_append_ms: (recovered.position > 0).then(|| clock.now_ms()),
             producers: recovered.producers,
-            durable_offset: recovered.next_offset,
-            durable_position: recovered.position,
-            unsynced_closed: Vec::new(),
-            checkpointed: (u64::MAX, 0),
+            durable_offset,
+            durable_position,
+            unsynced_closed,
+            checkpointed: (None, (u64::MAX, 0)),
+            last_durable: recovered.durable,
             epoch: 0,
             poisoned: None,
         };
@@ -304,7 +324,7 @@ impl Log {
             segments: RwLock::new(segments),
             log_start_offset: AtomicU64::new(log_start_offset),
             high_watermark: AtomicU64::new(recovered.next_offset),
-            sync: Mutex::new(SyncState { synced_offset: recovered.next_offset, ..SyncState::default() }),
+            sync: Mutex::new(SyncState { synced_offset: durable_offset, ..SyncState::default() }),
             writer: Mutex::new(writer),
             synced: Condvar::new(),
         })
@@ -579,12 +599,11 @@ impl Log {
             w.durable_offset = w.next_offset;
         }
         w.durable_position = 0;
-        if let Some(point) = durable_point(w) {
-            if let Err(e) = self.write_checkpoint(&durable_checkpoint(w)) {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "could not write the recovery checkpoint; recovery will scan more");
-            }
-            w.checkpointed = point;
+        let points = checkpoint_points(w);
+        if let Err(e) = self.write_checkpoint(&self.checkpoint_of(w)) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not write the recovery checkpoint; recovery will scan more");
         }
+        w.checkpointed = points;
         tracing::debug!(dir = %self.dir.display(), base_offset = w.next_offset, synced = sync_now, "rolled segment");
         Ok(())
     }
@@ -706,6 +725,12 @@ impl Log {
         w.next_offset = w.durable_offset;
         w.position = position;
         w.bytes_since_entry = position - idx.offset.last().map(|e| e.position as u64).unwrap_or(0);
+        // The checkpoint's written point may lie past the cut, where new
+        // batches will start at other positions: replace it before any.
+        let points = checkpoint_points(w);
+        let cp = self.checkpoint_of(w);
+        self.write_checkpoint(&cp).map_err(std::io::Error::other)?;
+        w.checkpointed = points;
         Ok(())
     }
 
@@ -725,32 +750,52 @@ impl Log {
     /// recovery starts scanning there.
     pub fn checkpoint(&self) -> Result<()> {
         self.sync()?;
-        self.checkpoint_durable().map(|_| ())
+        self.checkpoint_hint().map(|_| ())
     }
 
-    /// Records the durable point reached so far, without syncing anything,
-    /// if it moved since the last checkpoint; returns whether it wrote one.
-    /// Under `never` the durable point moves only when rolled segments are
-    /// synced, so recovery after a crash scans at most the active segment.
-    pub fn checkpoint_durable(&self) -> Result<bool> {
+    /// Records the durable and written points reached so far, without
+    /// syncing anything, if either moved since the last checkpoint; returns
+    /// whether it wrote one. After a process crash in the same boot,
+    /// recovery scans only what was written after it (about a second of
+    /// appends); after a power loss, what was written after the durable
+    /// point (under `never`, moved only when rolled segments are synced).
+    pub fn checkpoint_hint(&self) -> Result<bool> {
         let cp = {
             let mut w = lock(&self.writer);
-            match durable_point(&w) {
-                Some(point) if point != w.checkpointed => {
-                    w.checkpointed = point;
-                    durable_checkpoint(&w)
-                }
-                _ => return Ok(false),
+            let points = checkpoint_points(&w);
+            if points == w.checkpointed {
+                return Ok(false);
             }
+            w.checkpointed = points;
+            self.checkpoint_of(&mut w)
         };
         self.write_checkpoint(&cp)?;
         Ok(true)
     }
 
-    /// Whether [`Log::checkpoint_durable`] has something new to record.
+    /// Whether [`Log::checkpoint_hint`] has something new to record.
     pub fn checkpoint_stale(&self) -> bool {
         let w = lock(&self.writer);
-        durable_point(&w).is_some_and(|point| point != w.checkpointed)
+        checkpoint_points(&w) != w.checkpointed
+    }
+
+    /// The checkpoint for the writer's current state: its durable point (or
+    /// the last one recorded, while rolled segments wait for their fsync)
+    /// and, unless the log is poisoned (written bytes in doubt), its
+    /// written point in this boot.
+    fn checkpoint_of(&self, w: &mut Writer) -> Checkpoint {
+        if durable_point(w).is_some() {
+            w.last_durable = durable_checkpoint(w);
+        }
+        let mut cp = w.last_durable.clone();
+        cp.same_boot = self.fs.boot_id().filter(|_| w.poisoned.is_none()).map(|boot_id| SameBoot {
+            boot_id,
+            segment_base: w.active.base_offset,
+            position: w.position,
+            next_offset: w.next_offset,
+            producers: w.producers.clone(),
+        });
+        cp
     }
 
     /// Writes the checkpoint as a hint: the log before it was fsynced first,
@@ -905,6 +950,13 @@ fn durable_point(w: &Writer) -> Option<(u64, u64)> {
     in_active.then_some((w.active.base_offset, w.durable_position))
 }
 
+/// The durable point, if in the active segment, and the written point.
+type CheckpointPoints = (Option<(u64, u64)>, (u64, u64));
+
+fn checkpoint_points(w: &Writer) -> CheckpointPoints {
+    (durable_point(w), (w.active.base_offset, w.position))
+}
+
 /// The checkpoint at the durable point (see [`durable_point`]).
 fn durable_checkpoint(w: &Writer) -> Checkpoint {
     let mut producers = w.producers.clone();
@@ -914,6 +966,7 @@ fn durable_checkpoint(w: &Writer) -> Checkpoint {
         position: w.durable_position,
         next_offset: w.durable_offset,
         producers,
+        same_boot: None,
     }
 }
 
@@ -962,6 +1015,9 @@ struct Recovered {
     next_offset: u64,
     position: u64,
     producers: ProducerState,
+    /// Up to where the recovered log is known to be fsynced: recovery
+    /// trusted it without reading it back, or read it after a new boot.
+    durable: Checkpoint,
 }
 
 /// Finds the end of the valid log. After a clean close the checkpoint at
@@ -982,24 +1038,47 @@ fn recover(
                 next_offset: cp.next_offset,
                 position: cp.position,
                 producers: cp.producers.clone(),
+                durable: Checkpoint { same_boot: None, ..cp.clone() },
             });
         }
     }
     let started = std::time::Instant::now();
-    // Where to start: the checkpoint if it names a segment we have and lies
-    // inside it. Without one, the start of the segment before the active
-    // one: under `never` a rolled segment is fsynced shortly after the roll,
-    // so after a power loss the last closed segment may still have a torn
-    // tail; the ones before it were synced before any checkpoint could pass
-    // them.
-    let (start_base, start_position, start_offset, mut producers) = match checkpoint {
-        Some(cp) if segments.get(&cp.segment_base).is_some_and(|s| cp.position <= s.readable_len()) => {
-            (cp.segment_base, cp.position, cp.next_offset, cp.producers)
-        }
+    // The durable point: the checkpoint's if it names a segment we have and
+    // lies inside it. Without one, the start of the segment before the
+    // active one: under `never` a rolled segment is fsynced shortly after
+    // the roll, so after a power loss the last closed segment may still have
+    // a torn tail; the ones before it were synced before any checkpoint
+    // could pass them.
+    let inside = |base: u64, position: u64| segments.get(&base).is_some_and(|s| position <= s.readable_len());
+    let durable = match &checkpoint {
+        Some(cp) if inside(cp.segment_base, cp.position) => Checkpoint { same_boot: None, ..cp.clone() },
         _ => {
             let base = segments.range(..active.base_offset).next_back().map_or(active.base_offset, |(b, _)| *b);
-            (base, 0, base, ProducerState::default())
+            Checkpoint {
+                segment_base: base,
+                position: 0,
+                next_offset: base,
+                producers: ProducerState::default(),
+                same_boot: None,
+            }
         }
+    };
+    // Where to start: in the boot that wrote the checkpoint, its written
+    // point (the page cache still holds every completed write); otherwise
+    // the durable point.
+    let boot = fs.boot_id();
+    let checkpoint_boot = checkpoint.as_ref().and_then(|cp| cp.same_boot.as_ref()).map(|w| w.boot_id);
+    // After a new boot, what recovery reads comes from the disk: durable.
+    let new_boot = boot.is_some() && checkpoint_boot.is_some() && checkpoint_boot != boot;
+    let written = checkpoint.and_then(|cp| cp.same_boot).filter(|w| {
+        boot == Some(w.boot_id)
+            && inside(w.segment_base, w.position)
+            && (w.segment_base, w.position) >= (durable.segment_base, durable.position)
+    });
+    let written_used = written.is_some();
+    let (start_base, start_position, start_offset, mut producers) = match written {
+        Some(w) => (w.segment_base, w.position, w.next_offset, w.producers),
+        None => (durable.segment_base, durable.position, durable.next_offset, durable.producers.clone()),
     };
     let to_scan: Vec<Arc<Segment>> = segments.range(start_base..).map(|(_, s)| s.clone()).collect();
     let mut next_offset = start_offset;
@@ -1072,12 +1151,20 @@ fn recover(
         fs.sync_dir(dir).map_err(|e| StorageError::io(dir, e))?;
     }
     producers.truncate(next_offset);
+    let end_base = *segments.keys().next_back().expect("at least one segment");
+    let durable = if new_boot || (durable.segment_base, durable.position) > (end_base, position) {
+        Checkpoint { segment_base: end_base, position, next_offset, producers: producers.clone(), same_boot: None }
+    } else {
+        durable
+    };
     tracing::info!(
         dir = %dir.display(),
         next_offset,
         scanned_from = start_base,
+        scanned_from_position = start_position,
+        same_boot = written_used,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "recovered log after unclean shutdown"
     );
-    Ok(Recovered { next_offset, position, producers })
+    Ok(Recovered { next_offset, position, producers, durable })
 }
