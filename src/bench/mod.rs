@@ -101,7 +101,7 @@ impl BenchArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct LimitsArgs {
-    /// Directory on the disk to measure [default: ./data].
+    /// Directory on the disk to measure.
     #[arg(long, default_value = "./data")]
     pub data_dir: std::path::PathBuf,
     /// Seconds per strata measurement.
