@@ -423,8 +423,9 @@ fn opening_a_thousand_segments_opens_only_the_last_two_indexes() {
         .unwrap()
         .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "index"))
         .count();
-    // Without a checkpoint recovery scans the active segment and the one
-    // before it (which `never` may not have fsynced yet); no other index.
+    // Without a checkpoint recovery scans every segment (`never` fsyncs
+    // rolled segments late), but rebuilds only the indexes of the active
+    // segment and the one before it; no other index is opened.
     assert_eq!(indexes, 2, "only the last two segments' indexes are opened");
     assert_eq!(read_all(&log, 0).unwrap().len(), 2000);
 }
@@ -581,16 +582,18 @@ fn a_new_partition_directory_is_made_durable_in_its_parent() {
 }
 
 /// Under `never`, nothing on the append path fsyncs: a roll leaves the old
-/// segment for `sync_closed` (the broker runs it in the background) and a
-/// checkpoint records only what is already durable. Once the rolled
-/// segments are synced, the checkpoint moves to the active segment.
+/// segment for `sync_closed` (the broker runs it in the background once the
+/// segment has been closed for a while) and a checkpoint records only what
+/// is already durable. Once the rolled segments are synced, the checkpoint
+/// moves to the active segment.
 #[test]
 fn never_rolls_without_fsync_and_checkpoints_only_what_is_durable() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultyFs::default();
     let ops = fs.ops.clone();
     let config = LogConfig { flush: FlushPolicy::Never, ..small_config() };
-    let log = Log::open(dir.path(), Arc::new(fs), Arc::new(SystemClock), config).unwrap();
+    let clock = ManualClock::new(1_000_000);
+    let log = Log::open(dir.path(), Arc::new(fs), Arc::new(clock.clone()), config).unwrap();
     let end = fill(&log, 40, 30);
     assert!(log.segment_count() > 3);
     let data_syncs = |ops: &[String]| ops.iter().filter(|o| o.starts_with("sync ") && o.ends_with(".log")).count();
@@ -600,7 +603,14 @@ fn never_rolls_without_fsync_and_checkpoints_only_what_is_durable() {
     // the written point (for a crash in this boot), once.
     assert!(log.checkpoint_hint().unwrap());
     assert!(!log.checkpoint_hint().unwrap());
-    log.sync_closed().unwrap();
+    // Segments rolled less than the delay ago are left to the kernel.
+    assert!(!log.closed_sync_due(30_000));
+    log.sync_closed(30_000).unwrap();
+    assert_eq!(data_syncs(&ops.lock().unwrap()), 0, "no segment is old enough yet");
+    assert!(!log.checkpoint_hint().unwrap(), "nothing moved");
+    clock.advance(30_000);
+    assert!(log.closed_sync_due(30_000));
+    log.sync_closed(30_000).unwrap();
     assert!(!log.has_unsynced_closed());
     let closed = log.segment_count() - 1;
     assert_eq!(data_syncs(&ops.lock().unwrap()), closed, "each rolled segment fsynced once");
@@ -614,13 +624,20 @@ fn never_rolls_without_fsync_and_checkpoints_only_what_is_durable() {
     assert_prefix(&read_all(&log, 0).unwrap(), end, 30);
 }
 
-/// A power loss can leave the last rolled segment of a `never` log with a
-/// torn tail while the segment after it exists, and can lose the checkpoint
-/// (a hint written without fsync). Recovery then starts at the segment
-/// before the active one, cuts the torn tail and drops what follows, so no
-/// hole and no corrupt record is ever served.
+/// A power loss can leave any of the newest rolled segments of a `never`
+/// log with a torn tail (they are fsynced some time after the roll) while
+/// later segments exist, and can lose the checkpoint (a hint written
+/// without fsync). Recovery then scans from the start, cuts at the first
+/// tear and drops what follows, so no hole and no corrupt record is ever
+/// served.
 #[test]
-fn lost_checkpoint_and_torn_rolled_segment_recover_to_a_clean_prefix() {
+fn lost_checkpoint_and_torn_rolled_segments_recover_to_a_clean_prefix() {
+    for torn_from_end in [2, 3] {
+        torn_rolled_segment_recovers_to_a_clean_prefix(torn_from_end);
+    }
+}
+
+fn torn_rolled_segment_recovers_to_a_clean_prefix(torn_from_end: usize) {
     let dir = tempfile::tempdir().unwrap();
     let config = LogConfig { flush: FlushPolicy::Never, ..small_config() };
     let log = open(dir.path(), config);
@@ -632,16 +649,16 @@ fn lost_checkpoint_and_torn_rolled_segment_recover_to_a_clean_prefix() {
         .filter(|p| p.extension().is_some_and(|x| x == "log"))
         .collect();
     logs.sort();
-    let last_closed = &logs[logs.len() - 2];
-    let base: u64 = last_closed.file_stem().unwrap().to_str().unwrap().parse().unwrap();
-    let len = std::fs::metadata(last_closed).unwrap().len();
-    // Tear the last rolled segment in its last batch, and lose the checkpoint.
-    std::fs::OpenOptions::new().write(true).open(last_closed).unwrap().set_len(len - 5).unwrap();
+    let torn = &logs[logs.len() - torn_from_end];
+    let base: u64 = torn.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let len = std::fs::metadata(torn).unwrap().len();
+    // Tear a rolled segment in its last batch, and lose the checkpoint.
+    std::fs::OpenOptions::new().write(true).open(torn).unwrap().set_len(len - 5).unwrap();
     let _ = std::fs::remove_file(dir.path().join("recovery.checkpoint"));
     let log = open(dir.path(), config);
     let hw = log.high_watermark();
     assert!(hw > base && hw < base + 100, "recovered into the torn segment: {hw}");
-    assert_eq!(log.segment_count(), logs.len() - 1, "the segment after the tear is removed");
+    assert_eq!(log.segment_count(), logs.len() + 1 - torn_from_end, "the segments after the tear are removed");
     assert_prefix(&read_all(&log, 0).unwrap(), hw, 30);
 }
 
@@ -766,7 +783,7 @@ fn rolled_segments_recovered_in_the_same_boot_are_still_fsynced() {
     let log = Log::open(dir.path(), Arc::new(fs), Arc::new(SystemClock), config).unwrap();
     assert_eq!(log.high_watermark(), end);
     assert!(log.has_unsynced_closed(), "rolled segments read from the page cache wait for an fsync");
-    log.sync_closed().unwrap();
+    log.sync_closed(0).unwrap();
     let synced = ops.lock().unwrap().iter().filter(|o| o.starts_with("sync ") && o.ends_with(".log")).count();
     assert_eq!(synced, segments - 1, "each rolled segment fsynced once");
     assert!(!log.has_unsynced_closed());

@@ -176,15 +176,15 @@ impl Partition {
     }
 
     /// Starts a task that fsyncs segments rolled without one (`never` and
-    /// `interval` topics), unless one is running, so the durable point and
-    /// the recovery checkpoint follow the rolls.
-    pub fn spawn_sync_closed(self: &Arc<Self>) {
-        if !self.log.has_unsynced_closed() || self.syncing_closed.swap(true, Ordering::AcqRel) {
+    /// `interval` topics) at least `delay_ms` ago, unless one is running, so
+    /// the durable point and the recovery checkpoint follow the rolls.
+    pub fn spawn_sync_closed(self: &Arc<Self>, delay_ms: u64) {
+        if !self.log.closed_sync_due(delay_ms) || self.syncing_closed.swap(true, Ordering::AcqRel) {
             return;
         }
         let this = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = this.blocking(|log| log.sync_closed()).await {
+            if let Err(e) = this.blocking(move |log| log.sync_closed(delay_ms)).await {
                 tracing::error!(topic = %this.topic, partition = this.id, error = %e, "fsync of a rolled segment failed");
             }
             this.syncing_closed.store(false, Ordering::Release);

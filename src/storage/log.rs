@@ -180,10 +180,10 @@ struct Writer {
     durable_offset: u64,
     durable_position: u64,
     /// Segments rolled under `never` or `interval` whose tail is not yet
-    /// fsynced, with the offset after each. A roll does not fsync the old
-    /// segment under the writer lock (128 MiB of dirty pages take the disk
-    /// hundreds of milliseconds); the next sync or `sync_closed` does.
-    unsynced_closed: Vec<(Arc<Segment>, u64)>,
+    /// fsynced, oldest first. A roll does not fsync the old segment under
+    /// the writer lock (128 MiB of dirty pages take the disk hundreds of
+    /// milliseconds); the next sync or `sync_closed` does.
+    unsynced_closed: Vec<Rolled>,
     /// The durable and written points of the last checkpoint written.
     checkpointed: CheckpointPoints,
     /// The last durable point recorded, reused by checkpoints taken while
@@ -193,6 +193,17 @@ struct Writer {
     epoch: u64,
     /// Why writes are refused, once an error left the log in doubt.
     poisoned: Option<String>,
+}
+
+/// A segment rolled without an fsync of its tail.
+#[derive(Debug, Clone)]
+struct Rolled {
+    segment: Arc<Segment>,
+    /// The offset after its last batch.
+    end_offset: u64,
+    /// Clock time of the roll (of the open, for segments recovery found
+    /// unsynced), which [`Log::sync_closed`] ages against.
+    rolled_ms: i64,
 }
 
 /// Group-commit bookkeeping.
@@ -294,7 +305,7 @@ impl Log {
                 segments.range(durable.segment_base..active.base_offset).map(|(_, s)| s.clone()).collect();
             for (i, s) in closed.iter().enumerate() {
                 let end = closed.get(i + 1).map_or(active.base_offset, |n| n.base_offset);
-                unsynced_closed.push((s.clone(), end));
+                unsynced_closed.push(Rolled { segment: s.clone(), end_offset: end, rolled_ms: clock.now_ms() });
             }
         }
         let (durable_offset, durable_position) =
@@ -587,7 +598,8 @@ impl Log {
             }
             self.synced.notify_all();
         } else {
-            w.unsynced_closed.push((w.active.clone(), w.next_offset));
+            let rolled_ms = self.clock.now_ms();
+            w.unsynced_closed.push(Rolled { segment: w.active.clone(), end_offset: w.next_offset, rolled_ms });
         }
         self.segments.write().unwrap_or_else(|e| e.into_inner()).insert(new.base_offset, new.clone());
         w.active = new;
@@ -613,11 +625,25 @@ impl Log {
         !lock(&self.writer).unsynced_closed.is_empty()
     }
 
-    /// Fsyncs the segments rolled without one, without holding the writer
-    /// lock, and advances the durable point past them. A failed fsync
-    /// poisons the log: readers may have seen those batches.
-    pub fn sync_closed(&self) -> Result<()> {
-        let closed = lock(&self.writer).unsynced_closed.clone();
+    /// Whether a segment rolled at least `min_age_ms` ago waits for its
+    /// fsync (what [`Log::sync_closed`] with the same age would sync).
+    pub fn closed_sync_due(&self, min_age_ms: u64) -> bool {
+        let now = self.clock.now_ms();
+        lock(&self.writer).unsynced_closed.first().is_some_and(|r| rolled_long_enough(r, now, min_age_ms))
+    }
+
+    /// Fsyncs the segments rolled without one at least `min_age_ms` ago
+    /// (oldest first, so the durable point moves in order), without holding
+    /// the writer lock, and advances the durable point past them. A failed
+    /// fsync poisons the log: readers may have seen those batches.
+    pub fn sync_closed(&self, min_age_ms: u64) -> Result<()> {
+        let now = self.clock.now_ms();
+        let closed: Vec<Rolled> = lock(&self.writer)
+            .unsynced_closed
+            .iter()
+            .take_while(|r| rolled_long_enough(r, now, min_age_ms))
+            .cloned()
+            .collect();
         if closed.is_empty() {
             return Ok(());
         }
@@ -977,9 +1003,13 @@ fn poison(w: &mut Writer, reason: &str) {
     w.poisoned = Some(reason.to_string());
 }
 
+fn rolled_long_enough(r: &Rolled, now_ms: i64, min_age_ms: u64) -> bool {
+    now_ms.saturating_sub(r.rolled_ms) >= min_age_ms.min(i64::MAX as u64) as i64
+}
+
 /// Fsyncs rolled segments; the error names the first that failed.
-fn sync_segments(closed: &[(Arc<Segment>, u64)]) -> std::result::Result<(), String> {
-    for (segment, _) in closed {
+fn sync_segments(closed: &[Rolled]) -> std::result::Result<(), String> {
+    for Rolled { segment, .. } in closed {
         // Guards against a power loss losing a rolled segment's tail after
         // later segments (and checkpoints pointing into them) are durable.
         segment.log.sync_data().map_err(|e| format!("fsync of {} failed: {e}", segment.log_path.display()))?;
@@ -989,10 +1019,11 @@ fn sync_segments(closed: &[(Arc<Segment>, u64)]) -> std::result::Result<(), Stri
 
 /// Drops synced segments from the writer's list and advances the durable
 /// point to the active segment's start once none is left before it.
-fn forget_synced(w: &mut Writer, synced: &[(Arc<Segment>, u64)]) {
-    w.unsynced_closed.retain(|(s, _)| !synced.iter().any(|(done, _)| Arc::ptr_eq(s, done)));
-    if let Some(end) = synced.iter().map(|(_, end)| *end).max() {
-        w.durable_offset = w.durable_offset.max(end.min(w.unsynced_closed.first().map_or(end, |(s, _)| s.base_offset)));
+fn forget_synced(w: &mut Writer, synced: &[Rolled]) {
+    w.unsynced_closed.retain(|r| !synced.iter().any(|done| Arc::ptr_eq(&r.segment, &done.segment)));
+    if let Some(end) = synced.iter().map(|r| r.end_offset).max() {
+        let next_unsynced = w.unsynced_closed.first().map_or(end, |r| r.segment.base_offset);
+        w.durable_offset = w.durable_offset.max(end.min(next_unsynced));
     }
 }
 
@@ -1044,16 +1075,19 @@ fn recover(
     }
     let started = std::time::Instant::now();
     // The durable point: the checkpoint's if it names a segment we have and
-    // lies inside it. Without one, the start of the segment before the
-    // active one: under `never` a rolled segment is fsynced shortly after
-    // the roll, so after a power loss the last closed segment may still have
-    // a torn tail; the ones before it were synced before any checkpoint
-    // could pass them.
+    // lies inside it. Without one, the start of the log: under `never` and
+    // `interval` a rolled segment is fsynced only some time after the roll
+    // (`rolled_segment_sync_delay_ms`), so after a power loss any of the
+    // newest closed segments may have a torn tail, and nothing on disk says
+    // which. This costs a full scan only when the checkpoint is lost too.
     let inside = |base: u64, position: u64| segments.get(&base).is_some_and(|s| position <= s.readable_len());
     let durable = match &checkpoint {
         Some(cp) if inside(cp.segment_base, cp.position) => Checkpoint { same_boot: None, ..cp.clone() },
         _ => {
-            let base = segments.range(..active.base_offset).next_back().map_or(active.base_offset, |(b, _)| *b);
+            let base = *segments.keys().next().expect("at least one segment");
+            if base != active.base_offset {
+                tracing::warn!(dir = %dir.display(), segments = segments.len(), "no usable recovery checkpoint: scanning the whole log");
+            }
             Checkpoint {
                 segment_base: base,
                 position: 0,
@@ -1084,7 +1118,12 @@ fn recover(
     let mut next_offset = start_offset;
     let mut position = start_position;
     let mut cut_at: Option<u64> = None;
+    let mut last_progress = std::time::Instant::now();
     for (i, segment) in to_scan.iter().enumerate() {
+        if last_progress.elapsed() >= std::time::Duration::from_secs(1) {
+            tracing::info!(dir = %dir.display(), scanned = i, segments = to_scan.len(), next_offset, "recovery in progress");
+            last_progress = std::time::Instant::now();
+        }
         let from = if i == 0 { start_position } else { 0 };
         if i > 0 && segment.base_offset != next_offset {
             tracing::warn!(segment = %segment.log_path.display(), expected = next_offset, "segment does not continue the log; removing it and what follows");
@@ -1118,6 +1157,16 @@ fn recover(
             // Guards against the cut tail reappearing after a power loss.
             segment.log.sync_data().map_err(|e| StorageError::io(&segment.log_path, e))?;
             segment.set_readable_len(end.position);
+        }
+        // A closed segment older than the one before the active one that
+        // scanned whole: its indexes were fsynced at its roll and stay
+        // closed until first read (a full scan of a thousand segments must
+        // not map two thousand indexes).
+        let settled = i + 2 < to_scan.len() && end.error.is_none() && from == 0;
+        if settled {
+            next_offset = segment_next;
+            position = end.position;
+            continue;
         }
         let idx = segment.indexes()?;
         // Entries past the scan start may point into what was just cut or
