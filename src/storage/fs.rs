@@ -385,12 +385,10 @@ impl StorageFile for FaultyFile {
         self.inner.write_all_at(buf, position)
     }
     fn sync_data(&self) -> io::Result<()> {
-        if self.is_data() {
-            self.fs.record("sync", &self.path);
-            if self.fs.switch.get() == Some(Fault::SyncFails) {
-                self.fs.switch.fire();
-                return Err(io::Error::from_raw_os_error(5));
-            }
+        self.fs.record("sync", &self.path);
+        if self.is_data() && self.fs.switch.get() == Some(Fault::SyncFails) {
+            self.fs.switch.fire();
+            return Err(io::Error::from_raw_os_error(5));
         }
         self.inner.sync_data()
     }

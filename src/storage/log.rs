@@ -1178,8 +1178,16 @@ fn recover(
         segment.scan(from, end.position, false, None, |pos, h| {
             segment.index_batch(idx, pos, h, &mut since, &mut max_ts)
         })?;
-        idx.offset.flush().map_err(|e| StorageError::io(idx.offset.path(), e))?;
-        idx.time.flush().map_err(|e| StorageError::io(idx.time.path(), e))?;
+        // Indexes are derived and checked against the log when opened, so
+        // the rebuilt entries need no msync: the kernel writes them back. An
+        // msync here waited for the disk to write back every other dirty
+        // file first (ext4's journal): 2.5 s before the broker could serve
+        // after a SIGKILL that left 3 GB dirty. Only a cut segment's
+        // indexes are synced, beside the fsync of the cut itself.
+        if end.error.is_some() {
+            idx.offset.flush().map_err(|e| StorageError::io(idx.offset.path(), e))?;
+            idx.time.flush().map_err(|e| StorageError::io(idx.time.path(), e))?;
+        }
         next_offset = segment_next;
         position = end.position;
         if end.error.is_some() {
