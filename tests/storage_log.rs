@@ -9,7 +9,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use strata::storage::batch::{self, ProducerStamp, Record};
 use strata::storage::fs::{Fault, FaultyFs, StdFs};
-use strata::storage::{Clock, FlushPolicy, Log, LogConfig, ManualClock, StorageError, SystemClock};
+use strata::storage::{BatchRef, Clock, FlushPolicy, Log, LogConfig, ManualClock, StorageError, SystemClock};
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -317,6 +317,59 @@ fn disk_faults_fail_the_append_and_leave_no_hole_or_garbage() {
         drop(log);
         let log = open(dir.path(), LogConfig::default());
         assert_prefix(&read_all(&log, 0).unwrap(), end + 3, 50);
+    }
+}
+
+/// A client's batch is appended without copying it: the base offset goes
+/// in a pwrite of its own, then the rest. Reads return the same bytes as
+/// an append stamped in place, and a fault in either pwrite leaves nothing.
+#[test]
+fn shared_batches_append_like_stamped_ones_and_faults_in_either_write_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), LogConfig::default());
+    let mut stamped = batch_of(0, 3, 50, T0);
+    log.append(&mut stamped).unwrap();
+    let mut client = batch_of(3, 3, 50, T0);
+    batch::set_base_offset(&mut client, 999); // whatever the client sent
+    let shared = Bytes::from(client);
+    let pending = log.append_pending(BatchRef::Shared(&shared)).unwrap();
+    log.wait_durable(&pending).unwrap();
+    assert_eq!(pending.outcome.base_offset, 3);
+    let got = read_all(&log, 0).unwrap();
+    assert_prefix(&got, 6, 50);
+    let batches = log.read(3, 1 << 20).unwrap().batches;
+    let mut expected = batch_of(3, 3, 50, T0);
+    batch::set_base_offset(&mut expected, 3);
+    assert_eq!(batches.last().unwrap()[..], expected[..], "stored bytes: the client's, stamped with offset 3");
+
+    for fault in [Fault::WriteFails, Fault::PartialWrite, Fault::DiskFull] {
+        for writes_before in [0, 1] {
+            let dir = tempfile::tempdir().unwrap();
+            let fs = FaultyFs::default();
+            let switch = fs.switch.clone();
+            let log = Log::open(dir.path(), Arc::new(fs), Arc::new(SystemClock), LogConfig::default()).unwrap();
+            let end = fill(&log, 5, 50);
+            let batch = Bytes::from(batch_of(end, 3, 50, T0));
+            let file = dir.path().join("00000000000000000000.log");
+            let len = std::fs::metadata(&file).unwrap().len();
+            switch.set_after_writes(fault, writes_before);
+            let err = log.append_pending(BatchRef::Shared(&batch)).unwrap_err();
+            assert_eq!(
+                std::fs::metadata(&file).unwrap().len(),
+                len,
+                "{fault:?}/{writes_before}: the failed write is cut"
+            );
+            assert!(switch.fired(), "{fault:?} after {writes_before} writes was injected");
+            assert_eq!(err.is_disk_full(), fault == Fault::DiskFull, "{fault:?}: {err}");
+            assert_eq!(log.high_watermark(), end);
+            switch.set(None);
+            let out = log.append_pending(BatchRef::Shared(&batch)).unwrap();
+            assert_eq!(out.outcome.base_offset, end, "{fault:?}/{writes_before}: appends resume at the same offset");
+            log.sync().unwrap();
+            drop(log);
+            let log = open(dir.path(), LogConfig::default());
+            assert_prefix(&read_all(&log, 0).unwrap(), end + 3, 50);
+        }
     }
 }
 

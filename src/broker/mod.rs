@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub use self::error::{BrokerError, Result};
-use self::partition::{Partition, ReadRecords};
+use self::partition::{AppendBytes, Partition, ReadRecords};
 use self::producer_ids::ProducerIds;
 use self::topic::{Topic, TopicMetadata};
 use crate::config::{BrokerConfig, TimestampType, TopicConfig, HEADERS_PER_RECORD_MAX};
@@ -437,10 +437,10 @@ impl Broker {
                     headers: r.headers,
                 })
                 .collect();
-            batch::encode(&records, header.producer())
+            AppendBytes::Encoded(batch::encode(&records, header.producer()))
         } else {
             drop(records);
-            bytes.to_vec()
+            AppendBytes::Client(bytes)
         };
         let pending = partition.append_pending(encoded).await;
         let (parts, first_error) = match pending {
@@ -486,7 +486,7 @@ impl Broker {
         }
         let writes = by_partition.into_iter().map(|(p, records)| {
             let partition = topic.partitions[p as usize].clone();
-            let batch = batch::encode(&records, request.producer);
+            let batch = AppendBytes::Encoded(batch::encode(&records, request.producer));
             async move {
                 let pending = partition.append_pending(batch).await?;
                 Ok::<_, BrokerError>((partition, pending))

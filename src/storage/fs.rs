@@ -285,6 +285,9 @@ pub struct FaultSwitch {
     active: Arc<AtomicU64>,
     /// Set once any fault has fired, so tests can check the path was exercised.
     fired: Arc<AtomicBool>,
+    /// Data writes still let through before a write fault applies, to fail
+    /// the second write of an append that takes two.
+    writes_to_pass: Arc<AtomicU64>,
 }
 
 impl FaultSwitch {
@@ -297,6 +300,16 @@ impl FaultSwitch {
             Some(Fault::DiskFull) => 4,
         };
         self.active.store(code, Ordering::SeqCst);
+    }
+    /// Like [`FaultSwitch::set`], for a write fault that lets the next
+    /// `writes` data writes succeed first.
+    pub fn set_after_writes(&self, fault: Fault, writes: u64) {
+        self.writes_to_pass.store(writes, Ordering::SeqCst);
+        self.set(Some(fault));
+    }
+    /// Whether this data write goes through despite a write fault.
+    fn passes_write(&self) -> bool {
+        self.writes_to_pass.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
     }
     pub fn get(&self) -> Option<Fault> {
         match self.active.load(Ordering::SeqCst) {
@@ -365,7 +378,8 @@ impl StorageFile for FaultyFile {
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
         if self.is_data() {
             self.fs.record("write", &self.path);
-            match self.fs.switch.get() {
+            let fault = self.fs.switch.get().filter(|_| !self.fs.switch.passes_write());
+            match fault {
                 Some(Fault::WriteFails) => {
                     self.fs.switch.fire();
                     return Err(io::Error::from_raw_os_error(5));

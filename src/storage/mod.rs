@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-pub use self::log::{AppendOutcome, FlushPolicy, Log, LogConfig, PendingAppend, ReadBatches};
+pub use self::log::{AppendOutcome, BatchRef, FlushPolicy, Log, LogConfig, PendingAppend, ReadBatches};
 
 /// Where the engine gets the time, so tests can move it.
 pub trait Clock: Send + Sync + std::fmt::Debug {
