@@ -620,6 +620,53 @@ fn a_new_segment_is_named_durably_before_data_goes_into_it() {
     assert!(syncs >= writes, "{syncs} fsyncs for {writes} appends under flush=always with one appender");
 }
 
+/// Under `never` no appender waits for the disk at a roll: the first batch
+/// goes into the new segment before the directory fsync and the old
+/// segment's index fsyncs, which `finish_rolls` does in the background.
+/// Still, no segment's data is fsynced before its name is durable, and
+/// every closed segment ends up with trimmed indexes.
+#[test]
+fn never_rolls_write_first_and_name_segments_durably_before_any_fsync_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::default();
+    let ops = fs.ops.clone();
+    let config = LogConfig { flush: FlushPolicy::Never, ..small_config() };
+    let log = Log::open(dir.path(), Arc::new(fs), Arc::new(SystemClock), config).unwrap();
+    fill(&log, 40, 30);
+    assert!(log.has_unfinished_rolls());
+    log.sync_closed(0).unwrap();
+    log.sync().unwrap();
+    log.finish_rolls().unwrap();
+    assert!(!log.has_unfinished_rolls());
+    assert!(log.segment_count() > 3);
+    let ops = ops.lock().unwrap().clone();
+    let dir_sync = format!("sync_dir {}", dir.path().display());
+    let mut checked = 0;
+    for (i, op) in ops.iter().enumerate() {
+        let Some(file) = op.strip_prefix("create ").filter(|f| f.ends_with(".log")) else { continue };
+        let Some(w) = ops[i..].iter().position(|o| o == &format!("write {file}")).map(|p| p + i) else { continue };
+        if file.ends_with("00000000000000000000.log") {
+            continue; // the first segment, created by open
+        }
+        assert!(!ops[i..w].contains(&dir_sync), "{file}: the roll waited for a directory fsync");
+        let synced = ops.iter().position(|o| o == &format!("sync {file}")).expect("every segment fsynced in the end");
+        assert!(ops[i..synced].contains(&dir_sync), "{file}: fsynced before its name was durable");
+        checked += 1;
+    }
+    assert_eq!(checked, log.segment_count() - 1, "every rolled segment checked");
+    let mut indexes: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "index"))
+        .collect();
+    indexes.sort();
+    let active = indexes.pop().unwrap();
+    let preallocated = std::fs::metadata(active).unwrap().len();
+    for index in indexes {
+        assert!(std::fs::metadata(&index).unwrap().len() < preallocated, "{index:?} is trimmed");
+    }
+}
+
 #[test]
 fn a_new_partition_directory_is_made_durable_in_its_parent() {
     let root = tempfile::tempdir().unwrap();

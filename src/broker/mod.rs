@@ -653,7 +653,7 @@ impl Broker {
                 let checkpoint_due =
                     last_checkpoint.elapsed() >= Duration::from_millis(this.config.checkpoint_interval_ms);
                 for p in this.all_partitions() {
-                    p.spawn_sync_closed(this.config.rolled_segment_sync_delay_ms);
+                    p.spawn_roll_io(this.config.rolled_segment_sync_delay_ms);
                     let result = match p.log.config().flush {
                         crate::storage::FlushPolicy::Interval(ms) => p.flush_if_due(now, ms).await,
                         _ => Ok(()),

@@ -19,8 +19,8 @@ pub struct Partition {
     pub log: Arc<Log>,
     /// The high watermark, sent after every append that moved it.
     high_watermark: watch::Sender<u64>,
-    /// Set while a task fsyncs segments rolled without one.
-    syncing_closed: AtomicBool,
+    /// Set while a task finishes rolls or fsyncs rolled segments.
+    rolling_io: AtomicBool,
     /// Clock time of the last background fsync (interval flush policy).
     last_flush_ms: AtomicU64,
 }
@@ -60,7 +60,7 @@ impl Partition {
             id,
             log: Arc::new(log),
             high_watermark: watch::Sender::new(hw),
-            syncing_closed: AtomicBool::new(false),
+            rolling_io: AtomicBool::new(false),
             last_flush_ms: AtomicU64::new(0),
         }
     }
@@ -192,19 +192,23 @@ impl Partition {
         Ok(())
     }
 
-    /// Starts a task that fsyncs segments rolled without one (`never` and
-    /// `interval` topics) at least `delay_ms` ago, unless one is running, so
-    /// the durable point and the recovery checkpoint follow the rolls.
-    pub fn spawn_sync_closed(self: &Arc<Self>, delay_ms: u64) {
-        if !self.log.closed_sync_due(delay_ms) || self.syncing_closed.swap(true, Ordering::AcqRel) {
+    /// Starts a task, unless one is running, that finishes segment rolls
+    /// of `never` and `interval` topics (directory fsync, index trim) and
+    /// fsyncs segments rolled at least `delay_ms` ago, so the durable point
+    /// and the recovery checkpoint follow the rolls. Appenders never wait
+    /// for either.
+    pub fn spawn_roll_io(self: &Arc<Self>, delay_ms: u64) {
+        let due = self.log.has_unfinished_rolls() || self.log.closed_sync_due(delay_ms);
+        if !due || self.rolling_io.swap(true, Ordering::AcqRel) {
             return;
         }
         let this = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = this.blocking(move |log| log.sync_closed(delay_ms)).await {
-                tracing::error!(topic = %this.topic, partition = this.id, error = %e, "fsync of a rolled segment failed");
+            let result = this.blocking(move |log| log.finish_rolls().and_then(|()| log.sync_closed(delay_ms))).await;
+            if let Err(e) = result {
+                tracing::error!(topic = %this.topic, partition = this.id, error = %e, "finishing or fsyncing a rolled segment failed");
             }
-            this.syncing_closed.store(false, Ordering::Release);
+            this.rolling_io.store(false, Ordering::Release);
         });
     }
 

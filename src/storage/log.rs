@@ -217,6 +217,13 @@ struct Writer {
     /// the writer lock (128 MiB of dirty pages take the disk hundreds of
     /// milliseconds); the next sync or `sync_closed` does.
     unsynced_closed: Vec<Rolled>,
+    /// Segments rolled under `never`/`interval` whose indexes still wait
+    /// for their trim and fsync ([`Log::finish_rolls`]).
+    closing: Vec<Arc<Segment>>,
+    /// Rolls so far, and how many of them the last directory fsync covers:
+    /// nothing in a segment is called durable before its name is.
+    rolls: u64,
+    dir_synced_rolls: u64,
     /// The durable and written points of the last checkpoint written.
     checkpointed: CheckpointPoints,
     /// The last durable point recorded, reused by checkpoints taken while
@@ -354,6 +361,9 @@ impl Log {
             durable_offset,
             durable_position,
             unsynced_closed,
+            closing: Vec::new(),
+            rolls: 0,
+            dir_synced_rolls: 0,
             checkpointed: (None, (u64::MAX, 0)),
             last_durable: recovered.durable,
             epoch: 0,
@@ -616,24 +626,34 @@ impl Log {
     /// Closes the active segment (fsynced, indexes trimmed) and starts a new one.
     fn roll(&self, w: &mut Writer, config: &LogConfig) -> Result<()> {
         let new = Arc::new(Segment::create(self.fs.clone(), &self.dir, w.next_offset, config.limits())?);
-        // Guards against a power loss dropping the new segment's directory
-        // entry: fdatasync of the file alone does not persist its name, and
-        // acknowledged batches are about to be fsynced into it.
-        if let Err(e) = self.fs.sync_dir(&self.dir) {
-            let _ = new.delete();
-            return Err(StorageError::io(&self.dir, e));
-        }
         // Under `always` the old segment is fsynced here (its acknowledged
         // batches already are; this covers the ones still waiting). Under
         // `never` and `interval` nobody waits for it, so the fsync is left to
-        // the next sync or `sync_closed`, off the writer lock.
+        // the next sync or `sync_closed`, and the directory fsync and index
+        // trim to `finish_rolls`, all off the writer lock: while the kernel
+        // writes back GBs, each of them can wait a second for ext4's journal,
+        // and every producer with it.
         let sync_now =
             (config.flush == FlushPolicy::Always || w.durable_offset >= w.next_offset) && w.unsynced_closed.is_empty();
-        let closed = if sync_now { w.active.close() } else { w.active.close_unsynced() };
-        if let Err(e) = closed {
-            let _ = new.delete();
-            w.poisoned = Some(format!("closing segment failed: {e}"));
-            return Err(e);
+        w.rolls += 1;
+        if sync_now {
+            // Guards against a power loss dropping the new segment's
+            // directory entry: fdatasync of the file alone does not persist
+            // its name, and acknowledged batches are about to be fsynced
+            // into it.
+            if let Err(e) = self.fs.sync_dir(&self.dir) {
+                let _ = new.delete();
+                w.rolls -= 1;
+                return Err(StorageError::io(&self.dir, e));
+            }
+            w.dir_synced_rolls = w.rolls;
+            if let Err(e) = w.active.close() {
+                let _ = new.delete();
+                w.poisoned = Some(format!("closing segment failed: {e}"));
+                return Err(e);
+            }
+        } else {
+            w.closing.push(w.active.clone());
         }
         self.publish(w);
         if sync_now {
@@ -667,6 +687,59 @@ impl Log {
         Ok(())
     }
 
+    /// Whether a roll waits for [`Log::finish_rolls`].
+    pub fn has_unfinished_rolls(&self) -> bool {
+        !lock(&self.writer).closing.is_empty()
+    }
+
+    /// The half of a `never`/`interval` roll that may wait on the disk, for
+    /// a background task (the broker's runs within 50 ms), never an
+    /// appender: the directory fsync that makes the new segment's name
+    /// durable, and the trim (msync, shrink, fsync) of the old segment's
+    /// indexes. Until then the old indexes keep their preallocated size,
+    /// as the active segment's do. Any sync does the directory fsync itself
+    /// first, so no data is called durable before its segment's name is. A
+    /// failure poisons the log: the segments' data is visible to readers.
+    pub fn finish_rolls(&self) -> Result<()> {
+        let (closing, rolls) = {
+            let mut w = lock(&self.writer);
+            (std::mem::take(&mut w.closing), w.rolls)
+        };
+        if closing.is_empty() {
+            return Ok(());
+        }
+        self.sync_dir_through(rolls)?;
+        for segment in closing {
+            if let Err(e) = segment.close_unsynced() {
+                poison(&mut lock(&self.writer), &format!("closing segment failed: {e}"));
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fsyncs the partition directory unless a fsync since the `rolls`-th
+    /// roll already did.
+    fn sync_dir_through(&self, rolls: u64) -> Result<()> {
+        if lock(&self.writer).dir_synced_rolls >= rolls {
+            return Ok(());
+        }
+        // Guards against a power loss dropping the names of rolled segments
+        // whose data is about to be called durable (or already is by the
+        // kernel's writeback, which a later fsync would then count on).
+        match self.fs.sync_dir(&self.dir) {
+            Ok(()) => {
+                let mut w = lock(&self.writer);
+                w.dir_synced_rolls = w.dir_synced_rolls.max(rolls);
+                Ok(())
+            }
+            Err(e) => {
+                poison(&mut lock(&self.writer), &format!("fsync of the partition directory failed: {e}"));
+                Err(StorageError::io(&self.dir, e))
+            }
+        }
+    }
+
     /// Whether rolled segments wait for their fsync ([`Log::sync_closed`]).
     pub fn has_unsynced_closed(&self) -> bool {
         !lock(&self.writer).unsynced_closed.is_empty()
@@ -694,6 +767,8 @@ impl Log {
         if closed.is_empty() {
             return Ok(());
         }
+        let rolls = lock(&self.writer).rolls;
+        self.sync_dir_through(rolls)?;
         let result = sync_segments(&closed);
         let mut w = lock(&self.writer);
         if let Err(reason) = result {
@@ -743,11 +818,17 @@ impl Log {
     /// covers; on failure discards the unsynced tail (or poisons the log) and
     /// returns the new epoch and the reason.
     fn sync_once(&self) -> std::result::Result<u64, (u64, String)> {
-        let (segment, offset, position, closed) = {
+        let (segment, offset, position, closed, rolls) = {
             let w = lock(&self.writer);
-            (w.active.clone(), w.next_offset, w.position, w.unsynced_closed.clone())
+            (w.active.clone(), w.next_offset, w.position, w.unsynced_closed.clone(), w.rolls)
         };
-        // Rolled segments first: the durable point cannot pass them.
+        // Segment names first, then rolled segments: the durable point
+        // cannot pass either.
+        if let Err(e) = self.sync_dir_through(rolls) {
+            let mut w = lock(&self.writer);
+            w.epoch += 1;
+            return Err((w.epoch, e.to_string()));
+        }
         if let Err(reason) = sync_segments(&closed) {
             let mut w = lock(&self.writer);
             poison(&mut w, &reason);
@@ -881,6 +962,7 @@ impl Log {
     /// Clean close: sync, checkpoint at the end, write the clean marker.
     /// The log refuses writes afterwards.
     pub fn close(&self) -> Result<()> {
+        self.finish_rolls()?;
         self.checkpoint()?;
         let mut w = lock(&self.writer);
         w.active.indexes()?.offset.flush().map_err(|e| StorageError::io(w.active.index_path(), e))?;
@@ -958,7 +1040,10 @@ impl Log {
         if w.position > 0 {
             self.roll(&mut w, &config)?;
         }
-        Ok(w.next_offset)
+        let next = w.next_offset;
+        drop(w);
+        self.finish_rolls()?;
+        Ok(next)
     }
 
     /// Deletes every closed segment that ends at or before `offset`,
@@ -1012,6 +1097,7 @@ impl Log {
                 self.roll(&mut w, &config)?;
             }
         }
+        self.finish_rolls()?;
         Ok(deleted)
     }
 }
@@ -1206,9 +1292,10 @@ fn recover(
             segment.set_readable_len(end.position);
         }
         // A closed segment older than the one before the active one that
-        // scanned whole: its indexes were fsynced at its roll and stay
-        // closed until first read (a full scan of a thousand segments must
-        // not map two thousand indexes).
+        // scanned whole: its indexes stay closed until first read (a full
+        // scan of a thousand segments must not map two thousand indexes).
+        // Opening checks them against the log, and lookups scan forward
+        // from an entry, so entries a power loss took only slow them down.
         let settled = i + 2 < to_scan.len() && end.error.is_none() && from == 0;
         if settled {
             next_offset = segment_next;
