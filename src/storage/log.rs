@@ -1102,6 +1102,29 @@ impl Log {
     }
 }
 
+/// Index entries redone by recovery from `from` (the scan start) on.
+struct ReIndex<'a> {
+    idx: &'a super::segment::SegmentIndexes,
+    since: u64,
+    max_ts: i64,
+}
+
+impl<'a> ReIndex<'a> {
+    /// Drops the entries at or past `from` (offset `next_offset`).
+    fn start(segment: &'a Segment, from: u64, next_offset: u64) -> Result<ReIndex<'a>> {
+        let idx = segment.indexes()?;
+        idx.offset.truncate_to_position(from);
+        idx.time.truncate_to_relative(next_offset - segment.base_offset);
+        let since = from - idx.offset.last().map(|e| e.position as u64).unwrap_or(0);
+        let max_ts = idx.time.last().map(|e| e.timestamp_ms).unwrap_or(i64::MIN);
+        Ok(ReIndex { idx, since, max_ts })
+    }
+
+    fn add(&mut self, segment: &Segment, position: u64, header: &BatchHeader) {
+        segment.index_batch(self.idx, position, header, &mut self.since, &mut self.max_ts);
+    }
+}
+
 /// The writer's durable point as (segment, position), when it is in the
 /// active segment (not while rolled segments still wait for their fsync).
 fn durable_point(w: &Writer) -> Option<(u64, u64)> {
@@ -1264,7 +1287,20 @@ fn recover(
             break;
         }
         let file_len = segment.readable_len();
-        let end = segment.scan(from, file_len, true, Some(next_offset), |_, h| {
+        // A closed segment older than the one before the active one that
+        // scans whole keeps its indexes closed until first read (a full
+        // scan of a thousand segments must not map two thousand indexes).
+        // Opening checks them against the log, and lookups scan forward
+        // from an entry, so entries a power loss took only slow them down.
+        // Every other scanned segment gets the entries past the scan start
+        // (which may point into what is cut or was never synced) redone
+        // from the batches this scan checks, in the same pass.
+        let may_settle = i + 2 < to_scan.len() && from == 0;
+        let mut reindex = if may_settle { None } else { Some(ReIndex::start(segment, from, next_offset)?) };
+        let end = segment.scan(from, file_len, true, Some(next_offset), |pos, h| {
+            if let Some(r) = reindex.as_mut() {
+                r.add(segment, pos, h);
+            }
             if let Some(p) = h.producer() {
                 producers.record(
                     p.producer_id,
@@ -1291,27 +1327,17 @@ fn recover(
             segment.log.sync_data().map_err(|e| StorageError::io(&segment.log_path, e))?;
             segment.set_readable_len(end.position);
         }
-        // A closed segment older than the one before the active one that
-        // scanned whole: its indexes stay closed until first read (a full
-        // scan of a thousand segments must not map two thousand indexes).
-        // Opening checks them against the log, and lookups scan forward
-        // from an entry, so entries a power loss took only slow them down.
-        let settled = i + 2 < to_scan.len() && end.error.is_none() && from == 0;
-        if settled {
+        if end.error.is_none() && reindex.is_none() {
             next_offset = segment_next;
             position = end.position;
             continue;
         }
+        if reindex.is_none() {
+            // A closed segment recovery cuts: index what is left.
+            let mut r = ReIndex::start(segment, from, next_offset)?;
+            segment.scan(from, end.position, false, None, |pos, h| r.add(segment, pos, h))?;
+        }
         let idx = segment.indexes()?;
-        // Entries past the scan start may point into what was just cut or
-        // was never synced: redo them from the scanned batches.
-        idx.offset.truncate_to_position(from);
-        idx.time.truncate_to_relative(next_offset - segment.base_offset);
-        let mut since = from - idx.offset.last().map(|e| e.position as u64).unwrap_or(0);
-        let mut max_ts = idx.time.last().map(|e| e.timestamp_ms).unwrap_or(i64::MIN);
-        segment.scan(from, end.position, false, None, |pos, h| {
-            segment.index_batch(idx, pos, h, &mut since, &mut max_ts)
-        })?;
         // Indexes are derived and checked against the log when opened, so
         // the rebuilt entries need no msync: the kernel writes them back. An
         // msync here waited for the disk to write back every other dirty
