@@ -171,8 +171,9 @@ pub struct BrokerConfig {
     /// 30 s (`vm.dirty_expire_centisecs`), or sooner under memory pressure,
     /// so by then the fsync adds little I/O; done at once, it made the disk
     /// write back during bursts and cost a 1 GB never-produce burst 30-45%
-    /// of its throughput on the 2-core CI machine. The price: after a power loss (never after a process
-    /// crash) recovery rescans up to this much of the newest appends.
+    /// of its throughput on the 2-core CI machine. The price: after a power
+    /// loss (never after a process crash) recovery rescans up to this much
+    /// of the newest appends.
     pub rolled_segment_sync_delay_ms: u64,
     /// Partitions of a topic created without a count.
     pub default_partitions: u32,

@@ -600,24 +600,42 @@ fn a_new_segment_is_named_durably_before_data_goes_into_it() {
     assert!(log.segment_count() > 3);
     let ops = ops.lock().unwrap().clone();
     let dir_sync = format!("sync_dir {}", dir.path().display());
-    let mut checked = 0;
-    for (i, op) in ops.iter().enumerate() {
-        let Some(file) = op.strip_prefix("create ").filter(|f| f.ends_with(".log")) else { continue };
-        let first_write = ops[i..].iter().position(|o| o == &format!("write {file}")).map(|p| p + i);
-        if let Some(w) = first_write {
-            assert!(
-                ops[i..w].contains(&dir_sync),
-                "{file}: no directory fsync between its creation and its first write"
-            );
-            checked += 1;
-        }
+    let segments = created_and_first_written(&ops);
+    for (file, i, w) in &segments {
+        assert!(ops[*i..*w].contains(&dir_sync), "{file}: no directory fsync between its creation and its first write");
     }
-    assert!(checked > 3, "segments checked: {checked}");
+    assert!(segments.len() > 3, "segments checked: {}", segments.len());
     // Every write is followed by an fsync of the same file before the next
     // append returns (flush policy always): count writes vs syncs per file.
     let writes = ops.iter().filter(|o| o.starts_with("write ")).count();
-    let syncs = ops.iter().filter(|o| o.starts_with("sync ") && o.ends_with(".log")).count();
+    let syncs = data_syncs(&ops);
     assert!(syncs >= writes, "{syncs} fsyncs for {writes} appends under flush=always with one appender");
+}
+
+/// Each `.log` file FaultyFs saw created and then written: (file, index of
+/// its `create` op, index of its first `write` op).
+fn created_and_first_written(ops: &[String]) -> Vec<(String, usize, usize)> {
+    let mut out = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let Some(file) = op.strip_prefix("create ").filter(|f| f.ends_with(".log")) else { continue };
+        if let Some(w) = ops[i..].iter().position(|o| o == &format!("write {file}")) {
+            out.push((file.to_string(), i, i + w));
+        }
+    }
+    out
+}
+
+/// Fsyncs of `.log` files (data) among FaultyFs's recorded ops.
+fn data_syncs(ops: &[String]) -> usize {
+    ops.iter().filter(|o| o.starts_with("sync ") && o.ends_with(".log")).count()
+}
+
+/// A `never` log of small segments over a FaultyFs, and its recorded ops.
+fn recorded_never_log(dir: &Path, clock: Arc<dyn Clock>) -> (Log, Arc<std::sync::Mutex<Vec<String>>>) {
+    let fs = FaultyFs::default();
+    let ops = fs.ops.clone();
+    let config = LogConfig { flush: FlushPolicy::Never, ..small_config() };
+    (Log::open(dir, Arc::new(fs), clock, config).unwrap(), ops)
 }
 
 /// Under `never` no appender waits for the disk at a roll: the first batch
@@ -628,10 +646,7 @@ fn a_new_segment_is_named_durably_before_data_goes_into_it() {
 #[test]
 fn never_rolls_write_first_and_name_segments_durably_before_any_fsync_of_them() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = FaultyFs::default();
-    let ops = fs.ops.clone();
-    let config = LogConfig { flush: FlushPolicy::Never, ..small_config() };
-    let log = Log::open(dir.path(), Arc::new(fs), Arc::new(SystemClock), config).unwrap();
+    let (log, ops) = recorded_never_log(dir.path(), Arc::new(SystemClock));
     fill(&log, 40, 30);
     assert!(log.has_unfinished_rolls());
     log.sync_closed(0).unwrap();
@@ -641,19 +656,17 @@ fn never_rolls_write_first_and_name_segments_durably_before_any_fsync_of_them() 
     assert!(log.segment_count() > 3);
     let ops = ops.lock().unwrap().clone();
     let dir_sync = format!("sync_dir {}", dir.path().display());
-    let mut checked = 0;
-    for (i, op) in ops.iter().enumerate() {
-        let Some(file) = op.strip_prefix("create ").filter(|f| f.ends_with(".log")) else { continue };
-        let Some(w) = ops[i..].iter().position(|o| o == &format!("write {file}")).map(|p| p + i) else { continue };
-        if file.ends_with("00000000000000000000.log") {
-            continue; // the first segment, created by open
-        }
-        assert!(!ops[i..w].contains(&dir_sync), "{file}: the roll waited for a directory fsync");
+    // The first segment is created by open, not by a roll.
+    let rolled: Vec<_> = created_and_first_written(&ops)
+        .into_iter()
+        .filter(|(f, _, _)| !f.ends_with("00000000000000000000.log"))
+        .collect();
+    for (file, i, w) in &rolled {
+        assert!(!ops[*i..*w].contains(&dir_sync), "{file}: the roll waited for a directory fsync");
         let synced = ops.iter().position(|o| o == &format!("sync {file}")).expect("every segment fsynced in the end");
-        assert!(ops[i..synced].contains(&dir_sync), "{file}: fsynced before its name was durable");
-        checked += 1;
+        assert!(ops[*i..synced].contains(&dir_sync), "{file}: fsynced before its name was durable");
     }
-    assert_eq!(checked, log.segment_count() - 1, "every rolled segment checked");
+    assert_eq!(rolled.len(), log.segment_count() - 1, "every rolled segment checked");
     let mut indexes: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -689,14 +702,11 @@ fn a_new_partition_directory_is_made_durable_in_its_parent() {
 #[test]
 fn never_rolls_without_fsync_and_checkpoints_only_what_is_durable() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = FaultyFs::default();
-    let ops = fs.ops.clone();
-    let config = LogConfig { flush: FlushPolicy::Never, ..small_config() };
     let clock = ManualClock::new(1_000_000);
-    let log = Log::open(dir.path(), Arc::new(fs), Arc::new(clock.clone()), config).unwrap();
+    let (log, ops) = recorded_never_log(dir.path(), Arc::new(clock.clone()));
+    let config = LogConfig { flush: FlushPolicy::Never, ..small_config() };
     let end = fill(&log, 40, 30);
     assert!(log.segment_count() > 3);
-    let data_syncs = |ops: &[String]| ops.iter().filter(|o| o.starts_with("sync ") && o.ends_with(".log")).count();
     assert_eq!(data_syncs(&ops.lock().unwrap()), 0, "no fsync of data on the append path under never");
     assert!(log.has_unsynced_closed());
     // Nothing is durable past the first segment yet; the checkpoint records
@@ -818,10 +828,9 @@ fn same_boot_recovery_reads_only_past_the_written_point_and_a_new_boot_past_the_
     assert_eq!(log.high_watermark(), end);
     assert_prefix(&read_all(&log, 0).unwrap(), end, 40);
     assert!(log.has_unsynced(), "the recovered tail is not known to be on disk");
-    let syncs = |ops: &[String]| ops.iter().filter(|o| o.starts_with("sync ") && o.ends_with(".log")).count();
-    let before = syncs(&ops.lock().unwrap());
+    let before = data_syncs(&ops.lock().unwrap());
     log.sync().unwrap();
-    assert_eq!(syncs(&ops.lock().unwrap()), before + 1, "sync fsyncs the recovered tail");
+    assert_eq!(data_syncs(&ops.lock().unwrap()), before + 1, "sync fsyncs the recovered tail");
     drop(log);
 
     // A power loss: everything past the durable point comes back as garbage.
@@ -889,7 +898,7 @@ fn rolled_segments_recovered_in_the_same_boot_are_still_fsynced() {
     assert_eq!(log.high_watermark(), end);
     assert!(log.has_unsynced_closed(), "rolled segments read from the page cache wait for an fsync");
     log.sync_closed(0).unwrap();
-    let synced = ops.lock().unwrap().iter().filter(|o| o.starts_with("sync ") && o.ends_with(".log")).count();
+    let synced = data_syncs(&ops.lock().unwrap());
     assert_eq!(synced, segments - 1, "each rolled segment fsynced once");
     assert!(!log.has_unsynced_closed());
     assert_prefix(&read_all(&log, 0).unwrap(), end, 30);

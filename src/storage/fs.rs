@@ -331,7 +331,8 @@ impl FaultSwitch {
 
 /// A [`FileSystem`] over the real one that injects the fault set on its
 /// [`FaultSwitch`] into `.log` file writes and syncs (the data path), and
-/// records the order of data-path operations for crash-ordering tests.
+/// records the order of operations (writes and reads of `.log` files, syncs
+/// of every file, creations, directory syncs) for crash-ordering tests.
 #[derive(Debug, Default, Clone)]
 pub struct FaultyFs {
     pub switch: FaultSwitch,

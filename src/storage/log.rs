@@ -758,16 +758,14 @@ impl Log {
     /// fsync poisons the log: readers may have seen those batches.
     pub fn sync_closed(&self, min_age_ms: u64) -> Result<()> {
         let now = self.clock.now_ms();
-        let closed: Vec<Rolled> = lock(&self.writer)
-            .unsynced_closed
-            .iter()
-            .take_while(|r| rolled_long_enough(r, now, min_age_ms))
-            .cloned()
-            .collect();
+        let (closed, rolls) = {
+            let w = lock(&self.writer);
+            let due = w.unsynced_closed.iter().take_while(|r| rolled_long_enough(r, now, min_age_ms));
+            (due.cloned().collect::<Vec<Rolled>>(), w.rolls)
+        };
         if closed.is_empty() {
             return Ok(());
         }
-        let rolls = lock(&self.writer).rolls;
         self.sync_dir_through(rolls)?;
         let result = sync_segments(&closed);
         let mut w = lock(&self.writer);
