@@ -128,8 +128,14 @@ impl Partition {
         let mut out = ReadRecords { next_offset: from, ..ReadRecords::default() };
         let mut bytes = 0usize;
         loop {
-            let ReadBatches { batches, high_watermark, log_start_offset } =
-                self.log.read(out.next_offset, bytes_max.saturating_sub(bytes).max(1)).map_err(|e| self.error(e))?;
+            let read = self.log.read(out.next_offset, bytes_max.saturating_sub(bytes).max(1));
+            let ReadBatches { batches, high_watermark, log_start_offset } = match read {
+                Ok(read) => read,
+                // What was read before a corrupt batch is served; the read
+                // that starts at it reports it.
+                Err(crate::storage::StorageError::Corrupt { .. }) if !out.records.is_empty() => return Ok(out),
+                Err(e) => return Err(self.error(e)),
+            };
             out.high_watermark = high_watermark;
             out.log_start_offset = log_start_offset;
             if batches.is_empty() {

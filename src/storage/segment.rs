@@ -372,7 +372,8 @@ impl Segment {
 
     /// Reads whole batches holding offsets from `from` on, up to `bytes_max`
     /// (at least one batch), stopping before `high_watermark`. Each batch's
-    /// CRC is checked: a corrupt one is an error naming its position.
+    /// CRC is checked: a corrupt one ends the read after the good batches
+    /// before it, and is an error naming its position when it comes first.
     pub fn read(&self, from: u64, bytes_max: usize, high_watermark: u64) -> Result<Vec<Bytes>> {
         let end = self.readable_len();
         let start = self.position_for(from)?;
@@ -400,18 +401,28 @@ impl Segment {
                 first_offset: from,
                 reason,
             };
-            let header =
-                BatchHeader::parse(&buf[at..], self.limits.batch_bytes_max).map_err(|e| corrupt(e.to_string()))?;
+            let header = match BatchHeader::parse(&buf[at..], self.limits.batch_bytes_max) {
+                Ok(h) => h,
+                Err(_) if !out.is_empty() => break,
+                Err(e) => return Err(corrupt(e.to_string())),
+            };
             if at + header.total_len > buf.len() || header.base_offset >= high_watermark {
                 break;
             }
             let bytes = buf.slice(at..at + header.total_len);
-            batch::verify_crc(&header, &bytes).map_err(|e| StorageError::Corrupt {
-                path: self.log_path.clone(),
-                position,
-                first_offset: header.base_offset,
-                reason: format!("{e} (offsets {}..={})", header.base_offset, header.last_offset()),
-            })?;
+            match batch::verify_crc(&header, &bytes) {
+                Ok(()) => {}
+                // Serve what precedes it; the next read starts here and fails.
+                Err(_) if !out.is_empty() => break,
+                Err(e) => {
+                    return Err(StorageError::Corrupt {
+                        path: self.log_path.clone(),
+                        position,
+                        first_offset: header.base_offset,
+                        reason: format!("{e} (offsets {}..={})", header.base_offset, header.last_offset()),
+                    })
+                }
+            }
             out.push(bytes);
             at += header.total_len;
         }
