@@ -206,3 +206,101 @@ async fn disk_faults_are_errors_never_acks_and_appends_resume_after() {
         server.shutdown().await.unwrap();
     }
 }
+
+/// Sends `body` as the one message of a Subscribe call, bytes as they are.
+async fn subscribe_with_bytes(server: &strata::server::RunningServer, body: Vec<u8>) -> tonic::Status {
+    let channel = tonic::transport::Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/strata.v1.Broker/Subscribe");
+    let result = grpc.server_streaming(tonic::Request::new(bytes::Bytes::from(body)), path, BytesCodec).await;
+    match result {
+        Err(status) => status,
+        Ok(response) => response.into_inner().message().await.expect_err("the call must fail"),
+    }
+}
+
+/// A codec that sends and receives message bytes unencoded.
+#[derive(Debug, Clone, Default)]
+struct BytesCodec;
+
+impl tonic::codec::Codec for BytesCodec {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = BytesCodec;
+    type Decoder = BytesCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        BytesCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        BytesCodec
+    }
+}
+
+impl tonic::codec::Encoder for BytesCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: bytes::Bytes, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(buf, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for BytesCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        let n = bytes::Buf::remaining(buf);
+        Ok(Some(bytes::Buf::copy_to_bytes(buf, n)))
+    }
+}
+
+#[tokio::test]
+async fn bad_subscribe_requests_get_a_status_and_the_broker_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.request_bytes_max = 4096;
+    let server = strata::server::start(config).await.unwrap();
+    let mut c = client(&server).await;
+    create(&mut c, "events", 1).await;
+
+    // Handler errors come before any message: a trailers-only response.
+    let committed = proto::SubscribeRequest {
+        topic_pattern: "events".into(),
+        fallback: Some(proto::Boundary::Committed as i32),
+        ..Default::default()
+    };
+    assert_code(c.subscribe(committed).await, Code::InvalidArgument, &["fallback"]);
+    let group_without_pattern =
+        proto::SubscribeRequest { group: Some("g".into()), from: at_offset(0), ..Default::default() };
+    assert!(c.subscribe(group_without_pattern).await.is_err(), "a group needs a topic pattern");
+
+    // Bytes that are no SubscribeRequest, and one over the size limit.
+    let status = subscribe_with_bytes(&server, vec![0xff; 12]).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("malformed SubscribeRequest"), "{status:?}");
+    let mut huge = Vec::new();
+    prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut huge);
+    prost::encoding::encode_varint(10_000, &mut huge);
+    huge.extend(std::iter::repeat_n(b'a', 10_000));
+    let status = subscribe_with_bytes(&server, huge).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+
+    // The broker still serves subscriptions after all of that.
+    produce(&mut c, "events", Some(0), vec![record("", "still here")]).await;
+    let request = proto::SubscribeRequest {
+        topic_pattern: "events".into(),
+        from: at_boundary(proto::Boundary::Earliest),
+        ..Default::default()
+    };
+    let mut stream = c.subscribe(request).await.unwrap().into_inner();
+    let first = loop {
+        let m = stream.message().await.unwrap().expect("a message");
+        if let Some(r) = m.records.into_iter().next() {
+            break r;
+        }
+    };
+    assert_eq!(first.value.as_ref(), b"still here");
+    server.shutdown().await.unwrap();
+}

@@ -3,6 +3,7 @@
 //! here, and [`status`] is the one place errors become gRPC codes.
 
 pub mod convert;
+pub mod push;
 pub mod service;
 pub mod status;
 
@@ -79,9 +80,11 @@ pub async fn start_with(
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let service = proto::broker_server::BrokerServer::new(service::BrokerService { broker: broker.clone() })
+    let handler = service::BrokerService { broker: broker.clone() };
+    let generated = proto::broker_server::BrokerServer::new(handler.clone())
         .max_decoding_message_size(request_bytes_max)
         .max_encoding_message_size(request_bytes_max + (1 << 20));
+    let service = push::ZeroCopySubscribe::new(generated, handler, request_bytes_max);
 
     // Nagle off on every accepted socket: with it on, a response's trailing
     // small frames wait for a delayed ACK (about 40 ms). Server::tcp_nodelay
