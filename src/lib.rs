@@ -7,11 +7,13 @@
 //!   no tokio, no tonic, no prost.
 //! - [`config`]: every limit, with units in the names.
 //!
-//! The `strata` binary (`main.rs` and [`cli`]) sits on top.
+//! The `strata` binary (`main.rs` and [`cli`]) sits on top; [`client`] is
+//! its zero-copy Subscribe reader.
 
 pub mod bench;
 pub mod broker;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod group;
 pub mod proto_codec;

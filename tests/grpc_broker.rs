@@ -528,18 +528,31 @@ async fn raw_produce_writes_client_batches_as_they_are_and_refuses_bad_ones() {
     server.shutdown().await.unwrap();
 }
 
+/// A Subscribe stream read by tonic's client or by strata's zero-copy one.
+enum Sub {
+    Tonic(tonic::Streaming<proto::SubscribeResponse>),
+    ZeroCopy(strata::client::SubscribeStream),
+}
+
+impl Sub {
+    async fn message(&mut self) -> Result<Option<proto::SubscribeResponse>, tonic::Status> {
+        match self {
+            Sub::Tonic(s) => s.message().await,
+            Sub::ZeroCopy(s) => s.message().await,
+        }
+    }
+}
+
 /// Reads raw Subscribe messages until `until` offsets have arrived, checking
 /// that each continues where the previous one ended; returns (offset, value).
-async fn raw_deliveries(
-    stream: &mut tonic::Streaming<proto::SubscribeResponse>,
-    mut next: u64,
-    until: u64,
-    group: bool,
-) -> Vec<(u64, String)> {
+async fn raw_deliveries(stream: &mut Sub, mut next: u64, until: u64, group: bool) -> Vec<(u64, String)> {
     let mut got = Vec::new();
     while next < until {
-        let m =
-            tokio::time::timeout(Duration::from_secs(20), stream.next()).await.expect("a message").unwrap().unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("a message")
+            .unwrap()
+            .expect("the stream goes on");
         if m.record_batches.is_empty() {
             continue; // an assignment message
         }
@@ -577,16 +590,34 @@ async fn raw_subscription_pushes_stored_batches_alone_and_in_a_group() {
         fallback: Some(proto::Boundary::Earliest as i32),
         raw_batches: true,
     };
-    // From the middle of a batch: the message says which offset it starts at.
-    let mut alone = c.subscribe(request(None, at_offset(7))).await.unwrap().into_inner();
-    let got = raw_deliveries(&mut alone, 7, 20, false).await;
-    assert_eq!(got, (7..20).map(|o| (o, value(o))).collect::<Vec<_>>());
+    let expected = |offsets: std::ops::Range<u64>| offsets.map(|o| (o, value(o))).collect::<Vec<_>>();
+    // From the middle of a batch: the message says which offset it starts
+    // at. Read by tonic's client and by the zero-copy one alike.
+    let channel = tonic::transport::Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
+    let mut alone = [
+        Sub::Tonic(c.subscribe(request(None, at_offset(7))).await.unwrap().into_inner()),
+        Sub::ZeroCopy(strata::client::subscribe(&channel, request(None, at_offset(7))).await.unwrap()),
+    ];
+    for s in &mut alone {
+        assert_eq!(raw_deliveries(s, 7, 20, false).await, expected(7..20));
+    }
     // A later append is pushed as it lands.
     produce(&mut c, "raw.sub", None, (20..25).map(|o| record("", &value(o))).collect()).await;
-    assert_eq!(raw_deliveries(&mut alone, 20, 25, false).await, (20..25).map(|o| (o, value(o))).collect::<Vec<_>>());
+    for s in &mut alone {
+        assert_eq!(raw_deliveries(s, 20, 25, false).await, expected(20..25));
+    }
     // As a group member: from the committed offset (none, so the earliest).
-    let mut member = c.subscribe(request(Some("raw-group"), None)).await.unwrap().into_inner();
-    assert_eq!(raw_deliveries(&mut member, 0, 25, true).await, (0..25).map(|o| (o, value(o))).collect::<Vec<_>>());
+    let mut member = Sub::Tonic(c.subscribe(request(Some("raw-group"), None)).await.unwrap().into_inner());
+    assert_eq!(raw_deliveries(&mut member, 0, 25, true).await, expected(0..25));
+    // Batches big enough to leave the broker as the stored bytes themselves.
+    let big = |o: u64| format!("{}{}", value(o), "z".repeat(30_000));
+    for b in 0..3u64 {
+        produce(&mut c, "raw.sub", None, (0..4).map(|j| record("", &big(25 + b * 4 + j))).collect()).await;
+    }
+    for s in &mut alone {
+        let got = raw_deliveries(s, 25, 37, false).await;
+        assert_eq!(got, (25..37).map(|o| (o, big(o))).collect::<Vec<_>>());
+    }
     drop((alone, member));
     server.shutdown().await.unwrap();
 }

@@ -162,6 +162,25 @@ async fn corrupt_closed_segment_is_data_loss_and_the_rest_is_served() {
         assert_eq!(status.code(), Code::DataLoss, "{status:?}");
         assert!(delivered >= 1, "the records before the corrupt batch arrive first");
     }
+    // The same through the zero-copy client.
+    let channel = tonic::transport::Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
+    let request = proto::SubscribeRequest {
+        topic_pattern: "ledger".into(),
+        from: at_boundary(proto::Boundary::Earliest),
+        raw_batches: true,
+        ..Default::default()
+    };
+    let mut stream = strata::client::subscribe(&channel, request).await.unwrap();
+    let mut delivered = 0;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(m)) => delivered += m.record_batches.len(),
+            Ok(None) => panic!("the stream ended without an error"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    assert!(delivered >= 1, "the batches before the corrupt one arrive first");
     // Later segments and new appends still work.
     produce(&mut c, "ledger", None, vec![record("", "after")]).await;
     assert_eq!(fetch(&mut c, "ledger", 0, 60).await.unwrap().records[0].value.as_ref(), b"after");
@@ -270,7 +289,9 @@ async fn bad_subscribe_requests_get_a_status_and_the_broker_serves_on() {
         fallback: Some(proto::Boundary::Committed as i32),
         ..Default::default()
     };
-    assert_code(c.subscribe(committed).await, Code::InvalidArgument, &["fallback"]);
+    assert_code(c.subscribe(committed.clone()).await, Code::InvalidArgument, &["fallback"]);
+    let channel = tonic::transport::Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
+    assert_code(strata::client::subscribe(&channel, committed).await, Code::InvalidArgument, &["fallback"]);
     let group_without_pattern =
         proto::SubscribeRequest { group: Some("g".into()), from: at_offset(0), ..Default::default() };
     assert!(c.subscribe(group_without_pattern).await.is_err(), "a group needs a topic pattern");
