@@ -119,11 +119,17 @@ async fn corrupt_closed_segment_is_data_loss_and_the_rest_is_served() {
     for i in 0..60 {
         produce(&mut c, "ledger", None, vec![record("", &format!("entry-{i:04}-{}", "x".repeat(60)))]).await;
     }
+    // Read once while good: a broker checks a batch's CRC once per run.
+    assert_eq!(fetch_all(&mut c, "ledger", 0, 0).await.len(), 60);
+    server.shutdown().await.unwrap();
+    // The disk flips a bit while the broker is down.
     let first_segment = dir.path().join("ledger/0/00000000000000000000.log");
     let mut bytes = std::fs::read(&first_segment).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x5a;
     std::fs::write(&first_segment, bytes).unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
 
     let mut data_loss = 0;
     for offset in 0..60 {

@@ -1311,6 +1311,8 @@ fn recover(
                 );
             }
         })?;
+        // Reads need not check these batches again.
+        segment.mark_checked(from);
         let segment_next = if end.position == from { next_offset } else { end.next_offset };
         if let Some(reason) = &end.error {
             tracing::warn!(
