@@ -301,7 +301,7 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
             duration: None,
             rate: 0,
             producers: 4,
-            batch: 1000,
+            batch: args.batch,
             ..args.clone()
         };
         let payload = Bytes::from(vec![b'x'; args.record_bytes]);
