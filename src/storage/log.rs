@@ -226,6 +226,8 @@ struct Writer {
     dir_synced_rolls: u64,
     /// The durable and written points of the last checkpoint written.
     checkpointed: CheckpointPoints,
+    /// Numbers each checkpoint taken, in the order of the states they record.
+    checkpoint_seq: u64,
     /// The last durable point recorded, reused by checkpoints taken while
     /// the durable point is in a rolled segment waiting for its fsync.
     last_durable: Checkpoint,
@@ -270,6 +272,12 @@ pub struct Log {
     writer: Mutex<Writer>,
     sync: Mutex<SyncState>,
     synced: Condvar,
+    /// The number of the checkpoint on disk; held while one is written.
+    /// A hint is taken under the writer lock but written after it, so a
+    /// roll's or a cut's newer checkpoint may land first: this keeps the
+    /// older one from replacing it (a written point past a cut would send
+    /// the next same-boot recovery into the middle of a batch).
+    checkpoint_file: Mutex<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -365,6 +373,7 @@ impl Log {
             rolls: 0,
             dir_synced_rolls: 0,
             checkpointed: (None, (u64::MAX, 0)),
+            checkpoint_seq: 0,
             last_durable: recovered.durable,
             epoch: 0,
             poisoned: None,
@@ -381,6 +390,7 @@ impl Log {
             sync: Mutex::new(SyncState { synced_offset: durable_offset, ..SyncState::default() }),
             writer: Mutex::new(writer),
             synced: Condvar::new(),
+            checkpoint_file: Mutex::new(0),
         })
     }
 
@@ -679,7 +689,8 @@ impl Log {
         }
         w.durable_position = 0;
         let points = checkpoint_points(w);
-        if let Err(e) = self.write_checkpoint(&self.checkpoint_of(w)) {
+        let cp = self.checkpoint_of(w);
+        if let Err(e) = self.write_checkpoint(cp) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "could not write the recovery checkpoint; recovery will scan more");
         }
         w.checkpointed = points;
@@ -881,7 +892,7 @@ impl Log {
         // batches will start at other positions: replace it before any.
         let points = checkpoint_points(w);
         let cp = self.checkpoint_of(w);
-        self.write_checkpoint(&cp).map_err(std::io::Error::other)?;
+        self.write_checkpoint(cp).map_err(std::io::Error::other)?;
         w.checkpointed = points;
         Ok(())
     }
@@ -921,7 +932,7 @@ impl Log {
             w.checkpointed = points;
             self.checkpoint_of(&mut w)
         };
-        self.write_checkpoint(&cp)?;
+        self.write_checkpoint(cp)?;
         Ok(true)
     }
 
@@ -935,7 +946,7 @@ impl Log {
     /// the last one recorded, while rolled segments wait for their fsync)
     /// and, unless the log is poisoned (written bytes in doubt), its
     /// written point in this boot.
-    fn checkpoint_of(&self, w: &mut Writer) -> Checkpoint {
+    fn checkpoint_of(&self, w: &mut Writer) -> (u64, Checkpoint) {
         if durable_point(w).is_some() {
             w.last_durable = durable_checkpoint(w);
         }
@@ -947,14 +958,22 @@ impl Log {
             next_offset: w.next_offset,
             producers: w.producers.clone(),
         });
-        cp
+        w.checkpoint_seq += 1;
+        (w.checkpoint_seq, cp)
     }
 
     /// Writes the checkpoint as a hint: the log before it was fsynced first,
     /// so a lost or torn checkpoint only makes the next recovery scan more.
-    fn write_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
+    /// A checkpoint older than the one on disk is dropped.
+    fn write_checkpoint(&self, (seq, cp): (u64, Checkpoint)) -> Result<()> {
+        let mut on_disk = lock(&self.checkpoint_file);
+        if seq < *on_disk {
+            return Ok(());
+        }
         let path = self.dir.join(checkpoint::FILE_NAME);
-        super::fs::write_hint(self.fs.as_ref(), &path, &cp.encode()).map_err(|e| StorageError::io(&path, e))
+        super::fs::write_hint(self.fs.as_ref(), &path, &cp.encode()).map_err(|e| StorageError::io(&path, e))?;
+        *on_disk = seq;
+        Ok(())
     }
 
     /// Clean close: sync, checkpoint at the end, write the clean marker.
@@ -1384,4 +1403,33 @@ fn recover(
         "recovered log after unclean shutdown"
     );
     Ok(Recovered { next_offset, position, producers, durable })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::batch::{self, Record};
+    use crate::storage::fs::StdFs;
+    use crate::storage::SystemClock;
+
+    fn append_one(log: &Log) {
+        let record = Record { timestamp_ms: 1, key: Bytes::new(), value: Bytes::from_static(b"v"), headers: vec![] };
+        log.append(&mut batch::encode(&[record], None)).unwrap();
+    }
+
+    #[test]
+    fn an_older_checkpoint_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig { flush: FlushPolicy::Never, ..LogConfig::default() };
+        let log = Log::open(dir.path(), Arc::new(StdFs), Arc::new(SystemClock), config).unwrap();
+        append_one(&log);
+        // A hint taken, then delayed past a newer checkpoint (a roll's).
+        let older = log.checkpoint_of(&mut lock(&log.writer));
+        append_one(&log);
+        let newer = log.checkpoint_of(&mut lock(&log.writer));
+        log.write_checkpoint(newer.clone()).unwrap();
+        log.write_checkpoint(older).unwrap();
+        let on_disk = std::fs::read(dir.path().join(checkpoint::FILE_NAME)).unwrap();
+        assert_eq!(Checkpoint::decode(&on_disk).unwrap(), newer.1);
+    }
 }
