@@ -266,20 +266,49 @@ impl Segment {
 
     /// Walks batches from `from` up to `end`, calling `f(position, header)`
     /// for each valid one. Stops at the first batch that is truncated, has a
-    /// bad header, non-dense offsets, or (with `check_crc`) a bad CRC.
+    /// bad header, non-dense offsets, or (with `check_crc`) a bad CRC. For
+    /// the broker, which owns the files: it maps what it reads.
     pub fn scan(
         &self,
         from: u64,
         end: u64,
         check_crc: bool,
         first_offset: Option<u64>,
-        mut f: impl FnMut(u64, &BatchHeader),
+        f: impl FnMut(u64, &BatchHeader),
     ) -> Result<ScanEnd> {
-        const CHUNK: usize = 1 << 20;
+        self.scan_reading(from, end, check_crc, first_offset, f, true)
+    }
+
+    /// [`Segment::scan`] reading with copies, for tools that inspect files
+    /// a running broker may cut (a mapping would fault past a cut).
+    pub fn scan_copied(
+        &self,
+        from: u64,
+        end: u64,
+        check_crc: bool,
+        first_offset: Option<u64>,
+        f: impl FnMut(u64, &BatchHeader),
+    ) -> Result<ScanEnd> {
+        self.scan_reading(from, end, check_crc, first_offset, f, false)
+    }
+
+    fn scan_reading(
+        &self,
+        from: u64,
+        end: u64,
+        check_crc: bool,
+        first_offset: Option<u64>,
+        mut f: impl FnMut(u64, &BatchHeader),
+        shared: bool,
+    ) -> Result<ScanEnd> {
+        // Read by mapping (`read_shared`), not into a zeroed buffer: after a
+        // crash, zeroing and copying the rescanned bytes was 46% of the time
+        // 100 partitions took to open.
+        const CHUNK: usize = 4 << 20;
         let mut pos = from;
         let mut expected: Option<u64> = first_offset.or((from == 0).then_some(self.base_offset));
         let mut next_offset = None;
-        let mut buf: Vec<u8> = Vec::new();
+        let mut buf = Bytes::new();
         let mut buf_start = from;
         let stop = |pos: u64, next: Option<u64>, reason: Option<String>| ScanEnd {
             position: pos,
@@ -290,7 +319,7 @@ impl Segment {
             let need_header = (pos - buf_start) as usize + HEADER_LEN;
             if need_header > buf.len() {
                 buf_start = pos;
-                buf = self.read_range(pos, (end - pos).min(CHUNK as u64) as usize)?;
+                buf = self.read_range(pos, (end - pos).min(CHUNK as u64) as usize, shared)?;
             }
             let at = (pos - buf_start) as usize;
             if buf.len() < at + HEADER_LEN {
@@ -329,7 +358,8 @@ impl Segment {
             if check_crc {
                 if at + header.total_len > buf.len() {
                     buf_start = pos;
-                    buf = self.read_range(pos, header.total_len.max(((end - pos).min(CHUNK as u64)) as usize))?;
+                    let len = header.total_len.max(((end - pos).min(CHUNK as u64)) as usize);
+                    buf = self.read_range(pos, len, shared)?;
                 }
                 let at = (pos - buf_start) as usize;
                 if let Err(e) = batch::verify_crc(&header, &buf[at..at + header.total_len]) {
@@ -344,8 +374,15 @@ impl Segment {
         Ok(stop(pos, next_offset, None))
     }
 
-    fn read_range(&self, position: u64, len: usize) -> Result<Vec<u8>> {
-        self.log.read_up_to(position, len).map_err(|e| StorageError::io(&self.log_path, e))
+    /// Bytes at `position` (fewer at the end of the file); `shared` maps
+    /// them, for the broker, whose scans end before it cuts a segment.
+    fn read_range(&self, position: u64, len: usize, shared: bool) -> Result<Bytes> {
+        let read = if shared {
+            self.log.read_shared(position, len)
+        } else {
+            self.log.read_up_to(position, len).map(Bytes::from)
+        };
+        read.map_err(|e| StorageError::io(&self.log_path, e))
     }
 
     /// Position of the batch whose base offset is `base_offset + relative`.

@@ -94,7 +94,7 @@ pub fn verify_partition(
         }
         let len = segment.readable_len();
         let mut batches = Vec::new();
-        let end = segment.scan(0, len, true, None, |pos, h| {
+        let end = segment.scan_copied(0, len, true, None, |pos, h| {
             batches.push((pos, h.base_offset, h.max_timestamp));
             report.batches += 1;
             report.records += h.record_count as u64;
