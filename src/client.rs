@@ -1,4 +1,5 @@
-//! A `Subscribe` client that decodes pushed messages without copying them.
+//! `Subscribe` and `Fetch` clients that decode responses without copying
+//! the record batches in them.
 //!
 //! tonic's client copies every HTTP/2 DATA frame of a response into one
 //! buffer before decoding a message from it: for a raw subscription that
@@ -22,21 +23,41 @@ use tonic::Status;
 
 use crate::proto;
 
-/// The gRPC path of Subscribe.
+/// The gRPC paths of Subscribe and Fetch.
 const SUBSCRIBE_PATH: &str = "/strata.v1.Broker/Subscribe";
+const FETCH_PATH: &str = "/strata.v1.Broker/Fetch";
 
-/// Largest pushed message accepted (a raw push is about 2 MiB).
+/// Largest response message accepted (a raw push is about 2 MiB).
 pub const MESSAGE_BYTES_MAX: usize = 256 << 20;
 
 /// Opens a Subscribe stream on `channel`.
 pub async fn subscribe(channel: &Channel, request: proto::SubscribeRequest) -> Result<SubscribeStream, Status> {
+    let body = call(channel, SUBSCRIBE_PATH, &request).await?;
+    Ok(SubscribeStream { body, frames: Frames::default(), ended: false })
+}
+
+/// One Fetch call on `channel`.
+pub async fn fetch(channel: &Channel, request: proto::FetchRequest) -> Result<proto::FetchResponse, Status> {
+    let mut body = call(channel, FETCH_PATH, &request).await?;
+    let mut frames = Frames::default();
+    while next_frame(&mut body, &mut frames).await?.is_some() {}
+    let message = frames.next_message::<proto::FetchResponse>()?;
+    if frames.remaining > 0 {
+        return Err(Status::internal("more than one message in a Fetch response"));
+    }
+    message.ok_or_else(|| Status::internal("a Fetch response without its message"))
+}
+
+/// Sends `request` to `path` and returns the response body once the
+/// broker accepted the call.
+async fn call(channel: &Channel, path: &'static str, request: &impl Message) -> Result<Body, Status> {
     let mut body = BytesMut::with_capacity(5 + request.encoded_len());
     body.put_u8(0);
     body.put_u32(request.encoded_len() as u32);
     request.encode(&mut body).map_err(|e| Status::internal(format!("encoding the request: {e}")))?;
     let request = http::Request::builder()
         .method(http::Method::POST)
-        .uri(SUBSCRIBE_PATH)
+        .uri(path)
         .header(http::header::CONTENT_TYPE, "application/grpc")
         .header(http::header::TE, "trailers")
         .body(Body::new(http_body_util::Full::new(body.freeze())))
@@ -51,7 +72,32 @@ pub async fn subscribe(channel: &Channel, request: proto::SubscribeRequest) -> R
     if let Some(status) = Status::from_header_map(response.headers()).filter(|s| s.code() != tonic::Code::Ok) {
         return Err(status);
     }
-    Ok(SubscribeStream { body: response.into_body(), frames: Frames::default(), ended: false })
+    Ok(response.into_body())
+}
+
+/// Reads the next DATA frame of `body` into `frames`: Some(()), or None
+/// once the trailers said OK (an error status is returned as the error).
+async fn next_frame(body: &mut Body, frames: &mut Frames) -> Result<Option<()>, Status> {
+    let frame = match body.frame().await {
+        Some(Ok(frame)) => frame,
+        Some(Err(status)) => return Err(status),
+        None => return Err(Status::internal("the response ended without a gRPC status")),
+    };
+    match frame.into_data() {
+        Ok(data) => {
+            frames.push(data);
+            Ok(Some(()))
+        }
+        Err(frame) => {
+            let trailers = frame.into_trailers().unwrap_or_default();
+            let status =
+                Status::from_header_map(&trailers).ok_or_else(|| Status::internal("trailers without a gRPC status"))?;
+            if status.code() != tonic::Code::Ok {
+                return Err(status);
+            }
+            Ok(None)
+        }
+    }
 }
 
 fn transport(e: tonic::transport::Error) -> Status {
@@ -79,25 +125,11 @@ impl SubscribeStream {
             if self.ended {
                 return Ok(None);
             }
-            let frame = match self.body.frame().await {
-                Some(Ok(frame)) => frame,
-                Some(Err(status)) => return Err(status),
-                None => return Err(Status::internal("the stream ended without a gRPC status")),
-            };
-            match frame.into_data() {
-                Ok(data) => self.frames.push(data),
-                Err(frame) => {
-                    let trailers = frame.into_trailers().unwrap_or_default();
-                    let status = Status::from_header_map(&trailers)
-                        .ok_or_else(|| Status::internal("trailers without a gRPC status"))?;
-                    if status.code() != tonic::Code::Ok {
-                        return Err(status);
-                    }
-                    if self.frames.remaining > 0 {
-                        return Err(Status::internal("the stream ended inside a message"));
-                    }
-                    self.ended = true;
+            if next_frame(&mut self.body, &mut self.frames).await?.is_none() {
+                if self.frames.remaining > 0 {
+                    return Err(Status::internal("the stream ended inside a message"));
                 }
+                self.ended = true;
             }
         }
     }
@@ -120,7 +152,7 @@ impl Frames {
     }
 
     /// Decodes the first message once all of it is here.
-    fn next_message(&mut self) -> Result<Option<proto::SubscribeResponse>, Status> {
+    fn next_message<M: Message + Default>(&mut self) -> Result<Option<M>, Status> {
         if self.remaining < 5 {
             return Ok(None);
         }
@@ -139,9 +171,10 @@ impl Frames {
             return Ok(None);
         }
         self.advance(5);
-        proto::SubscribeResponse::decode(Buf::take(&mut *self, len))
-            .map(Some)
-            .map_err(|e| Status::internal(format!("malformed SubscribeResponse: {e}")))
+        M::decode(Buf::take(&mut *self, len)).map(Some).map_err(|e| {
+            let name = std::any::type_name::<M>().rsplit("::").next().unwrap_or("message");
+            Status::internal(format!("malformed {name}: {e}"))
+        })
     }
 
     fn peek(&self, out: &mut [u8]) {
@@ -204,7 +237,7 @@ impl Buf for Frames {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::push::frame_message;
+    use crate::server::push::frame_subscribe_response;
 
     fn sample() -> proto::SubscribeResponse {
         proto::SubscribeResponse {
@@ -223,34 +256,32 @@ mod tests {
 
     #[test]
     fn messages_decode_from_frames_as_sent_and_batches_are_not_copied() {
-        let mut sent = VecDeque::new();
-        frame_message(sample(), &mut sent);
-        frame_message(proto::SubscribeResponse { member_id: "m".into(), ..Default::default() }, &mut sent);
+        let mut sent = frame_subscribe_response(sample());
+        sent.extend(frame_subscribe_response(proto::SubscribeResponse { member_id: "m".into(), ..Default::default() }));
         let batch = sent.iter().find(|c| c.len() == 70_000).unwrap().clone();
         let mut frames = Frames::default();
         for chunk in sent {
             frames.push(chunk);
         }
-        let first = frames.next_message().unwrap().unwrap();
+        let first = frames.next_message::<proto::SubscribeResponse>().unwrap().unwrap();
         assert_eq!(first, sample());
         assert_eq!(first.record_batches[0].as_ptr(), batch.as_ptr(), "a slice of the received frame");
-        assert_eq!(frames.next_message().unwrap().unwrap().member_id, "m");
-        assert_eq!(frames.next_message().unwrap(), None);
+        assert_eq!(frames.next_message::<proto::SubscribeResponse>().unwrap().unwrap().member_id, "m");
+        assert_eq!(frames.next_message::<proto::SubscribeResponse>().unwrap(), None);
         assert_eq!(frames.remaining, 0);
     }
 
     #[test]
     fn messages_split_anywhere_decode_once_complete() {
-        let mut sent = VecDeque::new();
-        frame_message(sample(), &mut sent);
-        frame_message(sample(), &mut sent);
+        let mut sent = frame_subscribe_response(sample());
+        sent.extend(frame_subscribe_response(sample()));
         let bytes: Vec<u8> = sent.iter().flat_map(|c| c.iter().copied()).collect();
         for piece in [1usize, 3, 7, 4096, 65_537] {
             let mut frames = Frames::default();
             let mut decoded = Vec::new();
             for part in bytes.chunks(piece) {
                 frames.push(Bytes::copy_from_slice(part));
-                while let Some(m) = frames.next_message().unwrap() {
+                while let Some(m) = frames.next_message::<proto::SubscribeResponse>().unwrap() {
                     decoded.push(m);
                 }
             }
@@ -262,12 +293,15 @@ mod tests {
     fn bad_prefixes_are_errors() {
         let mut frames = Frames::default();
         frames.push(Bytes::from_static(&[1, 0, 0, 0, 1, 0]));
-        assert_eq!(frames.next_message().unwrap_err().code(), tonic::Code::Internal);
+        assert_eq!(frames.next_message::<proto::SubscribeResponse>().unwrap_err().code(), tonic::Code::Internal);
         let mut frames = Frames::default();
         frames.push(Bytes::from_static(&[0, 0xff, 0xff, 0xff, 0xff]));
-        assert_eq!(frames.next_message().unwrap_err().code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            frames.next_message::<proto::SubscribeResponse>().unwrap_err().code(),
+            tonic::Code::ResourceExhausted
+        );
         let mut frames = Frames::default();
         frames.push(Bytes::from_static(&[0, 0, 0, 0, 2, 0xff, 0xff]));
-        assert_eq!(frames.next_message().unwrap_err().code(), tonic::Code::Internal);
+        assert_eq!(frames.next_message::<proto::SubscribeResponse>().unwrap_err().code(), tonic::Code::Internal);
     }
 }

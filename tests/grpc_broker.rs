@@ -395,20 +395,19 @@ async fn raw_fetch_returns_stored_batches_that_decode_to_the_same_records() {
         produce(&mut c, "raw", None, records).await;
     }
     let expected = fetch_all(&mut c, "raw", 0, 0).await;
+    let channel = tonic::transport::Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
     let mut got = Vec::new();
     let mut next = 7; // the middle of a batch: earlier offsets are skipped by the client
     loop {
-        let r = c
-            .fetch(proto::FetchRequest {
-                topic: "raw".into(),
-                from: at_offset(next),
-                max_bytes: 300,
-                raw_batches: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let request = proto::FetchRequest {
+            topic: "raw".into(),
+            from: at_offset(next),
+            max_bytes: 300,
+            raw_batches: true,
+            ..Default::default()
+        };
+        let r = c.fetch(request.clone()).await.unwrap().into_inner();
+        assert_eq!(strata::client::fetch(&channel, request).await.unwrap(), r, "both clients read the same response");
         assert!(r.records.is_empty(), "raw fetches carry batches, not records");
         if r.record_batches.is_empty() {
             break;
@@ -425,6 +424,21 @@ async fn raw_fetch_returns_stored_batches_that_decode_to_the_same_records() {
     }
     let want: Vec<_> = expected.into_iter().skip(7).map(|r| (r.offset, r.key, r.value)).collect();
     assert_eq!(got, want);
+    // Batches big enough to leave the broker as the stored bytes themselves.
+    let big = "b".repeat(40_000);
+    produce(&mut c, "raw", None, vec![record("big", &big), record("big", &big)]).await;
+    let request =
+        proto::FetchRequest { topic: "raw".into(), from: at_offset(100), raw_batches: true, ..Default::default() };
+    let r = strata::client::fetch(&channel, request.clone()).await.unwrap();
+    assert_eq!(r, c.fetch(request).await.unwrap().into_inner());
+    let values: Vec<_> = batch::decode_records(&r.record_batches[0]).unwrap().into_iter().map(|r| r.value).collect();
+    assert_eq!(values, vec![big.clone(), big.clone()]);
+    // Errors arrive as statuses.
+    let unknown = proto::FetchRequest { topic: "nope".into(), ..Default::default() };
+    assert_eq!(strata::client::fetch(&channel, unknown).await.unwrap_err().code(), tonic::Code::NotFound);
+    let above =
+        proto::FetchRequest { topic: "raw".into(), from: at_offset(500), raw_batches: true, ..Default::default() };
+    assert_eq!(strata::client::fetch(&channel, above).await.unwrap_err().code(), tonic::Code::OutOfRange);
     server.shutdown().await.unwrap();
 }
 

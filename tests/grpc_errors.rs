@@ -245,6 +245,15 @@ async fn subscribe_with_bytes(server: &strata::server::RunningServer, body: Vec<
     }
 }
 
+/// Sends `body` as the message of a Fetch call, bytes as they are.
+async fn fetch_with_bytes(server: &strata::server::RunningServer, body: Vec<u8>) -> tonic::Status {
+    let channel = tonic::transport::Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/strata.v1.Broker/Fetch");
+    grpc.unary(tonic::Request::new(bytes::Bytes::from(body)), path, BytesCodec).await.expect_err("the call must fail")
+}
+
 /// A codec that sends and receives message bytes unencoded.
 #[derive(Debug, Clone, Default)]
 struct BytesCodec;
@@ -281,7 +290,7 @@ impl tonic::codec::Decoder for BytesCodec {
 }
 
 #[tokio::test]
-async fn bad_subscribe_requests_get_a_status_and_the_broker_serves_on() {
+async fn bad_subscribe_and_fetch_requests_get_a_status_and_the_broker_serves_on() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
     config.request_bytes_max = 4096;
@@ -303,6 +312,9 @@ async fn bad_subscribe_requests_get_a_status_and_the_broker_serves_on() {
     assert!(c.subscribe(group_without_pattern).await.is_err(), "a group needs a topic pattern");
 
     // Bytes that are no SubscribeRequest, and one over the size limit.
+    let status = fetch_with_bytes(&server, vec![0xff; 12]).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("malformed FetchRequest"), "{status:?}");
     let status = subscribe_with_bytes(&server, vec![0xff; 12]).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("malformed SubscribeRequest"), "{status:?}");

@@ -415,15 +415,15 @@ async fn consume_fetched(
 ) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for k in 0..args.consumers.max(1) {
-        let (c, meter, topic, raw) = (client(url).await?, meter.clone(), args.topic.clone(), args.raw);
+        let (c, meter, topic, raw) = (channel(url).await?, meter.clone(), args.topic.clone(), args.raw);
         let partitions: Vec<u32> = (0..args.partitions).filter(|p| *p as usize % args.consumers.max(1) == k).collect();
         tasks.push(tokio::spawn(async move {
             loop {
                 for &partition in &partitions {
                     // Like a Kafka consumer's fetcher: the next fetch is on
                     // the wire while this response's records are decoded.
-                    let fetch = |c: &Client, next: u64| {
-                        let mut c = c.clone();
+                    let fetch = |c: &Channel, next: u64| {
+                        let c = c.clone();
                         let req = proto::FetchRequest {
                             topic: topic.clone(),
                             partition,
@@ -435,7 +435,9 @@ async fn consume_fetched(
                         };
                         tokio::spawn(async move {
                             let t0 = Instant::now();
-                            let r = c.fetch(req).await.map_err(|s| anyhow::anyhow!("fetch failed: {}", s.message()));
+                            let r = crate::client::fetch(&c, req)
+                                .await
+                                .map_err(|s| anyhow::anyhow!("fetch failed: {}", s.message()));
                             (t0.elapsed(), r)
                         })
                     };
@@ -443,7 +445,7 @@ async fn consume_fetched(
                     let mut inflight = Some(fetch(&c, next));
                     while let Some(pending) = inflight.take() {
                         let (took, r) = pending.await?;
-                        let r = r?.into_inner();
+                        let r = r?;
                         meter.latency(took);
                         let empty = r.records.is_empty() && r.record_batches.is_empty();
                         let from = next;

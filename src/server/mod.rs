@@ -84,7 +84,7 @@ pub async fn start_with(
     let generated = proto::broker_server::BrokerServer::new(handler.clone())
         .max_decoding_message_size(request_bytes_max)
         .max_encoding_message_size(request_bytes_max + (1 << 20));
-    let service = push::ZeroCopySubscribe::new(generated, handler, request_bytes_max);
+    let service = push::ZeroCopyReads::new(generated, handler, request_bytes_max);
 
     // Nagle off on every accepted socket: with it on, a response's trailing
     // small frames wait for a delayed ACK (about 40 ms). Server::tcp_nodelay

@@ -1,15 +1,15 @@
-//! `Subscribe` without copying stored bytes on the way out.
+//! `Subscribe` and `Fetch` without copying stored bytes on the way out.
 //!
 //! tonic encodes every response message into one buffer, so a raw
 //! subscription copied each pushed batch from the segment's mapping into
 //! that buffer before the kernel copied it again into the socket: 11% of
-//! the CPU of a page-cache read on a 2-core VM. This route answers the
-//! Subscribe path itself: it decodes the request, runs the same handler
-//! (`BrokerService::subscribe`), and frames each `SubscribeResponse` as a
+//! the CPU of a page-cache read on a 2-core VM. This route answers those
+//! two paths itself: it decodes the request, runs the same handler
+//! (`BrokerService::subscribe` / `fetch`), and frames each response as a
 //! gRPC message whose `record_batches` are the stored bytes themselves, as
 //! separate body chunks. hyper sends a chunk above 256 bytes with a
 //! vectored write from where it lies, so a batch goes from the page cache
-//! to the socket with the kernel's one copy. Everything else of the message
+//! to the socket with the kernel's one copy. Everything else of a message
 //! (records, assignments, offsets) is encoded by prost as before, and every
 //! other method goes to tonic's generated service unchanged.
 
@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::Message;
@@ -33,8 +33,13 @@ use super::service::BrokerService;
 use crate::proto;
 use crate::proto::broker_server::Broker as _;
 
-/// The route this module answers.
+/// The routes this module answers.
 pub const SUBSCRIBE_PATH: &str = "/strata.v1.Broker/Subscribe";
+pub const FETCH_PATH: &str = "/strata.v1.Broker/Fetch";
+
+/// Field numbers of `record_batches` in the two responses.
+const SUBSCRIBE_BATCHES_FIELD: u8 = 9;
+const FETCH_BATCHES_FIELD: u8 = 5;
 
 /// Stored batches smaller than this are copied next to their field header
 /// instead of going out as a chunk of their own: each chunk is an HTTP/2
@@ -44,28 +49,29 @@ const CHUNK_MIN: usize = 16 << 10;
 /// Length of the gRPC message prefix: compressed flag and u32 length.
 const GRPC_PREFIX: usize = 5;
 
-/// The generated `strata.v1.Broker` service, with Subscribe answered here.
+/// The generated `strata.v1.Broker` service, with Subscribe and Fetch
+/// answered here.
 #[derive(Debug, Clone)]
-pub struct ZeroCopySubscribe<S> {
+pub struct ZeroCopyReads<S> {
     /// tonic's generated server: every other method.
     inner: S,
-    /// The handler Subscribe runs.
+    /// The handlers these routes run.
     service: BrokerService,
     /// Largest request accepted, as for the other methods.
     request_bytes_max: usize,
 }
 
-impl<S> ZeroCopySubscribe<S> {
+impl<S> ZeroCopyReads<S> {
     pub fn new(inner: S, service: BrokerService, request_bytes_max: usize) -> Self {
-        ZeroCopySubscribe { inner, service, request_bytes_max }
+        ZeroCopyReads { inner, service, request_bytes_max }
     }
 }
 
-impl<S: NamedService> NamedService for ZeroCopySubscribe<S> {
+impl<S: NamedService> NamedService for ZeroCopyReads<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S> tower::Service<http::Request<Body>> for ZeroCopySubscribe<S>
+impl<S> tower::Service<http::Request<Body>> for ZeroCopyReads<S>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
@@ -79,20 +85,60 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if request.uri().path() != SUBSCRIBE_PATH {
-            return Box::pin(self.inner.call(request));
-        }
         let (service, limit) = (self.service.clone(), self.request_bytes_max);
-        Box::pin(async move { Ok(subscribe(service, request, limit).await.unwrap_or_else(Status::into_http)) })
+        match request.uri().path() {
+            SUBSCRIBE_PATH => Box::pin(async move { Ok(respond(subscribe(service, request, limit).await)) }),
+            FETCH_PATH => Box::pin(async move { Ok(respond(fetch(service, request, limit).await)) }),
+            _ => Box::pin(self.inner.call(request)),
+        }
     }
 }
 
-/// Decodes the one request message, runs the handler, streams its answer.
-async fn subscribe(
-    service: BrokerService,
+/// Runs the Subscribe handler and streams its answer.
+async fn subscribe(service: BrokerService, request: http::Request<Body>, limit: usize) -> Result<Framed, Status> {
+    let request = decode_request::<proto::SubscribeRequest>(request, limit).await?;
+    let stream = service.subscribe(request).await?.into_inner();
+    Ok(Box::pin(stream.map(|m| {
+        m.map(|mut m| {
+            let batches = std::mem::take(&mut m.record_batches);
+            frame_message(&m, batches, SUBSCRIBE_BATCHES_FIELD)
+        })
+    })))
+}
+
+/// Runs the Fetch handler: its one message, then the status.
+async fn fetch(service: BrokerService, request: http::Request<Body>, limit: usize) -> Result<Framed, Status> {
+    let request = decode_request::<proto::FetchRequest>(request, limit).await?;
+    let mut m = service.fetch(request).await?.into_inner();
+    let batches = std::mem::take(&mut m.record_batches);
+    let chunks = frame_message(&m, batches, FETCH_BATCHES_FIELD);
+    Ok(Box::pin(futures::stream::once(futures::future::ready(Ok(chunks)))))
+}
+
+/// Response messages, each already framed as body chunks.
+type Framed = Pin<Box<dyn Stream<Item = Result<VecDeque<Bytes>, Status>> + Send>>;
+
+/// The HTTP response for a handler's outcome: its messages then trailers,
+/// or, refused before any message, a trailers-only response.
+fn respond(outcome: Result<Framed, Status>) -> http::Response<Body> {
+    match outcome {
+        Ok(messages) => {
+            let body = PushBody { messages, queued: VecDeque::new(), ended: false };
+            let mut response = http::Response::new(Body::new(body));
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+            response
+        }
+        Err(status) => status.into_http(),
+    }
+}
+
+/// Decodes the one message of a request body.
+async fn decode_request<M: Message + Default>(
     request: http::Request<Body>,
     limit: usize,
-) -> Result<http::Response<Body>, Status> {
+) -> Result<Request<M>, Status> {
     let (parts, body) = request.into_parts();
     let bytes = http_body_util::Limited::new(body, limit + GRPC_PREFIX)
         .collect()
@@ -102,13 +148,9 @@ async fn subscribe(
             Err(e) => Status::unavailable(format!("reading the request: {e}")),
         })?
         .to_bytes();
-    let message = proto::SubscribeRequest::decode(unframe(bytes)?)
-        .map_err(|e| Status::invalid_argument(format!("malformed SubscribeRequest: {e}")))?;
-    let request = Request::from_parts(MetadataMap::from_headers(parts.headers), parts.extensions, message);
-    let stream = service.subscribe(request).await?.into_inner();
-    let mut response = http::Response::new(Body::new(PushBody { stream, queued: VecDeque::new(), ended: false }));
-    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
-    Ok(response)
+    let name = std::any::type_name::<M>().rsplit("::").next().unwrap_or("request");
+    let message = M::decode(unframe(bytes)?).map_err(|e| Status::invalid_argument(format!("malformed {name}: {e}")))?;
+    Ok(Request::from_parts(MetadataMap::from_headers(parts.headers), parts.extensions, message))
 }
 
 /// The message inside a request body of exactly one uncompressed gRPC message.
@@ -131,7 +173,7 @@ fn unframe(mut body: Bytes) -> Result<Bytes, Status> {
 
 /// The response body: each message's chunks, then the status in trailers.
 struct PushBody {
-    stream: Pin<Box<dyn Stream<Item = Result<proto::SubscribeResponse, Status>> + Send>>,
+    messages: Framed,
     /// Chunks of the message being sent.
     queued: VecDeque<Bytes>,
     /// Trailers sent: the stream is over.
@@ -149,11 +191,11 @@ impl http_body::Body for PushBody {
         if self.ended {
             return Poll::Ready(None);
         }
-        let status = match self.stream.as_mut().poll_next(cx) {
+        let status = match self.messages.as_mut().poll_next(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Some(Ok(message))) => {
-                frame_message(message, &mut self.queued);
-                let chunk = self.queued.pop_front().expect("a message has at least its prefix");
+            Poll::Ready(Some(Ok(mut chunks))) => {
+                let chunk = chunks.pop_front().expect("a message has at least its prefix");
+                self.queued = chunks;
                 return Poll::Ready(Some(Ok(Frame::data(chunk))));
             }
             Poll::Ready(Some(Err(status))) => status,
@@ -170,22 +212,24 @@ impl http_body::Body for PushBody {
     }
 }
 
-/// Appends `message` as one gRPC message to `out`: prefix and every field
-/// but `record_batches` encoded by prost, then each batch (field 9) as its
-/// field header followed by the stored bytes, shared, not copied. Protobuf
-/// lets fields come in any order, so any decoder reads the same message.
-pub fn frame_message(mut message: proto::SubscribeResponse, out: &mut VecDeque<Bytes>) {
-    const RECORD_BATCHES_KEY: u8 = (9 << 3) | 2;
-    let batches = std::mem::take(&mut message.record_batches);
-    let head_len = message.encoded_len();
+/// One gRPC message as body chunks: the prefix and `head` (the message
+/// without its batches) encoded by prost, then each batch as a `bytes`
+/// entry of field `field` (1-15): its field header followed by the stored
+/// bytes, shared, not copied. Protobuf lets fields come in any order, so
+/// any decoder reads the message `head` plus these batches.
+pub fn frame_message<M: Message>(head: &M, batches: Vec<Bytes>, field: u8) -> VecDeque<Bytes> {
+    debug_assert!((1..16).contains(&field), "a one-byte field key");
+    let key = (field << 3) | 2;
+    let mut out = VecDeque::new();
+    let head_len = head.encoded_len();
     let batches_len: usize =
         batches.iter().map(|b| 1 + prost::encoding::encoded_len_varint(b.len() as u64) + b.len()).sum();
     let mut chunk = BytesMut::with_capacity(GRPC_PREFIX + head_len + 16);
     chunk.put_u8(0);
     chunk.put_u32((head_len + batches_len) as u32);
-    message.encode(&mut chunk).expect("the buffer grows as needed");
+    head.encode(&mut chunk).expect("the buffer grows as needed");
     for batch in batches {
-        chunk.put_u8(RECORD_BATCHES_KEY);
+        chunk.put_u8(key);
         prost::encoding::encode_varint(batch.len() as u64, &mut chunk);
         if batch.len() < CHUNK_MIN {
             chunk.extend_from_slice(&batch);
@@ -197,6 +241,13 @@ pub fn frame_message(mut message: proto::SubscribeResponse, out: &mut VecDeque<B
     if !chunk.is_empty() {
         out.push_back(chunk.freeze());
     }
+    out
+}
+
+/// [`frame_message`] of a SubscribeResponse, batches included.
+pub fn frame_subscribe_response(mut message: proto::SubscribeResponse) -> VecDeque<Bytes> {
+    let batches = std::mem::take(&mut message.record_batches);
+    frame_message(&message, batches, SUBSCRIBE_BATCHES_FIELD)
 }
 
 #[cfg(test)]
@@ -218,8 +269,7 @@ mod tests {
             record_batches: vec![Bytes::from_static(b"small"), big.clone(), Bytes::from(vec![1u8; 200]), big.clone()],
             ..Default::default()
         };
-        let mut out = VecDeque::new();
-        frame_message(message.clone(), &mut out);
+        let out = frame_subscribe_response(message.clone());
         let bytes = joined(&out);
         assert_eq!(bytes[0], 0, "uncompressed");
         let len = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
@@ -234,10 +284,23 @@ mod tests {
     #[test]
     fn message_without_batches_is_one_chunk() {
         let message = proto::SubscribeResponse { member_id: "m-1".into(), generation: 4, ..Default::default() };
-        let mut out = VecDeque::new();
-        frame_message(message.clone(), &mut out);
+        let out = frame_subscribe_response(message.clone());
         assert_eq!(out.len(), 1);
         assert_eq!(proto::SubscribeResponse::decode(&out[0][GRPC_PREFIX..]).unwrap(), message);
+    }
+
+    #[test]
+    fn fetch_responses_frame_their_batches_as_field_5() {
+        let message = proto::FetchResponse {
+            next_offset: 7,
+            high_watermark: 9,
+            record_batches: vec![Bytes::from(vec![5u8; 20_000]), Bytes::from_static(b"b")],
+            ..Default::default()
+        };
+        let mut head = message.clone();
+        let batches = std::mem::take(&mut head.record_batches);
+        let bytes = joined(&frame_message(&head, batches, FETCH_BATCHES_FIELD));
+        assert_eq!(proto::FetchResponse::decode(&bytes[GRPC_PREFIX..]).unwrap(), message);
     }
 
     #[test]
