@@ -1,66 +1,131 @@
-//! `Subscribe` and `Fetch` clients that decode responses without copying
-//! the record batches in them.
+//! strata's gRPC calls that move record batches, without copying them.
 //!
 //! tonic's client copies every HTTP/2 DATA frame of a response into one
-//! buffer before decoding a message from it: for a raw subscription that
-//! was 10% of the CPU of a page-cache read, on top of the kernel's copy
-//! into the frame. The broker sends each stored batch of a raw push as a
-//! DATA frame of its own (`server::push`), so here the frames are kept as
-//! they arrive, in a queue of shared buffers, and prost decodes each
-//! `record_batches` entry as a slice of the frame holding it. A message
-//! split across frames is still decoded; only a batch that straddles two
-//! frames is copied. The wire format is plain gRPC: this talks to any
-//! strata broker, and tonic's client reads the same stream.
+//! buffer before decoding a message from it (for a raw subscription 10% of
+//! the CPU of a page-cache read), and copies every request into one buffer
+//! before sending it (for a raw produce of client-encoded batches, 17% of
+//! the CPU). Here a request with a `record_batch` goes out as body chunks
+//! that share the batch's bytes (`proto_codec::frame_message`), and
+//! response frames are kept as they arrive, in a queue of shared buffers,
+//! from which prost decodes each `record_batches` entry as a slice of the
+//! frame holding it (the broker sends each large batch as a frame of its
+//! own: `server::push`). A message split across frames still decodes; only
+//! a batch that straddles two frames is copied. The wire format is plain
+//! gRPC: these talk to any strata broker, and tonic's client reads the same.
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::Message;
+use tokio::sync::mpsc;
 use tonic::body::Body;
 use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::proto;
+use crate::proto_codec::{frame_message, GRPC_PREFIX};
 
-/// The gRPC paths of Subscribe and Fetch.
+/// The gRPC paths these calls use.
 const SUBSCRIBE_PATH: &str = "/strata.v1.Broker/Subscribe";
 const FETCH_PATH: &str = "/strata.v1.Broker/Fetch";
+const PRODUCE_PATH: &str = "/strata.v1.Broker/Produce";
+const PRODUCE_STREAM_PATH: &str = "/strata.v1.Broker/ProduceStream";
+
+/// Field number of `record_batch` in ProduceRequest.
+const PRODUCE_BATCH_FIELD: u8 = 7;
 
 /// Largest response message accepted (a raw push is about 2 MiB).
 pub const MESSAGE_BYTES_MAX: usize = 256 << 20;
 
 /// Opens a Subscribe stream on `channel`.
 pub async fn subscribe(channel: &Channel, request: proto::SubscribeRequest) -> Result<SubscribeStream, Status> {
-    let body = call(channel, SUBSCRIBE_PATH, &request).await?;
-    Ok(SubscribeStream { body, frames: Frames::default(), ended: false })
+    let body = call(channel, SUBSCRIBE_PATH, body_of(frame_message(&request, Vec::new(), 1))).await?;
+    Ok(MessageStream::new(body))
 }
 
 /// One Fetch call on `channel`.
 pub async fn fetch(channel: &Channel, request: proto::FetchRequest) -> Result<proto::FetchResponse, Status> {
-    let mut body = call(channel, FETCH_PATH, &request).await?;
-    let mut frames = Frames::default();
-    while next_frame(&mut body, &mut frames).await?.is_some() {}
-    let message = frames.next_message::<proto::FetchResponse>()?;
-    if frames.remaining > 0 {
-        return Err(Status::internal("more than one message in a Fetch response"));
-    }
-    message.ok_or_else(|| Status::internal("a Fetch response without its message"))
+    unary(channel, FETCH_PATH, frame_message(&request, Vec::new(), 1)).await
 }
 
-/// Sends `request` to `path` and returns the response body once the
-/// broker accepted the call.
-async fn call(channel: &Channel, path: &'static str, request: &impl Message) -> Result<Body, Status> {
-    let mut body = BytesMut::with_capacity(5 + request.encoded_len());
-    body.put_u8(0);
-    body.put_u32(request.encoded_len() as u32);
-    request.encode(&mut body).map_err(|e| Status::internal(format!("encoding the request: {e}")))?;
+/// One Produce call on `channel`; a `record_batch` is sent from where it lies.
+pub async fn produce(channel: &Channel, request: proto::ProduceRequest) -> Result<proto::ProduceResponse, Status> {
+    unary(channel, PRODUCE_PATH, produce_chunks(request)).await
+}
+
+/// Opens a ProduceStream on `channel`: up to `depth` requests queued to
+/// send (the broker acknowledges each by `request_id`).
+pub async fn produce_stream(channel: &Channel, depth: usize) -> Result<ProduceStream, Status> {
+    let (tx, rx) = mpsc::channel::<VecDeque<Bytes>>(depth.max(1));
+    let frames = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .flat_map(futures::stream::iter)
+        .map(|chunk| Ok::<_, Infallible>(Frame::data(chunk)));
+    let body = call(channel, PRODUCE_STREAM_PATH, Body::new(http_body_util::StreamBody::new(frames))).await?;
+    Ok(ProduceStream { requests: tx, responses: MessageStream::new(body) })
+}
+
+/// A ProduceStream call.
+#[derive(Debug)]
+pub struct ProduceStream {
+    /// Framed requests, in the order they are sent.
+    requests: mpsc::Sender<VecDeque<Bytes>>,
+    responses: MessageStream<proto::ProduceResponse>,
+}
+
+impl ProduceStream {
+    /// Queues `request`, waiting while `depth` are already queued.
+    pub async fn send(&mut self, request: proto::ProduceRequest) -> Result<(), Status> {
+        self.requests.send(produce_chunks(request)).await.map_err(|_| Status::unavailable("the produce stream closed"))
+    }
+
+    /// The next acknowledgement; None once the broker ended the stream.
+    pub async fn message(&mut self) -> Result<Option<proto::ProduceResponse>, Status> {
+        self.responses.message().await
+    }
+}
+
+/// A produce request as body chunks: its batch, if any, shared.
+fn produce_chunks(mut request: proto::ProduceRequest) -> VecDeque<Bytes> {
+    let batch = std::mem::take(&mut request.record_batch);
+    let batches = if batch.is_empty() { Vec::new() } else { vec![batch] };
+    frame_message(&request, batches, PRODUCE_BATCH_FIELD)
+}
+
+/// A request body of these chunks.
+fn body_of(chunks: VecDeque<Bytes>) -> Body {
+    let frames = futures::stream::iter(chunks).map(|chunk| Ok::<_, Infallible>(Frame::data(chunk)));
+    Body::new(http_body_util::StreamBody::new(frames))
+}
+
+/// A call whose response is one message.
+async fn unary<M: Message + Default>(
+    channel: &Channel,
+    path: &'static str,
+    request: VecDeque<Bytes>,
+) -> Result<M, Status> {
+    let mut body = call(channel, path, body_of(request)).await?;
+    let mut frames = Frames::default();
+    while next_frame(&mut body, &mut frames).await?.is_some() {}
+    let message = frames.next_message::<M>()?;
+    if frames.remaining > 0 {
+        return Err(Status::internal("more than one message in a unary response"));
+    }
+    message.ok_or_else(|| Status::internal("a unary response without its message"))
+}
+
+/// Sends a request with `body` to `path` and returns the response body
+/// once the broker accepted the call.
+async fn call(channel: &Channel, path: &'static str, body: Body) -> Result<Body, Status> {
     let request = http::Request::builder()
         .method(http::Method::POST)
         .uri(path)
         .header(http::header::CONTENT_TYPE, "application/grpc")
         .header(http::header::TE, "trailers")
-        .body(Body::new(http_body_util::Full::new(body.freeze())))
+        .body(body)
         .map_err(|e| Status::internal(format!("building the request: {e}")))?;
     let mut channel = channel.clone();
     tower::ServiceExt::ready(&mut channel).await.map_err(transport)?;
@@ -73,6 +138,10 @@ async fn call(channel: &Channel, path: &'static str, request: &impl Message) -> 
         return Err(status);
     }
     Ok(response.into_body())
+}
+
+fn transport(e: tonic::transport::Error) -> Status {
+    Status::unavailable(format!("cannot reach the broker: {e}"))
 }
 
 /// Reads the next DATA frame of `body` into `frames`: Some(()), or None
@@ -100,24 +169,28 @@ async fn next_frame(body: &mut Body, frames: &mut Frames) -> Result<Option<()>, 
     }
 }
 
-fn transport(e: tonic::transport::Error) -> Status {
-    Status::unavailable(format!("cannot reach the broker: {e}"))
-}
-
 /// The messages of one Subscribe call.
+pub type SubscribeStream = MessageStream<proto::SubscribeResponse>;
+
+/// The response messages of a streaming call.
 #[derive(Debug)]
-pub struct SubscribeStream {
+pub struct MessageStream<M> {
     /// The response body: DATA frames, then the status in trailers.
     body: Body,
     /// Received bytes not yet decoded.
     frames: Frames,
     /// The trailers arrived: no message follows.
     ended: bool,
+    _message: std::marker::PhantomData<fn() -> M>,
 }
 
-impl SubscribeStream {
+impl<M: Message + Default> MessageStream<M> {
+    fn new(body: Body) -> Self {
+        MessageStream { body, frames: Frames::default(), ended: false, _message: std::marker::PhantomData }
+    }
+
     /// The next message; None when the broker ended the stream with OK.
-    pub async fn message(&mut self) -> Result<Option<proto::SubscribeResponse>, Status> {
+    pub async fn message(&mut self) -> Result<Option<M>, Status> {
         loop {
             if let Some(message) = self.frames.next_message()? {
                 return Ok(Some(message));
@@ -153,10 +226,10 @@ impl Frames {
 
     /// Decodes the first message once all of it is here.
     fn next_message<M: Message + Default>(&mut self) -> Result<Option<M>, Status> {
-        if self.remaining < 5 {
+        if self.remaining < GRPC_PREFIX {
             return Ok(None);
         }
-        let mut prefix = [0u8; 5];
+        let mut prefix = [0u8; GRPC_PREFIX];
         self.peek(&mut prefix);
         if prefix[0] != 0 {
             return Err(Status::internal("compressed messages are not supported"));
@@ -167,10 +240,10 @@ impl Frames {
                 "message of {len} bytes is over the limit of {MESSAGE_BYTES_MAX}"
             )));
         }
-        if self.remaining < 5 + len {
+        if self.remaining < GRPC_PREFIX + len {
             return Ok(None);
         }
-        self.advance(5);
+        self.advance(GRPC_PREFIX);
         M::decode(Buf::take(&mut *self, len)).map(Some).map_err(|e| {
             let name = std::any::type_name::<M>().rsplit("::").next().unwrap_or("message");
             Status::internal(format!("malformed {name}: {e}"))

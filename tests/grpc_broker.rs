@@ -635,3 +635,50 @@ async fn raw_subscription_pushes_stored_batches_alone_and_in_a_group() {
     drop((alone, member));
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn zero_copy_produce_clients_write_what_tonic_clients_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "zc", 1).await;
+    let channel = tonic::transport::Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
+    const T: i64 = 1_700_000_000_000;
+    let big = "z".repeat(30_000);
+    // Unary: a client-encoded batch (sent from where it lies) and records.
+    let batch = client_batch(&[("k", &big, T), ("", "small", T)], None);
+    let r = strata::client::produce(&channel, raw_produce("zc", Some(0), &batch)).await.unwrap();
+    assert_eq!((r.results[0].base_offset, r.results[0].last_offset), (0, 1));
+    let records =
+        proto::ProduceRequest { topic: "zc".into(), records: vec![record("", "as records")], ..Default::default() };
+    assert_eq!(strata::client::produce(&channel, records).await.unwrap().results[0].base_offset, 2);
+    // A refusal is a status, and writes nothing.
+    let bad = strata::client::produce(&channel, raw_produce("zc", Some(0), &batch[..batch.len() - 1])).await;
+    assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
+    // Pipelined over ProduceStream: acknowledged by request id, in order.
+    let mut stream = strata::client::produce_stream(&channel, 4).await.unwrap();
+    for id in 0..6u64 {
+        let batch = client_batch(&[("", &format!("s{id}-{big}"), T)], None);
+        stream.send(proto::ProduceRequest { request_id: id, ..raw_produce("zc", Some(0), &batch) }).await.unwrap();
+    }
+    stream.send(proto::ProduceRequest { request_id: 6, ..raw_produce("zc", None, &batch) }).await.unwrap();
+    // Answers come by request id; a refusal needs no fsync, so it may
+    // overtake acknowledgements waiting for theirs.
+    let mut answers = std::collections::BTreeMap::new();
+    for _ in 0..7 {
+        let answer = stream.message().await.unwrap().expect("an answer");
+        answers.insert(answer.request_id, answer);
+    }
+    for id in 0..6u64 {
+        let ack = &answers[&id];
+        assert_eq!((ack.error_code, ack.results[0].base_offset), (0, 3 + id), "{ack:?}");
+    }
+    assert_eq!(answers[&6].error_code, tonic::Code::InvalidArgument as i32);
+    drop(stream);
+    let got = fetch_all(&mut c, "zc", 0, 0).await;
+    let values: Vec<String> = got.iter().map(|r| String::from_utf8(r.value.to_vec()).unwrap()).collect();
+    let mut want = vec![big.clone(), "small".into(), "as records".into()];
+    want.extend((0..6).map(|id| format!("s{id}-{big}")));
+    assert_eq!(values, want);
+    server.shutdown().await.unwrap();
+}

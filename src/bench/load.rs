@@ -112,7 +112,7 @@ async fn run_producers(
     let mut tasks = Vec::new();
     for p in 0..args.producers.max(1) {
         let (c, meter, stop, budget, value) =
-            (client(url).await?, meter.clone(), stop.clone(), budget.clone(), value.clone());
+            (channel(url).await?, meter.clone(), stop.clone(), budget.clone(), value.clone());
         let (topic, batch, partitions, raw) = (args.topic.clone(), args.batch.max(1), args.partitions.max(1), args.raw);
         let mut sent = 0u64;
         let started = Instant::now();
@@ -165,14 +165,15 @@ async fn run_producers(
             if in_flight > 1 {
                 return produce_pipelined(c, in_flight, &meter, &mut plan, &build).await;
             }
-            let mut c = c;
             while let Some(next) = plan() {
                 if let Some(due) = next.due {
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let (req, records, bytes) = build(next);
                 let t0 = Instant::now();
-                c.produce(req).await.map_err(|s| anyhow::anyhow!("produce failed: {}", s.message()))?;
+                crate::client::produce(&c, req)
+                    .await
+                    .map_err(|s| anyhow::anyhow!("produce failed: {}", s.message()))?;
                 meter.latency(t0.elapsed());
                 meter.add(records, bytes);
             }
@@ -198,14 +199,13 @@ type Built = (proto::ProduceRequest, u64, u64);
 
 /// One producer keeping up to `depth` requests outstanding on a ProduceStream.
 async fn produce_pipelined(
-    mut c: Client,
+    c: Channel,
     depth: usize,
     meter: &Meter,
     plan: &mut (dyn FnMut() -> Option<Plan> + Send),
     build: &(dyn Fn(Plan) -> Built + Send + Sync),
 ) -> anyhow::Result<()> {
-    let (tx, rx) = tokio::sync::mpsc::channel(depth);
-    let mut responses = c.produce_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let mut stream = crate::client::produce_stream(&c, depth).await?;
     // request_id -> (sent at, records, bytes). Responses to requests for
     // different partitions may come back out of order.
     let mut outstanding = std::collections::HashMap::new();
@@ -224,12 +224,12 @@ async fn produce_pipelined(
             req.request_id = id;
             outstanding.insert(id, (Instant::now(), records, bytes));
             id += 1;
-            tx.send(req).await.map_err(|_| anyhow::anyhow!("produce stream closed"))?;
+            stream.send(req).await.map_err(|s| anyhow::anyhow!("produce stream failed: {}", s.message()))?;
         }
         if outstanding.is_empty() {
             return Ok(());
         }
-        let r = responses
+        let r = stream
             .message()
             .await
             .map_err(|s| anyhow::anyhow!("produce stream failed: {}", s.message()))?

@@ -18,7 +18,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use http_body::Frame;
@@ -32,6 +32,7 @@ use tonic::{Request, Status};
 use super::service::BrokerService;
 use crate::proto;
 use crate::proto::broker_server::Broker as _;
+use crate::proto_codec::{frame_message, GRPC_PREFIX};
 
 /// The routes this module answers.
 pub const SUBSCRIBE_PATH: &str = "/strata.v1.Broker/Subscribe";
@@ -40,14 +41,6 @@ pub const FETCH_PATH: &str = "/strata.v1.Broker/Fetch";
 /// Field numbers of `record_batches` in the two responses.
 const SUBSCRIBE_BATCHES_FIELD: u8 = 9;
 const FETCH_BATCHES_FIELD: u8 = 5;
-
-/// Stored batches smaller than this are copied next to their field header
-/// instead of going out as a chunk of their own: each chunk is an HTTP/2
-/// DATA frame and a write, which costs more than copying a few KiB.
-const CHUNK_MIN: usize = 16 << 10;
-
-/// Length of the gRPC message prefix: compressed flag and u32 length.
-const GRPC_PREFIX: usize = 5;
 
 /// The generated `strata.v1.Broker` service, with Subscribe and Fetch
 /// answered here.
@@ -210,38 +203,6 @@ impl http_body::Body for PushBody {
     fn is_end_stream(&self) -> bool {
         self.ended && self.queued.is_empty()
     }
-}
-
-/// One gRPC message as body chunks: the prefix and `head` (the message
-/// without its batches) encoded by prost, then each batch as a `bytes`
-/// entry of field `field` (1-15): its field header followed by the stored
-/// bytes, shared, not copied. Protobuf lets fields come in any order, so
-/// any decoder reads the message `head` plus these batches.
-pub fn frame_message<M: Message>(head: &M, batches: Vec<Bytes>, field: u8) -> VecDeque<Bytes> {
-    debug_assert!((1..16).contains(&field), "a one-byte field key");
-    let key = (field << 3) | 2;
-    let mut out = VecDeque::new();
-    let head_len = head.encoded_len();
-    let batches_len: usize =
-        batches.iter().map(|b| 1 + prost::encoding::encoded_len_varint(b.len() as u64) + b.len()).sum();
-    let mut chunk = BytesMut::with_capacity(GRPC_PREFIX + head_len + 16);
-    chunk.put_u8(0);
-    chunk.put_u32((head_len + batches_len) as u32);
-    head.encode(&mut chunk).expect("the buffer grows as needed");
-    for batch in batches {
-        chunk.put_u8(key);
-        prost::encoding::encode_varint(batch.len() as u64, &mut chunk);
-        if batch.len() < CHUNK_MIN {
-            chunk.extend_from_slice(&batch);
-        } else {
-            out.push_back(chunk.split().freeze());
-            out.push_back(batch);
-        }
-    }
-    if !chunk.is_empty() {
-        out.push_back(chunk.freeze());
-    }
-    out
 }
 
 /// [`frame_message`] of a SubscribeResponse, batches included.
