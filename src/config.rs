@@ -164,7 +164,9 @@ pub struct BrokerConfig {
     pub request_bytes_max: usize,
     /// How often retention runs (`retention.check.interval.ms`).
     pub retention_check_interval_ms: u64,
-    /// How often dirty partitions write a recovery checkpoint.
+    /// How often dirty partitions write a recovery checkpoint: after a
+    /// crash, recovery rescans what was written since (with 100 busy
+    /// partitions, 1 s of a 400 MB/s burst doubled the time to ready).
     pub checkpoint_interval_ms: u64,
     /// How long a segment rolled under `never` or `interval` waits for its
     /// background fsync. The kernel writes dirty pages back by itself after
@@ -188,7 +190,7 @@ impl Default for BrokerConfig {
             listen: "127.0.0.1:50051".parse().expect("valid address"),
             request_bytes_max: 16 << 20,
             retention_check_interval_ms: 5000,
-            checkpoint_interval_ms: 1000,
+            checkpoint_interval_ms: 250,
             rolled_segment_sync_delay_ms: 30_000,
             default_partitions: 1,
             topic_defaults: TopicConfig::default(),

@@ -919,7 +919,7 @@ impl Log {
     /// Records the durable and written points reached so far, without
     /// syncing anything, if either moved since the last checkpoint; returns
     /// whether it wrote one. After a process crash in the same boot,
-    /// recovery scans only what was written after it (about a second of
+    /// recovery scans only what was written after it (about a checkpoint interval of
     /// appends); after a power loss, what was written after the durable
     /// point (under `never`, moved only when rolled segments are synced).
     pub fn checkpoint_hint(&self) -> Result<bool> {
