@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -27,7 +27,7 @@ use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::proto;
-use crate::proto_codec::{frame_message, GRPC_PREFIX};
+use crate::proto_codec::{frame_message, Frames};
 
 /// The gRPC paths these calls use.
 const SUBSCRIBE_PATH: &str = "/strata.v1.Broker/Subscribe";
@@ -108,10 +108,10 @@ async fn unary<M: Message + Default>(
     request: VecDeque<Bytes>,
 ) -> Result<M, Status> {
     let mut body = call(channel, path, body_of(request)).await?;
-    let mut frames = Frames::default();
+    let mut frames = Frames::new(MESSAGE_BYTES_MAX);
     while next_frame(&mut body, &mut frames).await?.is_some() {}
     let message = frames.next_message::<M>()?;
-    if frames.remaining > 0 {
+    if frames.remaining() > 0 {
         return Err(Status::internal("more than one message in a unary response"));
     }
     message.ok_or_else(|| Status::internal("a unary response without its message"))
@@ -186,7 +186,7 @@ pub struct MessageStream<M> {
 
 impl<M: Message + Default> MessageStream<M> {
     fn new(body: Body) -> Self {
-        MessageStream { body, frames: Frames::default(), ended: false, _message: std::marker::PhantomData }
+        MessageStream { body, frames: Frames::new(MESSAGE_BYTES_MAX), ended: false, _message: std::marker::PhantomData }
     }
 
     /// The next message; None when the broker ended the stream with OK.
@@ -199,109 +199,10 @@ impl<M: Message + Default> MessageStream<M> {
                 return Ok(None);
             }
             if next_frame(&mut self.body, &mut self.frames).await?.is_none() {
-                if self.frames.remaining > 0 {
+                if self.frames.remaining() > 0 {
                     return Err(Status::internal("the stream ended inside a message"));
                 }
                 self.ended = true;
-            }
-        }
-    }
-}
-
-/// Received DATA frames, shared, in order.
-#[derive(Debug, Default)]
-struct Frames {
-    chunks: VecDeque<Bytes>,
-    /// Bytes in `chunks`.
-    remaining: usize,
-}
-
-impl Frames {
-    fn push(&mut self, chunk: Bytes) {
-        if !chunk.is_empty() {
-            self.remaining += chunk.len();
-            self.chunks.push_back(chunk);
-        }
-    }
-
-    /// Decodes the first message once all of it is here.
-    fn next_message<M: Message + Default>(&mut self) -> Result<Option<M>, Status> {
-        if self.remaining < GRPC_PREFIX {
-            return Ok(None);
-        }
-        let mut prefix = [0u8; GRPC_PREFIX];
-        self.peek(&mut prefix);
-        if prefix[0] != 0 {
-            return Err(Status::internal("compressed messages are not supported"));
-        }
-        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
-        if len > MESSAGE_BYTES_MAX {
-            return Err(Status::resource_exhausted(format!(
-                "message of {len} bytes is over the limit of {MESSAGE_BYTES_MAX}"
-            )));
-        }
-        if self.remaining < GRPC_PREFIX + len {
-            return Ok(None);
-        }
-        self.advance(GRPC_PREFIX);
-        M::decode(Buf::take(&mut *self, len)).map(Some).map_err(|e| {
-            let name = std::any::type_name::<M>().rsplit("::").next().unwrap_or("message");
-            Status::internal(format!("malformed {name}: {e}"))
-        })
-    }
-
-    fn peek(&self, out: &mut [u8]) {
-        let mut filled = 0;
-        for chunk in &self.chunks {
-            let n = chunk.len().min(out.len() - filled);
-            out[filled..filled + n].copy_from_slice(&chunk[..n]);
-            filled += n;
-            if filled == out.len() {
-                return;
-            }
-        }
-    }
-}
-
-impl Buf for Frames {
-    fn remaining(&self) -> usize {
-        self.remaining
-    }
-
-    fn chunk(&self) -> &[u8] {
-        self.chunks.front().map_or(&[], |c| c.as_ref())
-    }
-
-    fn advance(&mut self, mut n: usize) {
-        assert!(n <= self.remaining, "advance past the end");
-        self.remaining -= n;
-        while n > 0 {
-            let front = self.chunks.front_mut().expect("remaining counts these bytes");
-            if n < front.len() {
-                front.advance(n);
-                return;
-            }
-            n -= front.len();
-            self.chunks.pop_front();
-        }
-    }
-
-    /// A slice of the frame when the bytes lie in one: no copy.
-    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
-        assert!(len <= self.remaining, "copy_to_bytes past the end");
-        match self.chunks.front_mut() {
-            Some(front) if front.len() >= len => {
-                let out = front.split_to(len);
-                if front.is_empty() {
-                    self.chunks.pop_front();
-                }
-                self.remaining -= len;
-                out
-            }
-            _ => {
-                let mut out = BytesMut::with_capacity(len);
-                out.put(Buf::take(&mut *self, len));
-                out.freeze()
             }
         }
     }
@@ -332,7 +233,7 @@ mod tests {
         let mut sent = frame_subscribe_response(sample());
         sent.extend(frame_subscribe_response(proto::SubscribeResponse { member_id: "m".into(), ..Default::default() }));
         let batch = sent.iter().find(|c| c.len() == 70_000).unwrap().clone();
-        let mut frames = Frames::default();
+        let mut frames = Frames::new(MESSAGE_BYTES_MAX);
         for chunk in sent {
             frames.push(chunk);
         }
@@ -341,7 +242,7 @@ mod tests {
         assert_eq!(first.record_batches[0].as_ptr(), batch.as_ptr(), "a slice of the received frame");
         assert_eq!(frames.next_message::<proto::SubscribeResponse>().unwrap().unwrap().member_id, "m");
         assert_eq!(frames.next_message::<proto::SubscribeResponse>().unwrap(), None);
-        assert_eq!(frames.remaining, 0);
+        assert_eq!(frames.remaining(), 0);
     }
 
     #[test]
@@ -350,7 +251,7 @@ mod tests {
         sent.extend(frame_subscribe_response(sample()));
         let bytes: Vec<u8> = sent.iter().flat_map(|c| c.iter().copied()).collect();
         for piece in [1usize, 3, 7, 4096, 65_537] {
-            let mut frames = Frames::default();
+            let mut frames = Frames::new(MESSAGE_BYTES_MAX);
             let mut decoded = Vec::new();
             for part in bytes.chunks(piece) {
                 frames.push(Bytes::copy_from_slice(part));
@@ -364,16 +265,16 @@ mod tests {
 
     #[test]
     fn bad_prefixes_are_errors() {
-        let mut frames = Frames::default();
+        let mut frames = Frames::new(MESSAGE_BYTES_MAX);
         frames.push(Bytes::from_static(&[1, 0, 0, 0, 1, 0]));
         assert_eq!(frames.next_message::<proto::SubscribeResponse>().unwrap_err().code(), tonic::Code::Internal);
-        let mut frames = Frames::default();
+        let mut frames = Frames::new(MESSAGE_BYTES_MAX);
         frames.push(Bytes::from_static(&[0, 0xff, 0xff, 0xff, 0xff]));
         assert_eq!(
             frames.next_message::<proto::SubscribeResponse>().unwrap_err().code(),
             tonic::Code::ResourceExhausted
         );
-        let mut frames = Frames::default();
+        let mut frames = Frames::new(MESSAGE_BYTES_MAX);
         frames.push(Bytes::from_static(&[0, 0, 0, 0, 2, 0xff, 0xff]));
         assert_eq!(frames.next_message::<proto::SubscribeResponse>().unwrap_err().code(), tonic::Code::Internal);
     }

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use prost::Message;
 use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
@@ -99,4 +99,116 @@ pub fn frame_message<M: Message>(head: &M, batches: Vec<Bytes>, field: u8) -> Ve
         out.push_back(chunk.freeze());
     }
     out
+}
+
+/// Received DATA frames, shared, in order.
+#[derive(Debug)]
+pub struct Frames {
+    chunks: VecDeque<Bytes>,
+    /// Bytes in `chunks`.
+    remaining: usize,
+    /// Largest message accepted.
+    limit: usize,
+}
+
+impl Frames {
+    /// No frames yet; messages over `limit` bytes are refused.
+    pub fn new(limit: usize) -> Self {
+        Frames { chunks: VecDeque::new(), remaining: 0, limit }
+    }
+
+    /// Bytes received and not yet decoded.
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    pub fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.remaining += chunk.len();
+            self.chunks.push_back(chunk);
+        }
+    }
+
+    /// Decodes the first message once all of it is here.
+    pub fn next_message<M: Message + Default>(&mut self) -> Result<Option<M>, Status> {
+        if self.remaining < GRPC_PREFIX {
+            return Ok(None);
+        }
+        let mut prefix = [0u8; GRPC_PREFIX];
+        self.peek(&mut prefix);
+        if prefix[0] != 0 {
+            return Err(Status::internal("compressed messages are not supported"));
+        }
+        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        if len > self.limit {
+            return Err(Status::resource_exhausted(format!(
+                "message of {len} bytes is too large: over the limit of {}",
+                self.limit
+            )));
+        }
+        if self.remaining < GRPC_PREFIX + len {
+            return Ok(None);
+        }
+        self.advance(GRPC_PREFIX);
+        M::decode(Buf::take(&mut *self, len)).map(Some).map_err(|e| {
+            let name = std::any::type_name::<M>().rsplit("::").next().unwrap_or("message");
+            Status::internal(format!("malformed {name}: {e}"))
+        })
+    }
+
+    fn peek(&self, out: &mut [u8]) {
+        let mut filled = 0;
+        for chunk in &self.chunks {
+            let n = chunk.len().min(out.len() - filled);
+            out[filled..filled + n].copy_from_slice(&chunk[..n]);
+            filled += n;
+            if filled == out.len() {
+                return;
+            }
+        }
+    }
+}
+
+impl Buf for Frames {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.chunks.front().map_or(&[], |c| c.as_ref())
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        assert!(n <= self.remaining, "advance past the end");
+        self.remaining -= n;
+        while n > 0 {
+            let front = self.chunks.front_mut().expect("remaining counts these bytes");
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.chunks.pop_front();
+        }
+    }
+
+    /// A slice of the frame when the bytes lie in one: no copy.
+    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
+        assert!(len <= self.remaining, "copy_to_bytes past the end");
+        match self.chunks.front_mut() {
+            Some(front) if front.len() >= len => {
+                let out = front.split_to(len);
+                if front.is_empty() {
+                    self.chunks.pop_front();
+                }
+                self.remaining -= len;
+                out
+            }
+            _ => {
+                let mut out = BytesMut::with_capacity(len);
+                out.put(Buf::take(&mut *self, len));
+                out.freeze()
+            }
+        }
+    }
 }

@@ -99,9 +99,20 @@ async fn huge_header_maps_and_oversize_requests_are_refused() {
     // A 20 MiB request is over the 16 MiB default.
     let big = proto::Record { value: vec![0u8; 20 << 20].into(), ..Default::default() };
     let req = proto::ProduceRequest { topic: "h".into(), records: vec![big], ..Default::default() };
-    assert_eq!(c.produce(req).await.unwrap_err().code(), tonic::Code::ResourceExhausted);
+    assert_eq!(c.produce(req.clone()).await.unwrap_err().code(), tonic::Code::ResourceExhausted);
+    // The same in a ProduceStream, after one good request is acknowledged:
+    // the stream ends with RESOURCE_EXHAUSTED.
+    let good = proto::ProduceRequest { topic: "h".into(), records: vec![record("", "streamed")], ..Default::default() };
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let mut stream = c.produce_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tx.send(good).await.unwrap();
+    assert_eq!(stream.message().await.unwrap().expect("the first answer").error_code, 0);
+    tx.send(req).await.unwrap();
+    let status = stream.message().await.expect_err("the oversize request ends the stream");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
     // The broker is fine afterwards.
     let r = produce(&mut c, "h", None, vec![record("", "after")]).await;
-    assert_eq!(r[0].base_offset, 0, "nothing from the refused requests was appended");
+    assert_eq!(r[0].base_offset, 1, "nothing from the refused requests was appended");
     server.shutdown().await.unwrap();
 }

@@ -32,11 +32,12 @@ use tonic::{Request, Status};
 use super::service::BrokerService;
 use crate::proto;
 use crate::proto::broker_server::Broker as _;
-use crate::proto_codec::{frame_message, GRPC_PREFIX};
+use crate::proto_codec::{frame_message, Frames, GRPC_PREFIX};
 
 /// The routes this module answers.
 pub const SUBSCRIBE_PATH: &str = "/strata.v1.Broker/Subscribe";
 pub const FETCH_PATH: &str = "/strata.v1.Broker/Fetch";
+pub const PRODUCE_STREAM_PATH: &str = "/strata.v1.Broker/ProduceStream";
 
 /// Field numbers of `record_batches` in the two responses.
 const SUBSCRIBE_BATCHES_FIELD: u8 = 9;
@@ -82,6 +83,7 @@ where
         match request.uri().path() {
             SUBSCRIBE_PATH => Box::pin(async move { Ok(respond(subscribe(service, request, limit).await)) }),
             FETCH_PATH => Box::pin(async move { Ok(respond(fetch(service, request, limit).await)) }),
+            PRODUCE_STREAM_PATH => Box::pin(async move { Ok(respond(Ok(produce_stream(service, request, limit)))) }),
             _ => Box::pin(self.inner.call(request)),
         }
     }
@@ -106,6 +108,39 @@ async fn fetch(service: BrokerService, request: http::Request<Body>, limit: usiz
     let batches = std::mem::take(&mut m.record_batches);
     let chunks = frame_message(&m, batches, FETCH_BATCHES_FIELD);
     Ok(Box::pin(futures::stream::once(futures::future::ready(Ok(chunks)))))
+}
+
+/// Runs the ProduceStream handler over requests decoded from the frames
+/// they arrive in: tonic copied each into a fresh buffer first (12% of the
+/// CPU of a raw produce), and the record batch now stays a slice of the
+/// received frame until it is written.
+fn produce_stream(service: BrokerService, request: http::Request<Body>, limit: usize) -> Framed {
+    let (parts, body) = request.into_parts();
+    drop(parts);
+    let requests = futures::stream::unfold(Some((body, Frames::new(limit))), |state| async move {
+        let (mut body, mut frames) = state?;
+        loop {
+            match frames.next_message::<proto::ProduceRequest>() {
+                Ok(Some(m)) => return Some((Ok(m), Some((body, frames)))),
+                Ok(None) => {}
+                Err(status) => return Some((Err(status), None)),
+            }
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        frames.push(data);
+                    }
+                }
+                Some(Err(e)) => return Some((Err(Status::unavailable(format!("reading the request: {e}"))), None)),
+                None if frames.remaining() == 0 => return None,
+                None => {
+                    return Some((Err(Status::invalid_argument("the request stream ended inside a message")), None))
+                }
+            }
+        }
+    });
+    let responses = service.produce_stream_of(Box::pin(requests));
+    Box::pin(responses.map(|m| m.map(|m| frame_message(&m, Vec::new(), 1))))
 }
 
 /// Response messages, each already framed as body chunks.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -24,7 +24,82 @@ pub struct BrokerService {
     pub broker: Arc<Broker>,
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl BrokerService {
+    /// ProduceStream over any source of requests: tonic's decoder, or
+    /// `server::push`'s, which keeps record batches in the frames they
+    /// arrived in.
+    pub fn produce_stream_of<S>(&self, mut inbound: S) -> BoxStream<proto::ProduceResponse>
+    where
+        S: Stream<Item = Result<proto::ProduceRequest, Status>> + Send + Unpin + 'static,
+    {
+        let (tx, rx) = mpsc::channel(PIPELINE_DEPTH_MAX);
+        let broker = self.broker.clone();
+        let mut stopping = broker.watch_stopping();
+        tokio::spawn(async move {
+            let depth = Arc::new(Semaphore::new(PIPELINE_DEPTH_MAX));
+            loop {
+                let next = tokio::select! {
+                    m = inbound.next() => m.transpose(),
+                    // End the stream on shutdown so graceful stop does not
+                    // wait for the client to hang up.
+                    _ = crate::broker::stopped(&mut stopping) => Ok(None),
+                };
+                let message = match next {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(status) => {
+                        let _ = tx.send(Err(map_decode_status(status))).await;
+                        break;
+                    }
+                };
+                let Ok(permit) = depth.clone().acquire_owned().await else {
+                    break;
+                };
+                let request_id = message.request_id;
+                // Written here, in stream order, so a partition sees the
+                // stream's batches in the order they were sent; the fsync
+                // wait happens concurrently below.
+                let pending = match convert::produce_request(message) {
+                    Ok(req) => broker.produce_pending(req).await.map_err(to_status),
+                    Err(s) => Err(s),
+                };
+                let tx = tx.clone();
+                // Nothing to wait for (flush never/interval, or an error):
+                // answer here, saving a task and a wake-up per request.
+                let ready = pending.as_ref().map_or(true, |p| !p.needs_sync());
+                let respond = async move {
+                    let _permit = permit;
+                    let result = match pending {
+                        Ok(p) => p.wait().await.map_err(to_status),
+                        Err(s) => Err(s),
+                    };
+                    let response = match result {
+                        Ok(results) => proto::ProduceResponse {
+                            results: convert::produce_results(results),
+                            request_id,
+                            ..Default::default()
+                        },
+                        Err(s) => proto::ProduceResponse {
+                            request_id,
+                            error_code: s.code() as i32,
+                            error_message: s.message().to_string(),
+                            ..Default::default()
+                        },
+                    };
+                    let _ = tx.send(Ok(response)).await;
+                };
+                if ready {
+                    respond.await;
+                } else {
+                    tokio::spawn(respond);
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+}
 
 #[tonic::async_trait]
 impl proto::broker_server::Broker for BrokerService {
@@ -105,71 +180,7 @@ impl proto::broker_server::Broker for BrokerService {
         &self,
         request: Request<Streaming<proto::ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(PIPELINE_DEPTH_MAX);
-        let broker = self.broker.clone();
-        let mut stopping = broker.watch_stopping();
-        tokio::spawn(async move {
-            let depth = Arc::new(Semaphore::new(PIPELINE_DEPTH_MAX));
-            loop {
-                let next = tokio::select! {
-                    m = inbound.message() => m,
-                    // End the stream on shutdown so graceful stop does not
-                    // wait for the client to hang up.
-                    _ = crate::broker::stopped(&mut stopping) => Ok(None),
-                };
-                let message = match next {
-                    Ok(Some(m)) => m,
-                    Ok(None) => break,
-                    Err(status) => {
-                        let _ = tx.send(Err(map_decode_status(status))).await;
-                        break;
-                    }
-                };
-                let Ok(permit) = depth.clone().acquire_owned().await else {
-                    break;
-                };
-                let request_id = message.request_id;
-                // Written here, in stream order, so a partition sees the
-                // stream's batches in the order they were sent; the fsync
-                // wait happens concurrently below.
-                let pending = match convert::produce_request(message) {
-                    Ok(req) => broker.produce_pending(req).await.map_err(to_status),
-                    Err(s) => Err(s),
-                };
-                let tx = tx.clone();
-                // Nothing to wait for (flush never/interval, or an error):
-                // answer here, saving a task and a wake-up per request.
-                let ready = pending.as_ref().map_or(true, |p| !p.needs_sync());
-                let respond = async move {
-                    let _permit = permit;
-                    let result = match pending {
-                        Ok(p) => p.wait().await.map_err(to_status),
-                        Err(s) => Err(s),
-                    };
-                    let response = match result {
-                        Ok(results) => proto::ProduceResponse {
-                            results: convert::produce_results(results),
-                            request_id,
-                            ..Default::default()
-                        },
-                        Err(s) => proto::ProduceResponse {
-                            request_id,
-                            error_code: s.code() as i32,
-                            error_message: s.message().to_string(),
-                            ..Default::default()
-                        },
-                    };
-                    let _ = tx.send(Ok(response)).await;
-                };
-                if ready {
-                    respond.await;
-                } else {
-                    tokio::spawn(respond);
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.produce_stream_of(request.into_inner())))
     }
 
     async fn fetch(&self, request: Request<proto::FetchRequest>) -> Result<Response<proto::FetchResponse>, Status> {
