@@ -27,7 +27,7 @@ use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::proto;
-use crate::proto_codec::{frame_message, Frames};
+use crate::proto_codec::{frame_message, frame_plain, Frames};
 
 /// The gRPC paths these calls use.
 const SUBSCRIBE_PATH: &str = "/strata.v1.Broker/Subscribe";
@@ -43,13 +43,13 @@ pub const MESSAGE_BYTES_MAX: usize = 256 << 20;
 
 /// Opens a Subscribe stream on `channel`.
 pub async fn subscribe(channel: &Channel, request: proto::SubscribeRequest) -> Result<SubscribeStream, Status> {
-    let body = call(channel, SUBSCRIBE_PATH, body_of(frame_message(&request, Vec::new(), 1))).await?;
+    let body = call(channel, SUBSCRIBE_PATH, body_of(frame_plain(&request))).await?;
     Ok(MessageStream::new(body))
 }
 
 /// One Fetch call on `channel`.
 pub async fn fetch(channel: &Channel, request: proto::FetchRequest) -> Result<proto::FetchResponse, Status> {
-    unary(channel, FETCH_PATH, frame_message(&request, Vec::new(), 1)).await
+    unary(channel, FETCH_PATH, frame_plain(&request)).await
 }
 
 /// One Produce call on `channel`; a `record_batch` is sent from where it lies.

@@ -212,3 +212,8 @@ impl Buf for Frames {
         }
     }
 }
+
+/// A message with no batches sent apart, as body chunks (one).
+pub fn frame_plain<M: Message>(message: &M) -> VecDeque<Bytes> {
+    frame_message(message, Vec::new(), 1)
+}

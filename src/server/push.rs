@@ -32,7 +32,7 @@ use tonic::{Request, Status};
 use super::service::BrokerService;
 use crate::proto;
 use crate::proto::broker_server::Broker as _;
-use crate::proto_codec::{frame_message, Frames, GRPC_PREFIX};
+use crate::proto_codec::{frame_message, frame_plain, Frames, GRPC_PREFIX};
 
 /// The routes this module answers.
 pub const SUBSCRIBE_PATH: &str = "/strata.v1.Broker/Subscribe";
@@ -115,8 +115,7 @@ async fn fetch(service: BrokerService, request: http::Request<Body>, limit: usiz
 /// CPU of a raw produce), and the record batch now stays a slice of the
 /// received frame until it is written.
 fn produce_stream(service: BrokerService, request: http::Request<Body>, limit: usize) -> Framed {
-    let (parts, body) = request.into_parts();
-    drop(parts);
+    let body = request.into_body();
     let requests = futures::stream::unfold(Some((body, Frames::new(limit))), |state| async move {
         let (mut body, mut frames) = state?;
         loop {
@@ -140,7 +139,7 @@ fn produce_stream(service: BrokerService, request: http::Request<Body>, limit: u
         }
     });
     let responses = service.produce_stream_of(Box::pin(requests));
-    Box::pin(responses.map(|m| m.map(|m| frame_message(&m, Vec::new(), 1))))
+    Box::pin(responses.map(|m| m.map(|m| frame_plain(&m))))
 }
 
 /// Response messages, each already framed as body chunks.

@@ -72,6 +72,8 @@ pub struct Segment {
     /// Serialises index opening and rebuilding.
     index_init: Mutex<()>,
     limits: SegmentLimits,
+    /// Scans map what they read: the broker's end before it cuts a segment.
+    mapped_scans: bool,
 }
 
 impl Segment {
@@ -120,7 +122,15 @@ impl Segment {
             indexes: OnceLock::new(),
             index_init: Mutex::new(()),
             limits,
+            mapped_scans: true,
         }
+    }
+
+    /// Scans read with copies: for tools that inspect files a running
+    /// broker may cut (a mapping would fault past the cut).
+    pub fn copying_scans(mut self) -> Self {
+        self.mapped_scans = false;
+        self
     }
 
     pub fn index_path(&self) -> PathBuf {
@@ -266,40 +276,14 @@ impl Segment {
 
     /// Walks batches from `from` up to `end`, calling `f(position, header)`
     /// for each valid one. Stops at the first batch that is truncated, has a
-    /// bad header, non-dense offsets, or (with `check_crc`) a bad CRC. For
-    /// the broker, which owns the files: it maps what it reads.
+    /// bad header, non-dense offsets, or (with `check_crc`) a bad CRC.
     pub fn scan(
         &self,
         from: u64,
         end: u64,
         check_crc: bool,
         first_offset: Option<u64>,
-        f: impl FnMut(u64, &BatchHeader),
-    ) -> Result<ScanEnd> {
-        self.scan_reading(from, end, check_crc, first_offset, f, true)
-    }
-
-    /// [`Segment::scan`] reading with copies, for tools that inspect files
-    /// a running broker may cut (a mapping would fault past a cut).
-    pub fn scan_copied(
-        &self,
-        from: u64,
-        end: u64,
-        check_crc: bool,
-        first_offset: Option<u64>,
-        f: impl FnMut(u64, &BatchHeader),
-    ) -> Result<ScanEnd> {
-        self.scan_reading(from, end, check_crc, first_offset, f, false)
-    }
-
-    fn scan_reading(
-        &self,
-        from: u64,
-        end: u64,
-        check_crc: bool,
-        first_offset: Option<u64>,
         mut f: impl FnMut(u64, &BatchHeader),
-        shared: bool,
     ) -> Result<ScanEnd> {
         // Read by mapping (`read_shared`), not into a zeroed buffer: after a
         // crash, zeroing and copying the rescanned bytes was 46% of the time
@@ -319,7 +303,7 @@ impl Segment {
             let need_header = (pos - buf_start) as usize + HEADER_LEN;
             if need_header > buf.len() {
                 buf_start = pos;
-                buf = self.read_range(pos, (end - pos).min(CHUNK as u64) as usize, shared)?;
+                buf = self.read_range(pos, (end - pos).min(CHUNK as u64) as usize)?;
             }
             let at = (pos - buf_start) as usize;
             if buf.len() < at + HEADER_LEN {
@@ -359,7 +343,7 @@ impl Segment {
                 if at + header.total_len > buf.len() {
                     buf_start = pos;
                     let len = header.total_len.max(((end - pos).min(CHUNK as u64)) as usize);
-                    buf = self.read_range(pos, len, shared)?;
+                    buf = self.read_range(pos, len)?;
                 }
                 let at = (pos - buf_start) as usize;
                 if let Err(e) = batch::verify_crc(&header, &buf[at..at + header.total_len]) {
@@ -374,10 +358,10 @@ impl Segment {
         Ok(stop(pos, next_offset, None))
     }
 
-    /// Bytes at `position` (fewer at the end of the file); `shared` maps
-    /// them, for the broker, whose scans end before it cuts a segment.
-    fn read_range(&self, position: u64, len: usize, shared: bool) -> Result<Bytes> {
-        let read = if shared {
+    /// Bytes at `position` (fewer at the end of the file), mapped unless
+    /// [`Segment::copying_scans`] said otherwise.
+    fn read_range(&self, position: u64, len: usize) -> Result<Bytes> {
+        let read = if self.mapped_scans {
             self.log.read_shared(position, len)
         } else {
             self.log.read_up_to(position, len).map(Bytes::from)

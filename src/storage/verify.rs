@@ -83,7 +83,7 @@ pub fn verify_partition(
         names.iter().filter_map(|n| n.strip_suffix(".log").and_then(|b| b.parse().ok())).map(|b| (b, ())).collect();
     let mut expected: Option<u64> = None;
     for &base in bases.keys() {
-        let segment = Segment::open(fs.clone(), dir, base, LIMITS)?;
+        let segment = Segment::open(fs.clone(), dir, base, LIMITS)?.copying_scans();
         let path = segment.log_path.display().to_string();
         if let Some(exp) = expected {
             if base != exp {
@@ -94,7 +94,7 @@ pub fn verify_partition(
         }
         let len = segment.readable_len();
         let mut batches = Vec::new();
-        let end = segment.scan_copied(0, len, true, None, |pos, h| {
+        let end = segment.scan(0, len, true, None, |pos, h| {
             batches.push((pos, h.base_offset, h.max_timestamp));
             report.batches += 1;
             report.records += h.record_count as u64;
