@@ -29,7 +29,7 @@ use super::batch::{self, BatchHeader, BATCH_BYTES_LIMIT};
 use super::checkpoint::{self, Checkpoint, SameBoot};
 use super::fs::FileSystem;
 use super::producer::{ProducerBatch, ProducerState, SequenceCheck};
-use super::segment::{Segment, SegmentLimits};
+use super::segment::{Bounds, Segment, SegmentLimits, SegmentRead};
 use super::{Clock, Result, StorageError};
 
 /// Name of the marker written by a clean close and removed on open.
@@ -1014,10 +1014,32 @@ impl Log {
             let first = map.range(..=from).next_back().map(|(b, _)| *b).unwrap_or(0);
             map.range(first..).map(|(_, s)| s.clone()).collect()
         };
-        for segment in segments {
-            out.batches = segment.read(from, bytes_max, high_watermark)?;
-            if !out.batches.is_empty() {
-                break;
+        let mut from = from;
+        for (i, segment) in segments.iter().enumerate() {
+            let next_segment_base = segments.get(i + 1).map(|s| s.base_offset);
+            let bounds = Bounds { high_watermark, next_segment_base };
+            match segment.read(from, bytes_max, &bounds)? {
+                SegmentRead::Batches(batches) => {
+                    out.batches = batches;
+                    break;
+                }
+                // Fall through only where the segment really ended, and
+                // the next one continues it.
+                SegmentRead::Ended { next_offset } => match next_segment_base {
+                    Some(next_base) if next_offset == next_base => from = from.max(next_base),
+                    Some(next_base) => {
+                        return Err(StorageError::Corrupt {
+                            path: segment.log_path.clone(),
+                            position: segment.readable_len(),
+                            first_offset: next_offset,
+                            reason: format!(
+                                "the segment ends at offset {next_offset} but the next one starts at {next_base}: \
+                                 offsets {next_offset}..{next_base} are missing"
+                            ),
+                        })
+                    }
+                    None => break,
+                },
             }
         }
         if out.batches.is_empty() && from < self.log_start_offset() {
@@ -1035,11 +1057,13 @@ impl Log {
     /// high watermark when there is none.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<u64> {
         let high_watermark = self.high_watermark();
-        for segment in self.segments_snapshot() {
+        let segments = self.segments_snapshot();
+        for (i, segment) in segments.iter().enumerate() {
             if segment.readable_len() == 0 || segment.max_timestamp()? < timestamp_ms {
                 continue;
             }
-            if let Some(offset) = segment.offset_for_timestamp(timestamp_ms, high_watermark)? {
+            let bounds = Bounds { high_watermark, next_segment_base: segments.get(i + 1).map(|s| s.base_offset) };
+            if let Some(offset) = segment.offset_for_timestamp(timestamp_ms, &bounds)? {
                 return Ok(offset.max(self.log_start_offset()));
             }
         }

@@ -46,6 +46,45 @@ pub struct ScanEnd {
     pub error: Option<String>,
 }
 
+/// What a read may serve of a segment: offsets below the high watermark
+/// (later ones are not visible yet) and below the next segment's base
+/// (a batch reaching it is corruption).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub high_watermark: u64,
+    /// `None` for the last (active) segment.
+    pub next_segment_base: Option<u64>,
+}
+
+impl Bounds {
+    /// No limit: for lookups that only need positions.
+    pub fn unbounded() -> Bounds {
+        Bounds { high_watermark: u64::MAX, next_segment_base: None }
+    }
+}
+
+/// Where a walk toward an offset stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Located {
+    /// The batch holding it starts at `position` with `base_offset`.
+    At { position: u64, base_offset: u64 },
+    /// The segment's bytes end before it; `next_offset` is the offset after
+    /// its last batch.
+    End { next_offset: u64 },
+    /// The walk reached the high watermark first: not visible yet.
+    NotVisible { next_offset: u64 },
+}
+
+/// What [`Segment::read`] found.
+#[derive(Debug, Clone)]
+pub enum SegmentRead {
+    /// Whole batches from the one holding `from` (empty when `from` is not
+    /// visible yet).
+    Batches(Vec<Bytes>),
+    /// The segment ends before `from`, after offset `next_offset - 1`.
+    Ended { next_offset: u64 },
+}
+
 #[derive(Debug)]
 pub struct Segment {
     /// Offset of the first record in this segment (also its file name).
@@ -372,53 +411,116 @@ impl Segment {
     /// Position of the batch whose base offset is `base_offset + relative`.
     fn position_of_batch(&self, relative: u32) -> Result<u64> {
         let target = self.base_offset + relative as u64;
-        self.position_for(target)
+        match self.locate(target, &Bounds::unbounded())? {
+            Located::At { position, .. } => Ok(position),
+            Located::End { .. } | Located::NotVisible { .. } => Ok(self.readable_len()),
+        }
     }
 
-    /// Byte position of the batch holding `offset`, or the readable end if
-    /// no batch in this segment holds it. Binary search of the index, then a
-    /// scan of at most about one index interval.
-    pub fn position_for(&self, offset: u64) -> Result<u64> {
+    /// Where to start a walk toward `offset`: the last index entry at or
+    /// below it whose batch is really there (else the segment start).
+    fn walk_start(&self, offset: u64) -> Result<(u64, u64)> {
         let idx = self.indexes()?;
         let relative = offset.saturating_sub(self.base_offset).min(u32::MAX as u64) as u32;
-        let mut start = 0u64;
         if let Some(entry) = idx.offset.lookup(relative) {
-            let ok = self
-                .header_at(entry.position as u64)?
-                .is_some_and(|h| h.base_offset == self.base_offset + entry.relative_offset as u64);
+            let expected = self.base_offset + entry.relative_offset as u64;
+            let ok = self.header_at(entry.position as u64)?.is_some_and(|h| h.base_offset == expected);
             if ok {
-                start = entry.position as u64;
-            } else {
-                let _guard = self.index_init.lock().unwrap_or_else(|e| e.into_inner());
-                tracing::warn!(segment = %self.log_path.display(), "index entry points at the wrong batch; rebuilding the index");
-                self.rebuild_indexes(idx, self.readable_len())?;
+                return Ok((entry.position as u64, expected));
             }
+            let _guard = self.index_init.lock().unwrap_or_else(|e| e.into_inner());
+            tracing::warn!(segment = %self.log_path.display(), "index entry points at the wrong batch; rebuilding the index");
+            self.rebuild_indexes(idx, self.readable_len())?;
         }
+        Ok((0, self.base_offset))
+    }
+
+    /// Finds the batch holding `offset` by walking batch headers from the
+    /// nearest index entry, checking that offsets are dense on the way:
+    /// each batch starts where the previous one ended, and none runs into
+    /// the next segment. A header that breaks the chain is corruption, not
+    /// the end of the segment: a read must never skip what it hides.
+    pub fn locate(&self, offset: u64, bounds: &Bounds) -> Result<Located> {
         let end = self.readable_len();
-        let mut found = end;
-        let mut pos = start;
-        while pos < end {
-            let Some(h) = self.header_at(pos)? else { break };
-            if h.last_offset() >= offset {
-                found = pos;
-                break;
+        let (mut pos, mut expected) = self.walk_start(offset)?;
+        loop {
+            if pos == end {
+                return Ok(Located::End { next_offset: expected });
             }
-            pos += h.total_len as u64;
+            if expected >= bounds.high_watermark {
+                return Ok(Located::NotVisible { next_offset: expected });
+            }
+            let header = self.checked_header(pos, expected, end, bounds)?;
+            if header.last_offset() >= offset {
+                return Ok(Located::At { position: pos, base_offset: expected });
+            }
+            pos += header.total_len as u64;
+            expected = header.next_offset();
         }
-        Ok(found)
+    }
+
+    /// The header at `position`, which must start the batch of offset
+    /// `expected`, lie whole before `end` and stay inside `bounds`.
+    fn checked_header(&self, position: u64, expected: u64, end: u64, bounds: &Bounds) -> Result<BatchHeader> {
+        let corrupt = |reason: String| self.corrupt(position, expected, reason);
+        if position + HEADER_LEN as u64 > end {
+            return Err(corrupt(format!(
+                "{} bytes at the end of the segment are not a whole batch header (offsets from {expected} missing)",
+                end - position
+            )));
+        }
+        let mut buf = [0u8; HEADER_LEN];
+        self.log.read_exact_at(&mut buf, position).map_err(|e| StorageError::io(&self.log_path, e))?;
+        let header = BatchHeader::parse(&buf, self.limits.batch_bytes_max)
+            .map_err(|e| corrupt(format!("bad batch header where offset {expected} should start: {e}")))?;
+        self.check_chain(&header, position, expected, end, bounds)?;
+        Ok(header)
+    }
+
+    /// The density rules every batch a read walks over or serves must keep.
+    fn check_chain(&self, h: &BatchHeader, position: u64, expected: u64, end: u64, bounds: &Bounds) -> Result<()> {
+        let corrupt = |reason: String| self.corrupt(position, expected, reason);
+        if h.base_offset != expected {
+            return Err(corrupt(format!(
+                "batch claims base offset {} where offset {expected} should start",
+                h.base_offset
+            )));
+        }
+        if position + h.total_len as u64 > end {
+            return Err(corrupt(format!(
+                "batch of offsets {expected}..={} claims {} bytes, past the end of the segment",
+                h.last_offset(),
+                h.total_len
+            )));
+        }
+        let limit = bounds.next_segment_base.unwrap_or(u64::MAX).min(bounds.high_watermark);
+        if h.last_offset() >= limit {
+            return Err(corrupt(format!(
+                "batch of offsets {expected}..={} runs past offset {limit}, where the next segment or the high watermark is",
+                h.last_offset()
+            )));
+        }
+        Ok(())
+    }
+
+    fn corrupt(&self, position: u64, first_offset: u64, reason: String) -> StorageError {
+        StorageError::Corrupt { path: self.log_path.clone(), position, first_offset, reason }
     }
 
     /// Reads whole batches holding offsets from `from` on, up to `bytes_max`
-    /// (at least one batch), stopping before `high_watermark`. Each batch's
-    /// CRC is checked unless this process checked it before
-    /// (`checked_from`): a corrupt one ends the read after the good batches
-    /// before it, and is an error naming its position when it comes first.
-    pub fn read(&self, from: u64, bytes_max: usize, high_watermark: u64) -> Result<Vec<Bytes>> {
+    /// (at least one batch), inside `bounds`. Every batch served continues
+    /// the one before it (checked header by header: the CRC does not cover
+    /// the base offset and length), and its CRC is checked unless this
+    /// process checked it before (`checked_from`). A batch that breaks
+    /// either ends the read after the good batches before it, and is an
+    /// error naming its position and offsets when it comes first.
+    pub fn read(&self, from: u64, bytes_max: usize, bounds: &Bounds) -> Result<SegmentRead> {
         let end = self.readable_len();
-        let start = self.position_for(from)?;
-        if start >= end {
-            return Ok(Vec::new());
-        }
+        let (start, first_base) = match self.locate(from, bounds)? {
+            Located::At { position, base_offset } => (position, base_offset),
+            Located::End { next_offset } => return Ok(SegmentRead::Ended { next_offset }),
+            Located::NotVisible { .. } => return Ok(SegmentRead::Batches(Vec::new())),
+        };
         let want = ((end - start) as usize).min(bytes_max.max(HEADER_LEN));
         // Readable bytes are never cut while the broker runs, so they may be
         // shared (mapped) rather than copied.
@@ -433,76 +535,72 @@ impl Segment {
         let checked_from = self.checked_from.load(Ordering::Acquire);
         let mut out = Vec::new();
         let mut at = 0usize;
-        while at + HEADER_LEN <= buf.len() {
+        let mut expected = first_base;
+        while at + HEADER_LEN <= buf.len() && expected < bounds.high_watermark {
             let position = start + at as u64;
-            let corrupt = |reason: String| StorageError::Corrupt {
-                path: self.log_path.clone(),
-                position,
-                first_offset: from,
-                reason,
-            };
-            let header = match BatchHeader::parse(&buf[at..], self.limits.batch_bytes_max) {
+            let checked = BatchHeader::parse(&buf[at..], self.limits.batch_bytes_max)
+                .map_err(|e| self.corrupt(position, expected, format!("bad batch header: {e}")))
+                .and_then(|h| self.check_chain(&h, position, expected, end, bounds).map(|()| h));
+            let header = match checked {
                 Ok(h) => h,
+                // Serve what precedes it; the next read starts here and fails.
                 Err(_) if !out.is_empty() => break,
-                Err(e) => return Err(corrupt(e.to_string())),
+                Err(e) => return Err(e),
             };
-            if at + header.total_len > buf.len() || header.base_offset >= high_watermark {
+            if at + header.total_len > buf.len() {
                 break;
             }
             let bytes = buf.slice(at..at + header.total_len);
             let check = if position >= checked_from { Ok(()) } else { batch::verify_crc(&header, &bytes) };
             match check {
                 Ok(()) => {}
-                // Serve what precedes it; the next read starts here and fails.
                 Err(_) if !out.is_empty() => break,
                 Err(e) => {
-                    return Err(StorageError::Corrupt {
-                        path: self.log_path.clone(),
+                    return Err(self.corrupt(
                         position,
-                        first_offset: header.base_offset,
-                        reason: format!("{e} (offsets {}..={})", header.base_offset, header.last_offset()),
-                    })
+                        header.base_offset,
+                        format!("{e} (offsets {}..={})", header.base_offset, header.last_offset()),
+                    ))
                 }
             }
             out.push(bytes);
             at += header.total_len;
+            expected = header.next_offset();
         }
         if start + at as u64 >= checked_from {
             // Checked up to where the checked range began: it now begins here.
             self.mark_checked(start);
         }
-        Ok(out)
+        Ok(SegmentRead::Batches(out))
     }
 
     /// First offset at or after `base` whose record timestamp is >= `timestamp_ms`.
-    pub fn offset_for_timestamp(&self, timestamp_ms: i64, high_watermark: u64) -> Result<Option<u64>> {
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64, bounds: &Bounds) -> Result<Option<u64>> {
         let idx = self.indexes()?;
-        let start = match idx.time.last_below(timestamp_ms) {
-            Some(e) => self.position_for(self.base_offset + e.relative_offset as u64)?,
-            None => 0,
+        let (mut pos, mut expected) = match idx.time.last_below(timestamp_ms) {
+            Some(e) => match self.locate(self.base_offset + e.relative_offset as u64, bounds)? {
+                Located::At { position, base_offset } => (position, base_offset),
+                Located::End { .. } | Located::NotVisible { .. } => return Ok(None),
+            },
+            None => (0, self.base_offset),
         };
         let end = self.readable_len();
-        let mut pos = start;
-        while pos < end {
-            let Some(h) = self.header_at(pos)? else { break };
-            if h.base_offset >= high_watermark {
-                break;
-            }
+        while pos < end && expected < bounds.high_watermark {
+            let h = self.checked_header(pos, expected, end, bounds)?;
             if h.max_timestamp >= timestamp_ms {
-                let batch = self.read(h.base_offset, h.total_len, high_watermark)?;
-                for b in batch.iter().take(1) {
-                    let records = batch::decode_records(b).map_err(|e| StorageError::Corrupt {
-                        path: self.log_path.clone(),
-                        position: pos,
-                        first_offset: h.base_offset,
-                        reason: e.to_string(),
-                    })?;
-                    if let Some(r) = records.iter().find(|r| r.timestamp_ms >= timestamp_ms) {
-                        return Ok(Some(r.offset));
+                let read = self.read(h.base_offset, h.total_len, bounds)?;
+                if let SegmentRead::Batches(batches) = read {
+                    for b in batches.iter().take(1) {
+                        let records = batch::decode_records(b)
+                            .map_err(|e| self.corrupt(pos, h.base_offset, e.to_string()))?;
+                        if let Some(r) = records.iter().find(|r| r.timestamp_ms >= timestamp_ms) {
+                            return Ok(Some(r.offset));
+                        }
                     }
                 }
             }
             pos += h.total_len as u64;
+            expected = h.next_offset();
         }
         Ok(None)
     }
