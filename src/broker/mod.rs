@@ -7,6 +7,7 @@
 //! reads) run on the blocking pool; an append's pwrite runs in place.
 //! Layout: `DATA/<topic>/topic.json` and `DATA/<topic>/<partition>/`.
 
+pub mod data_dir;
 pub mod error;
 pub mod groups;
 pub mod names;
@@ -145,6 +146,8 @@ pub struct Broker {
     stopping: watch::Sender<bool>,
     /// Consumer groups and their committed offsets.
     groups: groups::Coordinator,
+    /// The data directory's lock, held while the broker is open.
+    _lock: crate::storage::fs::DirLock,
 }
 
 impl Broker {
@@ -153,21 +156,13 @@ impl Broker {
         let dir = config.data_dir.clone();
         let io = |what: &str, e: std::io::Error| BrokerError::Internal(format!("{what} {}: {e}", dir.display()));
         fs.create_dir_all(&dir).map_err(|e| io("cannot create data directory", e))?;
+        let lock = data_dir::lock(fs.as_ref(), &dir).map_err(BrokerError::Internal)?;
         let started = std::time::Instant::now();
         let mut topics = HashMap::new();
-        let names = fs.list_dir(&dir).map_err(|e| io("cannot list data directory", e))?;
-        let total = names.len();
-        for (i, name) in names.into_iter().enumerate() {
-            let topic_dir = dir.join(&name);
-            if name.starts_with(".deleted-") {
-                // A delete that was interrupted: finish it.
-                let _ = fs.remove_dir_all(&topic_dir);
-                continue;
-            }
+        let topic_dirs = data_dir::prepare(fs.as_ref(), &dir).map_err(|e| io("cannot prepare data directory", e))?;
+        let total = topic_dirs.len();
+        for (i, topic_dir) in topic_dirs.into_iter().enumerate() {
             let meta_path = topic_dir.join(topic::METADATA_FILE);
-            if !fs.exists(&meta_path) {
-                continue;
-            }
             let metadata = fs
                 .read_file(&meta_path)
                 .map_err(|e| e.to_string())
@@ -193,7 +188,7 @@ impl Broker {
         }
         let offsets = crate::group::offsets::OffsetStore::open(&dir, fs.clone(), clock.clone())
             .map_err(|e| BrokerError::storage(groups::OFFSETS_TOPIC, 0, e))?;
-        let producer_ids = ProducerIds::open(fs.clone(), dir.join(producer_ids::FILE_NAME))
+        let producer_ids = ProducerIds::open(fs.clone(), dir.join(data_dir::PRODUCER_IDS_FILE))
             .map_err(|e| io("cannot read producer ids in", e))?;
         tracing::info!(
             topics = topics.len(),
@@ -211,6 +206,7 @@ impl Broker {
             admin: tokio::sync::Mutex::new(()),
             stopping: watch::Sender::new(false),
             groups: groups::Coordinator::new(offsets),
+            _lock: lock,
         }))
     }
 
@@ -336,14 +332,14 @@ impl Broker {
             .ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))?;
         self.topics_version.send_modify(|v| *v += 1);
         let fs = self.fs.clone();
-        let data_dir = self.config.data_dir.clone();
+        let data_dir_path = self.config.data_dir.clone();
         let stamp = self.clock.now_ms();
         tokio::task::spawn_blocking(move || {
             // Rename first so a crash mid-delete never leaves half a topic
             // that would be opened again.
-            let doomed = data_dir.join(format!(".deleted-{}-{stamp}", topic.name));
+            let doomed = data_dir::deleted_path(&data_dir_path, &topic.name, stamp);
             fs.rename(&topic.dir, &doomed).map_err(|e| io_error(&topic.dir, e))?;
-            fs.sync_dir(&data_dir).map_err(|e| io_error(&data_dir, e))?;
+            fs.sync_dir(&data_dir_path).map_err(|e| io_error(&data_dir_path, e))?;
             fs.remove_dir_all(&doomed).map_err(|e| io_error(&doomed, e))
         })
         .await

@@ -1,6 +1,7 @@
 //! Producer id allocation for idempotent produce. Ids are handed out from
-//! blocks whose end is persisted (`DATA/producer_ids`) before any id in the
-//! block is used, so an id is never reused, also across crashes.
+//! blocks whose end is persisted before any id in the
+//! block is used, so an id is never reused, also across crashes. The file
+//! is `DATA/__producer_ids` (see `data_dir.rs`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,7 +9,6 @@ use std::sync::Arc;
 use crate::storage::fs::FileSystem;
 
 const BLOCK: i64 = 1000;
-pub const FILE_NAME: &str = "producer_ids";
 
 #[derive(Debug)]
 pub struct ProducerIds {

@@ -54,7 +54,8 @@ fn verify_with_progress(dir: &Path) -> anyhow::Result<VerifyReport> {
     }
     let started = std::time::Instant::now();
     let mut last = std::time::Instant::now();
-    let report = verify::verify_tree(Arc::new(StdFs), dir, &mut |r| {
+    let deleting = |name: &str| name.starts_with(crate::broker::data_dir::DELETED_PREFIX);
+    let report = verify::verify_tree(Arc::new(StdFs), dir, &deleting, &mut |r| {
         if last.elapsed().as_millis() >= 500 {
             last = std::time::Instant::now();
             eprint!(

@@ -42,6 +42,20 @@ impl RunningServer {
         &self.broker
     }
 
+    /// An unclean stop for in-process tests: serving and background work
+    /// end, nothing is flushed or marked clean, and the data directory is
+    /// unlocked once the last task lets go of the broker (as a process
+    /// crash would leave it; crash tests of the real binary use SIGKILL).
+    pub async fn crash(self) {
+        self.broker.begin_shutdown();
+        self.serving.abort();
+        let _ = self.serving.await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&self.broker) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Graceful stop: refuse new work, end long polls and subscriptions,
     /// finish in-flight requests, close every log cleanly.
     pub async fn shutdown(self) -> anyhow::Result<()> {

@@ -84,6 +84,12 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn exists(&self, path: &Path) -> bool;
+    /// Whether `path` is a directory.
+    fn is_dir(&self, path: &Path) -> bool;
+    /// Takes an exclusive lock on `path` (created if missing) for as long as
+    /// the returned guard lives, and writes this process's id into it;
+    /// `WouldBlock` when another process holds it.
+    fn lock_exclusive(&self, path: &Path) -> io::Result<DirLock>;
     /// fsync of a directory, which makes creations, renames and deletions in it durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
 
@@ -142,6 +148,17 @@ pub fn system_boot_id() -> Option<u128> {
         let hex: String = text.trim().chars().filter(|c| *c != '-').collect();
         (hex.len() == 32).then(|| u128::from_str_radix(&hex, 16).ok()).flatten()
     })
+}
+
+/// An exclusive lock held until dropped (see [`FileSystem::lock_exclusive`]).
+#[derive(Debug)]
+pub struct DirLock(#[allow(dead_code)] Box<dyn fmt::Debug + Send + Sync>);
+
+impl DirLock {
+    /// A lock whose release is dropping `guard`.
+    pub fn new(guard: impl fmt::Debug + Send + Sync + 'static) -> DirLock {
+        DirLock(Box::new(guard))
+    }
 }
 
 /// The real file system.
@@ -259,6 +276,21 @@ impl FileSystem for StdFs {
     }
     fn exists(&self, path: &Path) -> bool {
         path.exists()
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        path.is_dir()
+    }
+    fn lock_exclusive(&self, path: &Path) -> io::Result<DirLock> {
+        use std::io::Write;
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        // flock: released by the kernel when the process ends, however it ends.
+        file.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => io::Error::from(io::ErrorKind::WouldBlock),
+            std::fs::TryLockError::Error(e) => e,
+        })?;
+        file.set_len(0)?;
+        writeln!(file, "{}", std::process::id())?;
+        Ok(DirLock::new(file))
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         File::open(path)?.sync_all()
@@ -449,6 +481,12 @@ impl FileSystem for FaultyFs {
     }
     fn exists(&self, path: &Path) -> bool {
         StdFs.exists(path)
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        StdFs.is_dir(path)
+    }
+    fn lock_exclusive(&self, path: &Path) -> io::Result<DirLock> {
+        StdFs.lock_exclusive(path)
     }
     fn boot_id(&self) -> Option<u128> {
         system_boot_id().map(|b| b ^ self.reboots.load(Ordering::SeqCst) as u128)

@@ -41,7 +41,9 @@ const LIMITS: SegmentLimits =
 
 /// Finds partition directories under `root`: `root` itself if it holds
 /// segments, else `root/<topic>/<partition>/` or `root/<partition>/`.
-pub fn find_partitions(fs: &dyn FileSystem, root: &Path) -> Result<Vec<PathBuf>> {
+/// Directories whose names `skip` says are not data (a topic being
+/// deleted) are left out.
+pub fn find_partitions(fs: &dyn FileSystem, root: &Path, skip: &dyn Fn(&str) -> bool) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let list = |dir: &Path| fs.list_dir(dir).map_err(|e| super::StorageError::io(dir, e));
     if list(root)?.iter().any(|n| n.ends_with(".log")) {
@@ -49,23 +51,25 @@ pub fn find_partitions(fs: &dyn FileSystem, root: &Path) -> Result<Vec<PathBuf>>
     }
     for name in list(root)? {
         let child = root.join(&name);
-        if name.starts_with('.') || fs.list_dir(&child).is_err() {
+        if skip(&name) || !fs.is_dir(&child) {
             continue;
         }
-        out.extend(find_partitions(fs, &child)?);
+        out.extend(find_partitions(fs, &child, skip)?);
     }
     out.sort();
     Ok(out)
 }
 
-/// Verifies every partition under `root`, calling `progress` after each segment.
+/// Verifies every partition under `root` (see [`find_partitions`]),
+/// calling `progress` after each segment.
 pub fn verify_tree(
     fs: Arc<dyn FileSystem>,
     root: &Path,
+    skip: &dyn Fn(&str) -> bool,
     progress: &mut dyn FnMut(&VerifyReport),
 ) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
-    for dir in find_partitions(fs.as_ref(), root)? {
+    for dir in find_partitions(fs.as_ref(), root, skip)? {
         verify_partition(fs.clone(), &dir, &mut report, progress)?;
     }
     Ok(report)
