@@ -1,6 +1,8 @@
 //! The `strata` binary: parses the command line and runs it. Errors print
 //! one line and exit non-zero; logs go to stderr, level from `RUST_LOG`.
 
+use std::io::Write;
+
 use clap::Parser;
 
 #[global_allocator]
@@ -26,7 +28,38 @@ fn tune_allocator() {
     }
 }
 
+/// Makes sure descriptors 0, 1 and 2 are open (on /dev/null if they were
+/// closed). Otherwise the first file the broker opens gets number 2, and
+/// every log line lands in that file: a segment, say.
+fn reserve_standard_descriptors() {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    for _ in 0..3 {
+        let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") else { return };
+        if null.as_raw_fd() > 2 {
+            return;
+        }
+        // It took the place of a closed standard descriptor: keep it there.
+        let _ = null.into_raw_fd();
+    }
+}
+
+/// A panic anywhere is logged (where a panic in a background task would
+/// otherwise vanish with the task), and never by a write that can panic.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        tracing::error!(%message, %location, "panic");
+    }));
+}
+
 fn main() -> std::process::ExitCode {
+    reserve_standard_descriptors();
     tune_allocator();
     let cli = strata::cli::Cli::parse();
     // The broker logs at info by default; client tools and the bench (which
@@ -42,18 +75,22 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written is dropped: the default reports
+        // it with eprintln!, which panics when stderr is gone.
+        .log_internal_errors(false)
         .init();
+    log_panics();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            let _ = writeln!(std::io::stderr(), "error: cannot start the runtime: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
     match runtime.block_on(strata::cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -461,18 +461,21 @@ impl Broker {
     }
 
     /// Runs the coordinator's timer: session expiry and topic changes.
-    pub(super) fn spawn_coordinator(self: &Arc<Self>, mut stop: watch::Receiver<bool>) {
+    pub(super) fn spawn_coordinator(self: &Arc<Self>, stop: watch::Receiver<bool>) {
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut topics = this.watch_topics();
-            let mut tick = tokio::time::interval(Duration::from_millis(EXPIRY_CHECK_MS));
-            loop {
-                let changed = tokio::select! {
-                    _ = tick.tick() => false,
-                    r = topics.changed() => r.is_ok(),
-                    _ = stop.changed() => return,
-                };
-                this.expire_members(changed);
+        super::supervise::spawn_supervised("group coordinator", move || {
+            let (this, mut stop) = (this.clone(), stop.clone());
+            async move {
+                let mut topics = this.watch_topics();
+                let mut tick = tokio::time::interval(Duration::from_millis(EXPIRY_CHECK_MS));
+                loop {
+                    let changed = tokio::select! {
+                        _ = tick.tick() => false,
+                        r = topics.changed() => r.is_ok(),
+                        _ = stop.wait_for(|s| *s) => return,
+                    };
+                    this.expire_members(changed);
+                }
             }
         });
     }

@@ -15,6 +15,7 @@ pub mod partition;
 pub mod partitioner;
 pub mod producer_ids;
 pub mod subscription;
+pub mod supervise;
 pub mod topic;
 
 use bytes::Bytes;
@@ -289,31 +290,22 @@ impl Broker {
         let meta = metadata.clone();
         let topic_dir = dir.clone();
         let created = tokio::task::spawn_blocking(move || -> Result<Vec<Arc<Partition>>> {
-            let internal = |e: std::io::Error| {
-                BrokerError::Internal(format!("cannot create topic directory {}: {e}", topic_dir.display()))
-            };
-            if fs.exists(&topic_dir) {
-                // Leftover of a create that crashed before its metadata was written.
-                fs.remove_dir_all(&topic_dir).map_err(internal)?;
+            let created = create_topic_files(fs.as_ref(), &fs, &clock, &topic_dir, &meta, log_config);
+            if created.is_err() {
+                // Nothing half-made stays behind (a later create would find it).
+                let _ = fs.remove_dir_all(&topic_dir);
             }
-            fs.create_dir_all(&topic_dir).map_err(internal)?;
-            let mut parts = Vec::new();
-            for p in 0..meta.partitions {
-                let log = Log::open(&topic_dir.join(p.to_string()), fs.clone(), clock.clone(), log_config)
-                    .map_err(|e| BrokerError::storage(&meta.name, p, e))?;
-                parts.push(Arc::new(Partition::new(&meta.name, p, log)));
-            }
-            // The metadata file is written last: a topic directory without it
-            // is an unfinished create and is cleaned up.
-            meta.write(fs.as_ref(), &topic_dir).map_err(|e| io_error(&topic_dir, e))?;
-            if let Some(parent) = topic_dir.parent() {
-                // Guards against a power loss forgetting the topic directory.
-                fs.sync_dir(parent).map_err(|e| io_error(parent, e))?;
-            }
-            Ok(parts)
+            created
         })
         .await
-        .map_err(|e| BrokerError::Internal(format!("create task failed: {e}")))??;
+        .map_err(|e| BrokerError::Internal(format!("create task failed: {e}")));
+        let created = match created {
+            Ok(created) => created?,
+            Err(e) => {
+                let _ = self.fs.remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         let topic = Arc::new(Topic::new(dir, metadata, topic_config, created));
         self.topics.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), topic.clone());
         self.topics_version.send_modify(|v| *v += 1);
@@ -620,50 +612,10 @@ impl Broker {
     /// `shutdown` turns true.
     pub fn spawn_background(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
         self.spawn_coordinator(shutdown.clone());
-        let this = self.clone();
-        let mut stop = shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(this.config.retention_check_interval_ms));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.changed() => return,
-                }
-                for p in this.all_partitions() {
-                    if let Err(e) = p.blocking(|log| log.enforce_retention()).await {
-                        tracing::warn!(topic = %p.topic, partition = p.id, error = %e, "retention failed");
-                    }
-                }
-            }
-        });
-        let this = self.clone();
-        let mut stop = shutdown;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(50));
-            let mut last_checkpoint = tokio::time::Instant::now();
-            let checkpointing = Arc::new(AtomicBool::new(false));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.changed() => return,
-                }
-                let now = this.clock.now_ms() as u64;
-                let partitions = this.all_partitions();
-                for p in &partitions {
-                    p.spawn_roll_io(this.config.rolled_segment_sync_delay_ms);
-                    if let crate::storage::FlushPolicy::Interval(ms) = p.log.config().flush {
-                        if let Err(e) = p.flush_if_due(now, ms).await {
-                            tracing::warn!(topic = %p.topic, partition = p.id, error = %e, "background flush failed");
-                        }
-                    }
-                }
-                let due = last_checkpoint.elapsed() >= Duration::from_millis(this.config.checkpoint_interval_ms);
-                if due && !checkpointing.swap(true, Ordering::AcqRel) {
-                    last_checkpoint = tokio::time::Instant::now();
-                    tokio::spawn(checkpoint_pass(partitions, checkpointing.clone()));
-                }
-            }
-        });
+        let (this, stop) = (self.clone(), shutdown.clone());
+        supervise::spawn_supervised("retention", move || retention_loop(this.clone(), stop.clone()));
+        let (this, stop) = (self.clone(), shutdown);
+        supervise::spawn_supervised("flush and checkpoints", move || tick_loop(this.clone(), stop.clone()));
     }
 
     /// Refuses new work, then closes every log cleanly (checkpoint + marker).
@@ -684,6 +636,51 @@ impl Broker {
     }
 }
 
+/// Enforces retention on every partition each `retention.check.interval.ms`.
+async fn retention_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(broker.config.retention_check_interval_ms));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        for p in broker.all_partitions() {
+            if let Err(e) = p.blocking(|log| log.enforce_retention()).await {
+                tracing::warn!(topic = %p.topic, partition = p.id, error = %e, "retention failed");
+            }
+        }
+    }
+}
+
+/// Every 50 ms: finishes rolls and fsyncs rolled segments, runs interval
+/// flushes, and starts a checkpoint pass when one is due.
+async fn tick_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut last_checkpoint = tokio::time::Instant::now();
+    let checkpointing = Arc::new(AtomicBool::new(false));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = broker.clock.now_ms() as u64;
+        let partitions = broker.all_partitions();
+        for p in &partitions {
+            p.spawn_roll_io(broker.config.rolled_segment_sync_delay_ms);
+            if let crate::storage::FlushPolicy::Interval(ms) = p.log.config().flush {
+                if let Err(e) = p.flush_if_due(now, ms).await {
+                    tracing::warn!(topic = %p.topic, partition = p.id, error = %e, "background flush failed");
+                }
+            }
+        }
+        let due = last_checkpoint.elapsed() >= Duration::from_millis(broker.config.checkpoint_interval_ms);
+        if due && !checkpointing.swap(true, Ordering::AcqRel) {
+            last_checkpoint = tokio::time::Instant::now();
+            tokio::spawn(checkpoint_pass(partitions, checkpointing.clone()));
+        }
+    }
+}
+
 /// Opens (recovering) many partition logs on every core: recovery of one
 /// partition is independent of the others, and after a crash it is the
 /// bulk of the time to ready. Results are in the order of `dirs`.
@@ -697,6 +694,8 @@ const CHECKPOINT_WRITES_IN_FLIGHT: usize = 8;
 /// a time, off the tick that runs interval flushes and roll I/O.
 async fn checkpoint_pass(partitions: Vec<Arc<Partition>>, running: Arc<AtomicBool>) {
     use futures::StreamExt;
+    // Cleared however the pass ends, so one failed pass does not stop them all.
+    let _running = ClearOnDrop(running);
     futures::stream::iter(partitions)
         .for_each_concurrent(CHECKPOINT_WRITES_IN_FLIGHT, |p| async move {
             if let Err(e) = p.checkpoint_if_dirty().await {
@@ -704,7 +703,15 @@ async fn checkpoint_pass(partitions: Vec<Arc<Partition>>, running: Arc<AtomicBoo
             }
         })
         .await;
-    running.store(false, Ordering::Release);
+}
+
+/// Clears a flag when dropped (a task's end, normal or not).
+pub(crate) struct ClearOnDrop(pub(crate) Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 fn open_logs_in_parallel(
@@ -732,6 +739,36 @@ fn open_logs_in_parallel(
         .into_iter()
         .map(|r| r.expect("every partition was opened"))
         .collect()
+}
+
+/// A new topic's directory, partition logs and (last) metadata file.
+fn create_topic_files(
+    fs: &dyn FileSystem,
+    fs_arc: &Arc<dyn FileSystem>,
+    clock: &Arc<dyn Clock>,
+    topic_dir: &std::path::Path,
+    meta: &TopicMetadata,
+    log_config: crate::storage::LogConfig,
+) -> Result<Vec<Arc<Partition>>> {
+    if fs.exists(topic_dir) {
+        // Leftover of a create that crashed before its metadata was written.
+        fs.remove_dir_all(topic_dir).map_err(|e| io_error(topic_dir, e))?;
+    }
+    fs.create_dir_all(topic_dir).map_err(|e| io_error(topic_dir, e))?;
+    let mut parts = Vec::new();
+    for p in 0..meta.partitions {
+        let log = Log::open(&topic_dir.join(p.to_string()), fs_arc.clone(), clock.clone(), log_config)
+            .map_err(|e| BrokerError::storage(&meta.name, p, e))?;
+        parts.push(Arc::new(Partition::new(&meta.name, p, log)));
+    }
+    // The metadata file is written last: a topic directory without it
+    // is an unfinished create and is cleaned up.
+    meta.write(fs, topic_dir).map_err(|e| io_error(topic_dir, e))?;
+    if let Some(parent) = topic_dir.parent() {
+        // Guards against a power loss forgetting the topic directory.
+        fs.sync_dir(parent).map_err(|e| io_error(parent, e))?;
+    }
+    Ok(parts)
 }
 
 /// Completes once shutdown has begun (holds no watch guard across awaits).

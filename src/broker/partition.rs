@@ -20,7 +20,7 @@ pub struct Partition {
     /// The high watermark, sent after every append that moved it.
     high_watermark: watch::Sender<u64>,
     /// Set while a task finishes rolls or fsyncs rolled segments.
-    rolling_io: AtomicBool,
+    rolling_io: Arc<AtomicBool>,
     /// Clock time of the last background fsync (interval flush policy).
     last_flush_ms: AtomicU64,
 }
@@ -60,7 +60,7 @@ impl Partition {
             id,
             log: Arc::new(log),
             high_watermark: watch::Sender::new(hw),
-            rolling_io: AtomicBool::new(false),
+            rolling_io: Arc::new(AtomicBool::new(false)),
             last_flush_ms: AtomicU64::new(0),
         }
     }
@@ -210,11 +210,11 @@ impl Partition {
         }
         let this = self.clone();
         tokio::spawn(async move {
+            let _running = super::ClearOnDrop(this.rolling_io.clone());
             let result = this.blocking(move |log| log.finish_rolls().and_then(|()| log.sync_closed(delay_ms))).await;
             if let Err(e) = result {
                 tracing::error!(topic = %this.topic, partition = this.id, error = %e, "finishing or fsyncing a rolled segment failed");
             }
-            this.rolling_io.store(false, Ordering::Release);
         });
     }
 

@@ -1,6 +1,7 @@
 //! `strata serve`: run the broker until SIGTERM or Ctrl-C, then stop
 //! gracefully (finish in-flight requests, flush, mark every log clean).
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -40,7 +41,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = broker_config(&args)?;
     raise_open_file_limit();
     let server = crate::server::start(config).await?;
-    println!("strata listening on {}", server.addr());
+    // Scripts and tests read this line; a closed stdout must not stop the broker.
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "strata listening on {}", server.addr()).and_then(|()| out.flush());
     wait_for_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await
