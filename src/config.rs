@@ -179,6 +179,10 @@ pub struct BrokerConfig {
     pub rolled_segment_sync_delay_ms: u64,
     /// Partitions of a topic created without a count.
     pub default_partitions: u32,
+    /// Largest metadata string a committed offset may carry (Kafka's
+    /// `offset.metadata.max.bytes`); every commit is kept in memory and
+    /// restated by each snapshot of the offsets log.
+    pub offset_metadata_bytes_max: usize,
     /// Defaults for every topic.
     pub topic_defaults: TopicConfig,
 }
@@ -193,6 +197,7 @@ impl Default for BrokerConfig {
             checkpoint_interval_ms: 250,
             rolled_segment_sync_delay_ms: 30_000,
             default_partitions: 1,
+            offset_metadata_bytes_max: 4096,
             topic_defaults: TopicConfig::default(),
         }
     }
@@ -211,6 +216,8 @@ pub struct ConfigFile {
     pub checkpoint_interval_ms: Option<u64>,
     pub rolled_segment_sync_delay_ms: Option<u64>,
     pub default_partitions: Option<u32>,
+    #[serde(rename = "offset.metadata.max.bytes")]
+    pub offset_metadata_max_bytes: Option<usize>,
     #[serde(default)]
     pub topic_defaults: BTreeMap<String, toml::Value>,
 }
@@ -248,6 +255,12 @@ impl ConfigFile {
                 return Err("default_partitions must be at least 1".into());
             }
             config.default_partitions = v;
+        }
+        if let Some(v) = self.offset_metadata_max_bytes {
+            if v > 1 << 20 {
+                return Err(format!("offset.metadata.max.bytes = {v}: at most 1048576"));
+            }
+            config.offset_metadata_bytes_max = v;
         }
         for (k, v) in &self.topic_defaults {
             let text = match v {

@@ -343,3 +343,27 @@ async fn bad_subscribe_and_fetch_requests_get_a_status_and_the_broker_serves_on(
     assert_eq!(first.value.as_ref(), b"still here");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn commit_metadata_over_the_limit_is_refused_and_later_commits_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "t", 1).await;
+    produce(&mut c, "t", Some(0), vec![record("", "x")]).await;
+    let commit = |metadata: String| proto::CommitOffsetsRequest {
+        group: "g".into(),
+        offsets: vec![proto::OffsetCommit { topic: "t".into(), partition: 0, offset: 1, metadata }],
+        ..Default::default()
+    };
+    // Kafka's offset.metadata.max.bytes: 4096 by default.
+    c.commit_offsets(commit("m".repeat(4096))).await.expect("metadata at the limit is fine");
+    for _ in 0..28 {
+        let r = c.commit_offsets(commit("m".repeat(1 << 20))).await;
+        assert_code(r, Code::InvalidArgument, &["offset.metadata.max.bytes", "4096", "t/0"]);
+    }
+    c.commit_offsets(commit("ok".into())).await.expect("commits keep working");
+    let other = proto::CommitOffsetsRequest { group: "other".into(), ..commit(String::new()) };
+    c.commit_offsets(other).await.expect("other groups too");
+    server.shutdown().await.unwrap();
+}

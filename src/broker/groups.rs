@@ -264,7 +264,15 @@ impl Broker {
                 _ => {}
             }
         }
+        let metadata_max = self.config.offset_metadata_bytes_max;
         for (topic, partition, c) in &offsets {
+            if c.metadata.len() > metadata_max {
+                return Err(BrokerError::InvalidArgument(format!(
+                    "commit to group {group:?} for {topic}/{partition}: metadata of {} bytes is over \
+                     offset.metadata.max.bytes = {metadata_max}",
+                    c.metadata.len()
+                )));
+            }
             let p = self.partition(topic, *partition)?;
             let hw = p.log.high_watermark();
             if c.offset > hw {

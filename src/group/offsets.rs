@@ -26,7 +26,9 @@ const SEGMENT_BYTES: u64 = 8 << 20;
 /// Compact when the log has more segments than this.
 pub const COMPACT_SEGMENTS: usize = 4;
 /// Records per batch when writing a snapshot.
-const SNAPSHOT_BATCH: usize = 1000;
+const SNAPSHOT_BATCH_RECORDS_MAX: usize = 1000;
+/// Bytes per batch when writing a snapshot (about; one record may exceed it).
+const SNAPSHOT_BATCH_BYTES_MAX: usize = 1 << 20;
 
 /// One committed offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +129,12 @@ impl OffsetStore {
                 map.insert((group.to_string(), topic.clone(), *partition), c.clone());
             }
         })?;
-        self.compact_if_needed()
+        // The commit is durable: a failed compaction only leaves the log
+        // longer until the next one, and must not fail the commit.
+        if let Err(e) = self.compact_if_needed() {
+            tracing::warn!(error = %e, "compacting committed offsets failed; will retry on a later commit");
+        }
+        Ok(())
     }
 
     /// Forgets every offset of a group (tombstones), durably.
@@ -206,7 +213,7 @@ impl OffsetStore {
                 timestamp_ms: 1,
             })
             .collect();
-        for chunk in records.chunks(SNAPSHOT_BATCH) {
+        for chunk in snapshot_batches(&records) {
             self.log.append(&mut batch::encode(chunk, None))?;
         }
         // Everything before `start` is restated after it: safe to drop.
@@ -240,6 +247,26 @@ impl OffsetStore {
     pub fn segment_count(&self) -> usize {
         self.log.segment_count()
     }
+}
+
+/// Splits a snapshot into batches of at most [`SNAPSHOT_BATCH_RECORDS_MAX`]
+/// records and about [`SNAPSHOT_BATCH_BYTES_MAX`] bytes (at least one
+/// record each), so a snapshot of any size fits the log's batch limit.
+fn snapshot_batches(records: &[Record]) -> Vec<&[Record]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, r) in records.iter().enumerate() {
+        let size = r.key.len() + r.value.len() + 16;
+        if i > start && (i - start >= SNAPSHOT_BATCH_RECORDS_MAX || bytes + size > SNAPSHOT_BATCH_BYTES_MAX) {
+            out.push(&records[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < records.len() {
+        out.push(&records[start..]);
+    }
+    out
 }
 
 fn apply(map: &mut BTreeMap<Key, Committed>, key: &[u8], value: &[u8]) {
@@ -281,6 +308,27 @@ mod tests {
         let store = open(dir.path());
         assert_eq!(store.get("g", "t", 0), None);
         assert_eq!(store.groups().into_iter().collect::<Vec<_>>(), ["h"]);
+    }
+
+    #[test]
+    fn a_snapshot_larger_than_a_batch_is_written_in_batches_sized_by_bytes() {
+        // 40 keys of 1 MiB metadata: compactions whose snapshot is more than
+        // one batch may hold. Every commit must still succeed.
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let metadata = "m".repeat(1 << 20);
+        for p in 0..40u32 {
+            let v = Committed { offset: p as u64, metadata: metadata.clone() };
+            store.commit("g", &[("t".into(), p, v)]).unwrap_or_else(|e| panic!("commit {p}: {e}"));
+        }
+        assert!(store.segment_count() <= COMPACT_SEGMENTS + 6, "compacted: {} segments", store.segment_count());
+        store.commit("h", &[("t".into(), 0, c(1))]).expect("later commits of any group still work");
+        drop(store);
+        let store = open(dir.path());
+        for p in 0..40u32 {
+            assert_eq!(store.get("g", "t", p).map(|c| c.offset), Some(p as u64));
+        }
+        assert_eq!(store.get("h", "t", 0), Some(c(1)));
     }
 
     #[test]
