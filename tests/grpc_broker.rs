@@ -289,6 +289,41 @@ async fn idempotent_retry_returns_the_original_offsets() {
 }
 
 #[tokio::test]
+async fn idempotent_sequences_wrap_at_i32_max_and_unknown_producer_ids_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "orders", 1).await;
+    let pid = c.init_producer(proto::InitProducerRequest {}).await.unwrap().into_inner().producer_id;
+    let req = |producer_id: i64, sequence: i32, values: &[&str]| proto::ProduceRequest {
+        topic: "orders".into(),
+        partition: Some(0),
+        records: values.iter().map(|v| record("", v)).collect(),
+        producer_id: Some(producer_id),
+        sequence: Some(sequence),
+        ..Default::default()
+    };
+    let at = |r: tonic::Response<proto::ProduceResponse>| r.into_inner().results[0].base_offset;
+    assert_eq!(at(c.produce(req(pid, i32::MAX - 1, &["a", "b"])).await.unwrap()), 0);
+    // Kafka's sequences wrap from i32::MAX to 0.
+    assert_eq!(at(c.produce(req(pid, 0, &["c"])).await.unwrap()), 2);
+    assert_eq!(at(c.produce(req(pid, 0, &["c"])).await.unwrap()), 2, "a retry after the wrap");
+    assert_eq!(at(c.produce(req(pid, i32::MAX - 1, &["a", "b"])).await.unwrap()), 0, "a retry before it");
+    assert_eq!(fetch_all(&mut c, "orders", 0, 0).await.len(), 3);
+    // A retry cut differently would append records twice.
+    let overlap = c.produce(req(pid, i32::MAX, &["b"])).await.unwrap_err();
+    assert_eq!(overlap.code(), tonic::Code::FailedPrecondition, "{overlap:?}");
+    // An id InitProducer never handed out.
+    for unknown in [0, pid + 1_000_000] {
+        let s = c.produce(req(unknown, 0, &["x"])).await.unwrap_err();
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
+        assert!(s.message().contains("unknown producer id") && s.message().contains("InitProducer"), "{s:?}");
+    }
+    assert_eq!(fetch_all(&mut c, "orders", 0, 0).await.len(), 3, "nothing refused was appended");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn produce_stream_pipelines_and_echoes_request_ids() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;

@@ -389,6 +389,19 @@ impl Broker {
         Ok(TopicInfo { name: topic.name.clone(), partitions, config: topic.config().to_map() })
     }
 
+    /// Refuses a producer id that InitProducer never handed out (Kafka's
+    /// UNKNOWN_PRODUCER_ID): its sequences would be trusted blindly.
+    fn check_producer(&self, producer: Option<ProducerStamp>) -> Result<()> {
+        let Some(p) = producer else { return Ok(()) };
+        if self.producer_ids.lock().unwrap_or_else(|e| e.into_inner()).issued(p.producer_id) {
+            return Ok(());
+        }
+        Err(BrokerError::FailedPrecondition(format!(
+            "unknown producer id {}: it was never handed out by InitProducer; call InitProducer for one",
+            p.producer_id
+        )))
+    }
+
     pub fn init_producer(&self) -> Result<i64> {
         self.check_running()?;
         self.producer_ids
@@ -411,6 +424,7 @@ impl Broker {
         let partition = topic.partition(p)?.clone();
         let bytes = request.batch.unwrap_or_default();
         let (header, records) = batch::validate_client_batch(&bytes).map_err(|e| invalid(e.to_string()))?;
+        self.check_producer(header.producer())?;
         let config = topic.config();
         for (i, r) in records.iter().enumerate() {
             check_record_limits(&topic.name, &config, i, record_size(&r.key, &r.value, &r.headers), r.headers.len())?;
@@ -451,6 +465,7 @@ impl Broker {
         if request.records.is_empty() {
             return Err(BrokerError::InvalidArgument(format!("produce to {:?} has no records", request.topic)));
         }
+        self.check_producer(request.producer)?;
         let config = topic.config();
         let now = self.clock.now_ms();
         let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();

@@ -35,6 +35,12 @@ impl ProducerIds {
         Ok(ProducerIds { fs, path, next: start, reserved_end: start })
     }
 
+    /// Whether `id` may have been handed out: every id of a block reserved
+    /// before this start counts, since which of them were used is not kept.
+    pub fn issued(&self, id: i64) -> bool {
+        (1..self.next).contains(&id)
+    }
+
     pub fn allocate(&mut self) -> std::io::Result<i64> {
         if self.next >= self.reserved_end {
             let end = self.next + BLOCK;

@@ -22,7 +22,7 @@ pub fn to_status(e: BrokerError) -> Status {
             s if s.is_disk_full() => Code::ResourceExhausted,
             StorageError::Corrupt { .. } => Code::DataLoss,
             StorageError::BatchTooLarge { .. } => Code::InvalidArgument,
-            StorageError::SequenceTooOld { .. } => Code::FailedPrecondition,
+            StorageError::SequenceTooOld { .. } | StorageError::SequenceOverlaps { .. } => Code::FailedPrecondition,
             StorageError::OffsetOutOfRange { .. } => Code::OutOfRange,
             // The write was refused or undone; the client may retry.
             StorageError::Io { .. } | StorageError::SyncFailed { .. } | StorageError::Poisoned { .. } => {

@@ -548,6 +548,14 @@ impl Log {
                             last_sequence,
                         })
                     }
+                    SequenceCheck::Overlaps { first_sequence, last_sequence } => {
+                        return Err(StorageError::SequenceOverlaps {
+                            producer_id: p.producer_id,
+                            sequence: p.first_sequence,
+                            first_sequence,
+                            last_sequence,
+                        })
+                    }
                 }
             }
             if roll {

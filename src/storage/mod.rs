@@ -72,6 +72,8 @@ pub enum StorageError {
     BatchTooLarge { size: usize, limit: usize },
     #[error("producer {producer_id}: sequence {sequence} is older than the last one seen ({last_sequence}) and no longer remembered")]
     SequenceTooOld { producer_id: i64, sequence: i32, last_sequence: i32 },
+    #[error("producer {producer_id}: sequence {sequence} starts inside the batch of sequences {first_sequence}..={last_sequence} already appended; retry with the same first sequence")]
+    SequenceOverlaps { producer_id: i64, sequence: i32, first_sequence: i32, last_sequence: i32 },
     #[error("log {path} refuses writes after an unrecoverable I/O error ({reason}); reopen it")]
     Poisoned { path: PathBuf, reason: String },
     #[error("the data appended to {path} was discarded because an fsync failed: {reason}")]

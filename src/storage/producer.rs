@@ -19,9 +19,28 @@ pub struct ProducerBatch {
     pub last_offset: u64,
 }
 
+/// Sequences run 0..=i32::MAX and then wrap to 0, as Kafka's do.
+const SEQUENCE_SPACE: i64 = i32::MAX as i64 + 1;
+
+/// `sequence + n` in the wrapping sequence space.
+pub fn sequence_add(sequence: i32, n: i64) -> i32 {
+    (sequence as i64 + n).rem_euclid(SEQUENCE_SPACE) as i32
+}
+
+/// How far `to` is after `from`, going forward through the wrap.
+fn sequence_distance(from: i32, to: i32) -> i64 {
+    (to as i64 - from as i64).rem_euclid(SEQUENCE_SPACE)
+}
+
 impl ProducerBatch {
     fn last_sequence(&self) -> i32 {
-        self.first_sequence.wrapping_add(self.record_count as i32).wrapping_sub(1)
+        sequence_add(self.first_sequence, self.record_count as i64 - 1)
+    }
+
+    /// Whether `sequence` is one of this batch's but not its first.
+    fn holds_after_first(&self, sequence: i32) -> bool {
+        let d = sequence_distance(self.first_sequence, sequence);
+        d > 0 && d < self.record_count as i64
     }
 }
 
@@ -34,6 +53,9 @@ pub enum SequenceCheck {
     Duplicate { base_offset: u64, last_offset: u64 },
     /// Older than anything remembered: cannot tell whether it is a retry.
     TooOld { last_sequence: i32 },
+    /// Starts inside a remembered batch: a retry cut differently, which
+    /// would append some records twice.
+    Overlaps { first_sequence: i32, last_sequence: i32 },
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -49,10 +71,17 @@ impl ProducerState {
         if let Some(b) = batches.iter().find(|b| b.first_sequence == first_sequence) {
             return SequenceCheck::Duplicate { base_offset: b.base_offset, last_offset: b.last_offset };
         }
-        let oldest = batches.front().map(|b| b.first_sequence).unwrap_or(i32::MIN);
-        let newest = batches.back().map(|b| b.last_sequence()).unwrap_or(i32::MIN);
-        if first_sequence < oldest {
-            SequenceCheck::TooOld { last_sequence: newest }
+        if let Some(b) = batches.iter().find(|b| b.holds_after_first(first_sequence)) {
+            return SequenceCheck::Overlaps { first_sequence: b.first_sequence, last_sequence: b.last_sequence() };
+        }
+        let (Some(oldest), Some(newest)) = (batches.front(), batches.back()) else {
+            return SequenceCheck::New;
+        };
+        // Before the oldest remembered batch, counting back at most half the
+        // sequence space (the rest is ahead, after a wrap).
+        let back = sequence_distance(first_sequence, oldest.first_sequence);
+        if back > 0 && back < SEQUENCE_SPACE / 2 {
+            SequenceCheck::TooOld { last_sequence: newest.last_sequence() }
         } else {
             SequenceCheck::New
         }
@@ -107,6 +136,24 @@ mod tests {
     }
 
     #[test]
+    fn sequences_wrap_from_i32_max_to_zero_as_kafkas_do() {
+        let mut s = ProducerState::default();
+        let max = i32::MAX;
+        s.record(7, batch(max - 1, 2, 0)); // max - 1, max
+        assert_eq!(s.check(7, 0), SequenceCheck::New, "0 follows i32::MAX");
+        s.record(7, batch(0, 3, 2)); // 0, 1, 2
+        assert_eq!(s.check(7, 0), SequenceCheck::Duplicate { base_offset: 2, last_offset: 4 });
+        assert_eq!(s.check(7, max - 1), SequenceCheck::Duplicate { base_offset: 0, last_offset: 1 });
+        assert_eq!(s.check(7, 3), SequenceCheck::New);
+        assert_eq!(s.check(7, max - 10), SequenceCheck::TooOld { last_sequence: 2 });
+        // A batch that wraps inside itself.
+        let mut s = ProducerState::default();
+        s.record(8, batch(max, 3, 0)); // max, 0, 1
+        assert_eq!(s.check(8, 2), SequenceCheck::New);
+        assert_eq!(s.check(8, 0), SequenceCheck::Overlaps { first_sequence: max, last_sequence: 1 });
+    }
+
+    #[test]
     fn retry_is_a_duplicate_and_old_sequences_are_refused() {
         let mut s = ProducerState::default();
         assert_eq!(s.check(7, 0), SequenceCheck::New);
@@ -116,6 +163,7 @@ mod tests {
         assert_eq!(s.check(7, 60), SequenceCheck::Duplicate { base_offset: 60, last_offset: 69 });
         assert_eq!(s.check(7, 0), SequenceCheck::TooOld { last_sequence: 69 });
         assert_eq!(s.check(7, 70), SequenceCheck::New);
+        assert_eq!(s.check(7, 65), SequenceCheck::Overlaps { first_sequence: 60, last_sequence: 69 });
         s.truncate(60);
         assert_eq!(s.check(7, 60), SequenceCheck::New);
     }
