@@ -299,3 +299,78 @@ async fn lag_is_high_watermark_minus_committed_and_groups_can_be_deleted() {
     assert_eq!(gone.code(), Code::NotFound);
     server.shutdown().await.unwrap();
 }
+
+async fn members(c: &mut Client, group: &str) -> Vec<proto::MemberDescription> {
+    match c.describe_group(proto::DescribeGroupRequest { group: group.into() }).await {
+        Ok(r) => r.into_inner().members,
+        Err(s) if s.code() == Code::NotFound => vec![],
+        Err(s) => panic!("{s:?}"),
+    }
+}
+
+/// Waits (a while) for the group to have `n` members.
+async fn until_members(c: &mut Client, group: &str, n: usize) -> Vec<proto::MemberDescription> {
+    for _ in 0..200 {
+        let m = members(c, group).await;
+        if m.len() == n {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("group {group} never had {n} members: {:?}", members(c, group).await)
+}
+
+#[tokio::test]
+async fn a_closed_group_stream_leaves_at_once_and_a_live_one_keeps_its_heartbeat_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "quiet", 2).await;
+    let subscribe = proto::SubscribeRequest {
+        topic_pattern: "quiet".into(),
+        group: Some("g".into()),
+        from: at_boundary(proto::Boundary::Earliest),
+        ..Default::default()
+    };
+    // A live, idle member: its heartbeat moves although nothing is produced.
+    let mut live_client = client(&server).await;
+    let mut live = live_client.subscribe(subscribe.clone()).await.unwrap().into_inner();
+    live.next().await.unwrap().unwrap();
+    let first = until_members(&mut c, "g", 1).await[0].last_heartbeat_ms;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = until_members(&mut c, "g", 1).await[0].last_heartbeat_ms;
+    assert!(later > first, "a live stream member's heartbeat is kept current ({first} -> {later})");
+
+    // A second member whose client goes away without a word about it:
+    // the stream is reset, nothing is ever produced, yet it leaves.
+    let mut gone_client = client(&server).await;
+    let mut gone = gone_client.subscribe(subscribe.clone()).await.unwrap().into_inner();
+    gone.next().await.unwrap().unwrap();
+    until_members(&mut c, "g", 2).await;
+    drop(gone);
+    drop(gone_client);
+    until_members(&mut c, "g", 1).await;
+    drop(live);
+    until_members(&mut c, "g", 0).await;
+    // With no member left, the group may be deleted (refused while one is live).
+    c.delete_group(proto::DeleteGroupRequest { group: "g".into() }).await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_killed_consume_follow_leaves_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "quiet", 1).await;
+    let mut consumer = std::process::Command::new(common::process::BIN)
+        .args(["consume", "quiet", "--group", "g", "--follow", "--server", &server.url()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    until_members(&mut c, "g", 1).await;
+    common::process::kill9(&mut consumer);
+    until_members(&mut c, "g", 0).await;
+    server.shutdown().await.unwrap();
+}

@@ -25,6 +25,8 @@ use crate::group::TopicPartition;
 pub const SESSION_TIMEOUT_DEFAULT_MS: u64 = 10_000;
 pub const SESSION_TIMEOUT_MIN_MS: u64 = 100;
 pub const SESSION_TIMEOUT_MAX_MS: u64 = 3_600_000;
+/// How often a group Subscribe stream refreshes its member's heartbeat.
+const STREAM_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// How often expired sessions are looked for.
 const EXPIRY_CHECK_MS: u64 = 50;
 
@@ -519,6 +521,11 @@ async fn run_group_stream(
     // that was revoked while its batch sat in the channel.
     let mut cursor: HashMap<TopicPartition, u64> = HashMap::new();
     let mut membership: Option<Membership> = None;
+    // Each pass of the loop heartbeats: the tick keeps an idle member's
+    // last heartbeat current, so a live member and a dead one never look
+    // the same in DescribeGroup.
+    let mut heartbeat = tokio::time::interval(STREAM_HEARTBEAT_INTERVAL);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         generation.borrow_and_update();
         let current = match broker.heartbeat(group, member) {
@@ -584,6 +591,7 @@ async fn run_group_stream(
         }
         let m = membership.as_ref().expect("set above");
         tokio::select! {
+            _ = heartbeat.tick() => {}
             r = generation.changed() => if r.is_err() { break },
             item = records_rx.recv() => match item {
                 Some(Ok(SubscriptionEvent::Assigned(_))) => {}

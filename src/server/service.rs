@@ -226,32 +226,23 @@ impl proto::broker_server::Broker for BrokerService {
             // No group, so nothing is committed: use the fallback.
             from = fallback;
         }
-        let mut events = self.broker.subscribe(r.topic_pattern, from, delivery);
-        let (tx, rx) = mpsc::channel(1);
-        let mut stopping = self.broker.watch_stopping();
-        tokio::spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    e = events.recv() => e,
-                    _ = crate::broker::stopped(&mut stopping) => None,
-                };
-                let Some(event) = event else { return };
-                let message = event.map_err(to_status).map(|e| match e {
-                    SubscriptionEvent::Assigned(held) => proto::SubscribeResponse {
-                        assignments: held
-                            .into_iter()
-                            .map(|(topic, partitions)| proto::TopicPartitions { topic, partitions })
-                            .collect(),
-                        ..Default::default()
-                    },
-                    delivered => convert::subscribe_response(Some(delivered)),
-                });
-                if tx.send(message).await.is_err() {
-                    return;
-                }
-            }
+        let events = self.broker.subscribe(r.topic_pattern, from, delivery);
+        // Mapped, not forwarded by a task: when the client goes away, the
+        // response body and with it this receiver are dropped, and the
+        // subscription's tasks see that at once.
+        let messages = ReceiverStream::new(events).map(|event| {
+            event.map_err(to_status).map(|e| match e {
+                SubscriptionEvent::Assigned(held) => proto::SubscribeResponse {
+                    assignments: held
+                        .into_iter()
+                        .map(|(topic, partitions)| proto::TopicPartitions { topic, partitions })
+                        .collect(),
+                    ..Default::default()
+                },
+                delivered => convert::subscribe_response(Some(delivered)),
+            })
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.until_shutdown(messages)))
     }
 
     async fn list_offsets(
@@ -392,21 +383,26 @@ impl BrokerService {
         (from, fallback): (Position, Position),
         delivery: Delivery,
     ) -> Result<Response<BoxStream<proto::SubscribeResponse>>, Status> {
-        let mut events = self.broker.subscribe_group(pattern, group, from, fallback, delivery).map_err(to_status)?;
-        let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                let message = event.map_err(to_status).map(|e| proto::SubscribeResponse {
-                    assignments: convert::assignments(&e.assignment),
-                    member_id: e.member_id,
-                    generation: e.generation,
-                    ..convert::subscribe_response(e.records)
-                });
-                if tx.send(message).await.is_err() {
-                    return;
-                }
-            }
+        let events = self.broker.subscribe_group(pattern, group, from, fallback, delivery).map_err(to_status)?;
+        // Mapped, not forwarded by a task: a client that goes away drops the
+        // receiver, and the membership ends at once (see `subscribe`).
+        let messages = ReceiverStream::new(events).map(|event| {
+            event.map_err(to_status).map(|e| proto::SubscribeResponse {
+                assignments: convert::assignments(&e.assignment),
+                member_id: e.member_id,
+                generation: e.generation,
+                ..convert::subscribe_response(e.records)
+            })
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.until_shutdown(messages)))
+    }
+
+    /// Ends a response stream when the broker begins to shut down.
+    fn until_shutdown<S>(&self, messages: S) -> BoxStream<proto::SubscribeResponse>
+    where
+        S: Stream<Item = Result<proto::SubscribeResponse, Status>> + Send + 'static,
+    {
+        let mut stopping = self.broker.watch_stopping();
+        Box::pin(messages.take_until(async move { crate::broker::stopped(&mut stopping).await }))
     }
 }
