@@ -53,3 +53,16 @@ impl BrokerError {
 }
 
 pub type Result<T, E = BrokerError> = std::result::Result<T, E>;
+
+/// The soft limit on open descriptors, for messages.
+pub fn open_file_limit() -> Option<u64> {
+    rlimit::getrlimit(rlimit::Resource::NOFILE).ok().map(|(soft, _hard)| soft)
+}
+
+/// What to add to an error caused by running out of descriptors.
+pub fn open_files_hint() -> String {
+    match open_file_limit() {
+        Some(limit) => format!(" (the broker is at its limit of {limit} open files; raise `ulimit -n`)"),
+        None => " (the broker is at its open file limit; raise `ulimit -n`)".into(),
+    }
+}

@@ -793,7 +793,9 @@ pub async fn stopped(stopping: &mut watch::Receiver<bool>) {
 
 fn io_error(path: &std::path::Path, e: std::io::Error) -> BrokerError {
     let source = crate::storage::StorageError::io(path, e);
-    if source.is_disk_full() {
+    if source.is_out_of_files() {
+        BrokerError::ResourceExhausted(format!("{source}{}", error::open_files_hint()))
+    } else if source.is_disk_full() {
         BrokerError::ResourceExhausted(source.to_string())
     } else {
         BrokerError::Internal(source.to_string())

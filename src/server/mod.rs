@@ -2,6 +2,7 @@
 //! reflection services, on one listener. Translation only: proto types stop
 //! here, and [`status`] is the one place errors become gRPC codes.
 
+pub mod accept;
 pub mod convert;
 pub mod push;
 pub mod service;
@@ -100,12 +101,7 @@ pub async fn start_with(
         .max_encoding_message_size(request_bytes_max + (1 << 20));
     let service = push::ZeroCopyReads::new(generated, handler, request_bytes_max);
 
-    // Nagle off on every accepted socket: with it on, a response's trailing
-    // small frames wait for a delayed ACK (about 40 ms). Server::tcp_nodelay
-    // does not reach sockets from a listener we pass in, so set it here.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
+    let incoming = accept::incoming(listener);
     let mut stopping = broker.watch_stopping();
     let serving = tokio::spawn(
         tonic::transport::Server::builder()

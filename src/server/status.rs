@@ -6,7 +6,12 @@ use crate::broker::BrokerError;
 use crate::storage::StorageError;
 
 pub fn to_status(e: BrokerError) -> Status {
-    let message = e.to_string();
+    let mut message = e.to_string();
+    if let BrokerError::Storage { source, .. } = &e {
+        if source.is_out_of_files() {
+            message.push_str(&crate::broker::error::open_files_hint());
+        }
+    }
     let code = match &e {
         BrokerError::TopicNotFound(_) | BrokerError::PartitionNotFound { .. } | BrokerError::GroupNotFound(_) => {
             Code::NotFound
@@ -19,7 +24,7 @@ pub fn to_status(e: BrokerError) -> Status {
         BrokerError::ShuttingDown => Code::Unavailable,
         BrokerError::Internal(_) => Code::Internal,
         BrokerError::Storage { source, .. } => match source {
-            s if s.is_disk_full() => Code::ResourceExhausted,
+            s if s.is_disk_full() || s.is_out_of_files() => Code::ResourceExhausted,
             StorageError::Corrupt { .. } => Code::DataLoss,
             StorageError::BatchTooLarge { .. } => Code::InvalidArgument,
             StorageError::SequenceTooOld { .. } | StorageError::SequenceOverlaps { .. } => Code::FailedPrecondition,

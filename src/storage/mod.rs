@@ -97,6 +97,17 @@ impl StorageError {
     }
 }
 
+impl StorageError {
+    /// True when the process ran out of file descriptors (EMFILE, ENFILE).
+    pub fn is_out_of_files(&self) -> bool {
+        matches!(self, StorageError::Io { source, .. } if is_out_of_files(source))
+    }
+}
+
+pub fn is_out_of_files(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(24) | Some(23))
+}
+
 pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(28) | Some(122)) || e.kind() == std::io::ErrorKind::StorageFull
 }
