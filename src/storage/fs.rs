@@ -29,8 +29,9 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
     }
-    /// The underlying OS file, for memory mapping the indexes.
-    fn std_file(&self) -> &File;
+    /// The underlying OS file, for memory mapping the indexes; `None` when
+    /// there is none (an in-memory file system).
+    fn std_file(&self) -> Option<&File>;
 
     /// `len` bytes at `position` (fewer at the end of the file) as shared
     /// bytes. Callers use it only for bytes that are never cut while the
@@ -184,8 +185,8 @@ impl StorageFile for StdFile {
     fn len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
-    fn std_file(&self) -> &File {
-        &self.0
+    fn std_file(&self) -> Option<&File> {
+        Some(&self.0)
     }
     fn read_shared(&self, position: u64, len: usize) -> io::Result<bytes::Bytes> {
         mapped::read(&self.0, position, len)
@@ -445,7 +446,7 @@ impl StorageFile for FaultyFile {
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
     }
-    fn std_file(&self) -> &File {
+    fn std_file(&self) -> Option<&File> {
         self.inner.std_file()
     }
     fn read_shared(&self, position: u64, len: usize) -> io::Result<bytes::Bytes> {

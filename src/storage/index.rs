@@ -3,11 +3,18 @@
 //! index (`.timeindex`: max timestamp so far -> relative offset of a batch).
 //!
 //! Both are derived from the `.log` and can always be rebuilt from it. The
-//! files are preallocated while the segment is active and trimmed to their
-//! entries when it is closed. Every entry is stored as aligned 64-bit words
-//! accessed atomically, so the one writer publishes a new entry (words first,
-//! then the entry count with `Release`) while readers search the published
-//! prefix without a lock.
+//! files are preallocated (sparse) while the segment is active and trimmed
+//! to their entries when it is closed. Every entry is stored as aligned
+//! 64-bit words; the one writer writes an entry with `pwrite`, then
+//! publishes it by storing the entry count with `Release`, while readers
+//! search the published prefix through a read-only view without a lock.
+//!
+//! Entries are written with `pwrite`, never through the mapping: on a full
+//! disk a store into a page the file system cannot allocate raises SIGBUS
+//! (it killed the broker), where `pwrite` returns ENOSPC. A failed entry is
+//! skipped (lookups then scan a little further), never an append failure.
+//! On a file system that cannot be mapped (the in-memory one of the crash
+//! simulation), the view is a copy on the heap, kept in step with writes.
 //!
 //! This module has `unsafe` for mapping the file and viewing the mapping as
 //! atomic words; the only other `unsafe` is the mapped read of segment data
@@ -16,25 +23,36 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use memmap2::MmapRaw;
 
 use super::fs::StorageFile;
 
-/// A mapped file of fixed-size entries, each `WORDS` little-endian u64 words.
+/// How readers see the entries.
+#[derive(Debug)]
+enum View {
+    /// A shared mapping of the file (`None` for an empty file: a
+    /// zero-length mapping is not allowed). Written only by `pwrite`.
+    Mapped(Option<MmapRaw>),
+    /// A copy on the heap, for files that cannot be mapped.
+    Heap(Box<[AtomicU64]>),
+}
+
+/// A file of fixed-size entries, each `WORDS` little-endian u64 words.
 #[derive(Debug)]
 struct EntryFile<const WORDS: usize> {
     path: PathBuf,
     file: Arc<dyn StorageFile>,
-    /// `None` when the file is empty (a zero-length mapping is not allowed).
-    map: Option<MmapRaw>,
-    /// Entries the mapping has room for.
+    view: View,
+    /// Entries the file (and view) have room for.
     capacity: usize,
     /// Published entries; entries below it are never rewritten while shared,
     /// except by `truncate`, which only recovery and `truncate_to` call.
     len: AtomicUsize,
+    /// Set once a write failed, so a full disk logs one line per index.
+    write_failed: AtomicBool,
 }
 
 impl<const WORDS: usize> EntryFile<WORDS> {
@@ -42,9 +60,12 @@ impl<const WORDS: usize> EntryFile<WORDS> {
 
     /// Maps `file`, growing it to `capacity` entries when that is larger.
     /// `valid(i, entry)` is asked for each leading entry in turn; the first
-    /// `false` ends the index there. Only the entries up to that one are
-    /// read, so a preallocated zero tail is never touched (it would otherwise
-    /// page in the whole preallocation of every partition on open).
+    /// `false` ends the index there. The entries are read with `pread`, a
+    /// page at a time up to that one, never through the mapping: the
+    /// preallocated tail is a hole, and touching a hole through a mapping
+    /// makes some file systems (tmpfs) allocate a page, which on a full
+    /// disk is a SIGBUS. `valid` must refuse an all-zero entry, so only
+    /// entries that were written (whose pages exist) are ever published.
     fn open(
         path: &Path,
         file: Arc<dyn StorageFile>,
@@ -55,30 +76,79 @@ impl<const WORDS: usize> EntryFile<WORDS> {
         let existing = file_len / Self::ENTRY_BYTES;
         let capacity = capacity.max(existing);
         if capacity * Self::ENTRY_BYTES != file_len {
+            // Sparse: extending allocates nothing, also on a full disk.
             file.set_len((capacity * Self::ENTRY_BYTES) as u64)?;
         }
-        let map = if capacity == 0 { None } else { Some(MmapRaw::map_raw(file.std_file())?) };
-        if let Some(map) = &map {
-            // Lookups are binary searches and appends touch one page at a
-            // time: without this, each fault maps 64 KiB around it, which
-            // with 1,000 partitions (two indexes each) was 135 MB of RSS.
-            map.advise(memmap2::Advice::Random).ok();
-        }
-        let this = EntryFile { path: path.to_path_buf(), file, map, capacity, len: AtomicUsize::new(0) };
-        let kept = (0..existing).take_while(|&i| valid(i, this.read(i))).count();
+        let view = match file.std_file() {
+            Some(std_file) => {
+                let map = if capacity == 0 { None } else { Some(MmapRaw::map_raw(std_file)?) };
+                if let Some(map) = &map {
+                    // Lookups are binary searches and appends touch one page at a
+                    // time: without this, each fault maps 64 KiB around it, which
+                    // with 1,000 partitions (two indexes each) was 135 MB of RSS.
+                    map.advise(memmap2::Advice::Random).ok();
+                }
+                View::Mapped(map)
+            }
+            None => {
+                let bytes = file.read_up_to(0, existing * Self::ENTRY_BYTES)?;
+                let mut words: Vec<AtomicU64> = (0..capacity * WORDS).map(|_| AtomicU64::new(0)).collect();
+                for (slot, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+                    *slot.get_mut() = u64::from_le_bytes(chunk.try_into().expect("8 bytes")).to_le();
+                }
+                View::Heap(words.into_boxed_slice())
+            }
+        };
+        let this = EntryFile {
+            path: path.to_path_buf(),
+            file,
+            view,
+            capacity,
+            len: AtomicUsize::new(0),
+            write_failed: AtomicBool::new(false),
+        };
+        let kept = this.count_valid(existing, &mut valid)?;
         this.len.store(kept, Ordering::Release);
         Ok(this)
     }
 
+    /// How many leading entries of the file `valid` accepts (see `open`).
+    fn count_valid(&self, existing: usize, valid: &mut impl FnMut(usize, [u64; WORDS]) -> bool) -> io::Result<usize> {
+        const CHUNK_BYTES: usize = 4096;
+        let per_chunk = CHUNK_BYTES / Self::ENTRY_BYTES;
+        let mut i = 0;
+        while i < existing {
+            let n = per_chunk.min(existing - i);
+            let bytes = self.file.read_up_to((i * Self::ENTRY_BYTES) as u64, n * Self::ENTRY_BYTES)?;
+            for entry in bytes.chunks_exact(Self::ENTRY_BYTES) {
+                let words: [u64; WORDS] =
+                    std::array::from_fn(|w| u64::from_le_bytes(entry[w * 8..w * 8 + 8].try_into().expect("8 bytes")));
+                if words.iter().all(|&w| w == 0) || !valid(i, words) {
+                    return Ok(i);
+                }
+                i += 1;
+            }
+            if bytes.len() < n * Self::ENTRY_BYTES {
+                break;
+            }
+        }
+        Ok(i)
+    }
+
     fn words(&self) -> &[AtomicU64] {
-        match &self.map {
-            None => &[],
+        match &self.view {
+            View::Mapped(None) => &[],
             // SAFETY: the mapping is page-aligned and `capacity * WORDS` words
             // long (the file was sized before mapping and is only shrunk to a
             // length that still covers every published entry). AtomicU64 has
-            // the layout of u64, and all access to the mapped words from this
-            // process goes through these atomics, so there is no data race.
-            Some(map) => unsafe { std::slice::from_raw_parts(map.as_ptr() as *const AtomicU64, self.capacity * WORDS) },
+            // the layout of u64. Readers load only published entries, which
+            // the writer's `pwrite` finished before the count that publishes
+            // them was stored (Release, loaded with Acquire), and nothing in
+            // this process stores through the mapping.
+            View::Mapped(Some(map)) => unsafe {
+                std::slice::from_raw_parts(map.as_ptr() as *const AtomicU64, self.capacity * WORDS)
+            },
+            View::Heap(words) => words,
         }
     }
 
@@ -91,48 +161,72 @@ impl<const WORDS: usize> EntryFile<WORDS> {
         std::array::from_fn(|w| u64::from_le(words[w].load(Ordering::Relaxed)))
     }
 
-    /// Appends an entry; false when the file is full. Single writer only.
-    fn push(&self, entry: [u64; WORDS]) -> bool {
+    /// Writes `entries` (consecutive, starting at entry `first`) to the file
+    /// and the heap view.
+    fn write(&self, first: usize, entries: &[[u64; WORDS]]) -> io::Result<()> {
+        let position = (first * Self::ENTRY_BYTES) as u64;
+        if let [entry] = entries {
+            // The append path: one entry, no allocation (WORDS is 1 or 2).
+            debug_assert!(WORDS <= 2);
+            let mut bytes = [0u8; 16];
+            for (w, value) in entry.iter().enumerate() {
+                bytes[w * 8..w * 8 + 8].copy_from_slice(&value.to_le_bytes());
+            }
+            self.file.write_all_at(&bytes[..Self::ENTRY_BYTES], position)?;
+        } else {
+            let bytes: Vec<u8> = entries.iter().flat_map(|e| e.iter().flat_map(|w| w.to_le_bytes())).collect();
+            self.file.write_all_at(&bytes, position)?;
+        }
+        if let View::Heap(words) = &self.view {
+            for (i, entry) in entries.iter().enumerate() {
+                for (w, value) in entry.iter().enumerate() {
+                    words[(first + i) * WORDS + w].store(value.to_le(), Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends an entry; `Ok(false)` when the file is full. A failed write
+    /// (a full disk) adds nothing. Single writer only.
+    fn push(&self, entry: [u64; WORDS]) -> io::Result<bool> {
         let len = self.len.load(Ordering::Relaxed);
         if len >= self.capacity {
-            return false;
+            return Ok(false);
         }
-        let words = &self.words()[len * WORDS..(len + 1) * WORDS];
-        for (slot, value) in words.iter().zip(entry) {
-            slot.store(value.to_le(), Ordering::Relaxed);
+        if let Err(e) = self.write(len, &[entry]) {
+            if !self.write_failed.swap(true, Ordering::Relaxed) {
+                tracing::warn!(index = %self.path.display(), error = %e, "cannot write index entries; lookups scan further until space returns");
+            }
+            return Err(e);
         }
         self.len.store(len + 1, Ordering::Release);
-        true
+        Ok(true)
     }
 
     /// Drops entries from `keep` on and zeroes them, so a crash does not
-    /// resurrect them. Single writer only.
+    /// resurrect them (if zeroing fails, lookups check every entry against
+    /// the log anyway). Single writer only.
     fn truncate(&self, keep: usize) {
         let len = self.len();
         if keep >= len {
             return;
         }
         self.len.store(keep, Ordering::Release);
-        for slot in &self.words()[keep * WORDS..len * WORDS] {
-            slot.store(0, Ordering::Relaxed);
+        if let Err(e) = self.write(keep, &vec![[0u64; WORDS]; len - keep]) {
+            tracing::warn!(index = %self.path.display(), error = %e, "cannot zero dropped index entries");
         }
     }
 
-    /// Writes the mapping back and fsyncs it. The index is derived data, so
-    /// this guards only against a slow rebuild after power loss, not data loss.
+    /// fsyncs the file. The index is derived data, so this guards only
+    /// against a slow rebuild after power loss, not data loss.
     fn flush(&self) -> io::Result<()> {
-        if let Some(map) = &self.map {
-            map.flush()?;
-        }
         self.file.sync_data()
     }
 
     /// Shrinks the file to its entries (segment closed). The mapping stays
     /// valid for every published entry; nothing is appended afterwards.
     fn trim(&self) -> io::Result<()> {
-        if let Some(map) = &self.map {
-            map.flush()?;
-        }
         self.file.set_len((self.len() * Self::ENTRY_BYTES) as u64)?;
         self.file.sync_data()
     }
@@ -190,11 +284,13 @@ impl OffsetIndex {
     /// strictly increasing and point inside the first `log_len` bytes.
     pub fn open(path: &Path, file: Arc<dyn StorageFile>, capacity: usize, log_len: u64) -> io::Result<Self> {
         let mut prev: Option<OffsetEntry> = None;
-        let inner = EntryFile::open(path, file, capacity, |i, words| {
+        let inner = EntryFile::open(path, file, capacity, |_, words| {
             let e = unpack_offset(words[0]);
+            // No entry is ever at position 0 (the first batch has nothing
+            // before it to skip), so zeros are never an entry.
             let ok = (e.position as u64) < log_len
-                && prev.is_none_or(|p| e.relative_offset > p.relative_offset && e.position > p.position)
-                && !(i > 0 && e.position == 0);
+                && e.position > 0
+                && prev.is_none_or(|p| e.relative_offset > p.relative_offset && e.position > p.position);
             prev = Some(e);
             ok
         })?;
@@ -218,7 +314,8 @@ impl OffsetIndex {
         (lo > 0).then(|| self.entry(lo - 1))
     }
 
-    pub fn push(&self, entry: OffsetEntry) -> bool {
+    /// Appends an entry; `Ok(false)` when full.
+    pub fn push(&self, entry: OffsetEntry) -> io::Result<bool> {
         self.0.push([(entry.relative_offset as u64) << 32 | entry.position as u64])
     }
 
@@ -282,13 +379,13 @@ impl TimeIndex {
         (lo > 0).then(|| self.entry(lo - 1))
     }
 
-    /// Adds an entry if it raises the max timestamp; false when full.
-    pub fn push(&self, entry: TimeEntry) -> bool {
+    /// Adds an entry if it raises the max timestamp; `Ok(false)` when full.
+    pub fn push(&self, entry: TimeEntry) -> io::Result<bool> {
         if self
             .last()
             .is_some_and(|l| l.timestamp_ms >= entry.timestamp_ms || l.relative_offset >= entry.relative_offset)
         {
-            return true;
+            return Ok(true);
         }
         self.0.push([entry.timestamp_ms as u64, entry.relative_offset as u64])
     }
@@ -314,7 +411,7 @@ mod tests {
         let path = dir.path().join("0.index");
         let idx = OffsetIndex::open(&path, StdFs.open(&path, true).unwrap(), 100, 1 << 20).unwrap();
         for i in 1..=10u32 {
-            assert!(idx.push(OffsetEntry { relative_offset: i * 10, position: i * 4096 }));
+            assert!(idx.push(OffsetEntry { relative_offset: i * 10, position: i * 4096 }).unwrap());
         }
         assert_eq!(idx.lookup(5), None);
         assert_eq!(idx.lookup(10).unwrap().position, 4096);
@@ -336,8 +433,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.index");
         let idx = OffsetIndex::open(&path, StdFs.open(&path, true).unwrap(), 10, 1 << 20).unwrap();
-        idx.push(OffsetEntry { relative_offset: 1, position: 100 });
-        idx.push(OffsetEntry { relative_offset: 2, position: 9000 });
+        idx.push(OffsetEntry { relative_offset: 1, position: 100 }).unwrap();
+        idx.push(OffsetEntry { relative_offset: 2, position: 9000 }).unwrap();
         idx.flush().unwrap();
         drop(idx);
         let idx = OffsetIndex::open(&path, StdFs.open(&path, false).unwrap(), 10, 5000).unwrap();
@@ -349,9 +446,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.timeindex");
         let idx = TimeIndex::open(&path, StdFs.open(&path, true).unwrap(), 10, 1000).unwrap();
-        idx.push(TimeEntry { timestamp_ms: 100, relative_offset: 0 });
-        idx.push(TimeEntry { timestamp_ms: 90, relative_offset: 5 }); // not a new max: skipped
-        idx.push(TimeEntry { timestamp_ms: 200, relative_offset: 10 });
+        idx.push(TimeEntry { timestamp_ms: 100, relative_offset: 0 }).unwrap();
+        idx.push(TimeEntry { timestamp_ms: 90, relative_offset: 5 }).unwrap(); // not a new max: skipped
+        idx.push(TimeEntry { timestamp_ms: 200, relative_offset: 10 }).unwrap();
         assert_eq!(idx.len(), 2);
         assert_eq!(idx.last_below(100), None);
         assert_eq!(idx.last_below(101).unwrap().relative_offset, 0);

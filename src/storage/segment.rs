@@ -293,11 +293,15 @@ impl Segment {
         let relative = (header.base_offset - self.base_offset) as u32;
         *max_timestamp = (*max_timestamp).max(header.max_timestamp);
         if *bytes_since_entry >= self.limits.index_interval_bytes {
-            idx.offset.push(OffsetEntry { relative_offset: relative, position: position as u32 });
-            // A time entry beside each offset entry: the max timestamp of
-            // every record up to and including this batch.
-            idx.time.push(TimeEntry { timestamp_ms: *max_timestamp, relative_offset: relative });
-            *bytes_since_entry = 0;
+            // A failed write (a full disk) leaves the entry out: lookups scan
+            // from the one before, and the next batch tries again.
+            let pushed = idx.offset.push(OffsetEntry { relative_offset: relative, position: position as u32 });
+            if pushed.is_ok() {
+                // A time entry beside each offset entry: the max timestamp of
+                // every record up to and including this batch.
+                let _ = idx.time.push(TimeEntry { timestamp_ms: *max_timestamp, relative_offset: relative });
+                *bytes_since_entry = 0;
+            }
         }
         *bytes_since_entry += header.total_len as u64;
     }
