@@ -179,6 +179,21 @@ pub struct BrokerConfig {
     pub rolled_segment_sync_delay_ms: u64,
     /// Partitions of a topic created without a count.
     pub default_partitions: u32,
+    /// Bytes of requests being received or decoded at once, every
+    /// connection together (Kafka's `queued.max.request.bytes`). While it
+    /// is spent, the broker stops reading requests and flow control holds
+    /// the senders back.
+    pub request_bytes_in_flight_max: usize,
+    /// A request must arrive whole within this long of its first byte; a
+    /// client that stalls half way gets DEADLINE_EXCEEDED and gives its
+    /// share of the budget back.
+    pub request_read_timeout_ms: u64,
+    /// Most records one produce request may carry: each costs a few hundred
+    /// bytes once decoded, so 16 MiB of empty records would take gigabytes.
+    pub produce_records_max: usize,
+    /// Bytes a push stream (Subscribe) may read ahead of its client: what a
+    /// subscriber that stops reading holds, however many partitions it follows.
+    pub stream_buffer_bytes_max: usize,
     /// Largest metadata string a committed offset may carry (Kafka's
     /// `offset.metadata.max.bytes`); every commit is kept in memory and
     /// restated by each snapshot of the offsets log.
@@ -198,6 +213,10 @@ impl Default for BrokerConfig {
             rolled_segment_sync_delay_ms: 30_000,
             default_partitions: 1,
             offset_metadata_bytes_max: 4096,
+            request_bytes_in_flight_max: 256 << 20,
+            request_read_timeout_ms: 30_000,
+            produce_records_max: 200_000,
+            stream_buffer_bytes_max: 4 << 20,
             topic_defaults: TopicConfig::default(),
         }
     }
@@ -218,6 +237,11 @@ pub struct ConfigFile {
     pub default_partitions: Option<u32>,
     #[serde(rename = "offset.metadata.max.bytes")]
     pub offset_metadata_max_bytes: Option<usize>,
+    #[serde(rename = "queued.max.request.bytes")]
+    pub queued_max_request_bytes: Option<usize>,
+    pub request_read_timeout_ms: Option<u64>,
+    pub produce_records_max: Option<usize>,
+    pub stream_buffer_bytes_max: Option<usize>,
     #[serde(default)]
     pub topic_defaults: BTreeMap<String, toml::Value>,
 }
@@ -261,6 +285,24 @@ impl ConfigFile {
                 return Err(format!("offset.metadata.max.bytes = {v}: at most 1048576"));
             }
             config.offset_metadata_bytes_max = v;
+        }
+        if let Some(v) = self.queued_max_request_bytes {
+            if v < config.request_bytes_max {
+                return Err(format!(
+                    "queued.max.request.bytes = {v}: at least max_request_bytes ({})",
+                    config.request_bytes_max
+                ));
+            }
+            config.request_bytes_in_flight_max = v;
+        }
+        if let Some(v) = self.request_read_timeout_ms {
+            config.request_read_timeout_ms = v.max(1);
+        }
+        if let Some(v) = self.produce_records_max {
+            config.produce_records_max = v.max(1);
+        }
+        if let Some(v) = self.stream_buffer_bytes_max {
+            config.stream_buffer_bytes_max = v.max(64 << 10);
         }
         for (k, v) in &self.topic_defaults {
             let text = match v {

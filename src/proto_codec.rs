@@ -156,7 +156,23 @@ impl Frames {
         })
     }
 
-    fn peek(&self, out: &mut [u8]) {
+    /// A view of the first `len` bytes (shared, not copied).
+    pub fn prefix(&self, len: usize) -> Frames {
+        let mut out = Frames::new(self.limit);
+        let mut left = len.min(self.remaining);
+        for chunk in &self.chunks {
+            if left == 0 {
+                break;
+            }
+            let n = left.min(chunk.len());
+            out.push(chunk.slice(..n));
+            left -= n;
+        }
+        out
+    }
+
+    /// Copies the first `out.len()` bytes into `out` without consuming them.
+    pub fn peek(&self, out: &mut [u8]) {
         let mut filled = 0;
         for chunk in &self.chunks {
             let n = chunk.len().min(out.len() - filled);

@@ -100,19 +100,30 @@ async fn huge_header_maps_and_oversize_requests_are_refused() {
     let big = proto::Record { value: vec![0u8; 20 << 20].into(), ..Default::default() };
     let req = proto::ProduceRequest { topic: "h".into(), records: vec![big], ..Default::default() };
     assert_eq!(c.produce(req.clone()).await.unwrap_err().code(), tonic::Code::ResourceExhausted);
-    // The same in a ProduceStream, after one good request is acknowledged:
-    // the stream ends with RESOURCE_EXHAUSTED.
-    let good = proto::ProduceRequest { topic: "h".into(), records: vec![record("", "streamed")], ..Default::default() };
+    // The same in a ProduceStream: the oversize request is answered with
+    // its error (request_id 0: it was never decoded) and the stream goes on,
+    // acknowledging the requests around it.
+    let good = |v: &str, id| proto::ProduceRequest {
+        topic: "h".into(),
+        records: vec![record("", v)],
+        request_id: id,
+        ..Default::default()
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let mut stream = c.produce_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
-    tx.send(good).await.unwrap();
+    tx.send(good("streamed", 1)).await.unwrap();
     assert_eq!(stream.message().await.unwrap().expect("the first answer").error_code, 0);
     tx.send(req).await.unwrap();
-    let status = stream.message().await.expect_err("the oversize request ends the stream");
-    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
-    assert!(status.message().contains("too large"), "{status:?}");
+    let refused = stream.message().await.unwrap().expect("an answer for the oversize request");
+    assert_eq!(refused.error_code, tonic::Code::ResourceExhausted as i32, "{refused:?}");
+    assert!(refused.error_message.contains("too large"), "{refused:?}");
+    tx.send(good("streamed again", 3)).await.unwrap();
+    let after = stream.message().await.unwrap().expect("the stream goes on");
+    assert_eq!((after.request_id, after.error_code, after.results[0].base_offset), (3, 0, 1));
+    drop(tx);
+    assert!(stream.message().await.unwrap().is_none(), "the stream ends cleanly");
     // The broker is fine afterwards.
     let r = produce(&mut c, "h", None, vec![record("", "after")]).await;
-    assert_eq!(r[0].base_offset, 1, "nothing from the refused requests was appended");
+    assert_eq!(r[0].base_offset, 2, "nothing from the refused requests was appended");
     server.shutdown().await.unwrap();
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::names;
+use super::budget::BudgetPermit;
 use super::subscription::{stream_partition, Delivery, SubscriptionEvent, SubscriptionItem};
 use super::{Broker, BrokerError, Position, Result};
 use crate::group::offsets::{Committed, OffsetStore};
@@ -495,12 +496,14 @@ impl Broker {
 pub const OFFSETS_TOPIC: &str = crate::group::offsets::DIR_NAME;
 
 /// What a group Subscribe stream carries.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct GroupStreamEvent {
     pub member_id: String,
     pub generation: u64,
     pub assignment: Vec<TopicPartition>,
     pub records: Option<SubscriptionEvent>,
+    /// The records' share of the stream's budget (see `budget.rs`).
+    pub permit: BudgetPermit,
 }
 
 async fn run_group_stream(
@@ -516,6 +519,7 @@ async fn run_group_stream(
     };
     let mut stopping = broker.watch_stopping();
     let (records_tx, mut records_rx) = mpsc::channel::<SubscriptionItem>(4);
+    let budget = broker.stream_budget();
     let mut tasks: HashMap<TopicPartition, tokio::task::JoinHandle<()>> = HashMap::new();
     // Next offset expected per partition: drops stale batches from a task
     // that was revoked while its batch sat in the channel.
@@ -575,6 +579,7 @@ async fn run_group_stream(
                         Position::Offset(start),
                         delivery,
                         records_tx.clone(),
+                        budget.clone(),
                     )),
                 );
             }
@@ -583,6 +588,7 @@ async fn run_group_stream(
                 generation: current.generation,
                 assignment: current.assignment.clone(),
                 records: None,
+                permit: BudgetPermit::none(),
             };
             if tx.send(Ok(event)).await.is_err() {
                 break;
@@ -594,8 +600,8 @@ async fn run_group_stream(
             _ = heartbeat.tick() => {}
             r = generation.changed() => if r.is_err() { break },
             item = records_rx.recv() => match item {
-                Some(Ok(SubscriptionEvent::Assigned(_))) => {}
-                Some(Ok(delivered)) => {
+                Some(Ok((SubscriptionEvent::Assigned(_), _))) => {}
+                Some(Ok((delivered, permit))) => {
                     let Some((topic, partition, first, next)) = delivered.span() else { continue };
                     let tp = (topic.to_string(), partition);
                     if cursor.get(&tp) != Some(&first) {
@@ -607,6 +613,7 @@ async fn run_group_stream(
                         generation: m.generation,
                         assignment: m.assignment.clone(),
                         records: Some(delivered),
+                        permit,
                     };
                     if tx.send(Ok(event)).await.is_err() {
                         break;

@@ -7,6 +7,7 @@
 //! reads) run on the blocking pool; an append's pwrite runs in place.
 //! Layout: `DATA/<topic>/topic.json` and `DATA/<topic>/<partition>/`.
 
+pub mod budget;
 pub mod data_dir;
 pub mod error;
 pub mod groups;
@@ -149,6 +150,8 @@ pub struct Broker {
     groups: groups::Coordinator,
     /// The data directory's lock, held while the broker is open.
     _lock: crate::storage::fs::DirLock,
+    /// Request bytes being received or decoded, every listener together.
+    request_budget: budget::RequestBudget,
 }
 
 impl Broker {
@@ -198,7 +201,6 @@ impl Broker {
             "broker opened"
         );
         Ok(Arc::new(Broker {
-            config,
             fs,
             clock,
             topics: RwLock::new(topics),
@@ -208,11 +210,23 @@ impl Broker {
             stopping: watch::Sender::new(false),
             groups: groups::Coordinator::new(offsets),
             _lock: lock,
+            request_budget: budget::RequestBudget::new(config.request_bytes_in_flight_max),
+            config,
         }))
     }
 
     pub fn config(&self) -> &BrokerConfig {
         &self.config
+    }
+
+    /// The broker-wide budget of request bytes in flight.
+    pub fn request_budget(&self) -> &budget::RequestBudget {
+        &self.request_budget
+    }
+
+    /// A fresh read-ahead budget for one push stream.
+    pub fn stream_budget(&self) -> budget::StreamBudget {
+        budget::StreamBudget::new(self.config.stream_buffer_bytes_max)
     }
 
     /// Watches for the start of shutdown.

@@ -4,8 +4,12 @@
 //! One task per partition reads from its cursor and sends batches into a
 //! small bounded channel; the gRPC stream drains it only as fast as HTTP/2
 //! flow control lets the client take data, so a slow subscriber slows only
-//! its own stream. A supervisor task watches topic creations. Every task
-//! ends when the stream's receiver is dropped.
+//! its own stream. Every read first takes its size from the stream's
+//! [`StreamBudget`], and the share travels with the delivery until the
+//! listener has handed it to the connection: a subscriber that stops
+//! reading holds at most its budget, however many partitions it follows.
+//! A supervisor task watches topic creations. Every task ends when the
+//! stream's receiver is dropped.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::budget::{BudgetPermit, StreamBudget};
 use super::partition::Partition;
 use super::topic::Topic;
 use super::{Broker, BrokerError, Position};
@@ -74,7 +79,19 @@ pub enum Delivery {
     Batches,
 }
 
-pub type SubscriptionItem = Result<SubscriptionEvent, BrokerError>;
+/// A delivery and its share of the stream's budget (none for `Assigned`),
+/// which the listener drops once the connection has the bytes.
+pub type SubscriptionItem = Result<(SubscriptionEvent, BudgetPermit), BrokerError>;
+
+impl Delivery {
+    /// Bytes one read of this delivery takes (about).
+    pub fn read_bytes(self) -> usize {
+        match self {
+            Delivery::Records => PUSH_BYTES_MAX,
+            Delivery::Batches => PUSH_RAW_BYTES_MAX,
+        }
+    }
+}
 
 impl Broker {
     /// Streams every partition of every topic matching `pattern`, starting
@@ -87,6 +104,7 @@ impl Broker {
     ) -> mpsc::Receiver<SubscriptionItem> {
         let (tx, rx) = mpsc::channel(4);
         let broker = self.clone();
+        let budget = self.stream_budget();
         tokio::spawn(async move {
             let mut version = broker.watch_topics();
             let mut streaming: HashMap<String, Arc<Topic>> = HashMap::new();
@@ -103,7 +121,8 @@ impl Broker {
                     changed = true;
                     let start = if first { from } else { Position::Earliest };
                     for p in &topic.partitions {
-                        tokio::spawn(stream_partition(broker.clone(), p.clone(), start, delivery, tx.clone()));
+                        let (p, tx, budget) = (p.clone(), tx.clone(), budget.clone());
+                        tokio::spawn(stream_partition(broker.clone(), p, start, delivery, tx, budget));
                     }
                     streaming.insert(topic.name.clone(), topic.clone());
                 }
@@ -111,7 +130,7 @@ impl Broker {
                 if changed {
                     let held =
                         topics.iter().map(|t| (t.name.clone(), t.partitions.iter().map(|p| p.id).collect())).collect();
-                    if tx.send(Ok(SubscriptionEvent::Assigned(held))).await.is_err() {
+                    if tx.send(Ok((SubscriptionEvent::Assigned(held), BudgetPermit::none()))).await.is_err() {
                         return;
                     }
                 }
@@ -133,6 +152,7 @@ pub async fn stream_partition(
     from: Position,
     delivery: Delivery,
     tx: mpsc::Sender<SubscriptionItem>,
+    budget: StreamBudget,
 ) {
     let mut offset = match broker.resolve(&partition, from).await {
         Ok(o) => o,
@@ -143,15 +163,19 @@ pub async fn stream_partition(
     };
     let mut hw = partition.watch();
     loop {
+        let permit = tokio::select! {
+            p = budget.acquire(delivery.read_bytes()) => p,
+            _ = tx.closed() => return,
+        };
         match read_next(&partition, offset, delivery).await {
             Ok(Some(event)) => {
                 offset = event.span().map_or(offset, |(_, _, _, next)| next);
-                if tx.send(Ok(event)).await.is_err() {
+                if tx.send(Ok((event, permit))).await.is_err() {
                     return;
                 }
                 continue;
             }
-            Ok(None) => {}
+            Ok(None) => drop(permit),
             Err(BrokerError::OffsetOutOfRange { log_start_offset, .. }) if offset < log_start_offset => {
                 // Retention deleted what this stream had not read yet: go on
                 // from the oldest record still there (Kafka's "earliest" reset).

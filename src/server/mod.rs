@@ -99,7 +99,13 @@ pub async fn start_with(
     let generated = proto::broker_server::BrokerServer::new(handler.clone())
         .max_decoding_message_size(request_bytes_max)
         .max_encoding_message_size(request_bytes_max + (1 << 20));
-    let service = push::ZeroCopyReads::new(generated, handler, request_bytes_max);
+    let limits = push::RequestLimits {
+        message_bytes_max: request_bytes_max,
+        read_timeout: Duration::from_millis(broker.config().request_read_timeout_ms),
+        records_max: broker.config().produce_records_max,
+        budget: broker.request_budget().clone(),
+    };
+    let service = push::ZeroCopyReads::new(generated, handler, limits);
 
     let incoming = accept::incoming(listener);
     let mut stopping = broker.watch_stopping();

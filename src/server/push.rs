@@ -1,35 +1,53 @@
-//! `Subscribe` and `Fetch` without copying stored bytes on the way out.
+//! The routes of `strata.v1.Broker` that strata answers itself, and the
+//! limits every request of the service is read under.
 //!
-//! tonic encodes every response message into one buffer, so a raw
-//! subscription copied each pushed batch from the segment's mapping into
-//! that buffer before the kernel copied it again into the socket: 11% of
-//! the CPU of a page-cache read on a 2-core VM. This route answers those
-//! two paths itself: it decodes the request, runs the same handler
-//! (`BrokerService::subscribe` / `fetch`), and frames each response as a
-//! gRPC message whose `record_batches` are the stored bytes themselves, as
-//! separate body chunks. hyper sends a chunk above 256 bytes with a
-//! vectored write from where it lies, so a batch goes from the page cache
-//! to the socket with the kernel's one copy. Everything else of a message
-//! (records, assignments, offsets) is encoded by prost as before, and every
-//! other method goes to tonic's generated service unchanged.
+//! - **Zero-copy responses.** tonic encodes every response message into one
+//!   buffer, so a raw subscription copied each pushed batch from the
+//!   segment's mapping into that buffer before the kernel copied it again
+//!   into the socket: 11% of the CPU of a page-cache read on a 2-core VM.
+//!   Subscribe and Fetch are framed here as gRPC messages whose
+//!   `record_batches` are the stored bytes themselves, as separate body
+//!   chunks; hyper sends a chunk above 256 bytes with a vectored write from
+//!   where it lies. Everything else of a message is encoded by prost.
+//! - **Requests decoded from the frames they arrive in** (Produce and
+//!   ProduceStream): tonic copied each into a fresh buffer first (12% of
+//!   the CPU of a raw produce); a record batch now stays a slice of the
+//!   received frame until it is written.
+//! - **Bounded memory per client.** Every request is read under the
+//!   broker's request budget (`budget.rs`): its declared size is taken
+//!   before the rest is read, so while the budget is spent flow control
+//!   holds senders back; a request must arrive whole within
+//!   `request_read_timeout_ms` of its first byte; a produce request's
+//!   records and headers are counted before it is decoded, and what
+//!   decoding them will take is budgeted too (16 MiB of empty records
+//!   once took 2.6 GB). A Subscribe response keeps its share of the
+//!   stream's read-ahead budget until hyper has its bytes, and chunks are
+//!   handed over at most [`CHUNK_BYTES_MAX`] at a time, so a stalled
+//!   subscriber holds its budget and one chunk, not a backlog.
+//!
+//! Every other method is read here under the same limits, then handed to
+//! tonic's generated service as a complete body.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::Message;
+use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::{Request, Status};
 
-use super::service::BrokerService;
+use super::service::{BrokerService, Inbound};
+use crate::broker::budget::{BudgetPermit, RequestBudget, DECODED_HEADER_BYTES, DECODED_RECORD_BYTES};
 use crate::proto;
 use crate::proto::broker_server::Broker as _;
 use crate::proto_codec::{frame_message, frame_plain, Frames, GRPC_PREFIX};
@@ -37,27 +55,59 @@ use crate::proto_codec::{frame_message, frame_plain, Frames, GRPC_PREFIX};
 /// The routes this module answers.
 pub const SUBSCRIBE_PATH: &str = "/strata.v1.Broker/Subscribe";
 pub const FETCH_PATH: &str = "/strata.v1.Broker/Fetch";
+pub const PRODUCE_PATH: &str = "/strata.v1.Broker/Produce";
 pub const PRODUCE_STREAM_PATH: &str = "/strata.v1.Broker/ProduceStream";
 
 /// Field numbers of `record_batches` in the two responses.
 const SUBSCRIBE_BATCHES_FIELD: u8 = 9;
 const FETCH_BATCHES_FIELD: u8 = 5;
+/// Field numbers in `ProduceRequest` and `Record`, for counting before decoding.
+const PRODUCE_RECORDS_FIELD: u64 = 3;
+const PRODUCE_BATCH_FIELD: u64 = 7;
+const RECORD_HEADERS_FIELD: u64 = 3;
 
-/// The generated `strata.v1.Broker` service, with Subscribe and Fetch
-/// answered here.
+/// Largest body chunk handed to hyper at once. hyper takes a chunk as
+/// soon as the stream has any send capacity and buffers what exceeds it,
+/// so this bounds what a stalled client makes the broker buffer.
+pub const CHUNK_BYTES_MAX: usize = 256 << 10;
+/// Requests at least this large (or with this many records) are decoded
+/// where blocking is fine, not on an async worker other connections share.
+const DECODE_INLINE_BYTES_MAX: usize = 1 << 20;
+const DECODE_INLINE_RECORDS_MAX: usize = 10_000;
+/// How long a request that holds its bytes' share of the budget waits for
+/// the share its decoding needs before it is refused (waiting without end
+/// could deadlock requests that hold each other's shares).
+const DECODE_BUDGET_WAIT: Duration = Duration::from_secs(1);
+/// Headers one record may have (as the broker checks after decoding).
+const HEADERS_PER_RECORD_MAX: usize = crate::config::HEADERS_PER_RECORD_MAX;
+
+/// The limits every request of the service is read under.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    /// Largest message.
+    pub message_bytes_max: usize,
+    /// A message must arrive whole within this long of its first byte.
+    pub read_timeout: Duration,
+    /// Most records one produce request may carry.
+    pub records_max: usize,
+    /// Bytes of requests in flight, broker wide.
+    pub budget: RequestBudget,
+}
+
+/// The generated `strata.v1.Broker` service, with Subscribe, Fetch, Produce
+/// and ProduceStream answered here and every request read under limits.
 #[derive(Debug, Clone)]
 pub struct ZeroCopyReads<S> {
     /// tonic's generated server: every other method.
     inner: S,
     /// The handlers these routes run.
     service: BrokerService,
-    /// Largest request accepted, as for the other methods.
-    request_bytes_max: usize,
+    limits: RequestLimits,
 }
 
 impl<S> ZeroCopyReads<S> {
-    pub fn new(inner: S, service: BrokerService, request_bytes_max: usize) -> Self {
-        ZeroCopyReads { inner, service, request_bytes_max }
+    pub fn new(inner: S, service: BrokerService, limits: RequestLimits) -> Self {
+        ZeroCopyReads { inner, service, limits }
     }
 }
 
@@ -67,7 +117,10 @@ impl<S: NamedService> NamedService for ZeroCopyReads<S> {
 
 impl<S> tower::Service<http::Request<Body>> for ZeroCopyReads<S>
 where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = http::Response<Body>;
@@ -79,78 +132,102 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let (service, limit) = (self.service.clone(), self.request_bytes_max);
+        let (service, limits) = (self.service.clone(), self.limits.clone());
         match request.uri().path() {
-            SUBSCRIBE_PATH => Box::pin(async move { Ok(respond(subscribe(service, request, limit).await)) }),
-            FETCH_PATH => Box::pin(async move { Ok(respond(fetch(service, request, limit).await)) }),
-            PRODUCE_STREAM_PATH => Box::pin(async move { Ok(respond(Ok(produce_stream(service, request, limit)))) }),
-            _ => Box::pin(self.inner.call(request)),
+            SUBSCRIBE_PATH => Box::pin(async move { Ok(respond(subscribe(service, request, limits).await)) }),
+            FETCH_PATH => Box::pin(async move { Ok(respond(fetch(service, request, limits).await)) }),
+            PRODUCE_PATH => Box::pin(async move { Ok(respond(produce(service, request, limits).await)) }),
+            PRODUCE_STREAM_PATH => Box::pin(async move { Ok(respond(Ok(produce_stream(service, request, limits)))) }),
+            _ => {
+                // The generated service is always ready; take the one that
+                // was polled and leave a clone in its place.
+                let ready = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, ready);
+                Box::pin(buffered(inner, request, limits))
+            }
         }
     }
 }
 
-/// Runs the Subscribe handler and streams its answer.
-async fn subscribe(service: BrokerService, request: http::Request<Body>, limit: usize) -> Result<Framed, Status> {
-    let request = decode_request::<proto::SubscribeRequest>(request, limit).await?;
-    let stream = service.subscribe(request).await?.into_inner();
+/// Any other method: its one request message read under the limits, then
+/// the call to tonic's route with the message as a complete body. The
+/// request's share of the budget is held until the handler is done.
+async fn buffered<S>(mut inner: S, request: http::Request<Body>, limits: RequestLimits) -> Result<http::Response<Body>, Infallible>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+{
+    let (parts, body) = request.into_parts();
+    let mut reader = MessageReader::new(body, limits);
+    let (bytes, _permit) = match reader.only_raw().await {
+        Ok(read) => read,
+        Err(status) => return Ok(status.into_http()),
+    };
+    let body = Body::new(http_body_util::Full::new(bytes));
+    inner.call(http::Request::from_parts(parts, body)).await
+}
+
+/// Runs the Subscribe handler and streams its answer; each message keeps
+/// its share of the stream's budget until hyper has all of it.
+async fn subscribe(service: BrokerService, request: http::Request<Body>, limits: RequestLimits) -> Result<Framed, Status> {
+    let (request, _permit) = decode_request::<proto::SubscribeRequest>(request, limits).await?;
+    let stream = service.subscribe_budgeted(request.into_inner())?;
     Ok(Box::pin(stream.map(|m| {
-        m.map(|mut m| {
+        m.map(|(mut m, permit)| {
             let batches = std::mem::take(&mut m.record_batches);
-            frame_message(&m, batches, SUBSCRIBE_BATCHES_FIELD)
+            (frame_message(&m, batches, SUBSCRIBE_BATCHES_FIELD), permit)
         })
     })))
 }
 
 /// Runs the Fetch handler: its one message, then the status.
-async fn fetch(service: BrokerService, request: http::Request<Body>, limit: usize) -> Result<Framed, Status> {
-    let request = decode_request::<proto::FetchRequest>(request, limit).await?;
+async fn fetch(service: BrokerService, request: http::Request<Body>, limits: RequestLimits) -> Result<Framed, Status> {
+    let (request, _permit) = decode_request::<proto::FetchRequest>(request, limits).await?;
     let mut m = service.fetch(request).await?.into_inner();
     let batches = std::mem::take(&mut m.record_batches);
     let chunks = frame_message(&m, batches, FETCH_BATCHES_FIELD);
-    Ok(Box::pin(futures::stream::once(futures::future::ready(Ok(chunks)))))
+    Ok(Box::pin(futures::stream::once(futures::future::ready(Ok((chunks, BudgetPermit::none()))))))
+}
+
+/// Runs the Produce handler on a request decoded from its frames.
+async fn produce(service: BrokerService, request: http::Request<Body>, limits: RequestLimits) -> Result<Framed, Status> {
+    let (parts, body) = request.into_parts();
+    let mut reader = MessageReader::new(body, limits);
+    let (message, _permit) = reader.only::<proto::ProduceRequest>(count_produce).await?;
+    let request = Request::from_parts(MetadataMap::from_headers(parts.headers), parts.extensions, message);
+    let response = service.produce(request).await?.into_inner();
+    Ok(Box::pin(futures::stream::once(futures::future::ready(Ok((frame_plain(&response), BudgetPermit::none()))))))
 }
 
 /// Runs the ProduceStream handler over requests decoded from the frames
-/// they arrive in: tonic copied each into a fresh buffer first (12% of the
-/// CPU of a raw produce), and the record batch now stays a slice of the
-/// received frame until it is written.
-fn produce_stream(service: BrokerService, request: http::Request<Body>, limit: usize) -> Framed {
-    let body = request.into_body();
-    let requests = futures::stream::unfold(Some((body, Frames::new(limit))), |state| async move {
-        let (mut body, mut frames) = state?;
-        loop {
-            match frames.next_message::<proto::ProduceRequest>() {
-                Ok(Some(m)) => return Some((Ok(m), Some((body, frames)))),
-                Ok(None) => {}
-                Err(status) => return Some((Err(status), None)),
+/// they arrive in. A request refused before decoding (too large, too many
+/// records, malformed) is answered with its error and the stream goes on.
+fn produce_stream(service: BrokerService, request: http::Request<Body>, limits: RequestLimits) -> Framed {
+    let reader = MessageReader::new(request.into_body(), limits);
+    let requests = futures::stream::unfold(Some(reader), |state| async move {
+        let mut reader = state?;
+        match reader.next::<proto::ProduceRequest>(count_produce).await {
+            Ok(Read::Message(m, permit)) => Some((Ok(Inbound { request: Ok(m), permit }), Some(reader))),
+            Ok(Read::Refused(status)) => {
+                Some((Ok(Inbound { request: Err(status), permit: BudgetPermit::none() }), Some(reader)))
             }
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        frames.push(data);
-                    }
-                }
-                Some(Err(e)) => return Some((Err(Status::unavailable(format!("reading the request: {e}"))), None)),
-                None if frames.remaining() == 0 => return None,
-                None => {
-                    return Some((Err(Status::invalid_argument("the request stream ended inside a message")), None))
-                }
-            }
+            Ok(Read::End) => None,
+            Err(status) => Some((Err(status), None)),
         }
     });
     let responses = service.produce_stream_of(Box::pin(requests));
-    Box::pin(responses.map(|m| m.map(|m| frame_plain(&m))))
+    Box::pin(responses.map(|m| m.map(|m| (frame_plain(&m), BudgetPermit::none()))))
 }
 
-/// Response messages, each already framed as body chunks.
-type Framed = Pin<Box<dyn Stream<Item = Result<VecDeque<Bytes>, Status>> + Send>>;
+/// Response messages, each already framed as body chunks, with the share
+/// of a budget they hold.
+type Framed = Pin<Box<dyn Stream<Item = Result<(VecDeque<Bytes>, BudgetPermit), Status>> + Send>>;
 
 /// The HTTP response for a handler's outcome: its messages then trailers,
 /// or, refused before any message, a trailers-only response.
 fn respond(outcome: Result<Framed, Status>) -> http::Response<Body> {
     match outcome {
         Ok(messages) => {
-            let body = PushBody { messages, queued: VecDeque::new(), ended: false };
+            let body = PushBody { messages, queued: VecDeque::new(), holding: BudgetPermit::none(), ended: false };
             let mut response = http::Response::new(Body::new(body));
             response
                 .headers_mut()
@@ -161,41 +238,313 @@ fn respond(outcome: Result<Framed, Status>) -> http::Response<Body> {
     }
 }
 
-/// Decodes the one message of a request body.
+/// Decodes the one message of a unary request body, under the limits.
 async fn decode_request<M: Message + Default>(
     request: http::Request<Body>,
-    limit: usize,
-) -> Result<Request<M>, Status> {
+    limits: RequestLimits,
+) -> Result<(Request<M>, BudgetPermit), Status> {
     let (parts, body) = request.into_parts();
-    let bytes = http_body_util::Limited::new(body, limit + GRPC_PREFIX)
-        .collect()
-        .await
-        .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
-            Ok(_) => Status::resource_exhausted(format!("request too large: over the limit of {limit} bytes")),
-            Err(e) => Status::unavailable(format!("reading the request: {e}")),
-        })?
-        .to_bytes();
-    let name = std::any::type_name::<M>().rsplit("::").next().unwrap_or("request");
-    let message = M::decode(unframe(bytes)?).map_err(|e| Status::invalid_argument(format!("malformed {name}: {e}")))?;
-    Ok(Request::from_parts(MetadataMap::from_headers(parts.headers), parts.extensions, message))
+    let mut reader = MessageReader::new(body, limits);
+    let (message, permit) = reader.only::<M>(|_, _| Ok(Counts::default())).await?;
+    Ok((Request::from_parts(MetadataMap::from_headers(parts.headers), parts.extensions, message), permit))
 }
 
-/// The message inside a request body of exactly one uncompressed gRPC message.
-fn unframe(mut body: Bytes) -> Result<Bytes, Status> {
-    if body.len() < GRPC_PREFIX {
-        return Err(Status::invalid_argument("malformed request: no gRPC message in the body"));
+/// What a message will take to decode beyond its bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    records: usize,
+    headers: usize,
+}
+
+/// One step of reading a stream of request messages.
+#[derive(Debug)]
+enum Read<M> {
+    Message(M, BudgetPermit),
+    /// This message was refused (and skipped); the stream goes on.
+    Refused(Status),
+    End,
+}
+
+/// Reads gRPC messages from a request body under the limits.
+struct MessageReader {
+    body: Body,
+    frames: Frames,
+    limits: RequestLimits,
+}
+
+impl MessageReader {
+    fn new(body: Body, limits: RequestLimits) -> Self {
+        let frames = Frames::new(usize::MAX);
+        MessageReader { body, frames, limits }
     }
-    if body[0] != 0 {
-        return Err(Status::unimplemented("compressed requests are not supported"));
+
+    /// Reads frames until `want` bytes are buffered; false when the body
+    /// ended first. Past `deadline`, DEADLINE_EXCEEDED.
+    async fn fill(&mut self, want: usize, deadline: Option<Instant>) -> Result<bool, Status> {
+        while self.frames.remaining() < want {
+            let frame = match deadline {
+                None => self.body.frame().await,
+                Some(d) => match tokio::time::timeout_at(d, self.body.frame()).await {
+                    Ok(f) => f,
+                    Err(_) => {
+                        return Err(Status::deadline_exceeded(format!(
+                            "the request did not arrive whole within {} ms of its first byte \
+                             (request_read_timeout_ms)",
+                            self.limits.read_timeout.as_millis()
+                        )))
+                    }
+                },
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.frames.push(data);
+                    }
+                }
+                Some(Err(e)) => return Err(Status::unavailable(format!("reading the request: {e}"))),
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
     }
-    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-    if body.len() != GRPC_PREFIX + len {
-        return Err(Status::invalid_argument(format!(
-            "malformed request: gRPC message of {len} bytes in a body of {} bytes",
-            body.len()
-        )));
+
+    /// Reads and drops `n` bytes, never holding more than a frame of them.
+    async fn skip(&mut self, mut n: usize, deadline: Instant) -> Result<(), Status> {
+        while n > 0 {
+            if self.frames.remaining() == 0 && !self.fill(1, Some(deadline)).await? {
+                return Err(Status::invalid_argument("the request stream ended inside a message"));
+            }
+            let step = n.min(self.frames.remaining());
+            self.frames.advance(step);
+            n -= step;
+        }
+        Ok(())
     }
-    Ok(body.split_off(GRPC_PREFIX))
+
+    /// The next message's bytes (prefix removed, left in `frames`) and its
+    /// share of the budget; `Refused` for a message that cannot be taken.
+    async fn next_raw(&mut self, deadline: Option<Instant>) -> Result<Read<usize>, Status> {
+        if !self.fill(1, deadline).await? {
+            return Ok(Read::End);
+        }
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.limits.read_timeout);
+        if !self.fill(GRPC_PREFIX, Some(deadline)).await? {
+            return Err(Status::invalid_argument("the request stream ended inside a message"));
+        }
+        let mut prefix = [0u8; GRPC_PREFIX];
+        self.frames.peek(&mut prefix);
+        self.frames.advance(GRPC_PREFIX);
+        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        let max = self.limits.message_bytes_max;
+        if len > max {
+            self.skip(len, deadline).await?;
+            return Ok(Read::Refused(Status::resource_exhausted(format!(
+                "request too large: {len} bytes, over the limit of {max} bytes (max_request_bytes)"
+            ))));
+        }
+        if prefix[0] != 0 {
+            self.skip(len, deadline).await?;
+            return Ok(Read::Refused(Status::unimplemented("compressed requests are not supported")));
+        }
+        let permit = self.limits.budget.acquire(GRPC_PREFIX + len).await.map_err(super::status::to_status)?;
+        if !self.fill(len, Some(deadline)).await? {
+            return Err(Status::invalid_argument("the request stream ended inside a message"));
+        }
+        Ok(Read::Message(len, permit))
+    }
+
+    /// The next message, counted with `count` and budgeted before decoding.
+    async fn next<M: Message + Default>(
+        &mut self,
+        count: fn(&Frames, usize) -> Result<Counts, String>,
+    ) -> Result<Read<M>, Status> {
+        self.next_with::<M>(None, count).await
+    }
+
+    async fn next_with<M: Message + Default>(
+        &mut self,
+        deadline: Option<Instant>,
+        count: fn(&Frames, usize) -> Result<Counts, String>,
+    ) -> Result<Read<M>, Status> {
+        let (len, mut permit) = match self.next_raw(deadline).await? {
+            Read::Message(len, permit) => (len, permit),
+            Read::Refused(status) => return Ok(Read::Refused(status)),
+            Read::End => return Ok(Read::End),
+        };
+        let name = std::any::type_name::<M>().rsplit("::").next().unwrap_or("request");
+        let counts = match count(&self.frames, len) {
+            Ok(c) => c,
+            Err(why) => {
+                self.frames.advance(len);
+                return Ok(Read::Refused(Status::invalid_argument(format!("malformed {name}: {why}"))));
+            }
+        };
+        if counts.records > self.limits.records_max {
+            self.frames.advance(len);
+            return Ok(Read::Refused(Status::invalid_argument(format!(
+                "produce request with {} records: at most {} records per request (produce_records_max); \
+                 send them in several requests",
+                counts.records, self.limits.records_max
+            ))));
+        }
+        let decoded = counts.records * DECODED_RECORD_BYTES + counts.headers * DECODED_HEADER_BYTES;
+        if decoded > 0 {
+            match self.limits.budget.acquire_within(decoded, DECODE_BUDGET_WAIT).await {
+                Some(extra) => permit.merge(extra),
+                None => {
+                    self.frames.advance(len);
+                    return Ok(Read::Refused(Status::resource_exhausted(format!(
+                        "the broker has no room to decode a request of {} records now \
+                         (queued.max.request.bytes = {}); retry",
+                        counts.records,
+                        self.limits.budget.total()
+                    ))));
+                }
+            }
+        }
+        let heavy = len >= DECODE_INLINE_BYTES_MAX || counts.records >= DECODE_INLINE_RECORDS_MAX;
+        let decoded = if heavy { in_place(|| decode::<M>(&mut self.frames, len)) } else { decode(&mut self.frames, len) };
+        Ok(match decoded {
+            Ok(m) => Read::Message(m, permit),
+            Err(status) => Read::Refused(status),
+        })
+    }
+
+    /// The one message of a unary request (anything after it is an error),
+    /// received within the read timeout.
+    async fn only<M: Message + Default>(
+        &mut self,
+        count: fn(&Frames, usize) -> Result<Counts, String>,
+    ) -> Result<(M, BudgetPermit), Status> {
+        let deadline = Instant::now() + self.limits.read_timeout;
+        let read = self.next_with::<M>(Some(deadline), count).await?;
+        let (message, permit) = match read {
+            Read::Message(m, permit) => (m, permit),
+            Read::Refused(status) => return Err(status),
+            Read::End => return Err(Status::invalid_argument("malformed request: no gRPC message in the body")),
+        };
+        self.expect_end(deadline).await?;
+        Ok((message, permit))
+    }
+
+    /// The one message of a unary request as bytes, prefix included.
+    async fn only_raw(&mut self) -> Result<(Bytes, BudgetPermit), Status> {
+        let deadline = Instant::now() + self.limits.read_timeout;
+        let (len, permit) = match self.next_raw(Some(deadline)).await? {
+            Read::Message(len, permit) => (len, permit),
+            Read::Refused(status) => return Err(status),
+            Read::End => return Err(Status::invalid_argument("malformed request: no gRPC message in the body")),
+        };
+        let mut bytes = bytes::BytesMut::with_capacity(GRPC_PREFIX + len);
+        bytes.extend_from_slice(&[0]);
+        bytes.extend_from_slice(&(len as u32).to_be_bytes());
+        bytes.extend_from_slice(&self.frames.copy_to_bytes(len));
+        self.expect_end(deadline).await?;
+        Ok((bytes.freeze(), permit))
+    }
+
+    async fn expect_end(&mut self, deadline: Instant) -> Result<(), Status> {
+        if self.frames.remaining() > 0 || self.fill(1, Some(deadline)).await? {
+            return Err(Status::invalid_argument("malformed request: more than one gRPC message in a unary call"));
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f`, which may take a while, without holding up the async worker's
+/// other tasks (tokio moves them to another worker meanwhile).
+fn in_place<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Decodes the first `len` bytes of `frames` (consuming them).
+fn decode<M: Message + Default>(frames: &mut Frames, len: usize) -> Result<M, Status> {
+    M::decode(Buf::take(&mut *frames, len)).map_err(|e| {
+        let name = std::any::type_name::<M>().rsplit("::").next().unwrap_or("request");
+        Status::invalid_argument(format!("malformed {name}: {e}"))
+    })
+}
+
+/// Counts a ProduceRequest's records and their headers without decoding
+/// it: a walk over the protobuf fields (and the record batch's header).
+fn count_produce(frames: &Frames, len: usize) -> Result<Counts, String> {
+    let mut view = frames.prefix(len);
+    let mut counts = Counts::default();
+    while view.has_remaining() {
+        let (field, wire) = read_key(&mut view)?;
+        match (field, wire) {
+            (PRODUCE_RECORDS_FIELD, 2) => {
+                let n = read_len(&mut view)?;
+                let mut record = view.prefix(n);
+                counts.records += 1;
+                counts.headers += count_headers(&mut record)?;
+                view.advance(n);
+            }
+            (PRODUCE_BATCH_FIELD, 2) => {
+                let n = read_len(&mut view)?;
+                let mut header = [0u8; crate::storage::batch::HEADER_LEN];
+                if n >= header.len() {
+                    view.prefix(header.len()).copy_to_slice(&mut header);
+                    counts.records += crate::storage::batch::BatchHeader::parse(&header, usize::MAX)
+                        .map(|h| h.record_count as usize)
+                        .unwrap_or(0);
+                }
+                view.advance(n);
+            }
+            (_, wire) => skip_field(&mut view, wire)?,
+        }
+    }
+    Ok(counts)
+}
+
+/// Headers of one encoded `Record`; more than a record may have is refused here.
+fn count_headers(record: &mut Frames) -> Result<usize, String> {
+    let mut headers = 0;
+    while record.has_remaining() {
+        let (field, wire) = read_key(record)?;
+        if field == RECORD_HEADERS_FIELD && wire == 2 {
+            headers += 1;
+            if headers > HEADERS_PER_RECORD_MAX {
+                return Err(format!("a record has more than {HEADERS_PER_RECORD_MAX} headers"));
+            }
+        }
+        skip_field(record, wire)?;
+    }
+    Ok(headers)
+}
+
+fn read_key(buf: &mut Frames) -> Result<(u64, u64), String> {
+    let key = prost::encoding::decode_varint(buf).map_err(|e| e.to_string())?;
+    Ok((key >> 3, key & 7))
+}
+
+fn read_len(buf: &mut Frames) -> Result<usize, String> {
+    let n = prost::encoding::decode_varint(buf).map_err(|e| e.to_string())? as usize;
+    if n > buf.remaining() {
+        return Err(format!("a field of {n} bytes runs past the end of the message"));
+    }
+    Ok(n)
+}
+
+fn skip_field(buf: &mut Frames, wire: u64) -> Result<(), String> {
+    let n = match wire {
+        0 => {
+            prost::encoding::decode_varint(buf).map_err(|e| e.to_string())?;
+            0
+        }
+        1 => 8,
+        2 => read_len(buf)?,
+        5 => 4,
+        w => return Err(format!("unsupported wire type {w}")),
+    };
+    if n > buf.remaining() {
+        return Err("a field runs past the end of the message".into());
+    }
+    buf.advance(n);
+    Ok(())
 }
 
 /// The response body: each message's chunks, then the status in trailers.
@@ -203,8 +552,27 @@ struct PushBody {
     messages: Framed,
     /// Chunks of the message being sent.
     queued: VecDeque<Bytes>,
+    /// The budget share of the message being sent, given back once hyper
+    /// has the last of its chunks.
+    holding: BudgetPermit,
     /// Trailers sent: the stream is over.
     ended: bool,
+}
+
+impl PushBody {
+    /// The next piece of the queued chunks, at most [`CHUNK_BYTES_MAX`].
+    fn next_piece(&mut self) -> Option<Bytes> {
+        let front = self.queued.front_mut()?;
+        let piece = if front.len() > CHUNK_BYTES_MAX {
+            front.split_to(CHUNK_BYTES_MAX)
+        } else {
+            self.queued.pop_front().expect("a front chunk")
+        };
+        if self.queued.is_empty() {
+            self.holding = BudgetPermit::none();
+        }
+        Some(piece)
+    }
 }
 
 impl http_body::Body for PushBody {
@@ -212,18 +580,19 @@ impl http_body::Body for PushBody {
     type Error = Status;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        if let Some(chunk) = self.queued.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        if let Some(piece) = self.next_piece() {
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
         }
         if self.ended {
             return Poll::Ready(None);
         }
         let status = match self.messages.as_mut().poll_next(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Some(Ok(mut chunks))) => {
-                let chunk = chunks.pop_front().expect("a message has at least its prefix");
+            Poll::Ready(Some(Ok((chunks, permit)))) => {
                 self.queued = chunks;
-                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                self.holding = permit;
+                let piece = self.next_piece().expect("a message has at least its prefix");
+                return Poll::Ready(Some(Ok(Frame::data(piece))));
             }
             Poll::Ready(Some(Err(status))) => status,
             Poll::Ready(None) => Status::ok(""),
@@ -299,10 +668,32 @@ mod tests {
     }
 
     #[test]
-    fn request_framing_is_checked() {
-        assert_eq!(unframe(Bytes::from_static(&[0, 0, 0])).unwrap_err().code(), tonic::Code::InvalidArgument);
-        assert_eq!(unframe(Bytes::from_static(&[1, 0, 0, 0, 0])).unwrap_err().code(), tonic::Code::Unimplemented);
-        assert_eq!(unframe(Bytes::from_static(&[0, 0, 0, 0, 2, 1])).unwrap_err().code(), tonic::Code::InvalidArgument);
-        assert_eq!(unframe(Bytes::from_static(&[0, 0, 0, 0, 1, 9])).unwrap(), Bytes::from_static(&[9]));
+    fn produce_requests_are_counted_without_decoding() {
+        let record = |headers: usize| proto::Record {
+            value: Bytes::from_static(b"v"),
+            headers: (0..headers).map(|i| (format!("h{i}"), Bytes::new())).collect(),
+            ..Default::default()
+        };
+        let request = proto::ProduceRequest {
+            topic: "t".into(),
+            records: vec![record(0), record(2), proto::Record::default(), record(1)],
+            request_id: 9,
+            ..Default::default()
+        };
+        let mut frames = Frames::new(usize::MAX);
+        let bytes = Bytes::from(request.encode_to_vec());
+        // Split across frames, as they arrive.
+        frames.push(bytes.slice(..7));
+        frames.push(bytes.slice(7..));
+        assert_eq!(count_produce(&frames, bytes.len()).unwrap(), Counts { records: 4, headers: 3 });
+        assert_eq!(frames.remaining(), bytes.len(), "counting consumes nothing");
+        let too_many = proto::ProduceRequest { records: vec![record(HEADERS_PER_RECORD_MAX + 1)], ..request };
+        let bytes = Bytes::from(too_many.encode_to_vec());
+        let mut frames = Frames::new(usize::MAX);
+        frames.push(bytes.clone());
+        assert!(count_produce(&frames, bytes.len()).unwrap_err().contains("headers"));
+        let mut frames = Frames::new(usize::MAX);
+        frames.push(Bytes::from_static(&[0x1a, 0x05, 0x00]));
+        assert!(count_produce(&frames, 3).is_err(), "a field past the end is malformed");
     }
 }

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
 use super::status::{map_decode_status, to_status};
+use crate::broker::budget::BudgetPermit;
 use crate::broker::subscription::{Delivery, SubscriptionEvent};
 use crate::broker::{Broker, Position};
 use crate::proto;
@@ -26,45 +27,58 @@ pub struct BrokerService {
 
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// One message of a ProduceStream as the listener read it.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The decoded request, or why this one message was refused (answered
+    /// with its error; the stream goes on).
+    pub request: Result<proto::ProduceRequest, Status>,
+    /// The request's share of the broker's request budget, held until its
+    /// batches are written.
+    pub permit: BudgetPermit,
+}
+
 impl BrokerService {
     /// ProduceStream over any source of requests: tonic's decoder, or
     /// `server::push`'s, which keeps record batches in the frames they
-    /// arrived in.
+    /// arrived in. A request that fails (or was refused before decoding)
+    /// is answered with its error in the response and the stream goes on;
+    /// a transport error ends it, after the responses still waiting for
+    /// their fsync are sent.
     pub fn produce_stream_of<S>(&self, mut inbound: S) -> BoxStream<proto::ProduceResponse>
     where
-        S: Stream<Item = Result<proto::ProduceRequest, Status>> + Send + Unpin + 'static,
+        S: Stream<Item = Result<Inbound, Status>> + Send + Unpin + 'static,
     {
         let (tx, rx) = mpsc::channel(PIPELINE_DEPTH_MAX);
         let broker = self.broker.clone();
         let mut stopping = broker.watch_stopping();
         tokio::spawn(async move {
             let depth = Arc::new(Semaphore::new(PIPELINE_DEPTH_MAX));
-            loop {
+            let ended = loop {
                 let next = tokio::select! {
                     m = inbound.next() => m.transpose(),
                     // End the stream on shutdown so graceful stop does not
                     // wait for the client to hang up.
                     _ = crate::broker::stopped(&mut stopping) => Ok(None),
                 };
-                let message = match next {
+                let Inbound { request, permit: budget } = match next {
                     Ok(Some(m)) => m,
-                    Ok(None) => break,
-                    Err(status) => {
-                        let _ = tx.send(Err(map_decode_status(status))).await;
-                        break;
-                    }
+                    Ok(None) => break None,
+                    Err(status) => break Some(map_decode_status(status)),
                 };
                 let Ok(permit) = depth.clone().acquire_owned().await else {
-                    break;
+                    break None;
                 };
-                let request_id = message.request_id;
+                let request_id = request.as_ref().map_or(0, |r| r.request_id);
                 // Written here, in stream order, so a partition sees the
                 // stream's batches in the order they were sent; the fsync
                 // wait happens concurrently below.
-                let pending = match convert::produce_request(message) {
+                let pending = match request.and_then(convert::produce_request) {
                     Ok(req) => broker.produce_pending(req).await.map_err(to_status),
                     Err(s) => Err(s),
                 };
+                // The batches are written: the request's bytes may go.
+                drop(budget);
                 let tx = tx.clone();
                 // Nothing to wait for (flush never/interval, or an error):
                 // answer here, saving a task and a wake-up per request.
@@ -75,29 +89,36 @@ impl BrokerService {
                         Ok(p) => p.wait().await.map_err(to_status),
                         Err(s) => Err(s),
                     };
-                    let response = match result {
-                        Ok(results) => proto::ProduceResponse {
-                            results: convert::produce_results(results),
-                            request_id,
-                            ..Default::default()
-                        },
-                        Err(s) => proto::ProduceResponse {
-                            request_id,
-                            error_code: s.code() as i32,
-                            error_message: s.message().to_string(),
-                            ..Default::default()
-                        },
-                    };
-                    let _ = tx.send(Ok(response)).await;
+                    let _ = tx.send(Ok(produce_response(request_id, result))).await;
                 };
                 if ready {
                     respond.await;
                 } else {
                     tokio::spawn(respond);
                 }
+            };
+            if let Some(status) = ended {
+                // Every response still waiting for its fsync goes first.
+                let _ = depth.acquire_many(PIPELINE_DEPTH_MAX as u32).await;
+                let _ = tx.send(Err(status)).await;
             }
         });
         Box::pin(ReceiverStream::new(rx))
+    }
+}
+
+/// A ProduceStream response: the results, or the error in its fields.
+fn produce_response(request_id: u64, result: Result<Vec<crate::broker::ProduceResult>, Status>) -> proto::ProduceResponse {
+    match result {
+        Ok(results) => {
+            proto::ProduceResponse { results: convert::produce_results(results), request_id, ..Default::default() }
+        }
+        Err(s) => proto::ProduceResponse {
+            request_id,
+            error_code: s.code() as i32,
+            error_message: s.message().to_string(),
+            ..Default::default()
+        },
     }
 }
 
@@ -180,7 +201,8 @@ impl proto::broker_server::Broker for BrokerService {
         &self,
         request: Request<Streaming<proto::ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
-        Ok(Response::new(self.produce_stream_of(request.into_inner())))
+        let inbound = request.into_inner().map(|m| m.map(|m| Inbound { request: Ok(m), permit: BudgetPermit::none() }));
+        Ok(Response::new(self.produce_stream_of(inbound)))
     }
 
     async fn fetch(&self, request: Request<proto::FetchRequest>) -> Result<Response<proto::FetchResponse>, Status> {
@@ -208,41 +230,8 @@ impl proto::broker_server::Broker for BrokerService {
         &self,
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let r = request.into_inner();
-        let fallback = match r.fallback {
-            Some(b) => convert::boundary(b)?,
-            None => Position::Latest,
-        };
-        if fallback == Position::Committed {
-            return Err(Status::invalid_argument("fallback must be EARLIEST or LATEST"));
-        }
-        let delivery = if r.raw_batches { Delivery::Batches } else { Delivery::Records };
-        if let Some(group) = r.group {
-            let from = convert::position(r.from, Position::Committed)?;
-            return self.subscribe_group(r.topic_pattern, group, (from, fallback), delivery);
-        }
-        let mut from = convert::position(r.from, Position::Latest)?;
-        if from == Position::Committed {
-            // No group, so nothing is committed: use the fallback.
-            from = fallback;
-        }
-        let events = self.broker.subscribe(r.topic_pattern, from, delivery);
-        // Mapped, not forwarded by a task: when the client goes away, the
-        // response body and with it this receiver are dropped, and the
-        // subscription's tasks see that at once.
-        let messages = ReceiverStream::new(events).map(|event| {
-            event.map_err(to_status).map(|e| match e {
-                SubscriptionEvent::Assigned(held) => proto::SubscribeResponse {
-                    assignments: held
-                        .into_iter()
-                        .map(|(topic, partitions)| proto::TopicPartitions { topic, partitions })
-                        .collect(),
-                    ..Default::default()
-                },
-                delivered => convert::subscribe_response(Some(delivered)),
-            })
-        });
-        Ok(Response::new(self.until_shutdown(messages)))
+        let messages = self.subscribe_budgeted(request.into_inner())?;
+        Ok(Response::new(Box::pin(messages.map(|m| m.map(|(m, _permit)| m)))))
     }
 
     async fn list_offsets(
@@ -374,7 +363,52 @@ impl proto::broker_server::Broker for BrokerService {
     }
 }
 
+/// Subscribe responses, each with its share of the stream's read-ahead
+/// budget, to drop once the connection has the bytes (`push.rs`).
+pub type BudgetedStream = Pin<Box<dyn Stream<Item = Result<(proto::SubscribeResponse, BudgetPermit), Status>> + Send>>;
+
 impl BrokerService {
+    /// Subscribe, with or without a group.
+    pub fn subscribe_budgeted(&self, r: proto::SubscribeRequest) -> Result<BudgetedStream, Status> {
+        let fallback = match r.fallback {
+            Some(b) => convert::boundary(b)?,
+            None => Position::Latest,
+        };
+        if fallback == Position::Committed {
+            return Err(Status::invalid_argument("fallback must be EARLIEST or LATEST"));
+        }
+        let delivery = if r.raw_batches { Delivery::Batches } else { Delivery::Records };
+        if let Some(group) = r.group {
+            let from = convert::position(r.from, Position::Committed)?;
+            return self.subscribe_group(r.topic_pattern, group, (from, fallback), delivery);
+        }
+        let mut from = convert::position(r.from, Position::Latest)?;
+        if from == Position::Committed {
+            // No group, so nothing is committed: use the fallback.
+            from = fallback;
+        }
+        let events = self.broker.subscribe(r.topic_pattern, from, delivery);
+        // Mapped, not forwarded by a task: when the client goes away, the
+        // response body and with it this receiver are dropped, and the
+        // subscription's tasks see that at once.
+        let messages = ReceiverStream::new(events).map(|event| {
+            event.map_err(to_status).map(|(e, permit)| {
+                let message = match e {
+                    SubscriptionEvent::Assigned(held) => proto::SubscribeResponse {
+                        assignments: held
+                            .into_iter()
+                            .map(|(topic, partitions)| proto::TopicPartitions { topic, partitions })
+                            .collect(),
+                        ..Default::default()
+                    },
+                    delivered => convert::subscribe_response(Some(delivered)),
+                };
+                (message, permit)
+            })
+        });
+        Ok(self.until_shutdown(messages))
+    }
+
     /// Subscribe with a group: the stream is the membership.
     fn subscribe_group(
         &self,
@@ -382,25 +416,28 @@ impl BrokerService {
         group: String,
         (from, fallback): (Position, Position),
         delivery: Delivery,
-    ) -> Result<Response<BoxStream<proto::SubscribeResponse>>, Status> {
+    ) -> Result<BudgetedStream, Status> {
         let events = self.broker.subscribe_group(pattern, group, from, fallback, delivery).map_err(to_status)?;
         // Mapped, not forwarded by a task: a client that goes away drops the
         // receiver, and the membership ends at once (see `subscribe`).
         let messages = ReceiverStream::new(events).map(|event| {
-            event.map_err(to_status).map(|e| proto::SubscribeResponse {
-                assignments: convert::assignments(&e.assignment),
-                member_id: e.member_id,
-                generation: e.generation,
-                ..convert::subscribe_response(e.records)
+            event.map_err(to_status).map(|e| {
+                let message = proto::SubscribeResponse {
+                    assignments: convert::assignments(&e.assignment),
+                    member_id: e.member_id,
+                    generation: e.generation,
+                    ..convert::subscribe_response(e.records)
+                };
+                (message, e.permit)
             })
         });
-        Ok(Response::new(self.until_shutdown(messages)))
+        Ok(self.until_shutdown(messages))
     }
 
     /// Ends a response stream when the broker begins to shut down.
-    fn until_shutdown<S>(&self, messages: S) -> BoxStream<proto::SubscribeResponse>
+    fn until_shutdown<S>(&self, messages: S) -> BudgetedStream
     where
-        S: Stream<Item = Result<proto::SubscribeResponse, Status>> + Send + 'static,
+        S: Stream<Item = Result<(proto::SubscribeResponse, BudgetPermit), Status>> + Send + 'static,
     {
         let mut stopping = self.broker.watch_stopping();
         Box::pin(messages.take_until(async move { crate::broker::stopped(&mut stopping).await }))
