@@ -194,6 +194,9 @@ pub struct BrokerConfig {
     /// Bytes a push stream (Subscribe) may read ahead of its client: what a
     /// subscriber that stops reading holds, however many partitions it follows.
     pub stream_buffer_bytes_max: usize,
+    /// How often a log that an I/O error poisoned (it refuses writes) is
+    /// tried again: reopened in place once the fault has cleared.
+    pub poisoned_log_retry_ms: u64,
     /// Largest metadata string a committed offset may carry (Kafka's
     /// `offset.metadata.max.bytes`); every commit is kept in memory and
     /// restated by each snapshot of the offsets log.
@@ -213,6 +216,7 @@ impl Default for BrokerConfig {
             rolled_segment_sync_delay_ms: 30_000,
             default_partitions: 1,
             offset_metadata_bytes_max: 4096,
+            poisoned_log_retry_ms: 5000,
             request_bytes_in_flight_max: 256 << 20,
             request_read_timeout_ms: 30_000,
             produce_records_max: 200_000,
@@ -240,6 +244,7 @@ pub struct ConfigFile {
     #[serde(rename = "queued.max.request.bytes")]
     pub queued_max_request_bytes: Option<usize>,
     pub request_read_timeout_ms: Option<u64>,
+    pub poisoned_log_retry_ms: Option<u64>,
     pub produce_records_max: Option<usize>,
     pub stream_buffer_bytes_max: Option<usize>,
     #[serde(default)]
@@ -297,6 +302,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.request_read_timeout_ms {
             config.request_read_timeout_ms = v.max(1);
+        }
+        if let Some(v) = self.poisoned_log_retry_ms {
+            config.poisoned_log_retry_ms = v.max(1);
         }
         if let Some(v) = self.produce_records_max {
             config.produce_records_max = v.max(1);

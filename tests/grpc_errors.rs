@@ -232,6 +232,56 @@ async fn disk_faults_are_errors_never_acks_and_appends_resume_after() {
     }
 }
 
+#[tokio::test]
+async fn a_poisoned_partition_serves_again_without_a_restart_once_the_fault_clears() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::default();
+    let switch = fs.switch.clone();
+    let mut config = config(dir.path());
+    config.poisoned_log_retry_ms = 50;
+    let server = strata::server::start_with(config, Arc::new(fs), Arc::new(SystemClock)).await.unwrap();
+    let mut c = client(&server).await;
+    c.create_topic(proto::CreateTopicRequest {
+        name: "bg".into(),
+        partitions: 1,
+        config: [("flush.policy".to_string(), "interval:20".to_string())].into(),
+    })
+    .await
+    .unwrap();
+    produce(&mut c, "bg", None, vec![record("", "seen")]).await;
+    // The background fsync of data readers already saw fails: the log is
+    // poisoned (it cannot cut what was seen) and refuses appends.
+    switch.set(Some(Fault::SyncFails));
+    let mut refused = None;
+    for _ in 0..200 {
+        match c.produce(produce_req("bg", None, vec![record("", "maybe")])).await {
+            Err(s) if s.message().contains("refuses writes") => {
+                refused = Some(s);
+                break;
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    let refused = refused.expect("the log was poisoned");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    switch.set(None);
+    // Reopened in place by the broker within a few retries.
+    let mut resumed = None;
+    for _ in 0..200 {
+        if let Ok(r) = c.produce(produce_req("bg", None, vec![record("", "after")])).await {
+            resumed = Some(r.into_inner().results[0].base_offset);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let offset = resumed.expect("appends resume once the fault clears, without a restart");
+    let values: Vec<_> = fetch_all(&mut c, "bg", 0, 0).await.into_iter().map(|r| r.value).collect();
+    assert_eq!(values.first().map(|v| v.as_ref()), Some(b"seen".as_ref()), "what readers saw is kept");
+    assert_eq!(values.last().map(|v| v.as_ref()), Some(b"after".as_ref()));
+    assert_eq!(values.len() as u64, offset + 1, "dense");
+    server.shutdown().await.unwrap();
+}
+
 /// Sends `body` as the one message of a Subscribe call, bytes as they are.
 async fn subscribe_with_bytes(server: &strata::server::RunningServer, body: Vec<u8>) -> tonic::Status {
     let channel = tonic::transport::Channel::from_shared(server.url()).unwrap().connect().await.unwrap();

@@ -903,3 +903,56 @@ fn rolled_segments_recovered_in_the_same_boot_are_still_fsynced() {
     assert!(!log.has_unsynced_closed());
     assert_prefix(&read_all(&log, 0).unwrap(), end, 30);
 }
+
+/// A log poisoned by a failed fsync of data readers already saw (flush
+/// `never`) refuses writes; once the fault clears it is reopened in place:
+/// what readers saw is all there, rewritten and fsynced, appends resume at
+/// the next offset, and an append from before the reopen never counts as
+/// durable.
+#[test]
+fn a_poisoned_log_reopens_in_place_once_the_fault_clears() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::default();
+    let switch = fs.switch.clone();
+    let config = LogConfig { flush: FlushPolicy::Never, ..small_config() };
+    let log = Log::open(dir.path(), Arc::new(fs), Arc::new(SystemClock), config).unwrap();
+    let end = fill(&log, 20, 40);
+    switch.set(Some(Fault::SyncFails));
+    assert!(log.sync().is_err(), "the fsync fails");
+    assert!(matches!(log.append(&mut batch_of(end, 3, 40, T0)), Err(StorageError::Poisoned { .. })));
+    assert!(log.reopen_if_poisoned().is_err(), "not while the fault lasts");
+    assert!(log.is_poisoned());
+    switch.set(None);
+    assert!(log.reopen_if_poisoned().unwrap(), "reopened once the fault cleared");
+    assert!(!log.is_poisoned());
+    assert_eq!(log.high_watermark(), end, "everything readers saw is there");
+    assert_prefix(&read_all(&log, 0).unwrap(), end, 40);
+    assert!(!log.has_unsynced(), "and fsynced again");
+    let out = log.append(&mut batch_of(end, 3, 40, T0)).unwrap();
+    assert_eq!(out.base_offset, end, "appends resume at the next offset");
+    assert!(!log.reopen_if_poisoned().unwrap(), "nothing to do on a healthy log");
+    drop(log);
+    let log = open(dir.path(), small_config());
+    assert_prefix(&read_all(&log, 0).unwrap(), end + 3, 40);
+}
+
+#[test]
+fn an_append_written_before_a_reopen_is_never_acknowledged_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::default();
+    let switch = fs.switch.clone();
+    let log = Log::open(dir.path(), Arc::new(fs), Arc::new(SystemClock), small_config()).unwrap();
+    let end = fill(&log, 5, 40);
+    // Written, waiting for its fsync (flush `always`), when the log is
+    // poisoned: its outcome is unknown, whatever happens after.
+    let pending = log.append_pending(&mut batch_of(end, 3, 40, T0)).unwrap();
+    switch.set(Some(Fault::SyncFails));
+    log.set_config(LogConfig { flush: FlushPolicy::Never, ..small_config() });
+    log.append(&mut batch_of(end + 3, 3, 40, T0)).unwrap();
+    assert!(log.sync().is_err());
+    switch.set(None);
+    log.set_config(small_config());
+    assert!(log.reopen_if_poisoned().unwrap());
+    log.append(&mut batch_of(log.high_watermark(), 3, 40, T0)).unwrap();
+    assert!(log.wait_durable(&pending).is_err(), "an append from before the reopen is not acknowledged");
+}

@@ -686,6 +686,7 @@ async fn retention_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
 async fn tick_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut last_checkpoint = tokio::time::Instant::now();
+    let mut last_reopen = tokio::time::Instant::now();
     let checkpointing = Arc::new(AtomicBool::new(false));
     loop {
         tokio::select! {
@@ -700,6 +701,20 @@ async fn tick_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
                 if let Err(e) = p.flush_if_due(now, ms).await {
                     tracing::warn!(topic = %p.topic, partition = p.id, error = %e, "background flush failed");
                 }
+            }
+        }
+        if last_reopen.elapsed() >= Duration::from_millis(broker.config.poisoned_log_retry_ms) {
+            last_reopen = tokio::time::Instant::now();
+            for p in &partitions {
+                p.spawn_reopen_if_poisoned();
+            }
+            if broker.groups.offsets.is_poisoned() {
+                let offsets = broker.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = offsets.groups.offsets.reopen_if_poisoned() {
+                        tracing::warn!(error = %e, "the committed offsets log stays poisoned");
+                    }
+                });
             }
         }
         let due = last_checkpoint.elapsed() >= Duration::from_millis(broker.config.checkpoint_interval_ms);

@@ -218,6 +218,25 @@ impl Partition {
         });
     }
 
+    /// Starts a task, unless one is running, that reopens the log in place
+    /// if an I/O error poisoned it and the fault has cleared.
+    pub fn spawn_reopen_if_poisoned(self: &Arc<Self>) {
+        if !self.log.is_poisoned() || self.rolling_io.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _running = super::ClearOnDrop(this.rolling_io.clone());
+            match this.blocking(|log| log.reopen_if_poisoned()).await {
+                Ok(true) => {
+                    this.high_watermark.send_replace(this.log.high_watermark());
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(topic = %this.topic, partition = this.id, error = %e, "the log stays poisoned"),
+            }
+        });
+    }
+
     /// For the `interval:<ms>` policy: fsyncs when the interval has passed.
     pub async fn flush_if_due(self: &Arc<Self>, now_ms: u64, interval_ms: u64) -> Result<()> {
         if now_ms < self.last_flush_ms.load(Ordering::Acquire) + interval_ms || !self.log.has_unsynced() {

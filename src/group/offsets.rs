@@ -240,6 +240,25 @@ impl OffsetStore {
         self.map().keys().map(|k| k.0.clone()).collect()
     }
 
+    /// Whether the offsets log refuses writes after an I/O error.
+    pub fn is_poisoned(&self) -> bool {
+        self.log.is_poisoned()
+    }
+
+    /// Reopens the offsets log if an I/O error poisoned it and the fault
+    /// has cleared (see [`Log::reopen_if_poisoned`]), then reloads the map
+    /// from it; true if it did.
+    pub fn reopen_if_poisoned(&self) -> Result<bool> {
+        if !self.is_poisoned() {
+            return Ok(false);
+        }
+        let reopened = self.log.reopen_if_poisoned()?;
+        if reopened {
+            self.reload();
+        }
+        Ok(reopened)
+    }
+
     pub fn close(&self) -> Result<()> {
         self.log.close()
     }

@@ -11,8 +11,9 @@
 //!   fsync while the rest queue up, so one fsync covers every batch written
 //!   while the previous one was in flight.
 //! - A failed fsync is never retried: the unsynced tail is cut off and every
-//!   appender waiting on it gets an error. If the cut itself fails, the log
-//!   is poisoned and refuses writes until reopened.
+//!   appender waiting on it gets an error. If the cut itself fails (or
+//!   readers saw the data), the log is poisoned and refuses writes until
+//!   [`Log::reopen_if_poisoned`] reopens it in place once the fault clears.
 //! - No lock is held across a read; the writer lock is never held during a
 //!   group-commit fsync.
 
@@ -235,6 +236,8 @@ struct Writer {
     epoch: u64,
     /// Why writes are refused, once an error left the log in doubt.
     poisoned: Option<String>,
+    /// Closed cleanly: writes are refused for good (no reopen).
+    closed: bool,
 }
 
 /// A segment rolled without an fsync of its tail.
@@ -255,6 +258,9 @@ struct SyncState {
     in_progress: bool,
     /// Appends from an epoch below this whose data was not synced have failed.
     discard_epoch: u64,
+    /// Appends from an epoch below this were written before the log was
+    /// reopened after a fault: never acknowledged, synced or not.
+    reopened_below: u64,
     last_error: String,
 }
 
@@ -377,6 +383,7 @@ impl Log {
             last_durable: recovered.durable,
             epoch: 0,
             poisoned: None,
+            closed: false,
         };
         tracing::debug!(dir = %dir.display(), next_offset = writer.next_offset, segments = segments.len(), clean, "log opened");
         Ok(Log {
@@ -801,6 +808,12 @@ impl Log {
     fn sync_until(&self, target: u64, epoch: u64) -> Result<()> {
         let mut s = lock(&self.sync);
         loop {
+            if epoch < s.reopened_below {
+                return Err(StorageError::SyncFailed {
+                    path: self.dir.clone(),
+                    reason: format!("the log was reopened after an I/O error ({})", s.last_error),
+                });
+            }
             if s.discard_epoch > epoch && s.synced_offset < target {
                 return Err(StorageError::SyncFailed { path: self.dir.clone(), reason: s.last_error.clone() });
             }
@@ -995,6 +1008,82 @@ impl Log {
         let path = self.dir.join(CLEAN_SHUTDOWN_FILE);
         self.fs.write_atomic(&path, b"clean\n").map_err(|e| StorageError::io(&path, e))?;
         w.poisoned = Some("the log is closed".into());
+        w.closed = true;
+        Ok(())
+    }
+
+    /// Whether writes are refused after an I/O error (not a clean close).
+    pub fn is_poisoned(&self) -> bool {
+        let w = lock(&self.writer);
+        w.poisoned.is_some() && !w.closed
+    }
+
+    /// Reopens a poisoned log in place once its fault has cleared; true if
+    /// it did. Recovery runs again from the durable point, checking every
+    /// batch after it; the bytes past that point are written again and
+    /// fsynced (after a failed fsync the kernel may have marked them clean
+    /// without writing them, so a later fsync alone would prove nothing);
+    /// then the fresh state replaces the poisoned one. Refused (and left
+    /// poisoned) if the fault persists, or if recovery would end below the
+    /// high watermark: offsets readers saw are never reused. Appends from
+    /// before the reopen are never acknowledged after it. Readers holding
+    /// segments from before keep reading them.
+    pub fn reopen_if_poisoned(&self) -> Result<bool> {
+        let mut w = lock(&self.writer);
+        let Some(reason) = w.poisoned.clone() else { return Ok(false) };
+        if w.closed || lock(&self.sync).in_progress {
+            return Ok(false);
+        }
+        let poisoned = |why: String| StorageError::Poisoned { path: self.dir.clone(), reason: format!("{reason}; {why}") };
+        // Recovery must check everything after the durable point: the
+        // bytes written after it are in doubt.
+        let durable_only = Checkpoint { same_boot: None, ..w.last_durable.clone() };
+        let path = self.dir.join(checkpoint::FILE_NAME);
+        super::fs::write_hint(self.fs.as_ref(), &path, &durable_only.encode())
+            .map_err(|e| poisoned(format!("cannot write the recovery checkpoint: {e}")))?;
+        let fresh = Log::open(&self.dir, self.fs.clone(), self.clock.clone(), self.config())
+            .map_err(|e| poisoned(format!("reopening failed: {e}")))?;
+        let seen = self.high_watermark();
+        if fresh.high_watermark() < seen {
+            return Err(poisoned(format!(
+                "reopening would end the log at offset {}, below the high watermark {seen} readers saw",
+                fresh.high_watermark()
+            )));
+        }
+        fresh.rewrite_after_durable().map_err(|e| poisoned(format!("rewriting unsynced data failed: {e}")))?;
+        fresh.sync().map_err(|e| poisoned(format!("fsync after reopening failed: {e}")))?;
+        let Log { segments, log_start_offset, high_watermark, writer, sync, checkpoint_file, .. } = fresh;
+        let epoch = w.epoch + 1;
+        *w = writer.into_inner().unwrap_or_else(|e| e.into_inner());
+        w.epoch = epoch;
+        *self.segments.write().unwrap_or_else(|e| e.into_inner()) = segments.into_inner().unwrap_or_else(|e| e.into_inner());
+        self.log_start_offset.store(log_start_offset.into_inner(), Ordering::Release);
+        self.high_watermark.store(high_watermark.into_inner(), Ordering::Release);
+        {
+            let mut s = lock(&self.sync);
+            let last_error = reason.clone();
+            *s = sync.into_inner().unwrap_or_else(|e| e.into_inner());
+            s.discard_epoch = epoch;
+            s.reopened_below = epoch;
+            s.last_error = last_error;
+        }
+        *lock(&self.checkpoint_file) = checkpoint_file.into_inner().unwrap_or_else(|e| e.into_inner());
+        drop(w);
+        self.synced.notify_all();
+        tracing::info!(dir = %self.dir.display(), high_watermark = self.high_watermark(), poisoned_by = %reason, "reopened the log after its fault cleared");
+        Ok(true)
+    }
+
+    /// Writes every byte after the durable point again, so the next fsync
+    /// really writes it (see [`Log::reopen_if_poisoned`]).
+    fn rewrite_after_durable(&self) -> Result<()> {
+        let (base, position) = {
+            let w = lock(&self.writer);
+            (w.last_durable.segment_base, w.last_durable.position)
+        };
+        for segment in self.segments_snapshot().iter().filter(|s| s.base_offset >= base) {
+            segment.rewrite_from(if segment.base_offset == base { position } else { 0 })?;
+        }
         Ok(())
     }
 

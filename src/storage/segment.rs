@@ -629,6 +629,23 @@ impl Segment {
         Ok(())
     }
 
+    /// Reads the readable bytes from `position` on and writes them back in
+    /// place, marking them dirty for the next fsync.
+    pub(crate) fn rewrite_from(&self, mut position: u64) -> Result<()> {
+        const CHUNK: usize = 1 << 20;
+        let end = self.readable_len();
+        while position < end {
+            let len = ((end - position) as usize).min(CHUNK);
+            let bytes = self.log.read_up_to(position, len).map_err(|e| StorageError::io(&self.log_path, e))?;
+            if bytes.is_empty() {
+                break;
+            }
+            self.log.write_all_at(&bytes, position).map_err(|e| StorageError::io(&self.log_path, e))?;
+            position += bytes.len() as u64;
+        }
+        Ok(())
+    }
+
     /// Removes the segment's files (readers holding it keep their handles).
     pub fn delete(&self) -> Result<()> {
         for path in [self.log_path.clone(), self.index_path(), self.time_index_path()] {
