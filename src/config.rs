@@ -220,7 +220,7 @@ impl Default for BrokerConfig {
             request_bytes_in_flight_max: 256 << 20,
             request_read_timeout_ms: 30_000,
             produce_records_max: 200_000,
-            stream_buffer_bytes_max: 4 << 20,
+            stream_buffer_bytes_max: 2 << 20,
             topic_defaults: TopicConfig::default(),
         }
     }

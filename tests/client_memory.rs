@@ -123,7 +123,8 @@ async fn millions_of_empty_records_are_refused_before_they_are_decoded() {
 async fn subscribers_that_stop_reading_hold_their_stream_budget_and_no_more() {
     let streams = env_usize("STRATA_STALLED_SUBSCRIBES", 100);
     let dir = tempfile::tempdir().unwrap();
-    let (mut broker, addr) = serve(dir.path(), "");
+    let extra = std::env::var("STRATA_TEST_CONFIG").unwrap_or_default();
+    let (mut broker, addr) = serve(dir.path(), &extra);
     let mut c = connect(&addr).await;
     create(&mut c, "backlog").await;
     // 32 MiB of 8 KiB records: far more than any stream may read ahead.
@@ -155,7 +156,7 @@ async fn subscribers_that_stop_reading_hold_their_stream_budget_and_no_more() {
          VmRSS {:.0} MiB",
         status_mib(broker.id(), "VmRSS")
     );
-    // The stream budget (4 MiB by default) plus a chunk in hyper's buffer.
+    // The stream budget (2 MiB by default) plus a chunk in hyper's buffer.
     assert!(per_stream < 5.0, "{per_stream:.2} MiB per stalled stream");
     drop(held);
     kill9(&mut broker);

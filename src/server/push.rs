@@ -69,7 +69,7 @@ const RECORD_HEADERS_FIELD: u64 = 3;
 /// Largest body chunk handed to hyper at once. hyper takes a chunk as
 /// soon as the stream has any send capacity and buffers what exceeds it,
 /// so this bounds what a stalled client makes the broker buffer.
-pub const CHUNK_BYTES_MAX: usize = 256 << 10;
+pub const CHUNK_BYTES_MAX: usize = 1 << 20;
 /// Requests at least this large (or with this many records) are decoded
 /// where blocking is fine, not on an async worker other connections share.
 const DECODE_INLINE_BYTES_MAX: usize = 1 << 20;
