@@ -159,7 +159,7 @@ impl Broker {
     pub fn open(config: BrokerConfig, fs: Arc<dyn FileSystem>, clock: Arc<dyn Clock>) -> Result<Arc<Broker>> {
         let dir = config.data_dir.clone();
         let io = |what: &str, e: std::io::Error| BrokerError::Internal(format!("{what} {}: {e}", dir.display()));
-        fs.create_dir_all(&dir).map_err(|e| io("cannot create data directory", e))?;
+        fs.create_dir_all_durable(&dir).map_err(|e| io("cannot create data directory", e))?;
         let lock = data_dir::lock(fs.as_ref(), &dir).map_err(BrokerError::Internal)?;
         let started = std::time::Instant::now();
         let mut topics = HashMap::new();

@@ -103,6 +103,26 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
         system_boot_id()
     }
 
+    /// Creates `path` and any missing parents, and fsyncs the parent of
+    /// each directory it created, so a power loss cannot forget the chain
+    /// (and with it everything later fsynced inside). Nothing is synced for
+    /// directories that already existed.
+    fn create_dir_all_durable(&self, path: &Path) -> io::Result<()> {
+        let mut missing = Vec::new();
+        let mut at = Some(path);
+        while let Some(p) = at.filter(|p| !p.as_os_str().is_empty() && !self.exists(p)) {
+            missing.push(p);
+            at = p.parent();
+        }
+        self.create_dir_all(path)?;
+        for created in missing.into_iter().rev() {
+            let parent = created.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            // Guards against a power loss dropping the new directory's name.
+            self.sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
     /// Reads a whole (small) file.
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
         let file = self.open(path, false)?;

@@ -294,14 +294,9 @@ impl Log {
     /// Opens the log in `dir` (creating an empty one if there is none),
     /// recovering from an unclean stop: see [`super::log`] and `docs/format.md`.
     pub fn open(dir: &Path, fs: Arc<dyn FileSystem>, clock: Arc<dyn Clock>, config: LogConfig) -> Result<Log> {
-        if !fs.exists(dir) {
-            fs.create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
-            // Guards against a power loss dropping the new directory (and the
-            // data later fsynced inside it) from its parent.
-            if let Some(parent) = dir.parent() {
-                fs.sync_dir(parent).map_err(|e| StorageError::io(parent, e))?;
-            }
-        }
+        // A new directory's name (and its parents') is made durable, else a
+        // power loss could drop it and the data later fsynced inside it.
+        fs.create_dir_all_durable(dir).map_err(|e| StorageError::io(dir, e))?;
         let limits = config.limits();
         let names = fs.list_dir(dir).map_err(|e| StorageError::io(dir, e))?;
         let mut bases = Vec::new();

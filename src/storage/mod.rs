@@ -12,6 +12,7 @@ pub mod index;
 pub mod log;
 pub mod producer;
 pub mod segment;
+pub mod simfs;
 pub mod verify;
 
 use std::path::PathBuf;
