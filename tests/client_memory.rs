@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -35,9 +34,8 @@ fn serve(dir: &std::path::Path, config: &str) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    (child, line.trim().rsplit(' ').next().unwrap().to_string())
+    let addr = common::process::listening(&mut child);
+    (child, addr)
 }
 
 /// A `/proc/PID/status` field in MiB (VmRSS, VmHWM, RssAnon, ...).
@@ -102,7 +100,10 @@ async fn millions_of_empty_records_are_refused_before_they_are_decoded() {
     let path = http::uri::PathAndQuery::from_static("/strata.v1.Broker/Produce");
     let status = grpc.unary(tonic::Request::new(Bytes::from(body)), path, RawCodec).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    assert!(status.message().contains("8000000 records") && status.message().contains("produce_records_max"), "{status:?}");
+    assert!(
+        status.message().contains("8000000 records") && status.message().contains("produce_records_max"),
+        "{status:?}"
+    );
     let peak = status_mib(broker.id(), "VmHWM");
     eprintln!("peak RSS after the 8,000,000-record request: {peak:.0} MiB");
     assert!(peak < 300.0, "the broker decoded the request: peak RSS {peak:.0} MiB");

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use common::process::{kill9, run, serve};
 use strata::proto::broker_client::BrokerClient;
 use strata::proto::{self};
+use strata::storage::simfs::Rng;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
@@ -38,19 +39,6 @@ struct Ledger {
     commits: HashMap<Tp, (Option<u64>, Vec<u64>)>,
     records_acked: u64,
     commits_acked: u64,
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 async fn connect(url: &str) -> Option<BrokerClient<Channel>> {
@@ -80,7 +68,7 @@ async fn producer(
     let Some(mut c) = connect(&url).await else {
         return (acked, sent);
     };
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut seq = 0;
     while !stop.load(Ordering::Relaxed) {
         let (topic, _) = TOPICS[rng.below(2) as usize];
@@ -140,7 +128,7 @@ async fn stream_producer(url: String, stop: Arc<AtomicBool>, seed: u64) -> (Vec<
     let Some(mut c) = connect(&url).await else {
         return (acked, sent);
     };
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let (tx, rx) = tokio::sync::mpsc::channel::<proto::ProduceRequest>(64);
     let mut pending: HashMap<u64, Vec<Bytes>> = HashMap::new();
     let Ok(resp) = c.produce_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await else {
@@ -206,7 +194,7 @@ async fn idempotent_producer(
     let Some(mut c) = connect(&url).await else {
         return (state, acked, sent);
     };
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     if state.producer_id.is_none() {
         match c.init_producer(proto::InitProducerRequest {}).await {
             Ok(r) => state.producer_id = Some(r.into_inner().producer_id),
@@ -259,7 +247,7 @@ async fn idempotent_producer(
 async fn committing_consumer(url: String, stop: Arc<AtomicBool>, seed: u64) -> Vec<(Tp, u64, bool)> {
     let mut log = Vec::new();
     let Some(mut c) = connect(&url).await else { return log };
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     while !stop.load(Ordering::Relaxed) {
         let (topic, partitions) = TOPICS[rng.below(2) as usize];
         let partition = rng.below(partitions as u64) as u32;
@@ -366,7 +354,7 @@ async fn nothing_acknowledged_is_lost_across_repeated_sigkills() {
     let cwd = dir.path().to_path_buf();
     let mut ledger = Ledger::default();
     let mut idem = Idempotent { producer_id: None, sequence: 0, unacked: None };
-    let mut rng = Rng(0x5eed_1234_abcd_ef01);
+    let mut rng = Rng::new(0x5eed_1234_abcd_ef01);
     let (mut kills, mut clean_stops) = (0u64, 0u64);
     let (mut broker, mut url) = serve(&cwd);
     {
@@ -382,7 +370,7 @@ async fn nothing_acknowledged_is_lost_across_repeated_sigkills() {
     }
     for cycle in 0..cycles {
         let stop = Arc::new(AtomicBool::new(false));
-        let seed = rng.next();
+        let seed = rng.next_u64();
         let producers: Vec<_> = (0..3u64)
             .map(|i| tokio::spawn(producer(url.clone(), format!("c{cycle}p{i}"), i % 2 == 0, stop.clone(), seed ^ i)))
             .collect();

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -31,9 +30,7 @@ async fn out_of_descriptors_the_broker_backs_off_and_answers_resource_exhausted(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    let addr = common::process::listening(&mut child);
     let mut c = strata::proto::broker_client::BrokerClient::connect(format!("http://{addr}")).await.unwrap();
     c.list_topics(proto::ListTopicsRequest::default()).await.unwrap();
     // More connections than the broker has descriptors left: the kernel

@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -106,10 +106,9 @@ fn serve(data: &Path) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.contains("listening"), "the broker must start, even on a full disk: {line:?}");
-    (child, format!("http://{}", line.trim().rsplit(' ').next().unwrap()))
+    // It must start, even on a full disk.
+    let addr = common::process::listening(&mut child);
+    (child, format!("http://{addr}"))
 }
 
 fn alive(child: &mut Child) -> bool {

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use strata::storage::batch::{self, Record};
-use strata::storage::simfs::{Loss, SimFs};
+use strata::storage::simfs::{Loss, Rng, SimFs};
 use strata::storage::{FlushPolicy, Log, LogConfig, ManualClock, StorageError};
 
 const T0: i64 = 1_700_000_000_000;
@@ -33,20 +33,6 @@ const DIR: &str = "/data/topic/0";
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 fn config(flush: FlushPolicy, retention: bool) -> LogConfig {
@@ -78,7 +64,7 @@ fn value(seed: u64, offset: u64, len: usize) -> Bytes {
 
 /// Runs the workload until it is done or the machine stops.
 fn workload(fs: &SimFs, clock: &ManualClock, seed: u64, flush: FlushPolicy, retention: bool) -> Ledger {
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::new(seed);
     let mut ledger = Ledger::default();
     let Ok(log) = Log::open(Path::new(DIR), Arc::new(fs.clone()), Arc::new(clock.clone()), config(flush, retention))
     else {
@@ -154,7 +140,9 @@ fn check(log: &Log, ledger: &Ledger, must_have_acked: bool, what: &str) {
     while next < end {
         let read = match log.read(next, 1 << 16) {
             Ok(r) => r,
-            Err(StorageError::OffsetOutOfRange { .. }) => panic!("{what}: offset {next} in [{start}, {end}) out of range"),
+            Err(StorageError::OffsetOutOfRange { .. }) => {
+                panic!("{what}: offset {next} in [{start}, {end}) out of range")
+            }
             Err(e) => panic!("{what}: read of {next} failed: {e}"),
         };
         assert!(!read.batches.is_empty(), "{what}: nothing at {next} below the high watermark {end}");
@@ -181,7 +169,10 @@ fn check(log: &Log, ledger: &Ledger, must_have_acked: bool, what: &str) {
         for &(first, last) in &ledger.acked {
             if last >= ledger.log_start {
                 assert!(last < end, "{what}: acknowledged offsets {first}..={last} lost (log ends at {end})");
-                assert!(start <= first.max(ledger.log_start), "{what}: acknowledged offset {first} below the log start {start}");
+                assert!(
+                    start <= first.max(ledger.log_start),
+                    "{what}: acknowledged offset {first} below the log start {start}"
+                );
             }
         }
     }
@@ -218,7 +209,8 @@ fn simulate(flush: FlushPolicy, retention: bool) -> u64 {
             let clock = ManualClock::new(T0);
             fs.crash_after(n);
             let ledger = workload(&fs, &clock, seed, flush, retention);
-            let what = |kind: &str| format!("{flush} retention={retention} seed {seed}, crash at op {n} of {total}, {kind}");
+            let what =
+                |kind: &str| format!("{flush} retention={retention} seed {seed}, crash at op {n} of {total}, {kind}");
             let always = flush == FlushPolicy::Always;
             reopen_and_check(fs.power_loss(Loss::Strict), &clock, flush, &ledger, always, &what("power loss"));
             let chaos = Loss::Chaos(seed * 1_000_003 + n);

@@ -24,7 +24,7 @@ use strata::broker::{Broker, Position, ProduceRequest};
 use strata::config::BrokerConfig;
 use strata::group::offsets::Committed;
 use strata::storage::batch::Record;
-use strata::storage::simfs::{Loss, SimFs};
+use strata::storage::simfs::{Loss, Rng, SimFs};
 use strata::storage::{Clock, ManualClock};
 
 const T0: i64 = 1_700_000_000_000;
@@ -32,20 +32,6 @@ const TOPICS: [&str; 3] = ["orders", "logs.never", "audit"];
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 fn config() -> BrokerConfig {
@@ -80,7 +66,7 @@ struct Ledger {
 }
 
 async fn workload(broker: &Arc<Broker>, fs: &SimFs, clock: &ManualClock, seed: u64) -> Ledger {
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::new(seed);
     let mut ledger = Ledger::default();
     for name in TOPICS {
         ledger.topics.insert(name.to_string(), Known::Gone);
@@ -138,14 +124,25 @@ async fn workload(broker: &Arc<Broker>, fs: &SimFs, clock: &ManualClock, seed: u
                 let partitions = broker.topic(&name).unwrap().partitions.len() as u32;
                 let partition = rng.below(partitions as u64) as u32;
                 let values: Vec<Bytes> = (0..1 + rng.below(3))
-                    .map(|i| Bytes::from(format!("{name}/{generation}/{}-{i}-{}", rng.next(), "x".repeat(rng.below(200) as usize))))
+                    .map(|i| {
+                        Bytes::from(format!(
+                            "{name}/{generation}/{}-{i}-{}",
+                            rng.next_u64(),
+                            "x".repeat(rng.below(200) as usize)
+                        ))
+                    })
                     .collect();
                 let records = values
                     .iter()
                     .map(|v| Record { value: v.clone(), timestamp_ms: clock.now_ms(), ..Record::default() })
                     .collect();
-                let request =
-                    ProduceRequest { topic: name.clone(), partition: Some(partition), records, producer: None, batch: None };
+                let request = ProduceRequest {
+                    topic: name.clone(),
+                    partition: Some(partition),
+                    records,
+                    producer: None,
+                    batch: None,
+                };
                 let Ok(pending) = broker.produce_pending(request).await else { continue };
                 let produced = ledger.produced.entry((name.clone(), generation)).or_default();
                 match pending.wait().await {

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,9 +27,7 @@ async fn a_broker_with_a_broken_stderr_serves_retains_commits_and_stops_cleanly(
         .unwrap();
     // Nobody reads the broker's stderr any more: every write to it fails.
     drop(child.stderr.take());
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = format!("http://{}", line.trim().rsplit(' ').next().unwrap());
+    let url = format!("http://{}", common::process::listening(&mut child));
     let mut c = strata::proto::broker_client::BrokerClient::connect(url).await.unwrap();
 
     let config = [("segment.bytes", "1024"), ("retention.ms", "1")].map(|(k, v)| (k.to_string(), v.to_string()));

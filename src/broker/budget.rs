@@ -93,9 +93,12 @@ impl RequestBudget {
                 self.total
             )));
         }
-        let permit = self.permits.clone().acquire_many_owned(bytes.max(1) as u32).await.map_err(|_| {
-            BrokerError::ShuttingDown
-        })?;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_many_owned(bytes.max(1) as u32)
+            .await
+            .map_err(|_| BrokerError::ShuttingDown)?;
         Ok(BudgetPermit(Some(permit)))
     }
 }

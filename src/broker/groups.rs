@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::names;
 use super::budget::BudgetPermit;
+use super::names;
 use super::subscription::{stream_partition, Delivery, SubscriptionEvent, SubscriptionItem};
 use super::{Broker, BrokerError, Position, Result};
 use crate::group::offsets::{Committed, OffsetStore};

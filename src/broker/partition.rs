@@ -232,7 +232,9 @@ impl Partition {
                     this.high_watermark.send_replace(this.log.high_watermark());
                 }
                 Ok(false) => {}
-                Err(e) => tracing::warn!(topic = %this.topic, partition = this.id, error = %e, "the log stays poisoned"),
+                Err(e) => {
+                    tracing::warn!(topic = %this.topic, partition = this.id, error = %e, "the log stays poisoned")
+                }
             }
         });
     }

@@ -66,4 +66,3 @@ fn configure(stream: &TcpStream) {
     let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE);
     let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
-

@@ -152,7 +152,11 @@ where
 /// Any other method: its one request message read under the limits, then
 /// the call to tonic's route with the message as a complete body. The
 /// request's share of the budget is held until the handler is done.
-async fn buffered<S>(mut inner: S, request: http::Request<Body>, limits: RequestLimits) -> Result<http::Response<Body>, Infallible>
+async fn buffered<S>(
+    mut inner: S,
+    request: http::Request<Body>,
+    limits: RequestLimits,
+) -> Result<http::Response<Body>, Infallible>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
 {
@@ -168,7 +172,11 @@ where
 
 /// Runs the Subscribe handler and streams its answer; each message keeps
 /// its share of the stream's budget until hyper has all of it.
-async fn subscribe(service: BrokerService, request: http::Request<Body>, limits: RequestLimits) -> Result<Framed, Status> {
+async fn subscribe(
+    service: BrokerService,
+    request: http::Request<Body>,
+    limits: RequestLimits,
+) -> Result<Framed, Status> {
     let (request, _permit) = decode_request::<proto::SubscribeRequest>(request, limits).await?;
     let stream = service.subscribe_budgeted(request.into_inner())?;
     Ok(Box::pin(stream.map(|m| {
@@ -189,7 +197,11 @@ async fn fetch(service: BrokerService, request: http::Request<Body>, limits: Req
 }
 
 /// Runs the Produce handler on a request decoded from its frames.
-async fn produce(service: BrokerService, request: http::Request<Body>, limits: RequestLimits) -> Result<Framed, Status> {
+async fn produce(
+    service: BrokerService,
+    request: http::Request<Body>,
+    limits: RequestLimits,
+) -> Result<Framed, Status> {
     let (parts, body) = request.into_parts();
     let mut reader = MessageReader::new(body, limits);
     let (message, _permit) = reader.only::<proto::ProduceRequest>(count_produce).await?;
@@ -403,7 +415,8 @@ impl MessageReader {
             }
         }
         let heavy = len >= DECODE_INLINE_BYTES_MAX || counts.records >= DECODE_INLINE_RECORDS_MAX;
-        let decoded = if heavy { in_place(|| decode::<M>(&mut self.frames, len)) } else { decode(&mut self.frames, len) };
+        let decoded =
+            if heavy { in_place(|| decode::<M>(&mut self.frames, len)) } else { decode(&mut self.frames, len) };
         Ok(match decoded {
             Ok(m) => Read::Message(m, permit),
             Err(status) => Read::Refused(status),

@@ -108,7 +108,10 @@ impl BrokerService {
 }
 
 /// A ProduceStream response: the results, or the error in its fields.
-fn produce_response(request_id: u64, result: Result<Vec<crate::broker::ProduceResult>, Status>) -> proto::ProduceResponse {
+fn produce_response(
+    request_id: u64,
+    result: Result<Vec<crate::broker::ProduceResult>, Status>,
+) -> proto::ProduceResponse {
     match result {
         Ok(results) => {
             proto::ProduceResponse { results: convert::produce_results(results), request_id, ..Default::default() }

@@ -1029,7 +1029,8 @@ impl Log {
         if w.closed || lock(&self.sync).in_progress {
             return Ok(false);
         }
-        let poisoned = |why: String| StorageError::Poisoned { path: self.dir.clone(), reason: format!("{reason}; {why}") };
+        let poisoned =
+            |why: String| StorageError::Poisoned { path: self.dir.clone(), reason: format!("{reason}; {why}") };
         // Recovery must check everything after the durable point: the
         // bytes written after it are in doubt.
         let durable_only = Checkpoint { same_boot: None, ..w.last_durable.clone() };
@@ -1051,7 +1052,8 @@ impl Log {
         let epoch = w.epoch + 1;
         *w = writer.into_inner().unwrap_or_else(|e| e.into_inner());
         w.epoch = epoch;
-        *self.segments.write().unwrap_or_else(|e| e.into_inner()) = segments.into_inner().unwrap_or_else(|e| e.into_inner());
+        *self.segments.write().unwrap_or_else(|e| e.into_inner()) =
+            segments.into_inner().unwrap_or_else(|e| e.into_inner());
         self.log_start_offset.store(log_start_offset.into_inner(), Ordering::Release);
         self.high_watermark.store(high_watermark.into_inner(), Ordering::Release);
         {

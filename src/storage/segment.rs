@@ -595,8 +595,8 @@ impl Segment {
                 let read = self.read(h.base_offset, h.total_len, bounds)?;
                 if let SegmentRead::Batches(batches) = read {
                     for b in batches.iter().take(1) {
-                        let records = batch::decode_records(b)
-                            .map_err(|e| self.corrupt(pos, h.base_offset, e.to_string()))?;
+                        let records =
+                            batch::decode_records(b).map_err(|e| self.corrupt(pos, h.base_offset, e.to_string()))?;
                         if let Some(r) = records.iter().find(|r| r.timestamp_ms >= timestamp_ms) {
                             return Ok(Some(r.offset));
                         }

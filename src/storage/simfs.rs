@@ -126,20 +126,30 @@ fn names(path: &Path) -> Vec<String> {
         .collect()
 }
 
-struct Rng(u64);
+/// The simulations' deterministic random numbers (xorshift64): the same
+/// seed gives the same workload, crash image and chaos every run.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    /// Any seed (0 included) gives a usable generator.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
-    fn below(&mut self, n: u64) -> u64 {
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
         } else {
-            self.next() % n
+            self.next_u64() % n
         }
     }
 }
@@ -234,9 +244,9 @@ impl SimFs {
     /// The image a power loss would leave now: a new machine (another boot)
     /// whose files hold what was made durable, plus what `loss` lets survive.
     pub fn power_loss(&self, loss: Loss) -> SimFs {
-        let mut rng = Rng(match loss {
+        let mut rng = Rng::new(match loss {
             Loss::Strict => 1,
-            Loss::Chaos(seed) => seed | 1,
+            Loss::Chaos(seed) => seed,
         });
         let root = rebuild_durable(&self.machine.root, loss, &mut rng);
         SimFs::with_root(root, self.machine.boot + 1)

@@ -21,11 +21,16 @@ pub fn serve_on(cwd: &Path, listen: &str) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.contains("listening"), "broker did not start: {line:?}");
-    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    let addr = listening(&mut child);
     (child, format!("http://{addr}"))
+}
+
+/// Waits for a `strata serve` child (stdout piped) to say where it listens.
+pub fn listening(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout piped")).read_line(&mut line).unwrap();
+    assert!(line.contains("listening"), "the broker did not start: {line:?}");
+    line.trim().rsplit(' ').next().unwrap().to_string()
 }
 
 pub fn run(cwd: &Path, server: &str, line: &str) -> (bool, String, String) {
