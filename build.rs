@@ -10,7 +10,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptor_path = out_dir.join("strata_descriptor.bin");
     std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&fds))?;
     // The codec reserves each message's size before encoding (see
-    // src/proto_codec.rs).
-    tonic_prost_build::configure().bytes(".").codec_path("crate::proto_codec::StrataCodec").compile_fds(fds)?;
+    // src/listener/grpc/codec.rs).
+    tonic_prost_build::configure()
+        .bytes(".")
+        .codec_path("crate::listener::grpc::codec::StrataCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

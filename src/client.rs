@@ -5,11 +5,11 @@
 //! the CPU of a page-cache read), and copies every request into one buffer
 //! before sending it (for a raw produce of client-encoded batches, 17% of
 //! the CPU). Here a request with a `record_batch` goes out as body chunks
-//! that share the batch's bytes (`proto_codec::frame_message`), and
+//! that share the batch's bytes (`listener::grpc::codec::frame_message`), and
 //! response frames are kept as they arrive, in a queue of shared buffers,
 //! from which prost decodes each `record_batches` entry as a slice of the
 //! frame holding it (the broker sends each large batch as a frame of its
-//! own: `server::push`). A message split across frames still decodes; only
+//! own: `listener::grpc::routes`). A message split across frames still decodes; only
 //! a batch that straddles two frames is copied. The wire format is plain
 //! gRPC: these talk to any strata broker, and tonic's client reads the same.
 
@@ -26,8 +26,8 @@ use tonic::body::Body;
 use tonic::transport::Channel;
 use tonic::Status;
 
+use crate::listener::grpc::codec::{frame_message, frame_plain, Frames};
 use crate::proto;
-use crate::proto_codec::{frame_message, frame_plain, Frames};
 
 /// The gRPC paths these calls use.
 const SUBSCRIBE_PATH: &str = "/strata.v1.Broker/Subscribe";
@@ -211,7 +211,7 @@ impl<M: Message + Default> MessageStream<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::push::frame_subscribe_response;
+    use crate::listener::grpc::routes::frame_subscribe_response;
 
     fn sample() -> proto::SubscribeResponse {
         proto::SubscribeResponse {

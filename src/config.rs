@@ -1,24 +1,155 @@
-//! Broker and topic configuration: every limit explicit, units in the names.
+//! Broker and topic configuration, and every limit: each has its unit in
+//! its name (or is a `Duration`), and a "why" where it is not obvious.
+//! Settings a user can change are fields of [`BrokerConfig`] (the TOML file
+//! of `strata serve --config`) or [`TopicConfig`] (topic config keys);
+//! the constants below are fixed at build time.
 //!
 //! Topic config keys (spec names): `retention.ms`, `retention.bytes`,
 //! `segment.bytes`, `segment.ms`, `max.record.bytes`, `timestamp.type`,
 //! `cleanup.policy`, `flush.policy`. Broker defaults apply to every topic
-//! that does not override them.
+//! that does not override them. The keys keep Kafka's -1 for "no limit";
+//! inside the code that is `None`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::storage::{FlushPolicy, LogConfig};
 
+// ---- Topics and records ----
+
 /// Smallest segment allowed (spec: 1 KiB).
 pub const SEGMENT_BYTES_MIN: u64 = 1024;
 /// Largest segment: index positions are 32-bit.
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
+/// Largest `max.record.bytes` a topic may set.
+pub const RECORD_BYTES_MAX_LIMIT: usize = 64 << 20;
 /// Header entries per record, so a hostile header map stays bounded.
 pub const HEADERS_PER_RECORD_MAX: usize = 256;
+/// Most partitions one topic may have.
+pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
+/// Longest topic or group name (Kafka's).
+pub const NAME_BYTES_MAX: usize = 249;
+
+// ---- Fetch and push ----
+
+/// Most records one fetch returns, and the default when a request says 0.
+pub const FETCH_RECORDS_MAX: usize = 100_000;
+pub const FETCH_RECORDS_DEFAULT: usize = 1000;
+/// Bytes per fetch when a request says 0.
+pub const FETCH_BYTES_DEFAULT: usize = 1 << 20;
+/// Longest long poll.
+pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(60);
+/// Records per push message of a per-record subscription.
+pub const PUSH_RECORDS_MAX: usize = 1000;
+/// Bytes per push message of a per-record subscription (about).
+pub const PUSH_BYTES_MAX: usize = 1 << 20;
+/// Bytes per push message of a raw subscription (about). Measured on a
+/// 2-core VM reading 3 GB from the page cache: 2 MiB gave about 10% more
+/// than 1 MiB and 15% more than 4 MiB (bigger messages wait longer to be
+/// read, encoded and sent before the next can overlap them).
+pub const PUSH_RAW_BYTES_MAX: usize = 2 << 20;
+
+// ---- Produce ----
+
+/// Produce requests one ProduceStream may have in flight (awaiting fsync).
+pub const PRODUCE_STREAM_IN_FLIGHT_MAX: usize = 256;
+/// Decoded size of one produced record beyond its encoded bytes (the
+/// structs around key, value and headers), for the request budget: a
+/// request of millions of empty records is small on the wire and huge
+/// once decoded.
+pub const DECODED_RECORD_BYTES: usize = 256;
+/// Decoded size of one record header beyond its encoded bytes.
+pub const DECODED_HEADER_BYTES: usize = 128;
+/// Requests at least this large (or with this many records) are decoded
+/// where blocking is fine, not on an async worker other connections share.
+pub const DECODE_INLINE_BYTES_MAX: usize = 1 << 20;
+pub const DECODE_INLINE_RECORDS_MAX: usize = 10_000;
+/// How long a request that holds its bytes' share of the request budget
+/// waits for the share its decoding needs before it is refused (waiting
+/// without end could deadlock requests that hold each other's shares).
+pub const DECODE_BUDGET_WAIT: Duration = Duration::from_secs(1);
+/// Idempotent producers remembered per partition (the least recently
+/// active is forgotten), and batches remembered per producer (Kafka's 5).
+pub const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
+pub const BATCHES_PER_PRODUCER: usize = 5;
+/// Producer ids reserved on disk at a time.
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
+
+// ---- Consumer groups ----
+
+/// Session timeouts a member may ask for, and the default.
+pub const SESSION_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+pub const SESSION_TIMEOUT_MIN: Duration = Duration::from_millis(100);
+pub const SESSION_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
+/// How often expired sessions are looked for.
+pub const SESSION_EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// How often a group Subscribe stream refreshes its member's heartbeat.
+pub const STREAM_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Segment size of the internal offsets log, and how many segments it may
+/// have before the live offsets are restated as a snapshot.
+pub const OFFSETS_SEGMENT_BYTES: u64 = 8 << 20;
+pub const OFFSETS_COMPACT_SEGMENTS: usize = 4;
+/// Records and bytes (about) per batch of an offsets snapshot.
+pub const OFFSETS_SNAPSHOT_BATCH_RECORDS_MAX: usize = 1000;
+pub const OFFSETS_SNAPSHOT_BATCH_BYTES_MAX: usize = 1 << 20;
+
+// ---- Storage ----
+
+/// Largest batch the format allows; a length field above it is corruption.
+pub const BATCH_BYTES_LIMIT: usize = 256 << 20;
+/// One index entry about every this many bytes of log.
+pub const INDEX_INTERVAL_BYTES: u64 = 4096;
+/// Index entries preallocated for one segment at most.
+pub const INDEX_ENTRIES_MAX: u64 = 1 << 20;
+/// Reads below this size are copied with `pread`; larger ones are mapped
+/// (the mapping's setup and teardown would cost more than the copy).
+pub const MAPPED_READ_BYTES_MIN: usize = 256 << 10;
+/// Recovery checkpoint hints written at once by one checkpoint pass. A
+/// pass over 100 busy partitions one at a time took 0.1-0.5 s during a
+/// write burst (each hint is a small file replaced by rename), which
+/// stretched the interval and so what recovery after a crash rescans.
+pub const CHECKPOINT_WRITES_IN_FLIGHT: usize = 8;
+/// How often the broker finishes rolls, runs interval flushes and starts
+/// checkpoint passes.
+pub const BACKGROUND_TICK: Duration = Duration::from_millis(50);
+/// Pause before a background loop that panicked runs again, so a panic on
+/// every pass logs a line a second instead of spinning.
+pub const BACKGROUND_RESTART_DELAY: Duration = Duration::from_secs(1);
+
+// ---- Listeners ----
+
+/// Pause after an accept fails for lack of descriptors or memory: the
+/// connections wait in the kernel's backlog meanwhile.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one warning this often while accepts keep failing.
+pub const ACCEPT_WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// TCP keepalive on accepted sockets: finds peers that vanished without
+/// a FIN (HTTP/2 pings find them sooner on busy connections).
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// HTTP/2 keepalive pings, and how long a ping may go unanswered.
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 windows the broker grants: per stream and per connection.
+pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 1 << 20;
+pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
+/// Largest HTTP/2 frame: a 1 MiB produce or fetch is a few frames, not 64.
+pub const HTTP2_FRAME_BYTES_MAX: u32 = 1 << 20;
+/// Largest body chunk handed to hyper at once. hyper takes a chunk as
+/// soon as the stream has any send capacity and buffers what exceeds it,
+/// so this bounds what a stalled client makes the broker buffer. 256 KiB
+/// cost 10% of raw Subscribe throughput (a DATA frame and writev each);
+/// the frame size costs nothing measurable.
+pub const PUSH_CHUNK_BYTES_MAX: usize = 1 << 20;
+/// Stored batches smaller than this are copied next to their protobuf
+/// field header instead of going out as a chunk of their own: each chunk
+/// is an HTTP/2 DATA frame and a write, which costs more than a few KiB.
+pub const PUSH_SHARED_BATCH_BYTES_MIN: usize = 16 << 10;
+/// How long a graceful stop waits for in-flight requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Which time a record is stored with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,10 +163,13 @@ pub enum TimestampType {
 /// Per-topic settings; the effective config is broker defaults + overrides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicConfig {
-    pub retention_ms: i64,
-    pub retention_bytes: i64,
+    /// `retention.ms`; `None` (-1) keeps records forever.
+    pub retention_age: Option<Duration>,
+    /// `retention.bytes`; `None` (-1) is unlimited.
+    pub retention_bytes: Option<u64>,
     pub segment_bytes: u64,
-    pub segment_ms: i64,
+    /// `segment.ms`.
+    pub segment_age: Duration,
     pub record_bytes_max: usize,
     pub timestamp_type: TimestampType,
     pub flush: FlushPolicy,
@@ -43,11 +177,12 @@ pub struct TopicConfig {
 
 impl Default for TopicConfig {
     fn default() -> Self {
+        let week = Duration::from_secs(7 * 24 * 3600);
         TopicConfig {
-            retention_ms: 7 * 24 * 3600 * 1000,
-            retention_bytes: -1,
+            retention_age: Some(week),
+            retention_bytes: None,
             segment_bytes: 128 << 20,
-            segment_ms: 7 * 24 * 3600 * 1000,
+            segment_age: week,
             record_bytes_max: 1 << 20,
             timestamp_type: TimestampType::Create,
             flush: FlushPolicy::Always,
@@ -67,6 +202,15 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "timestamp.type",
 ];
 
+/// -1 (Kafka's "no limit") as `None`.
+fn unlimited(v: i64) -> Option<u64> {
+    (v >= 0).then_some(v as u64)
+}
+
+fn ms_or_unlimited(d: Option<Duration>) -> String {
+    d.map_or("-1".to_string(), |d| d.as_millis().to_string())
+}
+
 impl TopicConfig {
     /// Applies `key = value`; the error names the key, the value and what is allowed.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
@@ -79,8 +223,8 @@ impl TopicConfig {
                 .ok_or_else(|| format!("config {key}={value:?}: expected an integer >= {min}"))
         };
         match key {
-            "retention.ms" => self.retention_ms = int(-1)?,
-            "retention.bytes" => self.retention_bytes = int(-1)?,
+            "retention.ms" => self.retention_age = unlimited(int(-1)?).map(Duration::from_millis),
+            "retention.bytes" => self.retention_bytes = unlimited(int(-1)?),
             "segment.bytes" => {
                 let v = int(SEGMENT_BYTES_MIN as i64)?;
                 if v as u64 > SEGMENT_BYTES_MAX {
@@ -88,11 +232,11 @@ impl TopicConfig {
                 }
                 self.segment_bytes = v as u64;
             }
-            "segment.ms" => self.segment_ms = int(1)?,
+            "segment.ms" => self.segment_age = Duration::from_millis(int(1)? as u64),
             "max.record.bytes" => {
                 let v = int(1)?;
-                if v > 64 << 20 {
-                    return Err(format!("config {key}={value:?}: at most {} bytes", 64 << 20));
+                if v as usize > RECORD_BYTES_MAX_LIMIT {
+                    return Err(format!("config {key}={value:?}: at most {RECORD_BYTES_MAX_LIMIT} bytes"));
                 }
                 self.record_bytes_max = v as usize;
             }
@@ -129,10 +273,10 @@ impl TopicConfig {
         m.insert("cleanup.policy".into(), "delete".into());
         m.insert("flush.policy".into(), self.flush.to_string());
         m.insert("max.record.bytes".into(), self.record_bytes_max.to_string());
-        m.insert("retention.bytes".into(), self.retention_bytes.to_string());
-        m.insert("retention.ms".into(), self.retention_ms.to_string());
+        m.insert("retention.bytes".into(), self.retention_bytes.map_or("-1".into(), |b| b.to_string()));
+        m.insert("retention.ms".into(), ms_or_unlimited(self.retention_age));
         m.insert("segment.bytes".into(), self.segment_bytes.to_string());
-        m.insert("segment.ms".into(), self.segment_ms.to_string());
+        m.insert("segment.ms".into(), self.segment_age.as_millis().to_string());
         let ts = match self.timestamp_type {
             TimestampType::Create => "create",
             TimestampType::Append => "append",
@@ -145,8 +289,8 @@ impl TopicConfig {
     pub fn log_config(&self, request_bytes_max: usize) -> LogConfig {
         LogConfig {
             segment_bytes: self.segment_bytes,
-            segment_ms: self.segment_ms,
-            retention_ms: self.retention_ms,
+            segment_age: self.segment_age,
+            retention_age: self.retention_age,
             retention_bytes: self.retention_bytes,
             batch_bytes_max: request_bytes_max + (64 << 10),
             flush: self.flush,
@@ -160,14 +304,14 @@ impl TopicConfig {
 pub struct BrokerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
-    /// Largest gRPC request accepted (spec default 16 MiB).
+    /// Largest request accepted (spec default 16 MiB).
     pub request_bytes_max: usize,
     /// How often retention runs (`retention.check.interval.ms`).
-    pub retention_check_interval_ms: u64,
+    pub retention_check_interval: Duration,
     /// How often dirty partitions write a recovery checkpoint: after a
     /// crash, recovery rescans what was written since (with 100 busy
     /// partitions, 1 s of a 400 MB/s burst doubled the time to ready).
-    pub checkpoint_interval_ms: u64,
+    pub checkpoint_interval: Duration,
     /// How long a segment rolled under `never` or `interval` waits for its
     /// background fsync. The kernel writes dirty pages back by itself after
     /// 30 s (`vm.dirty_expire_centisecs`), or sooner under memory pressure,
@@ -176,7 +320,7 @@ pub struct BrokerConfig {
     /// of its throughput on the 2-core CI machine. The price: after a power
     /// loss (never after a process crash) recovery rescans up to this much
     /// of the newest appends.
-    pub rolled_segment_sync_delay_ms: u64,
+    pub rolled_segment_sync_delay: Duration,
     /// Partitions of a topic created without a count.
     pub default_partitions: u32,
     /// Bytes of requests being received or decoded at once, every
@@ -187,7 +331,7 @@ pub struct BrokerConfig {
     /// A request must arrive whole within this long of its first byte; a
     /// client that stalls half way gets DEADLINE_EXCEEDED and gives its
     /// share of the budget back.
-    pub request_read_timeout_ms: u64,
+    pub request_read_timeout: Duration,
     /// Most records one produce request may carry: each costs a few hundred
     /// bytes once decoded, so 16 MiB of empty records would take gigabytes.
     pub produce_records_max: usize,
@@ -196,7 +340,7 @@ pub struct BrokerConfig {
     pub stream_buffer_bytes_max: usize,
     /// How often a log that an I/O error poisoned (it refuses writes) is
     /// tried again: reopened in place once the fault has cleared.
-    pub poisoned_log_retry_ms: u64,
+    pub poisoned_log_retry: Duration,
     /// Largest metadata string a committed offset may carry (Kafka's
     /// `offset.metadata.max.bytes`); every commit is kept in memory and
     /// restated by each snapshot of the offsets log.
@@ -211,16 +355,16 @@ impl Default for BrokerConfig {
             data_dir: PathBuf::from("./data"),
             listen: "127.0.0.1:50051".parse().expect("valid address"),
             request_bytes_max: 16 << 20,
-            retention_check_interval_ms: 5000,
-            checkpoint_interval_ms: 250,
-            rolled_segment_sync_delay_ms: 30_000,
+            retention_check_interval: Duration::from_secs(5),
+            checkpoint_interval: Duration::from_millis(250),
+            rolled_segment_sync_delay: Duration::from_secs(30),
             default_partitions: 1,
-            offset_metadata_bytes_max: 4096,
-            poisoned_log_retry_ms: 5000,
             request_bytes_in_flight_max: 256 << 20,
-            request_read_timeout_ms: 30_000,
+            request_read_timeout: Duration::from_secs(30),
             produce_records_max: 200_000,
             stream_buffer_bytes_max: 2 << 20,
+            poisoned_log_retry: Duration::from_secs(5),
+            offset_metadata_bytes_max: 4096,
             topic_defaults: TopicConfig::default(),
         }
     }
@@ -228,6 +372,7 @@ impl Default for BrokerConfig {
 
 /// The TOML file of `strata serve --config`. Topic defaults use the topic
 /// config keys, quoted: `[topic_defaults] "retention.ms" = 86400000`.
+/// Settings named after Kafka's keep Kafka's (dotted) names.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
@@ -251,6 +396,11 @@ pub struct ConfigFile {
     pub topic_defaults: BTreeMap<String, toml::Value>,
 }
 
+/// At least 1 ms.
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v.max(1))
+}
+
 impl ConfigFile {
     pub fn parse(text: &str) -> Result<ConfigFile, String> {
         toml::from_str(text).map_err(|e| e.to_string())
@@ -271,13 +421,13 @@ impl ConfigFile {
             config.request_bytes_max = v;
         }
         if let Some(v) = self.retention_check_interval_ms {
-            config.retention_check_interval_ms = v.max(1);
+            config.retention_check_interval = ms(v);
         }
         if let Some(v) = self.checkpoint_interval_ms {
-            config.checkpoint_interval_ms = v.max(1);
+            config.checkpoint_interval = ms(v);
         }
         if let Some(v) = self.rolled_segment_sync_delay_ms {
-            config.rolled_segment_sync_delay_ms = v;
+            config.rolled_segment_sync_delay = Duration::from_millis(v);
         }
         if let Some(v) = self.default_partitions {
             if v == 0 {
@@ -301,10 +451,10 @@ impl ConfigFile {
             config.request_bytes_in_flight_max = v;
         }
         if let Some(v) = self.request_read_timeout_ms {
-            config.request_read_timeout_ms = v.max(1);
+            config.request_read_timeout = ms(v);
         }
         if let Some(v) = self.poisoned_log_retry_ms {
-            config.poisoned_log_retry_ms = v.max(1);
+            config.poisoned_log_retry = ms(v);
         }
         if let Some(v) = self.produce_records_max {
             config.produce_records_max = v.max(1);
@@ -335,6 +485,8 @@ mod tests {
         assert_eq!(map.keys().map(String::as_str).collect::<Vec<_>>(), TOPIC_CONFIG_KEYS);
         assert_eq!(TopicConfig::default().with(&map).unwrap(), c);
         assert_eq!(map["retention.ms"], "604800000");
+        let forever = TopicConfig::default().with(&[("retention.ms".into(), "-1".into())].into()).unwrap();
+        assert_eq!((forever.retention_age, forever.to_map()["retention.ms"].as_str()), (None, "-1"));
     }
 
     #[test]
@@ -356,9 +508,9 @@ mod tests {
         let mut c = BrokerConfig::default();
         f.apply(&mut c).unwrap();
         assert_eq!(c.listen.port(), 6000);
-        assert_eq!(c.retention_check_interval_ms, 100);
-        assert_eq!(c.rolled_segment_sync_delay_ms, 0);
-        assert_eq!(c.topic_defaults.retention_ms, 1000);
+        assert_eq!(c.retention_check_interval, Duration::from_millis(100));
+        assert_eq!(c.rolled_segment_sync_delay, Duration::ZERO);
+        assert_eq!(c.topic_defaults.retention_age, Some(Duration::from_secs(1)));
         assert_eq!(c.topic_defaults.flush, FlushPolicy::Never);
         assert!(ConfigFile::parse("bogus = 1").is_err());
     }

@@ -1,14 +1,19 @@
 //! strata: a durable, Kafka-style append-only log broker for one machine.
 //!
 //! Layers, each depending only on the ones below it:
-//! - [`server`]: the gRPC edge (tonic); translation only. Proto types stop here.
-//! - [`broker`]: topics registry, produce/fetch, subscriptions, background tasks.
+//! - [`server`]: the composition root: opens the broker, starts every listener.
+//! - [`listener`]: one module per protocol (gRPC now); translation only.
+//!   Proto types stop there (and in the clients).
+//! - [`broker`]: the one API every listener calls: topics, produce, fetch,
+//!   subscriptions, groups, budgets, background tasks.
 //! - [`storage`]: the synchronous log engine (segments, indexes, recovery);
 //!   no tokio, no tonic, no prost.
 //! - [`config`]: every limit, with units in the names.
 //!
+//! - [`group`]: consumer groups as pure state machines, committed offsets.
+//!
 //! The `strata` binary (`main.rs` and [`cli`]) sits on top; [`client`] is
-//! its zero-copy Subscribe reader.
+//! its zero-copy gRPC client, [`bench`] the load generator.
 
 pub mod bench;
 pub mod broker;
@@ -16,7 +21,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod group;
-pub mod proto_codec;
+pub mod listener;
 pub mod server;
 pub mod storage;
 

@@ -238,7 +238,7 @@ async fn a_poisoned_partition_serves_again_without_a_restart_once_the_fault_clea
     let fs = FaultyFs::default();
     let switch = fs.switch.clone();
     let mut config = config(dir.path());
-    config.poisoned_log_retry_ms = 50;
+    config.poisoned_log_retry = std::time::Duration::from_millis(50);
     let server = strata::server::start_with(config, Arc::new(fs), Arc::new(SystemClock)).await.unwrap();
     let mut c = client(&server).await;
     c.create_topic(proto::CreateTopicRequest {

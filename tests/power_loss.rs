@@ -39,7 +39,7 @@ fn config(flush: FlushPolicy, retention: bool) -> LogConfig {
     LogConfig {
         segment_bytes: 2048,
         index_interval_bytes: 256,
-        retention_ms: if retention { 20_000 } else { -1 },
+        retention_age: retention.then_some(std::time::Duration::from_secs(20)),
         flush,
         ..LogConfig::default()
     }

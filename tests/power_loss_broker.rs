@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use strata::broker::{Broker, Position, ProduceRequest};
+use strata::broker::{Broker, Caller, CommitOffsets, CreateTopic, FetchRequest, Fetched, Position, ProduceRequest};
 use strata::config::BrokerConfig;
 use strata::group::offsets::Committed;
 use strata::storage::batch::Record;
@@ -32,6 +32,10 @@ const TOPICS: [&str; 3] = ["orders", "logs.never", "audit"];
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn caller() -> Caller {
+    Caller::internal("power-loss test")
 }
 
 fn config() -> BrokerConfig {
@@ -89,14 +93,15 @@ async fn workload(broker: &Arc<Broker>, fs: &SimFs, clock: &ManualClock, seed: u
                 }
                 overrides.insert("segment.bytes".to_string(), "2048".to_string());
                 let partitions = 1 + rng.below(2) as u32;
-                let known = match broker.create_topic(&name, partitions, overrides).await {
+                let create = CreateTopic { name: name.clone(), partitions: Some(partitions), config: overrides };
+                let known = match broker.create_topic(&caller(), create).await {
                     Ok(_) => Known::Exists(generation),
                     Err(_) => Known::Unknown,
                 };
                 ledger.topics.insert(name, known);
             }
             2 if exists => {
-                let known = match broker.delete_topic(&name).await {
+                let known = match broker.delete_topic(&caller(), &name).await {
                     Ok(()) => Known::Gone,
                     Err(_) => Known::Unknown,
                 };
@@ -110,12 +115,18 @@ async fn workload(broker: &Arc<Broker>, fs: &SimFs, clock: &ManualClock, seed: u
                 let entry = ledger.commits.entry((name.clone(), partition)).or_default();
                 entry.1.push(offset);
                 let c = Committed { offset, metadata: format!("m{offset}") };
-                if broker.commit_offsets("g", "", 0, vec![(name.clone(), partition, c)]).is_ok() {
+                let commit = CommitOffsets {
+                    group: "g".into(),
+                    member_id: String::new(),
+                    generation: 0,
+                    offsets: vec![(name.clone(), partition, c)],
+                };
+                if broker.commit_offsets(&caller(), commit).is_ok() {
                     *entry = (Some(offset), Vec::new());
                 }
             }
             4 => {
-                if let Ok(id) = broker.init_producer() {
+                if let Ok(id) = broker.init_producer(&caller()) {
                     ledger.producer_ids.push(id);
                 }
             }
@@ -143,7 +154,7 @@ async fn workload(broker: &Arc<Broker>, fs: &SimFs, clock: &ManualClock, seed: u
                     producer: None,
                     batch: None,
                 };
-                let Ok(pending) = broker.produce_pending(request).await else { continue };
+                let Ok(pending) = broker.produce_pending(&caller(), request).await else { continue };
                 let produced = ledger.produced.entry((name.clone(), generation)).or_default();
                 match pending.wait().await {
                     Ok(results) => produced.push((partition, results[0].base_offset, values, true)),
@@ -167,7 +178,16 @@ async fn check(broker: &Arc<Broker>, ledger: &Ledger, process_crash: bool, what:
                 let always = !name.ends_with(".never") || process_crash;
                 let topic = broker.topic(name).unwrap();
                 for p in &topic.partitions {
-                    let read = broker.fetch(name, p.id, Position::Earliest, 100_000, 16 << 20, 0).await.unwrap();
+                    let fetch = FetchRequest {
+                        topic: name.clone(),
+                        partition: p.id,
+                        from: Position::Earliest,
+                        records_max: 100_000,
+                        bytes_max: 16 << 20,
+                        wait: std::time::Duration::ZERO,
+                        raw: false,
+                    };
+                    let Fetched::Records(read) = broker.fetch(&caller(), fetch).await.unwrap() else { unreachable!() };
                     assert_eq!(read.next_offset, read.high_watermark, "{what}: {name}/{}: one read gets all", p.id);
                     let got: Vec<(u64, Bytes)> = read.records.iter().map(|r| (r.offset, r.value.clone())).collect();
                     // Each stored record belongs to a produce to this
@@ -202,7 +222,7 @@ async fn check(broker: &Arc<Broker>, ledger: &Ledger, process_crash: bool, what:
         }
     }
     for ((topic, partition), (acked, later)) in &ledger.commits {
-        let got = broker.committed_offsets("g", Some(topic)).into_iter().find(|(_, p, _)| p == partition);
+        let got = broker.committed_offsets(&caller(), "g", Some(topic)).into_iter().find(|(_, p, _)| p == partition);
         let got = got.map(|(_, _, c)| c.offset);
         if let Some(acked) = acked {
             let ok = got == Some(*acked) || later.iter().any(|o| got == Some(*o));
@@ -210,7 +230,7 @@ async fn check(broker: &Arc<Broker>, ledger: &Ledger, process_crash: bool, what:
         }
     }
     if let Some(max) = ledger.producer_ids.iter().max() {
-        let id = broker.init_producer().unwrap();
+        let id = broker.init_producer(&caller()).unwrap();
         assert!(id > *max, "{what}: producer id {id} handed out again (had {max})");
     }
 }

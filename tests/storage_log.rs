@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -440,7 +441,7 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after_it() {
 fn retention_deletes_whole_old_segments_and_advances_log_start() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
-    let config = LogConfig { retention_ms: 60_000, ..small_config() };
+    let config = LogConfig { retention_age: Some(Duration::from_secs(60)), ..small_config() };
     let log = Log::open(dir.path(), Arc::new(StdFs), Arc::new(clock.clone()), config).unwrap();
     for i in 0..60u64 {
         log.append(&mut batch_of(i * 3, 3, 30, T0 + i as i64 * 1000)).unwrap();
@@ -454,7 +455,7 @@ fn retention_deletes_whole_old_segments_and_advances_log_start() {
     assert_prefix(&read_all(&log, start).unwrap(), 180 - start, 30);
 
     // By size: keep at most ~4 KiB.
-    log.set_config(LogConfig { retention_ms: -1, retention_bytes: 4096, ..config });
+    log.set_config(LogConfig { retention_age: None, retention_bytes: Some(4096), ..config });
     log.enforce_retention().unwrap();
     assert!(log.size_bytes() <= 4096 + 2048, "size {}", log.size_bytes());
     drop(log);
@@ -487,7 +488,7 @@ fn opening_a_thousand_segments_opens_only_the_last_two_indexes() {
 fn segment_ms_rolls_by_age() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
-    let config = LogConfig { segment_ms: 1000, ..LogConfig::default() };
+    let config = LogConfig { segment_age: Duration::from_secs(1), ..LogConfig::default() };
     let log = Log::open(dir.path(), Arc::new(StdFs), Arc::new(clock.clone()), config).unwrap();
     log.append(&mut batch_of(0, 1, 10, clock.now_ms())).unwrap();
     clock.advance(1500);
@@ -526,7 +527,7 @@ proptest! {
         let clock = ManualClock::new(T0);
         let config = LogConfig {
             segment_bytes: 1024,
-            segment_ms: 3000,
+            segment_age: Duration::from_secs(3),
             index_interval_bytes: 128,
             flush: if flush_always { FlushPolicy::Always } else { FlushPolicy::Never },
             ..LogConfig::default()
@@ -560,7 +561,8 @@ proptest! {
                 }
                 Op::Advance { ms } => clock.advance(ms),
                 Op::Retention { bytes } => {
-                    log.set_config(LogConfig { retention_bytes: bytes, retention_ms: 20_000, ..config });
+                    let retention_bytes = (bytes >= 0).then_some(bytes as u64);
+                    log.set_config(LogConfig { retention_bytes, retention_age: Some(Duration::from_secs(20)), ..config });
                     log.enforce_retention().unwrap();
                     let new_start = log.log_start_offset();
                     prop_assert!(new_start >= start);

@@ -18,12 +18,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{BrokerError, Result};
 
-/// Decoded size of one produced record beyond its encoded bytes (the
-/// structs around key, value and headers), for the request budget: a
-/// request of millions of empty records is small on the wire and huge
-/// once decoded.
-pub const DECODED_RECORD_BYTES: usize = 256;
-
 /// Broker-wide budget of request bytes in flight.
 #[derive(Debug, Clone)]
 pub struct RequestBudget {
@@ -34,9 +28,6 @@ pub struct RequestBudget {
 /// A share of a budget, given back when dropped.
 #[derive(Debug)]
 pub struct BudgetPermit(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
-
-/// Decoded size of one record header beyond its encoded bytes.
-pub const DECODED_HEADER_BYTES: usize = 128;
 
 impl BudgetPermit {
     /// A permit that holds nothing (data that is not budgeted).
@@ -87,11 +78,11 @@ impl RequestBudget {
     /// budget could never be served: RESOURCE_EXHAUSTED at once.
     pub async fn acquire(&self, bytes: usize) -> Result<BudgetPermit> {
         if bytes > self.total {
-            return Err(BrokerError::ResourceExhausted(format!(
-                "a request of {bytes} bytes (decoded) is more than the broker's budget of {} bytes for requests in \
-                 flight (request_bytes_in_flight_max)",
-                self.total
-            )));
+            return Err(BrokerError::RequestTooLarge {
+                size: bytes,
+                limit: self.total,
+                setting: "decoded, over queued.max.request.bytes",
+            });
         }
         let permit = self
             .permits
@@ -133,7 +124,7 @@ mod tests {
         let budget = RequestBudget::new(100);
         let a = budget.acquire(60).await.unwrap();
         assert_eq!(budget.available(), 40);
-        assert!(matches!(budget.acquire(101).await, Err(BrokerError::ResourceExhausted(_))));
+        assert!(matches!(budget.acquire(101).await, Err(BrokerError::RequestTooLarge { .. })));
         let waiting = tokio::spawn({
             let budget = budget.clone();
             async move { budget.acquire(50).await.unwrap() }

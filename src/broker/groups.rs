@@ -10,26 +10,20 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
 use super::budget::BudgetPermit;
 use super::names;
 use super::subscription::{stream_partition, Delivery, SubscriptionEvent, SubscriptionItem};
-use super::{Broker, BrokerError, Position, Result};
+use super::{Broker, BrokerError, Caller, CommitOffsets, JoinGroup, Position, ResetOffsets, Result};
+use crate::config::{
+    SESSION_EXPIRY_CHECK_INTERVAL, SESSION_TIMEOUT_DEFAULT, SESSION_TIMEOUT_MAX, SESSION_TIMEOUT_MIN,
+    STREAM_HEARTBEAT_INTERVAL,
+};
 use crate::group::offsets::{Committed, OffsetStore};
 use crate::group::state::{GroupState, Member};
 use crate::group::TopicPartition;
-
-/// Session timeout when a member gives none.
-pub const SESSION_TIMEOUT_DEFAULT_MS: u64 = 10_000;
-pub const SESSION_TIMEOUT_MIN_MS: u64 = 100;
-pub const SESSION_TIMEOUT_MAX_MS: u64 = 3_600_000;
-/// How often a group Subscribe stream refreshes its member's heartbeat.
-const STREAM_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-/// How often expired sessions are looked for.
-const EXPIRY_CHECK_MS: u64 = 50;
 
 #[derive(Debug)]
 struct GroupEntry {
@@ -114,9 +108,7 @@ fn state_name(state: &GroupState) -> &'static str {
 }
 
 fn unknown_member(group: &str, member_id: &str) -> BrokerError {
-    BrokerError::FailedPrecondition(format!(
-        "member {member_id:?} is not in group {group:?} (its session expired or it left); join again with an empty member_id"
-    ))
+    BrokerError::UnknownMember { group: group.to_string(), member: member_id.to_string() }
 }
 
 impl Broker {
@@ -152,25 +144,29 @@ impl Broker {
         }
     }
 
-    pub fn join_group(
-        &self,
-        group: &str,
-        member_id: &str,
-        topic_pattern: &str,
-        session_timeout_ms: u64,
-        held_by_stream: bool,
-    ) -> Result<Membership> {
+    pub fn join_group(&self, caller: &Caller, request: JoinGroup) -> Result<Membership> {
+        self.join(caller, request, false)
+    }
+
+    /// Joins a member; `held_by_stream`: its liveness is a Subscribe stream's.
+    fn join(&self, caller: &Caller, request: JoinGroup, held_by_stream: bool) -> Result<Membership> {
         self.check_running()?;
+        let JoinGroup { group, member_id, topic_pattern, session_timeout } = request;
+        let (group, member_id, topic_pattern) = (group.as_str(), member_id.as_str(), topic_pattern.as_str());
         names::validate("group", group, false)?;
         if topic_pattern.is_empty() {
-            return Err(BrokerError::InvalidArgument(format!("group {group:?}: topic_pattern is empty")));
+            return Err(BrokerError::InvalidRequest(format!("group {group:?}: topic_pattern is empty")));
         }
-        let timeout = if session_timeout_ms == 0 { SESSION_TIMEOUT_DEFAULT_MS } else { session_timeout_ms };
-        if !(SESSION_TIMEOUT_MIN_MS..=SESSION_TIMEOUT_MAX_MS).contains(&timeout) {
-            return Err(BrokerError::InvalidArgument(format!(
-                "session_timeout_ms {timeout} is outside {SESSION_TIMEOUT_MIN_MS}..={SESSION_TIMEOUT_MAX_MS}"
+        let timeout = session_timeout.unwrap_or(SESSION_TIMEOUT_DEFAULT);
+        if !(SESSION_TIMEOUT_MIN..=SESSION_TIMEOUT_MAX).contains(&timeout) {
+            return Err(BrokerError::InvalidRequest(format!(
+                "session_timeout_ms {} is outside {}..={}",
+                timeout.as_millis(),
+                SESSION_TIMEOUT_MIN.as_millis(),
+                SESSION_TIMEOUT_MAX.as_millis()
             )));
         }
+        let timeout = timeout.as_millis() as u64;
         let now = self.clock.now_ms();
         let mut groups = self.coordinator().lock();
         let entry = groups.entry(group.to_string()).or_default();
@@ -194,11 +190,11 @@ impl Broker {
         entry.state.generation += 1;
         self.rebalance(entry);
         entry.generation.send_replace(entry.state.generation);
-        tracing::info!(group, member = %id, generation = entry.state.generation, "member joined");
+        tracing::info!(group, member = %id, generation = entry.state.generation, by = %caller, "member joined");
         Ok(Self::membership(entry, &id))
     }
 
-    pub fn heartbeat(&self, group: &str, member_id: &str) -> Result<Membership> {
+    pub fn heartbeat(&self, _caller: &Caller, group: &str, member_id: &str) -> Result<Membership> {
         let now = self.clock.now_ms();
         let mut groups = self.coordinator().lock();
         let entry = groups.get_mut(group).ok_or_else(|| unknown_member(group, member_id))?;
@@ -208,7 +204,7 @@ impl Broker {
         Ok(Self::membership(entry, member_id))
     }
 
-    pub fn leave_group(&self, group: &str, member_id: &str) -> Result<()> {
+    pub fn leave_group(&self, _caller: &Caller, group: &str, member_id: &str) -> Result<()> {
         let mut groups = self.coordinator().lock();
         let entry = groups.get_mut(group).ok_or_else(|| unknown_member(group, member_id))?;
         if !entry.state.leave(member_id) {
@@ -237,14 +233,10 @@ impl Broker {
 
     /// Stores offsets (the next offset to read) for a group, fenced by
     /// generation; durable before it returns. Blocking: call off the workers.
-    pub fn commit_offsets(
-        &self,
-        group: &str,
-        member_id: &str,
-        generation: u64,
-        offsets: Vec<(String, u32, Committed)>,
-    ) -> Result<()> {
+    pub fn commit_offsets(&self, _caller: &Caller, request: CommitOffsets) -> Result<()> {
         self.check_running()?;
+        let CommitOffsets { group, member_id, generation, offsets } = request;
+        let (group, member_id) = (group.as_str(), member_id.as_str());
         names::validate("group", group, false)?;
         {
             let groups = self.coordinator().lock();
@@ -256,11 +248,11 @@ impl Broker {
                         return Err(unknown_member(group, member_id));
                     }
                     if e.state.generation != generation {
-                        return Err(BrokerError::FailedPrecondition(format!(
-                            "commit to group {group:?} from generation {generation}, but the group is at generation {}; \
-                             heartbeat to get the new assignment",
-                            e.state.generation
-                        )));
+                        return Err(BrokerError::StaleGeneration {
+                            group: group.to_string(),
+                            generation,
+                            current: e.state.generation,
+                        });
                     }
                 }
                 _ if !member_id.is_empty() => return Err(unknown_member(group, member_id)),
@@ -270,11 +262,13 @@ impl Broker {
         let metadata_max = self.config.offset_metadata_bytes_max;
         for (topic, partition, c) in &offsets {
             if c.metadata.len() > metadata_max {
-                return Err(BrokerError::InvalidArgument(format!(
-                    "commit to group {group:?} for {topic}/{partition}: metadata of {} bytes is over \
-                     offset.metadata.max.bytes = {metadata_max}",
-                    c.metadata.len()
-                )));
+                return Err(BrokerError::MetadataTooLarge {
+                    group: group.to_string(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                    size: c.metadata.len(),
+                    max: metadata_max,
+                });
             }
             let p = self.partition(topic, *partition)?;
             let hw = p.log.high_watermark();
@@ -291,12 +285,17 @@ impl Broker {
         self.coordinator().offsets.commit(group, &offsets).map_err(|e| BrokerError::storage(OFFSETS_TOPIC, 0, e))
     }
 
-    pub fn committed_offsets(&self, group: &str, topic: Option<&str>) -> Vec<(String, u32, Committed)> {
+    pub fn committed_offsets(
+        &self,
+        _caller: &Caller,
+        group: &str,
+        topic: Option<&str>,
+    ) -> Vec<(String, u32, Committed)> {
         self.coordinator().offsets.of_group(group, topic)
     }
 
     /// Groups with live members or committed offsets: (name, state, generation, members).
-    pub fn list_groups(&self) -> Vec<(String, &'static str, u64, usize)> {
+    pub fn list_groups(&self, _caller: &Caller) -> Vec<(String, &'static str, u64, usize)> {
         let mut names = self.coordinator().offsets.groups();
         let groups = self.coordinator().lock();
         names.extend(groups.iter().filter(|(_, e)| !e.state.is_empty()).map(|(n, _)| n.clone()));
@@ -309,7 +308,7 @@ impl Broker {
             .collect()
     }
 
-    pub fn describe_group(&self, group: &str) -> Result<GroupInfo> {
+    pub fn describe_group(&self, _caller: &Caller, group: &str) -> Result<GroupInfo> {
         let committed = self.coordinator().offsets.of_group(group, None);
         let (state, generation, members, assigned) = {
             let groups = self.coordinator().lock();
@@ -333,7 +332,7 @@ impl Broker {
             }
         };
         if members.is_empty() && committed.is_empty() {
-            return Err(BrokerError::GroupNotFound(group.to_string()));
+            return Err(BrokerError::UnknownGroup(group.to_string()));
         }
         let mut keys: BTreeMap<TopicPartition, Option<Committed>> = assigned.into_iter().map(|tp| (tp, None)).collect();
         // Every partition of every topic the group reads, so the lag of a
@@ -371,13 +370,14 @@ impl Broker {
         Ok(GroupInfo { group: group.to_string(), state, generation, members, partitions })
     }
 
-    fn require_no_live_members(&self, group: &str, what: &str) -> Result<()> {
+    fn require_no_live_members(&self, group: &str, action: &'static str) -> Result<()> {
         let groups = self.coordinator().lock();
         if let Some(e) = groups.get(group).filter(|e| !e.state.is_empty()) {
-            return Err(BrokerError::FailedPrecondition(format!(
-                "cannot {what} group {group:?} while it has {} live member(s); stop its consumers first",
-                e.state.members.len()
-            )));
+            return Err(BrokerError::GroupHasMembers {
+                group: group.to_string(),
+                action,
+                members: e.state.members.len(),
+            });
         }
         Ok(())
     }
@@ -386,17 +386,17 @@ impl Broker {
     /// matching `pattern`. Refused while the group has live members.
     pub async fn reset_group_offsets(
         self: &Arc<Self>,
-        group: &str,
-        pattern: &str,
-        to: Position,
-        dry_run: bool,
+        caller: &Caller,
+        request: ResetOffsets,
     ) -> Result<Vec<OffsetReset>> {
         self.check_running()?;
+        let ResetOffsets { group, topic_pattern, to, dry_run } = request;
+        let (group, pattern) = (group.as_str(), topic_pattern.as_str());
         names::validate("group", group, false)?;
         self.require_no_live_members(group, "reset")?;
         let topics = self.matching_topics(pattern);
         if topics.is_empty() {
-            return Err(BrokerError::TopicNotFound(pattern.to_string()));
+            return Err(BrokerError::UnknownTopic(pattern.to_string()));
         }
         let mut resets = Vec::new();
         for topic in topics {
@@ -420,15 +420,18 @@ impl Broker {
                 .iter()
                 .map(|r| (r.topic.clone(), r.partition, Committed { offset: r.new_offset, metadata: "reset".into() }))
                 .collect();
-            let (broker, group_owned) = (self.clone(), group.to_string());
-            tokio::task::spawn_blocking(move || broker.commit_offsets(&group_owned, "", 0, entries))
+            let (broker, by) = (self.clone(), caller.clone());
+            let request =
+                CommitOffsets { group: group.to_string(), member_id: String::new(), generation: 0, offsets: entries };
+            tokio::task::spawn_blocking(move || broker.commit_offsets(&by, request))
                 .await
                 .map_err(|e| BrokerError::Internal(format!("commit task failed: {e}")))??;
+            tracing::info!(group, topics = pattern, by = %caller, "reset group offsets");
         }
         Ok(resets)
     }
 
-    pub async fn delete_group(self: &Arc<Self>, group: &str) -> Result<()> {
+    pub async fn delete_group(self: &Arc<Self>, caller: &Caller, group: &str) -> Result<()> {
         self.check_running()?;
         self.require_no_live_members(group, "delete")?;
         let broker = self.clone();
@@ -440,29 +443,32 @@ impl Broker {
         .map_err(|e| BrokerError::Internal(format!("delete task failed: {e}")))??;
         let existed = self.coordinator().lock().remove(group).is_some();
         if deleted == 0 && !existed {
-            return Err(BrokerError::GroupNotFound(group.to_string()));
+            return Err(BrokerError::UnknownGroup(group.to_string()));
         }
+        tracing::info!(group, by = %caller, "deleted group");
         Ok(())
     }
 
     /// A Subscribe stream that is a group membership: joins on open, streams
     /// the assigned partitions from their committed offsets (or `fallback`),
     /// follows rebalances, and leaves when the receiver is dropped.
-    pub fn subscribe_group(
+    pub(super) fn subscribe_group(
         self: &Arc<Self>,
+        caller: &Caller,
         pattern: String,
         group: String,
-        from: Position,
-        fallback: Position,
+        (from, fallback): (Position, Position),
         delivery: Delivery,
     ) -> Result<mpsc::Receiver<Result<GroupStreamEvent>>> {
-        let membership = self.join_group(&group, "", &pattern, SESSION_TIMEOUT_DEFAULT_MS, true)?;
+        let join =
+            JoinGroup { group: group.clone(), member_id: String::new(), topic_pattern: pattern, session_timeout: None };
+        let membership = self.join(caller, join, true)?;
         let (tx, rx) = mpsc::channel(4);
-        let broker = self.clone();
+        let (broker, caller) = (self.clone(), caller.clone());
         tokio::spawn(async move {
             let member = membership.member_id.clone();
-            run_group_stream(&broker, &group, &member, (from, fallback), delivery, tx).await;
-            let _ = broker.leave_group(&group, &member);
+            run_group_stream(&broker, &caller, &group, &member, (from, fallback), delivery, tx).await;
+            let _ = broker.leave_group(&caller, &group, &member);
         });
         Ok(rx)
     }
@@ -478,7 +484,7 @@ impl Broker {
             let (this, mut stop) = (this.clone(), stop.clone());
             async move {
                 let mut topics = this.watch_topics();
-                let mut tick = tokio::time::interval(Duration::from_millis(EXPIRY_CHECK_MS));
+                let mut tick = tokio::time::interval(SESSION_EXPIRY_CHECK_INTERVAL);
                 loop {
                     let changed = tokio::select! {
                         _ = tick.tick() => false,
@@ -508,6 +514,7 @@ pub struct GroupStreamEvent {
 
 async fn run_group_stream(
     broker: &Arc<Broker>,
+    caller: &Caller,
     group: &str,
     member: &str,
     (from, fallback): (Position, Position),
@@ -532,7 +539,7 @@ async fn run_group_stream(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         generation.borrow_and_update();
-        let current = match broker.heartbeat(group, member) {
+        let current = match broker.heartbeat(caller, group, member) {
             Ok(m) => m,
             Err(e) => {
                 let _ = tx.send(Err(e)).await;

@@ -2,14 +2,23 @@
 
 use super::error::BrokerError;
 
-/// Longest topic or group name.
-pub const NAME_LEN_MAX: usize = 249;
+use crate::config::NAME_BYTES_MAX;
+
+/// The name kinds errors say.
+fn kind_of(kind: &str) -> &'static str {
+    if kind == "group" {
+        "group"
+    } else {
+        "topic"
+    }
+}
 
 /// Checks a topic or group name: 1..=249 of `[A-Za-z0-9._-]`, not `.` or `..`.
 /// Names starting with `__` are reserved unless `internal` is set.
 pub fn validate(kind: &str, name: &str, internal: bool) -> Result<(), BrokerError> {
-    let bad = |why: &str| Err(BrokerError::InvalidArgument(format!("{kind} name {name:?} is invalid: {why}")));
-    if name.is_empty() || name.len() > NAME_LEN_MAX {
+    let bad =
+        |why: &str| Err(BrokerError::InvalidName { kind: kind_of(kind), name: name.to_string(), why: why.to_string() });
+    if name.is_empty() || name.len() > NAME_BYTES_MAX {
         return bad("it must be 1 to 249 characters");
     }
     if name == "." || name == ".." {

@@ -200,17 +200,18 @@ impl Partition {
 
     /// Starts a task, unless one is running, that finishes segment rolls
     /// of `never` and `interval` topics (directory fsync, index trim) and
-    /// fsyncs segments rolled at least `delay_ms` ago, so the durable point
+    /// fsyncs segments rolled at least `delay` ago, so the durable point
     /// and the recovery checkpoint follow the rolls. Appenders never wait
     /// for either.
-    pub fn spawn_roll_io(self: &Arc<Self>, delay_ms: u64) {
+    pub fn spawn_roll_io(self: &Arc<Self>, delay: std::time::Duration) {
+        let delay_ms = delay.as_millis().min(u64::MAX as u128) as u64;
         let due = self.log.has_unfinished_rolls() || self.log.closed_sync_due(delay_ms);
         if !due || self.rolling_io.swap(true, Ordering::AcqRel) {
             return;
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let _running = super::ClearOnDrop(this.rolling_io.clone());
+            let _running = super::background::ClearOnDrop(this.rolling_io.clone());
             let result = this.blocking(move |log| log.finish_rolls().and_then(|()| log.sync_closed(delay_ms))).await;
             if let Err(e) = result {
                 tracing::error!(topic = %this.topic, partition = this.id, error = %e, "finishing or fsyncing a rolled segment failed");
@@ -226,7 +227,7 @@ impl Partition {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let _running = super::ClearOnDrop(this.rolling_io.clone());
+            let _running = super::background::ClearOnDrop(this.rolling_io.clone());
             match this.blocking(|log| log.reopen_if_poisoned()).await {
                 Ok(true) => {
                     this.high_watermark.send_replace(this.log.high_watermark());

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::storage::fs::FileSystem;
 
-const BLOCK: i64 = 1000;
+use crate::config::PRODUCER_ID_BLOCK as BLOCK;
 
 #[derive(Debug)]
 pub struct ProducerIds {

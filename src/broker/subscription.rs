@@ -17,21 +17,20 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
+
 use super::budget::{BudgetPermit, StreamBudget};
+use super::groups::Membership;
 use super::partition::Partition;
 use super::topic::Topic;
 use super::{Broker, BrokerError, Position};
+use super::{Caller, SubscribeRequest};
+use crate::config::{PUSH_BYTES_MAX, PUSH_RAW_BYTES_MAX, PUSH_RECORDS_MAX};
+use crate::group::TopicPartition;
 use crate::storage::batch::StoredRecord;
-
-/// Records per push message.
-pub const PUSH_RECORDS_MAX: usize = 1000;
-/// Bytes per push message (about).
-pub const PUSH_BYTES_MAX: usize = 1 << 20;
-/// Bytes per push message of a raw subscription (about). Measured on a
-/// 2-core VM reading 3 GB from the page cache: 2 MiB gave about 10% more
-/// than 1 MiB and 15% more than 4 MiB (bigger messages wait longer to be
-/// read, encoded and sent before the next can overlap them).
-pub const PUSH_RAW_BYTES_MAX: usize = 2 << 20;
 
 /// What a subscription stream carries.
 #[derive(Debug, Clone)]
@@ -93,10 +92,89 @@ impl Delivery {
     }
 }
 
+/// One message of a subscription.
+#[derive(Debug)]
+pub struct StreamMessage {
+    /// Group streams, with every message: the membership (member id,
+    /// generation and the partitions it holds).
+    pub membership: Option<Membership>,
+    /// Streams without a group, when it changes: every partition streamed.
+    pub streaming: Option<Vec<TopicPartition>>,
+    /// Records or batches, if this message carries any.
+    pub delivery: Option<SubscriptionEvent>,
+    /// The delivery's share of the stream's budget: drop it once the
+    /// connection has the bytes.
+    pub permit: BudgetPermit,
+}
+
+/// A subscription's messages; dropping it ends the subscription (and, with
+/// a group, the membership) at once.
+pub type Subscription = Pin<Box<dyn Stream<Item = Result<StreamMessage, BrokerError>> + Send>>;
+
 impl Broker {
+    /// A push subscription. Without a group, every partition of every
+    /// matching topic is streamed from `from` (default `Latest`; topics
+    /// created later from their beginning). With a group, the stream is a
+    /// group membership: it streams the partitions assigned to it, each
+    /// from `from` (default: the committed offset, else `fallback`, default
+    /// `Latest`), and follows rebalances. It ends when the broker shuts down.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        caller: &Caller,
+        request: SubscribeRequest,
+    ) -> Result<Subscription, BrokerError> {
+        self.check_running()?;
+        let SubscribeRequest { pattern, group, from, fallback, delivery } = request;
+        let fallback = fallback.unwrap_or(Position::Latest);
+        if matches!(fallback, Position::Committed | Position::Offset(_) | Position::Timestamp(_)) {
+            return Err(BrokerError::InvalidRequest("fallback must be EARLIEST or LATEST".into()));
+        }
+        let mut stopping = self.watch_stopping();
+        let until_shutdown = async move { super::stopped(&mut stopping).await };
+        if let Some(group) = group {
+            let from = from.unwrap_or(Position::Committed);
+            let events = self.subscribe_group(caller, pattern, group, (from, fallback), delivery)?;
+            let messages = ReceiverStream::new(events).map(|event| {
+                event.map(|e| StreamMessage {
+                    membership: Some(Membership {
+                        member_id: e.member_id,
+                        generation: e.generation,
+                        assignment: e.assignment,
+                    }),
+                    streaming: None,
+                    delivery: e.records,
+                    permit: e.permit,
+                })
+            });
+            return Ok(Box::pin(messages.take_until(until_shutdown)));
+        }
+        // No group, so nothing is committed: COMMITTED means the fallback.
+        let from = match from.unwrap_or(Position::Latest) {
+            Position::Committed => fallback,
+            other => other,
+        };
+        let events = self.subscribe_all(pattern, from, delivery);
+        // Mapped, not forwarded by a task: when the listener drops the
+        // stream (its client went away), the partition tasks see it at once.
+        let messages = ReceiverStream::new(events).map(|event| {
+            event.map(|(e, permit)| match e {
+                SubscriptionEvent::Assigned(held) => StreamMessage {
+                    membership: None,
+                    streaming: Some(
+                        held.into_iter().flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p))).collect(),
+                    ),
+                    delivery: None,
+                    permit,
+                },
+                delivered => StreamMessage { membership: None, streaming: None, delivery: Some(delivered), permit },
+            })
+        });
+        Ok(Box::pin(messages.take_until(until_shutdown)))
+    }
+
     /// Streams every partition of every topic matching `pattern`, starting
     /// at `from`; topics created later are streamed from their beginning.
-    pub fn subscribe(
+    fn subscribe_all(
         self: &Arc<Self>,
         pattern: String,
         from: Position,

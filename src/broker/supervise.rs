@@ -3,11 +3,8 @@
 //! expiry never stop for good without a word (a full disk would follow).
 
 use std::future::Future;
-use std::time::Duration;
 
-/// Pause before a panicked task runs again, so a panic on every pass logs
-/// a line a second instead of spinning.
-pub const RESTART_DELAY: Duration = Duration::from_secs(1);
+use crate::config::BACKGROUND_RESTART_DELAY as RESTART_DELAY;
 
 /// Runs the task `make` builds until it returns; each time it panics, logs
 /// it and starts a new one after [`RESTART_DELAY`].

@@ -28,7 +28,7 @@ pub struct TopicMetadata {
 impl TopicMetadata {
     pub fn parse(bytes: &[u8]) -> std::result::Result<TopicMetadata, String> {
         let m: TopicMetadata = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        if m.partitions == 0 || m.partitions > super::PARTITIONS_MAX {
+        if m.partitions == 0 || m.partitions > crate::config::PARTITIONS_PER_TOPIC_MAX {
             return Err(format!("partition count {} out of range", m.partitions));
         }
         Ok(m)
@@ -74,7 +74,7 @@ impl Topic {
     }
 
     pub fn partition(&self, id: u32) -> Result<&Arc<Partition>> {
-        self.partitions.get(id as usize).ok_or_else(|| BrokerError::PartitionNotFound {
+        self.partitions.get(id as usize).ok_or_else(|| BrokerError::UnknownPartition {
             topic: self.name.clone(),
             partition: id,
             partitions: self.partitions.len() as u32,

@@ -21,14 +21,11 @@ use crate::storage::{Clock, FlushPolicy, Log, LogConfig, Result, StorageError};
 
 /// Directory name under the data dir.
 pub const DIR_NAME: &str = "__consumer_offsets";
-/// Segment size of the offsets log.
-const SEGMENT_BYTES: u64 = 8 << 20;
-/// Compact when the log has more segments than this.
-pub const COMPACT_SEGMENTS: usize = 4;
-/// Records per batch when writing a snapshot.
-const SNAPSHOT_BATCH_RECORDS_MAX: usize = 1000;
-/// Bytes per batch when writing a snapshot (about; one record may exceed it).
-const SNAPSHOT_BATCH_BYTES_MAX: usize = 1 << 20;
+use crate::config::{
+    OFFSETS_COMPACT_SEGMENTS as COMPACT_SEGMENTS, OFFSETS_SEGMENT_BYTES,
+    OFFSETS_SNAPSHOT_BATCH_BYTES_MAX as SNAPSHOT_BATCH_BYTES_MAX,
+    OFFSETS_SNAPSHOT_BATCH_RECORDS_MAX as SNAPSHOT_BATCH_RECORDS_MAX,
+};
 
 /// One committed offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,10 +71,10 @@ impl OffsetStore {
     /// Opens (recovering) the offsets log and replays it.
     pub fn open(data_dir: &Path, fs: Arc<dyn FileSystem>, clock: Arc<dyn Clock>) -> Result<OffsetStore> {
         let config = LogConfig {
-            segment_bytes: SEGMENT_BYTES,
-            segment_ms: i64::MAX / 2,
-            retention_ms: -1,
-            retention_bytes: -1,
+            segment_bytes: OFFSETS_SEGMENT_BYTES,
+            segment_age: std::time::Duration::MAX,
+            retention_age: None,
+            retention_bytes: None,
             flush: FlushPolicy::Always,
             ..LogConfig::default()
         };

@@ -45,8 +45,7 @@ pub const LENGTH_PREFIX_LEN: usize = 12;
 /// Current format version.
 pub const MAGIC: u8 = 1;
 const CRC_START: usize = 17;
-/// Largest batch the format allows; a length field above it is corruption.
-pub const BATCH_BYTES_LIMIT: usize = 256 << 20;
+pub use crate::config::BATCH_BYTES_LIMIT;
 /// Producer id stored for batches without an idempotent producer.
 pub const NO_PRODUCER: i64 = -1;
 

@@ -236,7 +236,7 @@ mod mapped {
 
     /// Reads below this size are copied with `pread`: the mapping's setup
     /// and teardown (mmap, page table entries, munmap) would cost more.
-    pub const MAP_MIN: usize = 256 << 10;
+    use crate::config::MAPPED_READ_BYTES_MIN as MAP_MIN;
 
     pub fn read(file: &File, position: u64, len: usize) -> io::Result<Bytes> {
         let file_len = file.metadata()?.len();

@@ -56,6 +56,70 @@ impl Clock for ManualClock {
     }
 }
 
+/// What went wrong with an I/O call, kept typed (not as text) so callers
+/// can tell a full disk from a broken one. Shared, because one cause fails
+/// many waiters.
+#[derive(Debug, Clone)]
+pub struct IoCause {
+    /// What was being done: "fsync of 00000000000000000000.log".
+    pub context: String,
+    pub source: Arc<std::io::Error>,
+}
+
+impl IoCause {
+    pub fn new(context: impl Into<String>, source: std::io::Error) -> IoCause {
+        IoCause { context: context.into(), source: Arc::new(source) }
+    }
+
+    /// A cause holding a copy of `source` (same OS error code or kind), for
+    /// when the original goes on to the caller.
+    pub fn copied(context: impl Into<String>, source: &std::io::Error) -> IoCause {
+        let copy = match source.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(source.kind(), source.to_string()),
+        };
+        IoCause::new(context, copy)
+    }
+}
+
+impl std::fmt::Display for IoCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} failed: {}", self.context, self.source)
+    }
+}
+
+/// Why a log refuses writes until it is reopened.
+#[derive(Debug, Clone)]
+pub enum PoisonCause {
+    /// An I/O error left what is on disk in doubt (a failed fsync of data
+    /// readers saw, a failed cut, a failed directory fsync).
+    Io(IoCause),
+    /// Two I/O errors: the first, then the cut that should have undone it.
+    IoThenCut { first: IoCause, cut: IoCause },
+    /// A panic while the writer lock was held: the writer's state is in doubt.
+    Panic,
+}
+
+impl PoisonCause {
+    fn io_errors(&self) -> Vec<&std::io::Error> {
+        match self {
+            PoisonCause::Io(c) => vec![&c.source],
+            PoisonCause::IoThenCut { first, cut } => vec![&first.source, &cut.source],
+            PoisonCause::Panic => vec![],
+        }
+    }
+}
+
+impl std::fmt::Display for PoisonCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PoisonCause::Io(c) => write!(f, "{c}"),
+            PoisonCause::IoThenCut { first, cut } => write!(f, "{first}, and cutting it off: {cut}"),
+            PoisonCause::Panic => write!(f, "a panic while appending"),
+        }
+    }
+}
+
 /// Errors of the storage layer, with the context an operator needs.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -75,10 +139,14 @@ pub enum StorageError {
     SequenceTooOld { producer_id: i64, sequence: i32, last_sequence: i32 },
     #[error("producer {producer_id}: sequence {sequence} starts inside the batch of sequences {first_sequence}..={last_sequence} already appended; retry with the same first sequence")]
     SequenceOverlaps { producer_id: i64, sequence: i32, first_sequence: i32, last_sequence: i32 },
-    #[error("log {path} refuses writes after an unrecoverable I/O error ({reason}); reopen it")]
-    Poisoned { path: PathBuf, reason: String },
-    #[error("the data appended to {path} was discarded because an fsync failed: {reason}")]
-    SyncFailed { path: PathBuf, reason: String },
+    #[error("log {path} refuses writes after an unrecoverable error ({cause}); it is reopened once the fault clears")]
+    Poisoned { path: PathBuf, cause: PoisonCause },
+    #[error("the data appended to {path} was discarded: {cause}")]
+    SyncFailed { path: PathBuf, cause: IoCause },
+    #[error("the log {path} was reopened after an error; this append's outcome is unknown")]
+    Reopened { path: PathBuf },
+    #[error("log {path} is closed")]
+    Closed { path: PathBuf },
 }
 
 impl StorageError {
@@ -86,22 +154,24 @@ impl StorageError {
         StorageError::Io { path: path.into(), source }
     }
 
-    /// True when the error means the disk is full (ENOSPC or EDQUOT).
-    pub fn is_disk_full(&self) -> bool {
+    /// The I/O errors behind this error, if any.
+    fn io_errors(&self) -> Vec<&std::io::Error> {
         match self {
-            StorageError::Io { source, .. } => is_disk_full(source),
-            StorageError::SyncFailed { reason, .. } | StorageError::Poisoned { reason, .. } => {
-                reason.contains("No space left") || reason.contains("quota")
-            }
-            _ => false,
+            StorageError::Io { source, .. } => vec![source],
+            StorageError::SyncFailed { cause, .. } => vec![&cause.source],
+            StorageError::Poisoned { cause, .. } => cause.io_errors(),
+            _ => vec![],
         }
     }
-}
 
-impl StorageError {
+    /// True when the error means the disk is full (ENOSPC or EDQUOT).
+    pub fn is_disk_full(&self) -> bool {
+        self.io_errors().into_iter().any(is_disk_full)
+    }
+
     /// True when the process ran out of file descriptors (EMFILE, ENFILE).
     pub fn is_out_of_files(&self) -> bool {
-        matches!(self, StorageError::Io { source, .. } if is_out_of_files(source))
+        self.io_errors().into_iter().any(is_out_of_files)
     }
 }
 
@@ -109,7 +179,7 @@ pub fn is_out_of_files(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(24) | Some(23))
 }
 
-pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
+pub fn is_disk_full(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(28) | Some(122)) || e.kind() == std::io::ErrorKind::StorageFull
 }
 

@@ -5,10 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-/// How many recent batches per producer are remembered (as in Kafka).
-pub const BATCHES_PER_PRODUCER: usize = 5;
-/// Producers remembered per partition; the least recently active is evicted.
-pub const PRODUCERS_MAX: usize = 10_000;
+pub use crate::config::{BATCHES_PER_PRODUCER, PRODUCERS_PER_PARTITION_MAX as PRODUCERS_MAX};
 
 /// One remembered batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -85,6 +85,39 @@ pub enum SegmentRead {
     Ended { next_offset: u64 },
 }
 
+/// A batch to append; the segment stamps its base offset (its first 8
+/// bytes, which the batch CRC does not cover).
+#[derive(Debug)]
+pub enum BatchRef<'a> {
+    /// Stamped in place, then written with one pwrite.
+    Stamp(&'a mut [u8]),
+    /// Left as it is (a client's batch, still owned by its request): the
+    /// stamp and the rest go in two pwrites, so the bytes are not copied
+    /// to make room for the stamp.
+    Shared(&'a [u8]),
+}
+
+impl BatchRef<'_> {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            BatchRef::Stamp(b) => b,
+            BatchRef::Shared(b) => b,
+        }
+    }
+}
+
+impl<'a> From<&'a mut [u8]> for BatchRef<'a> {
+    fn from(b: &'a mut [u8]) -> Self {
+        BatchRef::Stamp(b)
+    }
+}
+
+impl<'a> From<&'a mut Vec<u8>> for BatchRef<'a> {
+    fn from(b: &'a mut Vec<u8>) -> Self {
+        BatchRef::Stamp(b)
+    }
+}
+
 #[derive(Debug)]
 pub struct Segment {
     /// Offset of the first record in this segment (also its file name).
@@ -93,7 +126,8 @@ pub struct Segment {
     pub log_path: PathBuf,
     fs: Arc<dyn FileSystem>,
     /// The `.log` file, shared by the writer and readers (positional I/O).
-    pub(crate) log: Arc<dyn StorageFile>,
+    /// Only this type writes it.
+    log: Arc<dyn StorageFile>,
     /// Bytes of whole batches that readers may read.
     readable_len: AtomicU64,
     /// Every batch from here to `readable_len` had its CRC checked by this
@@ -609,38 +643,80 @@ impl Segment {
         Ok(None)
     }
 
+    /// Writes a batch at `position` with `base_offset` stamped into it.
+    pub(crate) fn write_batch(&self, position: u64, batch: BatchRef<'_>, base_offset: u64) -> std::io::Result<()> {
+        match batch {
+            BatchRef::Stamp(bytes) => {
+                batch::set_base_offset(bytes, base_offset);
+                self.log.write_all_at(bytes, position)
+            }
+            BatchRef::Shared(bytes) => {
+                let mut stamp = [0u8; 8];
+                batch::set_base_offset(&mut stamp, base_offset);
+                self.log.write_all_at(&stamp, position)?;
+                self.log.write_all_at(&bytes[8..], position + 8)
+            }
+        }
+    }
+
+    /// Cuts the `.log` to `len` bytes (readers' view with it), fsyncing the
+    /// cut when `durable` (so a power loss cannot bring the tail back).
+    pub(crate) fn cut(&self, len: u64, durable: bool) -> std::io::Result<()> {
+        self.log.set_len(len)?;
+        if durable {
+            self.log.sync_data()?;
+        }
+        self.readable_len.fetch_min(len, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// `fdatasync` of the `.log`.
+    pub(crate) fn sync(&self) -> std::io::Result<()> {
+        self.log.sync_data()
+    }
+
+    /// fsyncs both indexes (if open): only to spare a rebuild after a
+    /// power loss, they are derived data.
+    pub(crate) fn flush_indexes(&self) -> Result<()> {
+        if let Some(idx) = self.indexes.get() {
+            idx.offset.flush().map_err(|e| StorageError::io(idx.offset.path(), e))?;
+            idx.time.flush().map_err(|e| StorageError::io(idx.time.path(), e))?;
+        }
+        Ok(())
+    }
+
     /// Makes the segment read-only: trims the indexes to their entries and
     /// fsyncs log and indexes, so everything before the next segment is
     /// durable before any byte is written there.
-    pub fn close(&self) -> Result<()> {
+    pub fn close(&self) -> std::io::Result<()> {
         // Guards against a power loss losing this segment's tail after later
         // segments (and checkpoints pointing into them) became durable.
-        self.log.sync_data().map_err(|e| StorageError::io(&self.log_path, e))?;
+        self.log.sync_data()?;
         self.close_unsynced()
     }
 
     /// Closes the segment without fsyncing its data; the caller must fsync
     /// it before anything durable depends on it (see `Log::sync_closed`).
-    pub fn close_unsynced(&self) -> Result<()> {
+    pub fn close_unsynced(&self) -> std::io::Result<()> {
         if let Some(idx) = self.indexes.get() {
-            idx.offset.trim().map_err(|e| StorageError::io(idx.offset.path(), e))?;
-            idx.time.trim().map_err(|e| StorageError::io(idx.time.path(), e))?;
+            idx.offset.trim()?;
+            idx.time.trim()?;
         }
         Ok(())
     }
 
     /// Reads the readable bytes from `position` on and writes them back in
     /// place, marking them dirty for the next fsync.
-    pub(crate) fn rewrite_from(&self, mut position: u64) -> Result<()> {
+    pub(crate) fn rewrite_from(&self, mut position: u64) -> std::io::Result<()> {
         const CHUNK: usize = 1 << 20;
         let end = self.readable_len();
         while position < end {
             let len = ((end - position) as usize).min(CHUNK);
-            let bytes = self.log.read_up_to(position, len).map_err(|e| StorageError::io(&self.log_path, e))?;
+            let bytes = self.log.read_up_to(position, len)?;
             if bytes.is_empty() {
                 break;
             }
-            self.log.write_all_at(&bytes, position).map_err(|e| StorageError::io(&self.log_path, e))?;
+            self.log.write_all_at(&bytes, position)?;
             position += bytes.len() as u64;
         }
         Ok(())

@@ -22,7 +22,7 @@
 //!   decoding them will take is budgeted too (16 MiB of empty records
 //!   once took 2.6 GB). A Subscribe response keeps its share of the
 //!   stream's read-ahead budget until hyper has its bytes, and chunks are
-//!   handed over at most [`CHUNK_BYTES_MAX`] at a time, so a stalled
+//!   handed over at most `PUSH_CHUNK_BYTES_MAX` at a time, so a stalled
 //!   subscriber holds its budget and one chunk, not a backlog.
 //!
 //! Every other method is read here under the same limits, then handed to
@@ -46,11 +46,19 @@ use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::{Request, Status};
 
-use super::service::{BrokerService, Inbound};
-use crate::broker::budget::{BudgetPermit, RequestBudget, DECODED_HEADER_BYTES, DECODED_RECORD_BYTES};
+use super::codec::{frame_message, frame_plain, Frames, GRPC_PREFIX};
+use super::convert;
+use super::service::BrokerService;
+use super::status::to_status;
+use crate::broker::budget::{BudgetPermit, RequestBudget};
+use crate::broker::produce::in_place;
+use crate::broker::{BrokerError, Caller, PipelineItem, Via};
+use crate::config::{
+    DECODED_HEADER_BYTES, DECODED_RECORD_BYTES, DECODE_BUDGET_WAIT, DECODE_INLINE_BYTES_MAX, DECODE_INLINE_RECORDS_MAX,
+    HEADERS_PER_RECORD_MAX, PUSH_CHUNK_BYTES_MAX,
+};
 use crate::proto;
 use crate::proto::broker_server::Broker as _;
-use crate::proto_codec::{frame_message, frame_plain, Frames, GRPC_PREFIX};
 
 /// The routes this module answers.
 pub const SUBSCRIBE_PATH: &str = "/strata.v1.Broker/Subscribe";
@@ -65,21 +73,6 @@ const FETCH_BATCHES_FIELD: u8 = 5;
 const PRODUCE_RECORDS_FIELD: u64 = 3;
 const PRODUCE_BATCH_FIELD: u64 = 7;
 const RECORD_HEADERS_FIELD: u64 = 3;
-
-/// Largest body chunk handed to hyper at once. hyper takes a chunk as
-/// soon as the stream has any send capacity and buffers what exceeds it,
-/// so this bounds what a stalled client makes the broker buffer.
-pub const CHUNK_BYTES_MAX: usize = 1 << 20;
-/// Requests at least this large (or with this many records) are decoded
-/// where blocking is fine, not on an async worker other connections share.
-const DECODE_INLINE_BYTES_MAX: usize = 1 << 20;
-const DECODE_INLINE_RECORDS_MAX: usize = 10_000;
-/// How long a request that holds its bytes' share of the budget waits for
-/// the share its decoding needs before it is refused (waiting without end
-/// could deadlock requests that hold each other's shares).
-const DECODE_BUDGET_WAIT: Duration = Duration::from_secs(1);
-/// Headers one record may have (as the broker checks after decoding).
-const HEADERS_PER_RECORD_MAX: usize = crate::config::HEADERS_PER_RECORD_MAX;
 
 /// The limits every request of the service is read under.
 #[derive(Debug, Clone)]
@@ -97,7 +90,7 @@ pub struct RequestLimits {
 /// The generated `strata.v1.Broker` service, with Subscribe, Fetch, Produce
 /// and ProduceStream answered here and every request read under limits.
 #[derive(Debug, Clone)]
-pub struct ZeroCopyReads<S> {
+pub struct Routes<S> {
     /// tonic's generated server: every other method.
     inner: S,
     /// The handlers these routes run.
@@ -105,17 +98,23 @@ pub struct ZeroCopyReads<S> {
     limits: RequestLimits,
 }
 
-impl<S> ZeroCopyReads<S> {
+impl<S> Routes<S> {
     pub fn new(inner: S, service: BrokerService, limits: RequestLimits) -> Self {
-        ZeroCopyReads { inner, service, limits }
+        Routes { inner, service, limits }
     }
 }
 
-impl<S: NamedService> NamedService for ZeroCopyReads<S> {
+/// The caller of a request, from the connection info tonic put in it.
+fn caller_of(extensions: &http::Extensions) -> Caller {
+    let peer = extensions.get::<tonic::transport::server::TcpConnectInfo>().and_then(|i| i.remote_addr());
+    Caller::anonymous(Via::Grpc, peer)
+}
+
+impl<S: NamedService> NamedService for Routes<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S> tower::Service<http::Request<Body>> for ZeroCopyReads<S>
+impl<S> tower::Service<http::Request<Body>> for Routes<S>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
         + Clone
@@ -164,7 +163,7 @@ where
     let mut reader = MessageReader::new(body, limits);
     let (bytes, _permit) = match reader.only_raw().await {
         Ok(read) => read,
-        Err(status) => return Ok(status.into_http()),
+        Err(e) => return Ok(to_status(e).into_http()),
     };
     let body = Body::new(http_body_util::Full::new(bytes));
     inner.call(http::Request::from_parts(parts, body)).await
@@ -178,7 +177,8 @@ async fn subscribe(
     limits: RequestLimits,
 ) -> Result<Framed, Status> {
     let (request, _permit) = decode_request::<proto::SubscribeRequest>(request, limits).await?;
-    let stream = service.subscribe_budgeted(request.into_inner())?;
+    let caller = caller_of(request.extensions());
+    let stream = service.subscribe_budgeted(&caller, request.into_inner())?;
     Ok(Box::pin(stream.map(|m| {
         m.map(|(mut m, permit)| {
             let batches = std::mem::take(&mut m.record_batches);
@@ -204,7 +204,7 @@ async fn produce(
 ) -> Result<Framed, Status> {
     let (parts, body) = request.into_parts();
     let mut reader = MessageReader::new(body, limits);
-    let (message, _permit) = reader.only::<proto::ProduceRequest>(count_produce).await?;
+    let (message, _permit) = reader.only::<proto::ProduceRequest>(count_produce).await.map_err(to_status)?;
     let request = Request::from_parts(MetadataMap::from_headers(parts.headers), parts.extensions, message);
     let response = service.produce(request).await?.into_inner();
     Ok(Box::pin(futures::stream::once(futures::future::ready(Ok((frame_plain(&response), BudgetPermit::none()))))))
@@ -214,19 +214,21 @@ async fn produce(
 /// they arrive in. A request refused before decoding (too large, too many
 /// records, malformed) is answered with its error and the stream goes on.
 fn produce_stream(service: BrokerService, request: http::Request<Body>, limits: RequestLimits) -> Framed {
+    let caller = caller_of(request.extensions());
     let reader = MessageReader::new(request.into_body(), limits);
     let requests = futures::stream::unfold(Some(reader), |state| async move {
         let mut reader = state?;
-        match reader.next::<proto::ProduceRequest>(count_produce).await {
-            Ok(Read::Message(m, permit)) => Some((Ok(Inbound { request: Ok(m), permit }), Some(reader))),
-            Ok(Read::Refused(status)) => {
-                Some((Ok(Inbound { request: Err(status), permit: BudgetPermit::none() }), Some(reader)))
+        let item = match reader.next::<proto::ProduceRequest>(count_produce).await {
+            Ok(Read::Message(m, permit)) => {
+                PipelineItem { tag: m.request_id, request: convert::produce_request(m), permit }
             }
-            Ok(Read::End) => None,
-            Err(status) => Some((Err(status), None)),
-        }
+            Ok(Read::Refused(e)) => PipelineItem { tag: 0, request: Err(e), permit: BudgetPermit::none() },
+            Ok(Read::End) => return None,
+            Err(e) => return Some((Err(e), None)),
+        };
+        Some((Ok(item), Some(reader)))
     });
-    let responses = service.produce_stream_of(Box::pin(requests));
+    let responses = service.produce_stream_of(caller, Box::pin(requests));
     Box::pin(responses.map(|m| m.map(|m| (frame_plain(&m), BudgetPermit::none()))))
 }
 
@@ -257,7 +259,7 @@ async fn decode_request<M: Message + Default>(
 ) -> Result<(Request<M>, BudgetPermit), Status> {
     let (parts, body) = request.into_parts();
     let mut reader = MessageReader::new(body, limits);
-    let (message, permit) = reader.only::<M>(|_, _| Ok(Counts::default())).await?;
+    let (message, permit) = reader.only::<M>(|_, _| Ok(Counts::default())).await.map_err(to_status)?;
     Ok((Request::from_parts(MetadataMap::from_headers(parts.headers), parts.extensions, message), permit))
 }
 
@@ -273,7 +275,7 @@ struct Counts {
 enum Read<M> {
     Message(M, BudgetPermit),
     /// This message was refused (and skipped); the stream goes on.
-    Refused(Status),
+    Refused(BrokerError),
     End,
 }
 
@@ -292,18 +294,15 @@ impl MessageReader {
 
     /// Reads frames until `want` bytes are buffered; false when the body
     /// ended first. Past `deadline`, DEADLINE_EXCEEDED.
-    async fn fill(&mut self, want: usize, deadline: Option<Instant>) -> Result<bool, Status> {
+    async fn fill(&mut self, want: usize, deadline: Option<Instant>) -> Result<bool, BrokerError> {
         while self.frames.remaining() < want {
             let frame = match deadline {
                 None => self.body.frame().await,
                 Some(d) => match tokio::time::timeout_at(d, self.body.frame()).await {
                     Ok(f) => f,
                     Err(_) => {
-                        return Err(Status::deadline_exceeded(format!(
-                            "the request did not arrive whole within {} ms of its first byte \
-                             (request_read_timeout_ms)",
-                            self.limits.read_timeout.as_millis()
-                        )))
+                        let timeout_ms = self.limits.read_timeout.as_millis() as u64;
+                        return Err(BrokerError::RequestTimeout { timeout_ms });
                     }
                 },
             };
@@ -313,7 +312,7 @@ impl MessageReader {
                         self.frames.push(data);
                     }
                 }
-                Some(Err(e)) => return Err(Status::unavailable(format!("reading the request: {e}"))),
+                Some(Err(e)) => return Err(BrokerError::ConnectionFailed(e.to_string())),
                 None => return Ok(false),
             }
         }
@@ -321,10 +320,10 @@ impl MessageReader {
     }
 
     /// Reads and drops `n` bytes, never holding more than a frame of them.
-    async fn skip(&mut self, mut n: usize, deadline: Instant) -> Result<(), Status> {
+    async fn skip(&mut self, mut n: usize, deadline: Instant) -> Result<(), BrokerError> {
         while n > 0 {
             if self.frames.remaining() == 0 && !self.fill(1, Some(deadline)).await? {
-                return Err(Status::invalid_argument("the request stream ended inside a message"));
+                return Err(ended_inside());
             }
             let step = n.min(self.frames.remaining());
             self.frames.advance(step);
@@ -335,13 +334,13 @@ impl MessageReader {
 
     /// The next message's bytes (prefix removed, left in `frames`) and its
     /// share of the budget; `Refused` for a message that cannot be taken.
-    async fn next_raw(&mut self, deadline: Option<Instant>) -> Result<Read<usize>, Status> {
+    async fn next_raw(&mut self, deadline: Option<Instant>) -> Result<Read<usize>, BrokerError> {
         if !self.fill(1, deadline).await? {
             return Ok(Read::End);
         }
         let deadline = deadline.unwrap_or_else(|| Instant::now() + self.limits.read_timeout);
         if !self.fill(GRPC_PREFIX, Some(deadline)).await? {
-            return Err(Status::invalid_argument("the request stream ended inside a message"));
+            return Err(ended_inside());
         }
         let mut prefix = [0u8; GRPC_PREFIX];
         self.frames.peek(&mut prefix);
@@ -350,17 +349,16 @@ impl MessageReader {
         let max = self.limits.message_bytes_max;
         if len > max {
             self.skip(len, deadline).await?;
-            return Ok(Read::Refused(Status::resource_exhausted(format!(
-                "request too large: {len} bytes, over the limit of {max} bytes (max_request_bytes)"
-            ))));
+            let refused = BrokerError::RequestTooLarge { size: len, limit: max, setting: "max_request_bytes" };
+            return Ok(Read::Refused(refused));
         }
         if prefix[0] != 0 {
             self.skip(len, deadline).await?;
-            return Ok(Read::Refused(Status::unimplemented("compressed requests are not supported")));
+            return Ok(Read::Refused(BrokerError::Unsupported("compressed requests are not supported".into())));
         }
-        let permit = self.limits.budget.acquire(GRPC_PREFIX + len).await.map_err(super::status::to_status)?;
+        let permit = self.limits.budget.acquire(GRPC_PREFIX + len).await?;
         if !self.fill(len, Some(deadline)).await? {
-            return Err(Status::invalid_argument("the request stream ended inside a message"));
+            return Err(ended_inside());
         }
         Ok(Read::Message(len, permit))
     }
@@ -369,7 +367,7 @@ impl MessageReader {
     async fn next<M: Message + Default>(
         &mut self,
         count: fn(&Frames, usize) -> Result<Counts, String>,
-    ) -> Result<Read<M>, Status> {
+    ) -> Result<Read<M>, BrokerError> {
         self.next_with::<M>(None, count).await
     }
 
@@ -377,7 +375,7 @@ impl MessageReader {
         &mut self,
         deadline: Option<Instant>,
         count: fn(&Frames, usize) -> Result<Counts, String>,
-    ) -> Result<Read<M>, Status> {
+    ) -> Result<Read<M>, BrokerError> {
         let (len, mut permit) = match self.next_raw(deadline).await? {
             Read::Message(len, permit) => (len, permit),
             Read::Refused(status) => return Ok(Read::Refused(status)),
@@ -388,16 +386,15 @@ impl MessageReader {
             Ok(c) => c,
             Err(why) => {
                 self.frames.advance(len);
-                return Ok(Read::Refused(Status::invalid_argument(format!("malformed {name}: {why}"))));
+                return Ok(Read::Refused(BrokerError::MalformedRequest { what: name.to_string(), why }));
             }
         };
         if counts.records > self.limits.records_max {
             self.frames.advance(len);
-            return Ok(Read::Refused(Status::invalid_argument(format!(
-                "produce request with {} records: at most {} records per request (produce_records_max); \
-                 send them in several requests",
-                counts.records, self.limits.records_max
-            ))));
+            return Ok(Read::Refused(BrokerError::TooManyRecords {
+                records: counts.records,
+                max: self.limits.records_max,
+            }));
         }
         let decoded = counts.records * DECODED_RECORD_BYTES + counts.headers * DECODED_HEADER_BYTES;
         if decoded > 0 {
@@ -405,7 +402,7 @@ impl MessageReader {
                 Some(extra) => permit.merge(extra),
                 None => {
                     self.frames.advance(len);
-                    return Ok(Read::Refused(Status::resource_exhausted(format!(
+                    return Ok(Read::Refused(BrokerError::Busy(format!(
                         "the broker has no room to decode a request of {} records now \
                          (queued.max.request.bytes = {}); retry",
                         counts.records,
@@ -428,25 +425,25 @@ impl MessageReader {
     async fn only<M: Message + Default>(
         &mut self,
         count: fn(&Frames, usize) -> Result<Counts, String>,
-    ) -> Result<(M, BudgetPermit), Status> {
+    ) -> Result<(M, BudgetPermit), BrokerError> {
         let deadline = Instant::now() + self.limits.read_timeout;
         let read = self.next_with::<M>(Some(deadline), count).await?;
         let (message, permit) = match read {
             Read::Message(m, permit) => (m, permit),
-            Read::Refused(status) => return Err(status),
-            Read::End => return Err(Status::invalid_argument("malformed request: no gRPC message in the body")),
+            Read::Refused(e) => return Err(e),
+            Read::End => return Err(no_message()),
         };
         self.expect_end(deadline).await?;
         Ok((message, permit))
     }
 
     /// The one message of a unary request as bytes, prefix included.
-    async fn only_raw(&mut self) -> Result<(Bytes, BudgetPermit), Status> {
+    async fn only_raw(&mut self) -> Result<(Bytes, BudgetPermit), BrokerError> {
         let deadline = Instant::now() + self.limits.read_timeout;
         let (len, permit) = match self.next_raw(Some(deadline)).await? {
             Read::Message(len, permit) => (len, permit),
-            Read::Refused(status) => return Err(status),
-            Read::End => return Err(Status::invalid_argument("malformed request: no gRPC message in the body")),
+            Read::Refused(e) => return Err(e),
+            Read::End => return Err(no_message()),
         };
         let mut bytes = bytes::BytesMut::with_capacity(GRPC_PREFIX + len);
         bytes.extend_from_slice(&[0]);
@@ -456,28 +453,28 @@ impl MessageReader {
         Ok((bytes.freeze(), permit))
     }
 
-    async fn expect_end(&mut self, deadline: Instant) -> Result<(), Status> {
+    async fn expect_end(&mut self, deadline: Instant) -> Result<(), BrokerError> {
         if self.frames.remaining() > 0 || self.fill(1, Some(deadline)).await? {
-            return Err(Status::invalid_argument("malformed request: more than one gRPC message in a unary call"));
+            let why = "more than one gRPC message in a unary call".into();
+            return Err(BrokerError::MalformedRequest { what: "request".into(), why });
         }
         Ok(())
     }
 }
 
-/// Runs `f`, which may take a while, without holding up the async worker's
-/// other tasks (tokio moves them to another worker meanwhile).
-fn in_place<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
+fn ended_inside() -> BrokerError {
+    BrokerError::MalformedRequest { what: "request".into(), why: "the request stream ended inside a message".into() }
+}
+
+fn no_message() -> BrokerError {
+    BrokerError::MalformedRequest { what: "request".into(), why: "no gRPC message in the body".into() }
 }
 
 /// Decodes the first `len` bytes of `frames` (consuming them).
-fn decode<M: Message + Default>(frames: &mut Frames, len: usize) -> Result<M, Status> {
+fn decode<M: Message + Default>(frames: &mut Frames, len: usize) -> Result<M, BrokerError> {
     M::decode(Buf::take(&mut *frames, len)).map_err(|e| {
         let name = std::any::type_name::<M>().rsplit("::").next().unwrap_or("request");
-        Status::invalid_argument(format!("malformed {name}: {e}"))
+        BrokerError::MalformedRequest { what: name.to_string(), why: e.to_string() }
     })
 }
 
@@ -573,11 +570,11 @@ struct PushBody {
 }
 
 impl PushBody {
-    /// The next piece of the queued chunks, at most [`CHUNK_BYTES_MAX`].
+    /// The next piece of the queued chunks, at most `PUSH_CHUNK_BYTES_MAX`.
     fn next_piece(&mut self) -> Option<Bytes> {
         let front = self.queued.front_mut()?;
-        let piece = if front.len() > CHUNK_BYTES_MAX {
-            front.split_to(CHUNK_BYTES_MAX)
+        let piece = if front.len() > PUSH_CHUNK_BYTES_MAX {
+            front.split_to(PUSH_CHUNK_BYTES_MAX)
         } else {
             self.queued.pop_front().expect("a front chunk")
         };

@@ -1,7 +1,7 @@
 //! The gRPC codec of every strata service and client: tonic-prost's, except
 //! that the encoder reserves the message's exact size before writing it;
 //! and [`frame_message`], which frames a message with record batches as
-//! body chunks that share the batches' bytes (`server::push`, `client`).
+//! body chunks that share the batches' bytes (`routes.rs`, `client`).
 //!
 //! tonic encodes into a buffer that starts at 8 KiB and grows as prost
 //! writes, so a 100 KB produce request or an 8 MiB fetch response was
@@ -61,10 +61,7 @@ impl<T: Message> Encoder for SizedEncoder<T> {
     }
 }
 
-/// Stored batches smaller than this are copied next to their field header
-/// instead of going out as a chunk of their own: each chunk is an HTTP/2
-/// DATA frame and a write, which costs more than copying a few KiB.
-pub const CHUNK_MIN: usize = 16 << 10;
+use crate::config::PUSH_SHARED_BATCH_BYTES_MIN as CHUNK_MIN;
 
 /// Length of the gRPC message prefix: compressed flag and u32 length.
 pub const GRPC_PREFIX: usize = 5;

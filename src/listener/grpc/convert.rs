@@ -1,43 +1,66 @@
-//! Proto <-> domain translation. Proto types stop in `server/`.
+//! Proto <-> broker translation. Proto types stop in the listener (and the
+//! clients); a field that cannot be translated is a broker error like any
+//! other, mapped to a status in `status.rs`.
 
+use std::time::Duration;
+
+use crate::broker::fetch::Fetched;
 use crate::broker::groups::GroupInfo;
 use crate::broker::partition::ReadRecords;
-use crate::broker::subscription::SubscriptionEvent;
-use crate::broker::{PartitionInfo, Position, ProduceRequest, ProduceResult, TopicInfo};
+use crate::broker::subscription::{Delivery, StreamMessage, SubscriptionEvent};
+use crate::broker::{
+    BrokerError, CommitOffsets, CreateTopic, FetchRequest, JoinGroup, PartitionInfo, Position, ProduceRequest,
+    ProduceResult, ResetOffsets, SubscribeRequest, TopicInfo,
+};
 use crate::group::offsets::Committed;
 use crate::proto;
 use crate::storage::batch::{ProducerStamp, Record, StoredRecord};
-use tonic::Status;
 
-pub fn position(p: Option<proto::Position>, absent: Position) -> Result<Position, Status> {
+type Result<T> = std::result::Result<T, BrokerError>;
+
+pub fn position(p: Option<proto::Position>, absent: Position) -> Result<Position> {
+    Ok(optional_position(p)?.unwrap_or(absent))
+}
+
+fn optional_position(p: Option<proto::Position>) -> Result<Option<Position>> {
     use proto::position::Position as P;
     Ok(match p.and_then(|p| p.position) {
-        None => absent,
-        Some(P::Offset(o)) => Position::Offset(o),
-        Some(P::TimestampMs(t)) => Position::Timestamp(t),
-        Some(P::Boundary(b)) => boundary(b)?,
+        None => None,
+        Some(P::Offset(o)) => Some(Position::Offset(o)),
+        Some(P::TimestampMs(t)) => Some(Position::Timestamp(t)),
+        Some(P::Boundary(b)) => Some(boundary(b)?),
     })
 }
 
-pub fn boundary(b: i32) -> Result<Position, Status> {
+pub fn boundary(b: i32) -> Result<Position> {
     match proto::Boundary::try_from(b) {
         Ok(proto::Boundary::Earliest) => Ok(Position::Earliest),
         Ok(proto::Boundary::Latest) => Ok(Position::Latest),
         Ok(proto::Boundary::Committed) => Ok(Position::Committed),
-        Err(_) => Err(Status::invalid_argument(format!("unknown boundary {b}"))),
+        Err(_) => Err(BrokerError::InvalidRequest(format!("unknown boundary {b}"))),
     }
 }
 
-pub fn produce_request(r: proto::ProduceRequest) -> Result<ProduceRequest, Status> {
+pub fn create_topic(r: proto::CreateTopicRequest) -> CreateTopic {
+    CreateTopic {
+        name: r.name,
+        partitions: (r.partitions > 0).then_some(r.partitions),
+        config: r.config.into_iter().collect(),
+    }
+}
+
+pub fn produce_request(r: proto::ProduceRequest) -> Result<ProduceRequest> {
     let producer = match (r.producer_id, r.sequence) {
         (Some(producer_id), Some(sequence)) => {
             if producer_id < 0 || sequence < 0 {
-                return Err(Status::invalid_argument("producer_id and sequence must not be negative"));
+                return Err(BrokerError::InvalidRequest("producer_id and sequence must not be negative".into()));
             }
             Some(ProducerStamp { producer_id, first_sequence: sequence })
         }
         (None, None) => None,
-        _ => return Err(Status::invalid_argument("producer_id and sequence go together: set both or neither")),
+        _ => {
+            return Err(BrokerError::InvalidRequest("producer_id and sequence go together: set both or neither".into()))
+        }
     };
     let records = r
         .records
@@ -50,6 +73,55 @@ pub fn produce_request(r: proto::ProduceRequest) -> Result<ProduceRequest, Statu
         .collect();
     let batch = (!r.record_batch.is_empty()).then_some(r.record_batch);
     Ok(ProduceRequest { topic: r.topic, partition: r.partition, records, producer, batch })
+}
+
+pub fn fetch_request(r: proto::FetchRequest) -> Result<FetchRequest> {
+    Ok(FetchRequest {
+        from: position(r.from, Position::Earliest)?,
+        topic: r.topic,
+        partition: r.partition,
+        records_max: r.max_records as usize,
+        bytes_max: r.max_bytes as usize,
+        wait: Duration::from_millis(r.max_wait_ms as u64),
+        raw: r.raw_batches,
+    })
+}
+
+pub fn subscribe_request(r: proto::SubscribeRequest) -> Result<SubscribeRequest> {
+    Ok(SubscribeRequest {
+        from: optional_position(r.from)?,
+        fallback: r.fallback.map(boundary).transpose()?,
+        pattern: r.topic_pattern,
+        group: r.group,
+        delivery: if r.raw_batches { Delivery::Batches } else { Delivery::Records },
+    })
+}
+
+pub fn join_group(r: proto::JoinGroupRequest) -> JoinGroup {
+    JoinGroup {
+        group: r.group,
+        member_id: r.member_id,
+        topic_pattern: r.topic_pattern,
+        session_timeout: (r.session_timeout_ms > 0).then(|| Duration::from_millis(r.session_timeout_ms as u64)),
+    }
+}
+
+pub fn commit_offsets(r: proto::CommitOffsetsRequest) -> CommitOffsets {
+    CommitOffsets {
+        group: r.group,
+        member_id: r.member_id,
+        generation: r.generation,
+        offsets: r.offsets.into_iter().map(committed_in).collect(),
+    }
+}
+
+pub fn reset_offsets(r: proto::ResetGroupOffsetsRequest) -> Result<ResetOffsets> {
+    Ok(ResetOffsets {
+        to: position(r.to, Position::Earliest)?,
+        group: r.group,
+        topic_pattern: r.topic_pattern,
+        dry_run: r.dry_run,
+    })
 }
 
 pub fn produce_results(results: Vec<ProduceResult>) -> Vec<proto::ProduceResult> {
@@ -76,7 +148,7 @@ pub fn stored_record(topic: &str, partition: u32, r: StoredRecord) -> proto::Sto
     }
 }
 
-pub fn fetch_response(topic: &str, partition: u32, read: ReadRecords) -> proto::FetchResponse {
+fn records_response(topic: &str, partition: u32, read: ReadRecords) -> proto::FetchResponse {
     proto::FetchResponse {
         records: read.records.into_iter().map(|r| stored_record(topic, partition, r)).collect(),
         next_offset: read.next_offset,
@@ -87,7 +159,7 @@ pub fn fetch_response(topic: &str, partition: u32, read: ReadRecords) -> proto::
 }
 
 /// A Subscribe message carrying one delivery (records or stored batches).
-pub fn subscribe_response(delivered: Option<SubscriptionEvent>) -> proto::SubscribeResponse {
+fn subscribe_response(delivered: Option<SubscriptionEvent>) -> proto::SubscribeResponse {
     match delivered {
         Some(SubscriptionEvent::Records { topic, partition, records }) => proto::SubscribeResponse {
             records: records.into_iter().map(|r| stored_record(&topic, partition, r)).collect(),
@@ -105,19 +177,32 @@ pub fn subscribe_response(delivered: Option<SubscriptionEvent>) -> proto::Subscr
     }
 }
 
-/// A raw fetch: the stored batches as they are; next_offset is after the last.
-pub fn raw_fetch_response(from: Position, read: crate::storage::ReadBatches) -> proto::FetchResponse {
-    let next_offset = read.next_offset().unwrap_or(match from {
-        Position::Offset(o) => o,
-        _ => read.high_watermark,
-    });
-    proto::FetchResponse {
-        records: vec![],
-        next_offset,
-        high_watermark: read.high_watermark,
-        log_start_offset: read.log_start_offset,
-        record_batches: read.batches,
+/// A fetch's answer: decoded records, or the stored batches as they are
+/// (next_offset is after the last, or `from` when there is none).
+pub fn fetch_response(topic: &str, partition: u32, fetched: Fetched) -> proto::FetchResponse {
+    match fetched {
+        Fetched::Records(read) => records_response(topic, partition, read),
+        Fetched::Batches { from, read } => proto::FetchResponse {
+            records: vec![],
+            next_offset: read.next_offset().unwrap_or(from),
+            high_watermark: read.high_watermark,
+            log_start_offset: read.log_start_offset,
+            record_batches: read.batches,
+        },
     }
+}
+
+/// One Subscribe message.
+pub fn subscribe_message(m: StreamMessage) -> proto::SubscribeResponse {
+    let mut out = subscribe_response(m.delivery);
+    if let Some(membership) = m.membership {
+        out.assignments = assignments(&membership.assignment);
+        out.member_id = membership.member_id;
+        out.generation = membership.generation;
+    } else if let Some(streaming) = m.streaming {
+        out.assignments = assignments(&streaming);
+    }
+    out
 }
 
 pub fn topic_description(t: TopicInfo) -> proto::TopicDescription {

@@ -4,22 +4,13 @@
 //! (60% CPU seen) while the queued connections waited anyway.
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::Stream;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::broker::error::open_file_limit;
-
-/// Pause after an accept fails for lack of descriptors or memory: the
-/// connections wait in the kernel's backlog meanwhile, and one attempt
-/// per pause costs nothing.
-pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// At most one warning this often while accepts keep failing.
-const WARN_INTERVAL: Duration = Duration::from_secs(10);
-/// TCP keepalive on accepted sockets: finds peers that vanished without
-/// a FIN (HTTP/2 pings find them sooner on busy connections).
-const KEEPALIVE: Duration = Duration::from_secs(60);
+use crate::config::{ACCEPT_BACKOFF, ACCEPT_WARN_INTERVAL as WARN_INTERVAL, TCP_KEEPALIVE as KEEPALIVE};
 
 /// Whether an accept error means the process or system is out of a
 /// resource (descriptors, buffers) rather than a bad connection.

@@ -1,0 +1,183 @@
+//! Topic administration: create, delete, alter, describe, list. Topic
+//! metadata lives in `DATA/<topic>/topic.json`, written last on create and
+//! replaced atomically on alter; a delete renames the directory first
+//! (`data_dir.rs`), so a crash never leaves half a topic that would be
+//! opened again.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::partition::Partition;
+use super::topic::{Topic, TopicMetadata};
+use super::{data_dir, names, Broker, BrokerError, Caller, CreateTopic, PartitionInfo, Result, TopicInfo};
+use crate::config::PARTITIONS_PER_TOPIC_MAX;
+use crate::storage::fs::FileSystem;
+use crate::storage::{Clock, Log, LogConfig};
+
+/// Runs blocking admin work off the async workers.
+async fn blocking<T: Send + 'static>(what: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| BrokerError::Internal(format!("{what} task failed: {e}")))?
+}
+
+impl Broker {
+    pub async fn create_topic(&self, caller: &Caller, request: CreateTopic) -> Result<TopicInfo> {
+        self.check_running()?;
+        let CreateTopic { name, partitions, config: overrides } = request;
+        names::validate("topic", &name, false)?;
+        let partitions = partitions.filter(|p| *p > 0).unwrap_or(self.config.default_partitions);
+        if partitions > PARTITIONS_PER_TOPIC_MAX {
+            return Err(BrokerError::TooManyPartitions { topic: name, partitions, max: PARTITIONS_PER_TOPIC_MAX });
+        }
+        let topic_config = self
+            .config
+            .topic_defaults
+            .with(&overrides)
+            .map_err(|why| BrokerError::InvalidConfig { topic: name.clone(), why })?;
+        let _admin = self.admin.lock().await;
+        if self.topic(&name).is_ok() {
+            return Err(BrokerError::TopicExists(name));
+        }
+        let metadata =
+            TopicMetadata { name: name.clone(), partitions, config: overrides, created_ms: self.clock.now_ms() };
+        let dir = self.config.data_dir.join(&name);
+        let (fs, clock) = (self.fs.clone(), self.clock.clone());
+        let log_config = topic_config.log_config(self.config.request_bytes_max);
+        let (meta, topic_dir) = (metadata.clone(), dir.clone());
+        let created = blocking("create", move || {
+            let created = create_topic_files(&fs, &clock, &topic_dir, &meta, log_config);
+            if created.is_err() {
+                // Nothing half-made stays behind (a later create would find it).
+                let _ = fs.remove_dir_all(&topic_dir);
+            }
+            created
+        })
+        .await;
+        let created = match created {
+            Ok(created) => created,
+            Err(e) => {
+                let _ = self.fs.remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let topic = Arc::new(Topic::new(dir, metadata, topic_config, created));
+        self.topics.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), topic.clone());
+        self.topics_version.send_modify(|v| *v += 1);
+        tracing::info!(topic = %name, partitions, by = %caller, "created topic");
+        self.describe(&topic).await
+    }
+
+    pub async fn delete_topic(&self, caller: &Caller, name: &str) -> Result<()> {
+        self.check_running()?;
+        let _admin = self.admin.lock().await;
+        let topic = self
+            .topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        self.topics_version.send_modify(|v| *v += 1);
+        let fs = self.fs.clone();
+        let data_dir_path = self.config.data_dir.clone();
+        let stamp = self.clock.now_ms();
+        blocking("delete", move || {
+            // Rename first so a crash mid-delete never leaves half a topic
+            // that would be opened again.
+            let doomed = data_dir::deleted_path(&data_dir_path, &topic.name, stamp);
+            fs.rename(&topic.dir, &doomed).map_err(|e| io_error(&topic.dir, e))?;
+            // Guards against a power loss bringing the deleted topic back.
+            fs.sync_dir(&data_dir_path).map_err(|e| io_error(&data_dir_path, e))?;
+            fs.remove_dir_all(&doomed).map_err(|e| io_error(&doomed, e))
+        })
+        .await?;
+        tracing::info!(topic = name, by = %caller, "deleted topic");
+        Ok(())
+    }
+
+    pub async fn alter_topic_config(
+        &self,
+        caller: &Caller,
+        name: &str,
+        changes: BTreeMap<String, String>,
+    ) -> Result<TopicInfo> {
+        self.check_running()?;
+        let _admin = self.admin.lock().await;
+        let topic = self.topic(name)?;
+        let mut metadata = topic.metadata();
+        let changed: Vec<String> = changes.keys().cloned().collect();
+        metadata.config.extend(changes);
+        let config = self
+            .config
+            .topic_defaults
+            .with(&metadata.config)
+            .map_err(|why| BrokerError::InvalidConfig { topic: name.to_string(), why })?;
+        let (fs, dir, meta) = (self.fs.clone(), topic.dir.clone(), metadata.clone());
+        blocking("alter", move || meta.write(fs.as_ref(), &dir).map_err(|e| io_error(&dir, e))).await?;
+        topic.set_config(metadata, config, self.config.request_bytes_max);
+        tracing::info!(topic = name, keys = ?changed, by = %caller, "altered topic config");
+        self.describe(&topic).await
+    }
+
+    pub async fn describe_topic(&self, _caller: &Caller, name: &str) -> Result<TopicInfo> {
+        let topic = self.topic(name)?;
+        self.describe(&topic).await
+    }
+
+    pub async fn list_topics(&self, _caller: &Caller, pattern: &str) -> Result<Vec<TopicInfo>> {
+        let mut out = Vec::new();
+        for topic in self.matching_topics(pattern) {
+            out.push(self.describe(&topic).await?);
+        }
+        Ok(out)
+    }
+
+    async fn describe(&self, topic: &Arc<Topic>) -> Result<TopicInfo> {
+        let mut partitions = Vec::new();
+        for p in &topic.partitions {
+            let times = p.blocking(|log| log.timestamps()).await?;
+            partitions.push(PartitionInfo {
+                partition: p.id,
+                log_start_offset: p.log.log_start_offset(),
+                high_watermark: p.log.high_watermark(),
+                size_bytes: p.log.size_bytes(),
+                segments: p.log.segment_count() as u32,
+                first_timestamp_ms: times.map(|t| t.0),
+                last_timestamp_ms: times.map(|t| t.1),
+            });
+        }
+        Ok(TopicInfo { name: topic.name.clone(), partitions, config: topic.config().to_map() })
+    }
+}
+
+/// A new topic's directory, partition logs and (last) metadata file.
+fn create_topic_files(
+    fs: &Arc<dyn FileSystem>,
+    clock: &Arc<dyn Clock>,
+    topic_dir: &Path,
+    meta: &TopicMetadata,
+    log_config: LogConfig,
+) -> Result<Vec<Arc<Partition>>> {
+    if fs.exists(topic_dir) {
+        // Leftover of a create that crashed before its metadata was written.
+        fs.remove_dir_all(topic_dir).map_err(|e| io_error(topic_dir, e))?;
+    }
+    fs.create_dir_all(topic_dir).map_err(|e| io_error(topic_dir, e))?;
+    let mut parts = Vec::new();
+    for p in 0..meta.partitions {
+        let log = Log::open(&topic_dir.join(p.to_string()), fs.clone(), clock.clone(), log_config)
+            .map_err(|e| BrokerError::storage(&meta.name, p, e))?;
+        parts.push(Arc::new(Partition::new(&meta.name, p, log)));
+    }
+    // The metadata file is written last: a topic directory without it
+    // is an unfinished create and is cleaned up.
+    meta.write(fs.as_ref(), topic_dir).map_err(|e| io_error(topic_dir, e))?;
+    if let Some(parent) = topic_dir.parent() {
+        // Guards against a power loss forgetting the topic directory.
+        fs.sync_dir(parent).map_err(|e| io_error(parent, e))?;
+    }
+    Ok(parts)
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> BrokerError {
+    BrokerError::io(format!("I/O error on {}", path.display()), e)
+}

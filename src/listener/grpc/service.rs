@@ -1,0 +1,335 @@
+//! `strata.v1.Broker` implemented over [`crate::broker::Broker`]: decode,
+//! call, encode. No business logic lives here: each method makes the
+//! [`Caller`], translates the request (`convert.rs`), calls the broker and
+//! translates the answer or the error (`status.rs`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert;
+use super::status::to_status;
+use crate::broker::budget::BudgetPermit;
+use crate::broker::{Broker, BrokerError, Caller, PipelineItem, Pipelined, Position, ProduceResult, Via};
+use crate::proto;
+
+#[derive(Debug, Clone)]
+pub struct BrokerService {
+    pub broker: Arc<Broker>,
+}
+
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Subscribe responses, each with its share of the stream's read-ahead
+/// budget, to drop once the connection has the bytes (`routes.rs`).
+pub type BudgetedStream = Pin<Box<dyn Stream<Item = Result<(proto::SubscribeResponse, BudgetPermit), Status>> + Send>>;
+
+/// The caller of a gRPC request: anonymous (until security), from its peer.
+pub fn caller_of<T>(request: &Request<T>) -> Caller {
+    Caller::anonymous(Via::Grpc, request.remote_addr())
+}
+
+/// A ProduceStream's requests as its reader produced them.
+pub type ProduceStreamInbound = Pin<Box<dyn Stream<Item = Result<PipelineItem<u64>, BrokerError>> + Send>>;
+
+impl BrokerService {
+    /// ProduceStream over any source of requests: tonic's decoder, or
+    /// `routes.rs`', which keeps record batches in the frames they arrived
+    /// in. Requests go through the broker's pipeline (responses as each is
+    /// durable); a refused one is answered with its error in the response
+    /// (its `request_id`, 0 when it could not be decoded) and the stream
+    /// goes on; an error of the stream itself ends it, after the responses
+    /// still waiting for their fsync.
+    pub fn produce_stream_of(
+        &self,
+        caller: Caller,
+        inbound: ProduceStreamInbound,
+    ) -> BoxStream<proto::ProduceResponse> {
+        let completions = self.broker.produce_pipeline(caller, inbound, false);
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(completions).map(|c| match c {
+            Ok(Pipelined { tag, result }) => Ok(produce_response(tag, result)),
+            Err(e) => Err(to_status(e)),
+        }))
+    }
+
+    /// Subscribe, with or without a group.
+    pub fn subscribe_budgeted(&self, caller: &Caller, r: proto::SubscribeRequest) -> Result<BudgetedStream, Status> {
+        let request = convert::subscribe_request(r).map_err(to_status)?;
+        let messages = self.broker.subscribe(caller, request).map_err(to_status)?;
+        Ok(Box::pin(messages.map(|m| {
+            m.map_err(to_status).map(|mut m| {
+                let permit = std::mem::replace(&mut m.permit, BudgetPermit::none());
+                (convert::subscribe_message(m), permit)
+            })
+        })))
+    }
+}
+
+/// A ProduceStream response: the results, or the error in its fields.
+fn produce_response(request_id: u64, result: Result<Vec<ProduceResult>, BrokerError>) -> proto::ProduceResponse {
+    match result {
+        Ok(results) => {
+            proto::ProduceResponse { results: convert::produce_results(results), request_id, ..Default::default() }
+        }
+        Err(e) => {
+            let s = to_status(e);
+            proto::ProduceResponse {
+                request_id,
+                error_code: s.code() as i32,
+                error_message: s.message().to_string(),
+                ..Default::default()
+            }
+        }
+    }
+}
+
+/// Runs blocking broker work off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, BrokerError> + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(e.to_string()))?.map_err(to_status)
+}
+
+#[tonic::async_trait]
+impl proto::broker_server::Broker for BrokerService {
+    async fn create_topic(
+        &self,
+        request: Request<proto::CreateTopicRequest>,
+    ) -> Result<Response<proto::TopicDescription>, Status> {
+        let caller = caller_of(&request);
+        let info = self.broker.create_topic(&caller, convert::create_topic(request.into_inner())).await;
+        Ok(Response::new(convert::topic_description(info.map_err(to_status)?)))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<proto::DeleteTopicRequest>,
+    ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
+        let caller = caller_of(&request);
+        self.broker.delete_topic(&caller, &request.into_inner().name).await.map_err(to_status)?;
+        Ok(Response::new(proto::DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<proto::ListTopicsRequest>,
+    ) -> Result<Response<proto::ListTopicsResponse>, Status> {
+        let caller = caller_of(&request);
+        let topics = self.broker.list_topics(&caller, &request.into_inner().topic_pattern).await.map_err(to_status)?;
+        Ok(Response::new(proto::ListTopicsResponse {
+            topics: topics.into_iter().map(convert::topic_description).collect(),
+        }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<proto::DescribeTopicRequest>,
+    ) -> Result<Response<proto::TopicDescription>, Status> {
+        let caller = caller_of(&request);
+        let info = self.broker.describe_topic(&caller, &request.into_inner().name).await.map_err(to_status)?;
+        Ok(Response::new(convert::topic_description(info)))
+    }
+
+    async fn alter_topic_config(
+        &self,
+        request: Request<proto::AlterTopicConfigRequest>,
+    ) -> Result<Response<proto::TopicDescription>, Status> {
+        let caller = caller_of(&request);
+        let r = request.into_inner();
+        let changes = r.config.into_iter().collect();
+        let info = self.broker.alter_topic_config(&caller, &r.name, changes).await.map_err(to_status)?;
+        Ok(Response::new(convert::topic_description(info)))
+    }
+
+    async fn init_producer(
+        &self,
+        request: Request<proto::InitProducerRequest>,
+    ) -> Result<Response<proto::InitProducerResponse>, Status> {
+        let (broker, caller) = (self.broker.clone(), caller_of(&request));
+        let producer_id = blocking(move || broker.init_producer(&caller)).await?;
+        Ok(Response::new(proto::InitProducerResponse { producer_id }))
+    }
+
+    async fn produce(
+        &self,
+        request: Request<proto::ProduceRequest>,
+    ) -> Result<Response<proto::ProduceResponse>, Status> {
+        let caller = caller_of(&request);
+        let r = request.into_inner();
+        let request_id = r.request_id;
+        let request = convert::produce_request(r).map_err(to_status)?;
+        let results = self.broker.produce(&caller, request).await.map_err(to_status)?;
+        Ok(Response::new(proto::ProduceResponse {
+            results: convert::produce_results(results),
+            request_id,
+            ..Default::default()
+        }))
+    }
+
+    type ProduceStreamStream = BoxStream<proto::ProduceResponse>;
+
+    async fn produce_stream(
+        &self,
+        request: Request<Streaming<proto::ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let caller = caller_of(&request);
+        let inbound = request.into_inner().map(|m| match m {
+            Ok(m) => Ok(PipelineItem {
+                tag: m.request_id,
+                request: convert::produce_request(m),
+                permit: BudgetPermit::none(),
+            }),
+            Err(s) => Err(BrokerError::MalformedRequest { what: "ProduceStream".into(), why: s.message().to_string() }),
+        });
+        Ok(Response::new(self.produce_stream_of(caller, Box::pin(inbound))))
+    }
+
+    async fn fetch(&self, request: Request<proto::FetchRequest>) -> Result<Response<proto::FetchResponse>, Status> {
+        let caller = caller_of(&request);
+        let r = request.into_inner();
+        let (topic, partition) = (r.topic.clone(), r.partition);
+        let fetched = self.broker.fetch(&caller, convert::fetch_request(r).map_err(to_status)?).await;
+        Ok(Response::new(convert::fetch_response(&topic, partition, fetched.map_err(to_status)?)))
+    }
+
+    type SubscribeStream = BoxStream<proto::SubscribeResponse>;
+
+    async fn subscribe(
+        &self,
+        request: Request<proto::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = caller_of(&request);
+        let messages = self.subscribe_budgeted(&caller, request.into_inner())?;
+        Ok(Response::new(Box::pin(messages.map(|m| m.map(|(m, _permit)| m)))))
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<proto::ListOffsetsRequest>,
+    ) -> Result<Response<proto::ListOffsetsResponse>, Status> {
+        let caller = caller_of(&request);
+        let r = request.into_inner();
+        let at = convert::position(r.at, Position::Latest).map_err(to_status)?;
+        let found = self.broker.list_offsets(&caller, &r.topic, r.partition, at).await.map_err(to_status)?;
+        Ok(Response::new(proto::ListOffsetsResponse {
+            offset: found.offset,
+            log_start_offset: found.log_start_offset,
+            high_watermark: found.high_watermark,
+        }))
+    }
+
+    async fn join_group(
+        &self,
+        request: Request<proto::JoinGroupRequest>,
+    ) -> Result<Response<proto::JoinGroupResponse>, Status> {
+        let caller = caller_of(&request);
+        let m = self.broker.join_group(&caller, convert::join_group(request.into_inner())).map_err(to_status)?;
+        Ok(Response::new(proto::JoinGroupResponse {
+            member_id: m.member_id,
+            generation: m.generation,
+            assignments: convert::assignments(&m.assignment),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        let caller = caller_of(&request);
+        let r = request.into_inner();
+        let m = self.broker.heartbeat(&caller, &r.group, &r.member_id).map_err(to_status)?;
+        Ok(Response::new(proto::HeartbeatResponse {
+            generation: m.generation,
+            assignments: convert::assignments(&m.assignment),
+        }))
+    }
+
+    async fn leave_group(
+        &self,
+        request: Request<proto::LeaveGroupRequest>,
+    ) -> Result<Response<proto::LeaveGroupResponse>, Status> {
+        let caller = caller_of(&request);
+        let r = request.into_inner();
+        self.broker.leave_group(&caller, &r.group, &r.member_id).map_err(to_status)?;
+        Ok(Response::new(proto::LeaveGroupResponse {}))
+    }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<proto::CommitOffsetsRequest>,
+    ) -> Result<Response<proto::CommitOffsetsResponse>, Status> {
+        let (broker, caller) = (self.broker.clone(), caller_of(&request));
+        let commit = convert::commit_offsets(request.into_inner());
+        blocking(move || broker.commit_offsets(&caller, commit)).await?;
+        Ok(Response::new(proto::CommitOffsetsResponse {}))
+    }
+
+    async fn fetch_committed_offsets(
+        &self,
+        request: Request<proto::FetchCommittedOffsetsRequest>,
+    ) -> Result<Response<proto::FetchCommittedOffsetsResponse>, Status> {
+        let caller = caller_of(&request);
+        let r = request.into_inner();
+        let offsets = self.broker.committed_offsets(&caller, &r.group, r.topic.as_deref());
+        Ok(Response::new(proto::FetchCommittedOffsetsResponse {
+            offsets: offsets.into_iter().map(convert::committed_out).collect(),
+        }))
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<proto::ListGroupsRequest>,
+    ) -> Result<Response<proto::ListGroupsResponse>, Status> {
+        let caller = caller_of(&request);
+        let groups = self
+            .broker
+            .list_groups(&caller)
+            .into_iter()
+            .map(|(group, state, generation, members)| proto::GroupSummary {
+                group,
+                state: state.to_string(),
+                generation,
+                members: members as u32,
+            })
+            .collect();
+        Ok(Response::new(proto::ListGroupsResponse { groups }))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<proto::DescribeGroupRequest>,
+    ) -> Result<Response<proto::DescribeGroupResponse>, Status> {
+        let caller = caller_of(&request);
+        let info = self.broker.describe_group(&caller, &request.into_inner().group).map_err(to_status)?;
+        Ok(Response::new(convert::group_description(info)))
+    }
+
+    async fn reset_group_offsets(
+        &self,
+        request: Request<proto::ResetGroupOffsetsRequest>,
+    ) -> Result<Response<proto::ResetGroupOffsetsResponse>, Status> {
+        let caller = caller_of(&request);
+        let reset = convert::reset_offsets(request.into_inner()).map_err(to_status)?;
+        let resets = self.broker.reset_group_offsets(&caller, reset).await.map_err(to_status)?;
+        Ok(Response::new(proto::ResetGroupOffsetsResponse {
+            resets: resets
+                .into_iter()
+                .map(|x| proto::OffsetReset {
+                    topic: x.topic,
+                    partition: x.partition,
+                    old_offset: x.old_offset,
+                    new_offset: x.new_offset,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<proto::DeleteGroupRequest>,
+    ) -> Result<Response<proto::DeleteGroupResponse>, Status> {
+        let caller = caller_of(&request);
+        self.broker.delete_group(&caller, &request.into_inner().group).await.map_err(to_status)?;
+        Ok(Response::new(proto::DeleteGroupResponse {}))
+    }
+}

@@ -1,0 +1,101 @@
+//! The composition root: opens the broker, starts its background work and
+//! every listener, and stops them. Listeners only translate; everything
+//! they share lives in the broker.
+//!
+//! Listeners now: gRPC (`strata.v1.Broker`, health, reflection) on
+//! `listen`. A graceful stop refuses new work, ends long polls and
+//! subscriptions, lets in-flight requests finish (up to `SHUTDOWN_GRACE`),
+//! then closes every log cleanly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::broker::Broker;
+use crate::config::{BrokerConfig, SHUTDOWN_GRACE};
+use crate::listener;
+use crate::storage::fs::{FileSystem, StdFs};
+use crate::storage::{Clock, SystemClock};
+
+/// A running broker and its listeners; dropped without `shutdown` it
+/// stops abruptly.
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    broker: Arc<Broker>,
+    /// Each listener's serving task.
+    listeners: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl RunningServer {
+    /// The gRPC listener's address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Graceful stop: refuse new work, end long polls and subscriptions,
+    /// finish in-flight requests, close every log cleanly.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.broker.begin_shutdown();
+        for serving in self.listeners {
+            match tokio::time::timeout(SHUTDOWN_GRACE, serving).await {
+                Ok(joined) => joined??,
+                Err(_) => tracing::warn!("in-flight requests did not finish within 30 s; closing anyway"),
+            }
+        }
+        self.broker.shutdown().await;
+        Ok(())
+    }
+
+    /// An unclean stop for in-process tests: serving and background work
+    /// end, nothing is flushed or marked clean, and the data directory is
+    /// unlocked once the last task lets go of the broker (as a process
+    /// crash would leave it; crash tests of the real binary use SIGKILL).
+    pub async fn crash(self) {
+        self.broker.begin_shutdown();
+        for serving in &self.listeners {
+            serving.abort();
+        }
+        for serving in self.listeners {
+            let _ = serving.await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&self.broker) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Opens the data directory and starts serving on `config.listen`.
+pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningServer> {
+    start_with(config, Arc::new(StdFs), Arc::new(SystemClock)).await
+}
+
+/// Like [`start`], over a given file system and clock (fault-injection tests).
+pub async fn start_with(
+    config: BrokerConfig,
+    fs: Arc<dyn FileSystem>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<RunningServer> {
+    // Bound before opening, so a port in use is found before recovery.
+    let grpc = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr = grpc.local_addr()?;
+    let broker = tokio::task::spawn_blocking(move || Broker::open(config, fs, clock)).await??;
+    broker.spawn_background(broker.watch_stopping());
+    let listeners = vec![listener::grpc::serve(broker.clone(), grpc).await?];
+    tracing::info!(%addr, "strata is serving");
+    Ok(RunningServer { addr, broker, listeners })
+}

@@ -1,0 +1,147 @@
+//! The listener-neutral broker API, called as a listener would: pipelined
+//! produce (in order for Kafka, as completed for gRPC), the end of a
+//! pipeline on a stream error, internal produce, and subscribe's rules.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use strata::broker::budget::BudgetPermit;
+use strata::broker::subscription::Delivery;
+use strata::broker::{
+    Broker, BrokerError, Caller, CreateTopic, PipelineItem, Position, ProduceRequest, SubscribeRequest, Via,
+};
+use strata::config::BrokerConfig;
+use strata::storage::batch::Record;
+use strata::storage::fs::StdFs;
+use strata::storage::SystemClock;
+
+fn open(dir: &std::path::Path) -> Arc<Broker> {
+    let config = BrokerConfig { data_dir: dir.to_path_buf(), ..BrokerConfig::default() };
+    Broker::open(config, Arc::new(StdFs), Arc::new(SystemClock)).unwrap()
+}
+
+fn caller() -> Caller {
+    Caller::anonymous(Via::Grpc, None)
+}
+
+async fn create(broker: &Broker, name: &str, flush: &str) {
+    let config = BTreeMap::from([("flush.policy".to_string(), flush.to_string())]);
+    broker.create_topic(&caller(), CreateTopic { name: name.into(), partitions: Some(1), config }).await.unwrap();
+}
+
+fn request(topic: &str, value: &str) -> ProduceRequest {
+    let record = Record { value: Bytes::from(value.to_string()), ..Record::default() };
+    ProduceRequest { topic: topic.into(), partition: Some(0), records: vec![record], producer: None, batch: None }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_pipeline_answers_in_request_order_whatever_completes_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path());
+    create(&broker, "durable", "always").await;
+    create(&broker, "fast", "never").await;
+    // Every other request needs an fsync; the others are done at once.
+    let items: Vec<_> = (0..40u64)
+        .map(|i| {
+            let topic = if i % 2 == 0 { "durable" } else { "fast" };
+            Ok(PipelineItem { tag: i, request: Ok(request(topic, &format!("v{i}"))), permit: BudgetPermit::none() })
+        })
+        .collect();
+    let mut done = broker.produce_pipeline(caller(), futures::stream::iter(items), true);
+    let mut tags = Vec::new();
+    while let Some(c) = done.recv().await {
+        let c = c.unwrap();
+        c.result.unwrap();
+        tags.push(c.tag);
+    }
+    assert_eq!(tags, (0..40).collect::<Vec<_>>(), "in request order");
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_error_ends_the_pipeline_after_every_pending_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path());
+    create(&broker, "t", "always").await;
+    let mut items: Vec<_> = (0..10u64)
+        .map(|i| Ok(PipelineItem { tag: i, request: Ok(request("t", "x")), permit: BudgetPermit::none() }))
+        .collect();
+    // A refused request is answered in its turn; the stream goes on.
+    items.insert(
+        3,
+        Ok(PipelineItem { tag: 99, request: Err(BrokerError::Busy("retry".into())), permit: BudgetPermit::none() }),
+    );
+    items.push(Err(BrokerError::ConnectionFailed("reset".into())));
+    for ordered in [false, true] {
+        let copies: Vec<_> = items.iter().map(clone_item).collect();
+        let mut done = broker.produce_pipeline(caller(), futures::stream::iter(copies), ordered);
+        let mut answered = Vec::new();
+        let mut ended = None;
+        while let Some(c) = done.recv().await {
+            match c {
+                Ok(c) => answered.push((c.tag, c.result.is_ok())),
+                Err(e) => ended = Some(e),
+            }
+        }
+        answered.sort();
+        let mut expected: Vec<_> = (0..10).map(|i| (i, true)).collect();
+        expected.push((99, false));
+        assert_eq!(answered, expected, "every request answered (ordered {ordered})");
+        assert!(matches!(ended, Some(BrokerError::ConnectionFailed(_))), "then the stream's error");
+    }
+    broker.shutdown().await;
+}
+
+fn clone_item(item: &Result<PipelineItem<u64>, BrokerError>) -> Result<PipelineItem<u64>, BrokerError> {
+    match item {
+        Ok(PipelineItem { tag, request: Ok(r), .. }) => {
+            Ok(PipelineItem { tag: *tag, request: Ok(r.clone()), permit: BudgetPermit::none() })
+        }
+        Ok(PipelineItem { tag, .. }) => Ok(PipelineItem {
+            tag: *tag,
+            request: Err(BrokerError::Busy("retry".into())),
+            permit: BudgetPermit::none(),
+        }),
+        Err(_) => Err(BrokerError::ConnectionFailed("reset".into())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_produce_takes_the_same_checks_and_subscribe_refuses_a_bad_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path());
+    let unknown = broker.produce_internal("dead letters", request("nowhere", "x")).await.unwrap_err();
+    assert!(matches!(unknown, BrokerError::UnknownTopic(_)), "{unknown}");
+    create(&broker, "alerts", "always").await;
+    let r = broker.produce_internal("alerts", request("alerts", "fired")).await.unwrap();
+    assert_eq!(r[0].base_offset, 0);
+    let bad = SubscribeRequest {
+        pattern: "alerts".into(),
+        group: None,
+        from: None,
+        fallback: Some(Position::Offset(3)),
+        delivery: Delivery::Records,
+    };
+    assert!(matches!(broker.subscribe(&caller(), bad), Err(BrokerError::InvalidRequest(_))));
+    // No group: COMMITTED means the fallback (here the earliest record).
+    let from_committed = SubscribeRequest {
+        pattern: "alerts".into(),
+        group: None,
+        from: Some(Position::Committed),
+        fallback: Some(Position::Earliest),
+        delivery: Delivery::Records,
+    };
+    let mut messages = broker.subscribe(&caller(), from_committed).unwrap();
+    let mut values = Vec::new();
+    while values.is_empty() {
+        let m = messages.next().await.unwrap().unwrap();
+        if let Some(strata::broker::subscription::SubscriptionEvent::Records { records, .. }) = m.delivery {
+            values.extend(records.into_iter().map(|r| r.value));
+        }
+    }
+    assert_eq!(values, [Bytes::from_static(b"fired")]);
+    drop(messages);
+    broker.shutdown().await;
+}
