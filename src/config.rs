@@ -101,6 +101,9 @@ pub const OFFSETS_SNAPSHOT_BATCH_BYTES_MAX: usize = 1 << 20;
 
 /// Largest batch the format allows; a length field above it is corruption.
 pub const BATCH_BYTES_LIMIT: usize = 256 << 20;
+/// Largest records section a compressed batch may decompress to: a small
+/// batch may claim gigabytes (a compression bomb).
+pub const DECOMPRESSED_BATCH_BYTES_MAX: usize = 64 << 20;
 /// One index entry about every this many bytes of log.
 pub const INDEX_INTERVAL_BYTES: u64 = 4096;
 /// Index entries preallocated for one segment at most.

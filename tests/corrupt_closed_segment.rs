@@ -1,6 +1,6 @@
 //! A closed segment corrupted on disk after it was written: every byte of
-//! every batch header is flipped in turn (the CRC does not cover bytes 0-16:
-//! base offset, length, magic, CRC itself), the log is reopened after a clean
+//! every batch header is flipped in turn (the CRC does not cover bytes 0-20:
+//! base offset, length, leader epoch, magic, CRC itself), the log is reopened after a clean
 //! stop (so recovery does not rescan it), and every offset is read. Each read
 //! must either return the right records at the right offsets or fail with a
 //! corruption error naming where: never skip records, never serve a record
@@ -114,8 +114,8 @@ fn every_flipped_header_byte_of_a_closed_segment_reads_right_or_reports_data_los
     let mut tried = 0;
     for &header in &headers {
         for byte in 0..batch::HEADER_LEN {
-            // Bytes 0-16 are outside the CRC: both ends of each of them.
-            let flips: &[u8] = if byte < 17 { &[0x01, 0x80] } else { &[0x01] };
+            // Bytes 0-20 are outside the CRC: both ends of each of them.
+            let flips: &[u8] = if byte < 21 { &[0x01, 0x80] } else { &[0x01] };
             for &flip in flips {
                 let dir = tempfile::tempdir().unwrap();
                 copy_dir(src.path(), dir.path());

@@ -541,8 +541,9 @@ async fn raw_produce_writes_client_batches_as_they_are_and_refuses_bad_ones() {
         ),
     ];
     // Any flipped byte after the base offset (length, magic, CRC, header,
-    // records) is caught.
-    for at in 8..good.len() {
+    // records) is caught, but for the leader epoch (bytes 12-15), which is
+    // the broker's to stamp (Kafka producers send -1).
+    for at in (8..12).chain(16..good.len()) {
         let mut flipped = good.clone();
         flipped[at] ^= 0x20;
         bad.push(refused(&format!("byte {at} flipped"), raw_produce("rawp", Some(1), &flipped)));
@@ -552,6 +553,23 @@ async fn raw_produce_writes_client_batches_as_they_are_and_refuses_bad_ones() {
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {}", err.message());
     }
     assert_eq!(fetch_all(&mut c, "rawp", 1, 0).await.len(), 3, "refused batches wrote nothing");
+    let mut any_epoch = good.clone();
+    any_epoch[12..16].copy_from_slice(&(-1i32).to_be_bytes());
+    let r = c.produce(raw_produce("rawp", Some(1), &any_epoch)).await.unwrap().into_inner().results;
+    let stored = c
+        .fetch(proto::FetchRequest {
+            topic: "rawp".into(),
+            partition: 1,
+            from: at_offset(r[0].base_offset),
+            raw_batches: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .record_batches;
+    assert_eq!(&stored[0][12..16], &0i32.to_be_bytes(), "the broker stamps its leader epoch");
+    assert_eq!(&stored[0][16..], &good[16..], "and keeps the rest as it came");
 
     // A record timestamp of 0 means "now", as in Produce.
     let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
@@ -561,7 +579,10 @@ async fn raw_produce_writes_client_batches_as_they_are_and_refuses_bad_ones() {
 
     // The idempotent producer stamp travels inside the batch.
     let pid = c.init_producer(proto::InitProducerRequest {}).await.unwrap().into_inner().producer_id;
-    let stamped = client_batch(&[("", "once", T)], Some(ProducerStamp { producer_id: pid, first_sequence: 0 }));
+    let stamped = client_batch(
+        &[("", "once", T)],
+        Some(ProducerStamp { producer_id: pid, producer_epoch: 0, first_sequence: 0 }),
+    );
     let first = c.produce(raw_produce("rawp", Some(0), &stamped)).await.unwrap().into_inner().results;
     let retry = c.produce(raw_produce("rawp", Some(0), &stamped)).await.unwrap().into_inner().results;
     assert_eq!((first[0].base_offset, retry[0].base_offset), (1, 1));

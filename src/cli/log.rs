@@ -24,17 +24,29 @@ pub enum LogCommand {
     },
     /// Check every segment and index under a data dir, topic or partition dir.
     Verify { dir: PathBuf },
+    /// Rewrite segments of strata's first record format as Kafka's (the
+    /// broker also does it when it opens them). Stop the broker first.
+    Upgrade { dir: PathBuf },
 }
 
 pub fn run(command: LogCommand) -> anyhow::Result<()> {
     match command {
         LogCommand::Dump { path, records } => dump(&path, records),
+        LogCommand::Upgrade { dir } => upgrade(&dir),
         LogCommand::Verify { dir } => {
             let report = verify_with_progress(&dir)?;
             println!(
                 "verified {} partition(s), {} segment(s), {} batch(es), {} record(s), {} bytes",
                 report.partitions, report.segments, report.batches, report.records, report.bytes
             );
+            if report.v1_segments > 0 {
+                println!(
+                    "{} segment(s) in format v1 (strata's first record format): the broker upgrades them to \
+                     Kafka's when it opens them, or run `strata log upgrade {}` now",
+                    report.v1_segments,
+                    dir.display()
+                );
+            }
             if report.is_clean() {
                 println!("OK: no problems found");
                 Ok(())
@@ -98,7 +110,35 @@ fn dump(path: &Path, records: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn upgrade(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        anyhow::bail!("{} does not exist", dir.display());
+    }
+    let fs = StdFs;
+    let deleting = |name: &str| name.starts_with(crate::broker::data_dir::DELETED_PREFIX);
+    let partitions = verify::find_partitions(&fs, dir, &deleting)?;
+    let (mut segments, mut records) = (0, 0);
+    for (i, partition) in partitions.iter().enumerate() {
+        let done = crate::storage::upgrade::upgrade_partition(&fs, partition, &mut |done, of| {
+            eprint!("\r{}: segment {done} of {of}", partition.display());
+        })?;
+        if done.segments > 0 {
+            eprintln!();
+        }
+        segments += done.segments;
+        records += done.records;
+        if (i + 1) % 100 == 0 {
+            eprintln!("checked {} of {} partition(s)", i + 1, partitions.len());
+        }
+    }
+    println!("upgraded {segments} segment(s) ({records} records) in {} partition(s)", partitions.len());
+    Ok(())
+}
+
 fn dump_log(bytes: &[u8], records: bool) -> anyhow::Result<()> {
+    if crate::storage::upgrade::format_of(bytes) == crate::storage::upgrade::Format::V1 {
+        return dump_v1(bytes, records);
+    }
     let mut pos = 0usize;
     let mut count = 0u64;
     while pos < bytes.len() {
@@ -118,10 +158,13 @@ fn dump_log(bytes: &[u8], records: bool) -> anyhow::Result<()> {
             Ok(()) => "ok".to_string(),
             Err(e) => format!("BAD ({e})"),
         };
-        let producer =
-            header.producer().map(|p| format!("{}:{}", p.producer_id, p.first_sequence)).unwrap_or_else(|| "-".into());
+        let producer = header
+            .producer()
+            .map(|p| format!("{}:{}:{}", p.producer_id, p.producer_epoch, p.first_sequence))
+            .unwrap_or_else(|| "-".into());
+        let codec = header.compression().map_or("unknown", |c| c.name());
         println!(
-            "batch offsets {}..={} count {} position {} size {} first_ts {} max_ts {} producer {} crc {}",
+            "batch offsets {}..={} count {} position {} size {} first_ts {} max_ts {} producer {} compression {codec} crc {}",
             header.base_offset,
             header.last_offset(),
             header.record_count,
@@ -153,5 +196,58 @@ fn dump_log(bytes: &[u8], records: bool) -> anyhow::Result<()> {
         pos += header.total_len;
     }
     println!("{count} batch(es), {} bytes", bytes.len());
+    Ok(())
+}
+
+/// `log dump` of a segment in strata's first format.
+fn dump_v1(bytes: &[u8], records: bool) -> anyhow::Result<()> {
+    use crate::storage::batch_v1;
+    let mut pos = 0usize;
+    let mut count = 0u64;
+    while pos < bytes.len() {
+        let header = match batch_v1::BatchHeader::parse(&bytes[pos..], BATCH_BYTES_LIMIT) {
+            Ok(h) if pos + h.total_len <= bytes.len() => h,
+            Ok(_) | Err(_) => {
+                println!("position {pos}: invalid or torn batch ({} bytes to the end)", bytes.len() - pos);
+                break;
+            }
+        };
+        let whole = &bytes[pos..pos + header.total_len];
+        let crc = match batch_v1::verify_crc(&header, whole) {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("BAD ({e})"),
+        };
+        println!(
+            "batch offsets {}..={} count {} position {} size {} first_ts {} max_ts {} crc {}",
+            header.base_offset,
+            header.last_offset(),
+            header.record_count,
+            pos,
+            header.total_len,
+            format_ms(header.first_timestamp),
+            format_ms(header.max_timestamp),
+            crc
+        );
+        if records {
+            match batch_v1::decode_records(&bytes::Bytes::copy_from_slice(whole)) {
+                Ok(rs) => {
+                    for r in rs {
+                        println!(
+                            "  offset {} ts {} key {:?} value {:?} headers {}",
+                            r.offset,
+                            format_ms(r.timestamp_ms),
+                            String::from_utf8_lossy(&r.key),
+                            String::from_utf8_lossy(&r.value),
+                            r.headers.len()
+                        );
+                    }
+                }
+                Err(e) => println!("  records do not decode: {e}"),
+            }
+        }
+        count += 1;
+        pos += header.total_len;
+    }
+    println!("{count} batch(es), {} bytes, format v1 (strata's first record format)", bytes.len());
     Ok(())
 }

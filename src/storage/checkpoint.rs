@@ -20,7 +20,7 @@
 //! | size | field                                                  |
 //! |------|--------------------------------------------------------|
 //! | 4    | magic `STCK`                                           |
-//! | 1    | version (2; version 1 ends after the first point)      |
+//! | 1    | version (3; 2 had no producer epochs, 1 ended after the first point) |
 //! | ...  | durable point (below)                                  |
 //! | 1    | 1 if a written point follows, else 0                   |
 //! | 16   | boot id of the kernel that wrote it (`/proc/sys/kernel/random/boot_id`) |
@@ -35,13 +35,13 @@
 //! | 8    | byte position in that segment (a batch boundary)       |
 //! | 8    | next offset at that position                           |
 //! | 4    | producer count P                                       |
-//! | P x  | producer id i64, batch count u8, per batch: first sequence i32, record count u32, base offset u64, last offset u64 |
+//! | P x  | producer id i64, epoch i16 (not in versions 1-2: 0), batch count u8, per batch: first sequence i32, record count u32, base offset u64, last offset u64 |
 
 use super::producer::{ProducerBatch, ProducerState, BATCHES_PER_PRODUCER, PRODUCERS_MAX};
 
 pub const FILE_NAME: &str = "recovery.checkpoint";
 const MAGIC: &[u8; 4] = b"STCK";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 
 /// A point in the log (a batch boundary) and the producer state there.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,15 +98,15 @@ impl Checkpoint {
             return Err("bad magic");
         }
         let version = r.take(1)?[0];
-        if version != 1 && version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err("unsupported version");
         }
-        let (segment_base, position, next_offset, producers) = decode_point(&mut r)?;
+        let (segment_base, position, next_offset, producers) = decode_point(&mut r, version)?;
         let same_boot = match if version == 1 { 0 } else { r.take(1)?[0] } {
             0 => None,
             1 => {
                 let boot_id = u128::from_le_bytes(r.take(16)?.try_into().expect("16 bytes"));
-                let (segment_base, position, next_offset, producers) = decode_point(&mut r)?;
+                let (segment_base, position, next_offset, producers) = decode_point(&mut r, version)?;
                 Some(SameBoot { boot_id, segment_base, position, next_offset, producers })
             }
             _ => return Err("bad written-point flag"),
@@ -123,10 +123,11 @@ fn encode_point(buf: &mut Vec<u8>, segment_base: u64, position: u64, next_offset
     buf.extend_from_slice(&position.to_le_bytes());
     buf.extend_from_slice(&next_offset.to_le_bytes());
     buf.extend_from_slice(&(producers.len() as u32).to_le_bytes());
-    for (pid, batches) in producers.iter() {
+    for (pid, entry) in producers.iter() {
         buf.extend_from_slice(&pid.to_le_bytes());
-        buf.push(batches.len() as u8);
-        for b in batches {
+        buf.extend_from_slice(&entry.epoch.to_le_bytes());
+        buf.push(entry.batches.len() as u8);
+        for b in &entry.batches {
             buf.extend_from_slice(&b.first_sequence.to_le_bytes());
             buf.extend_from_slice(&b.record_count.to_le_bytes());
             buf.extend_from_slice(&b.base_offset.to_le_bytes());
@@ -135,7 +136,7 @@ fn encode_point(buf: &mut Vec<u8>, segment_base: u64, position: u64, next_offset
     }
 }
 
-fn decode_point(r: &mut Reader<'_>) -> Result<(u64, u64, u64, ProducerState), &'static str> {
+fn decode_point(r: &mut Reader<'_>, version: u8) -> Result<(u64, u64, u64, ProducerState), &'static str> {
     let segment_base = r.u64()?;
     let position = r.u64()?;
     let next_offset = r.u64()?;
@@ -146,6 +147,7 @@ fn decode_point(r: &mut Reader<'_>) -> Result<(u64, u64, u64, ProducerState), &'
     let mut producers = ProducerState::default();
     for _ in 0..count {
         let pid = r.u64()? as i64;
+        let epoch = if version >= 3 { i16::from_le_bytes(r.take(2)?.try_into().expect("2 bytes")) } else { 0 };
         let n = r.take(1)?[0] as usize;
         if n > BATCHES_PER_PRODUCER {
             return Err("too many batches for a producer");
@@ -157,7 +159,7 @@ fn decode_point(r: &mut Reader<'_>) -> Result<(u64, u64, u64, ProducerState), &'
                 base_offset: r.u64()?,
                 last_offset: r.u64()?,
             };
-            producers.record(pid, batch);
+            producers.record(pid, epoch, batch);
         }
     }
     Ok((segment_base, position, next_offset, producers))
@@ -191,11 +193,11 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut producers = ProducerState::default();
-        producers.record(3, ProducerBatch { first_sequence: 0, record_count: 2, base_offset: 10, last_offset: 11 });
+        producers.record(3, 2, ProducerBatch { first_sequence: 0, record_count: 2, base_offset: 10, last_offset: 11 });
         let mut cp = Checkpoint { segment_base: 5, position: 4096, next_offset: 12, producers, same_boot: None };
         assert_eq!(Checkpoint::decode(&cp.encode()).unwrap(), cp);
         let mut later = cp.producers.clone();
-        later.record(3, ProducerBatch { first_sequence: 2, record_count: 1, base_offset: 12, last_offset: 12 });
+        later.record(3, 2, ProducerBatch { first_sequence: 2, record_count: 1, base_offset: 12, last_offset: 12 });
         cp.same_boot = Some(SameBoot {
             boot_id: u128::MAX - 7,
             segment_base: 5,

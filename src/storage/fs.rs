@@ -425,7 +425,7 @@ impl FaultyFile {
 impl StorageFile for FaultyFile {
     fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
         if self.is_data() {
-            self.fs.record("read", &self.path.with_extension(format!("log@{position}")));
+            self.fs.record("read", &self.path.with_extension(format!("log@{position}+{}", buf.len())));
         }
         self.inner.read_at(buf, position)
     }
@@ -471,7 +471,7 @@ impl StorageFile for FaultyFile {
     }
     fn read_shared(&self, position: u64, len: usize) -> io::Result<bytes::Bytes> {
         if self.is_data() {
-            self.fs.record("read", &self.path.with_extension(format!("log@{position}")));
+            self.fs.record("read", &self.path.with_extension(format!("log@{position}+{len}")));
         }
         self.inner.read_shared(position, len)
     }

@@ -6,13 +6,16 @@
 //! specified byte by byte in `docs/format.md` and in [`batch`].
 
 pub mod batch;
+pub mod batch_v1;
 pub mod checkpoint;
+pub mod compression;
 pub mod fs;
 pub mod index;
 pub mod log;
 pub mod producer;
 pub mod segment;
 pub mod simfs;
+pub mod upgrade;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -139,6 +142,8 @@ pub enum StorageError {
     SequenceTooOld { producer_id: i64, sequence: i32, last_sequence: i32 },
     #[error("producer {producer_id}: sequence {sequence} starts inside the batch of sequences {first_sequence}..={last_sequence} already appended; retry with the same first sequence")]
     SequenceOverlaps { producer_id: i64, sequence: i32, first_sequence: i32, last_sequence: i32 },
+    #[error("producer {producer_id}: epoch {epoch} is older than its current epoch {current}: a newer instance of the producer fenced this one")]
+    ProducerFenced { producer_id: i64, epoch: i16, current: i16 },
     #[error("log {path} refuses writes after an unrecoverable error ({cause}); it is reopened once the fault clears")]
     Poisoned { path: PathBuf, cause: PoisonCause },
     #[error("the data appended to {path} was discarded: {cause}")]

@@ -1,7 +1,9 @@
-//! Idempotent producer state of one partition: the last few batches of each
-//! producer id, so a retried batch (same producer id and first sequence) is
-//! recognised and answered with its original offsets instead of appended
-//! again. Persisted in the recovery checkpoint and rebuilt from the log tail.
+//! Idempotent producer state of one partition: each producer id's epoch and
+//! its last few batches, so a retried batch (same producer, epoch and first
+//! sequence) is recognised and answered with its original offsets instead
+//! of appended again, and a producer fenced by a newer epoch (Kafka's
+//! InitProducerId bumps it) is refused. Persisted in the recovery
+//! checkpoint and rebuilt from the log tail.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -50,21 +52,38 @@ pub enum SequenceCheck {
     Duplicate { base_offset: u64, last_offset: u64 },
     /// Older than anything remembered: cannot tell whether it is a retry.
     TooOld { last_sequence: i32 },
+    /// From an epoch older than the producer's latest: a fenced producer.
+    Fenced { epoch: i16 },
     /// Starts inside a remembered batch: a retry cut differently, which
     /// would append some records twice.
     Overlaps { first_sequence: i32, last_sequence: i32 },
 }
 
+/// One producer's epoch and recent batches.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ProducerEntry {
+    pub epoch: i16,
+    pub batches: VecDeque<ProducerBatch>,
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ProducerState {
-    producers: HashMap<i64, VecDeque<ProducerBatch>>,
+    producers: HashMap<i64, ProducerEntry>,
 }
 
 impl ProducerState {
-    pub fn check(&self, producer_id: i64, first_sequence: i32) -> SequenceCheck {
-        let Some(batches) = self.producers.get(&producer_id) else {
+    pub fn check(&self, producer_id: i64, epoch: i16, first_sequence: i32) -> SequenceCheck {
+        let Some(entry) = self.producers.get(&producer_id) else {
             return SequenceCheck::New;
         };
+        if epoch < entry.epoch {
+            return SequenceCheck::Fenced { epoch: entry.epoch };
+        }
+        if epoch > entry.epoch {
+            // A new session of the producer: its sequences start over.
+            return SequenceCheck::New;
+        }
+        let batches = &entry.batches;
         if let Some(b) = batches.iter().find(|b| b.first_sequence == first_sequence) {
             return SequenceCheck::Duplicate { base_offset: b.base_offset, last_offset: b.last_offset };
         }
@@ -84,26 +103,31 @@ impl ProducerState {
         }
     }
 
-    pub fn record(&mut self, producer_id: i64, batch: ProducerBatch) {
+    /// Remembers a batch appended for `producer_id` in `epoch`; a newer
+    /// epoch forgets the older one's batches.
+    pub fn record(&mut self, producer_id: i64, epoch: i16, batch: ProducerBatch) {
         if !self.producers.contains_key(&producer_id) && self.producers.len() >= PRODUCERS_MAX {
             self.evict_oldest();
         }
-        let batches = self.producers.entry(producer_id).or_default();
-        batches.push_back(batch);
-        while batches.len() > BATCHES_PER_PRODUCER {
-            batches.pop_front();
+        let entry = self.producers.entry(producer_id).or_insert(ProducerEntry { epoch, batches: VecDeque::new() });
+        if epoch > entry.epoch {
+            *entry = ProducerEntry { epoch, batches: VecDeque::new() };
+        }
+        entry.batches.push_back(batch);
+        while entry.batches.len() > BATCHES_PER_PRODUCER {
+            entry.batches.pop_front();
         }
     }
 
     /// Forgets batches at or past `next_offset` (after the log was cut there).
     pub fn truncate(&mut self, next_offset: u64) {
-        for batches in self.producers.values_mut() {
-            batches.retain(|b| b.last_offset < next_offset);
+        for entry in self.producers.values_mut() {
+            entry.batches.retain(|b| b.last_offset < next_offset);
         }
-        self.producers.retain(|_, b| !b.is_empty());
+        self.producers.retain(|_, e| !e.batches.is_empty());
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (i64, &VecDeque<ProducerBatch>)> {
+    pub fn iter(&self) -> impl Iterator<Item = (i64, &ProducerEntry)> {
         self.producers.iter().map(|(k, v)| (*k, v))
     }
 
@@ -116,8 +140,11 @@ impl ProducerState {
     }
 
     fn evict_oldest(&mut self) {
-        let oldest =
-            self.producers.iter().min_by_key(|(_, b)| b.back().map(|b| b.last_offset).unwrap_or(0)).map(|(k, _)| *k);
+        let oldest = self
+            .producers
+            .iter()
+            .min_by_key(|(_, e)| e.batches.back().map(|b| b.last_offset).unwrap_or(0))
+            .map(|(k, _)| *k);
         if let Some(k) = oldest {
             self.producers.remove(&k);
         }
@@ -136,32 +163,44 @@ mod tests {
     fn sequences_wrap_from_i32_max_to_zero_as_kafkas_do() {
         let mut s = ProducerState::default();
         let max = i32::MAX;
-        s.record(7, batch(max - 1, 2, 0)); // max - 1, max
-        assert_eq!(s.check(7, 0), SequenceCheck::New, "0 follows i32::MAX");
-        s.record(7, batch(0, 3, 2)); // 0, 1, 2
-        assert_eq!(s.check(7, 0), SequenceCheck::Duplicate { base_offset: 2, last_offset: 4 });
-        assert_eq!(s.check(7, max - 1), SequenceCheck::Duplicate { base_offset: 0, last_offset: 1 });
-        assert_eq!(s.check(7, 3), SequenceCheck::New);
-        assert_eq!(s.check(7, max - 10), SequenceCheck::TooOld { last_sequence: 2 });
+        s.record(7, 0, batch(max - 1, 2, 0)); // max - 1, max
+        assert_eq!(s.check(7, 0, 0), SequenceCheck::New, "0 follows i32::MAX");
+        s.record(7, 0, batch(0, 3, 2)); // 0, 1, 2
+        assert_eq!(s.check(7, 0, 0), SequenceCheck::Duplicate { base_offset: 2, last_offset: 4 });
+        assert_eq!(s.check(7, 0, max - 1), SequenceCheck::Duplicate { base_offset: 0, last_offset: 1 });
+        assert_eq!(s.check(7, 0, 3), SequenceCheck::New);
+        assert_eq!(s.check(7, 0, max - 10), SequenceCheck::TooOld { last_sequence: 2 });
         // A batch that wraps inside itself.
         let mut s = ProducerState::default();
-        s.record(8, batch(max, 3, 0)); // max, 0, 1
-        assert_eq!(s.check(8, 2), SequenceCheck::New);
-        assert_eq!(s.check(8, 0), SequenceCheck::Overlaps { first_sequence: max, last_sequence: 1 });
+        s.record(8, 0, batch(max, 3, 0)); // max, 0, 1
+        assert_eq!(s.check(8, 0, 2), SequenceCheck::New);
+        assert_eq!(s.check(8, 0, 0), SequenceCheck::Overlaps { first_sequence: max, last_sequence: 1 });
+    }
+
+    #[test]
+    fn a_newer_epoch_starts_over_and_fences_the_older_one() {
+        let mut s = ProducerState::default();
+        s.record(7, 0, batch(0, 5, 0));
+        assert_eq!(s.check(7, 0, 0), SequenceCheck::Duplicate { base_offset: 0, last_offset: 4 });
+        // InitProducerId bumped the epoch: sequence 0 is new again.
+        assert_eq!(s.check(7, 1, 0), SequenceCheck::New);
+        s.record(7, 1, batch(0, 2, 5));
+        assert_eq!(s.check(7, 1, 0), SequenceCheck::Duplicate { base_offset: 5, last_offset: 6 });
+        assert_eq!(s.check(7, 0, 5), SequenceCheck::Fenced { epoch: 1 });
     }
 
     #[test]
     fn retry_is_a_duplicate_and_old_sequences_are_refused() {
         let mut s = ProducerState::default();
-        assert_eq!(s.check(7, 0), SequenceCheck::New);
+        assert_eq!(s.check(7, 0, 0), SequenceCheck::New);
         for i in 0..7 {
-            s.record(7, batch(i * 10, 10, i as u64 * 10));
+            s.record(7, 0, batch(i * 10, 10, i as u64 * 10));
         }
-        assert_eq!(s.check(7, 60), SequenceCheck::Duplicate { base_offset: 60, last_offset: 69 });
-        assert_eq!(s.check(7, 0), SequenceCheck::TooOld { last_sequence: 69 });
-        assert_eq!(s.check(7, 70), SequenceCheck::New);
-        assert_eq!(s.check(7, 65), SequenceCheck::Overlaps { first_sequence: 60, last_sequence: 69 });
+        assert_eq!(s.check(7, 0, 60), SequenceCheck::Duplicate { base_offset: 60, last_offset: 69 });
+        assert_eq!(s.check(7, 0, 0), SequenceCheck::TooOld { last_sequence: 69 });
+        assert_eq!(s.check(7, 0, 70), SequenceCheck::New);
+        assert_eq!(s.check(7, 0, 65), SequenceCheck::Overlaps { first_sequence: 60, last_sequence: 69 });
         s.truncate(60);
-        assert_eq!(s.check(7, 60), SequenceCheck::New);
+        assert_eq!(s.check(7, 0, 60), SequenceCheck::New);
     }
 }

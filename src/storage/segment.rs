@@ -643,18 +643,19 @@ impl Segment {
         Ok(None)
     }
 
-    /// Writes a batch at `position` with `base_offset` stamped into it.
+    /// Writes a batch at `position` with `base_offset` and the leader epoch
+    /// stamped into it (neither is covered by the CRC).
     pub(crate) fn write_batch(&self, position: u64, batch: BatchRef<'_>, base_offset: u64) -> std::io::Result<()> {
         match batch {
             BatchRef::Stamp(bytes) => {
-                batch::set_base_offset(bytes, base_offset);
+                let stamp = batch::stamp(bytes, base_offset);
+                bytes[..stamp.len()].copy_from_slice(&stamp);
                 self.log.write_all_at(bytes, position)
             }
             BatchRef::Shared(bytes) => {
-                let mut stamp = [0u8; 8];
-                batch::set_base_offset(&mut stamp, base_offset);
+                let stamp = batch::stamp(bytes, base_offset);
                 self.log.write_all_at(&stamp, position)?;
-                self.log.write_all_at(&bytes[8..], position + 8)
+                self.log.write_all_at(&bytes[stamp.len()..], position + stamp.len() as u64)
             }
         }
     }

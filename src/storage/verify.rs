@@ -26,6 +26,8 @@ pub struct VerifyReport {
     pub batches: u64,
     pub records: u64,
     pub bytes: u64,
+    /// Segments still in strata's first record format (upgraded on open).
+    pub v1_segments: usize,
     /// One line per inconsistency: file, position, what is wrong.
     pub problems: Vec<String>,
 }
@@ -46,7 +48,9 @@ const LIMITS: SegmentLimits =
 pub fn find_partitions(fs: &dyn FileSystem, root: &Path, skip: &dyn Fn(&str) -> bool) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let list = |dir: &Path| fs.list_dir(dir).map_err(|e| super::StorageError::io(dir, e));
-    if list(root)?.iter().any(|n| n.ends_with(".log")) {
+    let is_segment =
+        |n: &String| n.strip_suffix(".log").is_some_and(|b| !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()));
+    if list(root)?.iter().any(is_segment) {
         return Ok(vec![root.to_path_buf()]);
     }
     for name in list(root)? {
@@ -97,6 +101,14 @@ pub fn verify_partition(
             }
         }
         let len = segment.readable_len();
+        if super::upgrade::segment_format(fs.as_ref(), &segment.log_path).ok() == Some(super::upgrade::Format::V1) {
+            expected = Some(verify_v1_segment(fs.as_ref(), &segment.log_path, base, report)?);
+            report.bytes += len;
+            report.segments += 1;
+            report.v1_segments += 1;
+            progress(report);
+            continue;
+        }
         let mut batches = Vec::new();
         let end = segment.scan(0, len, true, None, |pos, h| {
             batches.push((pos, h.base_offset, h.max_timestamp));
@@ -118,6 +130,40 @@ pub fn verify_partition(
         progress(report);
     }
     Ok(())
+}
+
+/// Checks a segment of the first format (its batches only: its indexes
+/// are rebuilt by the upgrade); returns the offset after its last batch.
+fn verify_v1_segment(fs: &dyn FileSystem, path: &Path, base: u64, report: &mut VerifyReport) -> Result<u64> {
+    let bytes = fs.read_file(path).map_err(|e| super::StorageError::io(path, e))?;
+    let (mut pos, mut next) = (0usize, base);
+    while pos < bytes.len() {
+        match super::batch_v1::validate(&bytes[pos..], BATCH_BYTES_LIMIT) {
+            Ok(h) if h.base_offset == next => {
+                report.batches += 1;
+                report.records += h.record_count as u64;
+                next = h.next_offset();
+                pos += h.total_len;
+            }
+            Ok(h) => {
+                report.problems.push(format!(
+                    "{}: batch at byte {pos} claims offset {} where {next} was expected",
+                    path.display(),
+                    h.base_offset
+                ));
+                break;
+            }
+            Err(e) => {
+                report.problems.push(format!(
+                    "{}: invalid batch at byte {pos} ({e}); {} bytes from there on would be left out",
+                    path.display(),
+                    bytes.len() - pos
+                ));
+                break;
+            }
+        }
+    }
+    Ok(next)
 }
 
 fn check_offset_index(fs: &dyn FileSystem, segment: &Segment, batches: &[(u64, u64, i64)], report: &mut VerifyReport) {

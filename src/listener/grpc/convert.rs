@@ -55,7 +55,8 @@ pub fn produce_request(r: proto::ProduceRequest) -> Result<ProduceRequest> {
             if producer_id < 0 || sequence < 0 {
                 return Err(BrokerError::InvalidRequest("producer_id and sequence must not be negative".into()));
             }
-            Some(ProducerStamp { producer_id, first_sequence: sequence })
+            // gRPC producers have no epochs: one session per producer id.
+            Some(ProducerStamp { producer_id, producer_epoch: 0, first_sequence: sequence })
         }
         (None, None) => None,
         _ => {

@@ -52,7 +52,9 @@ fn storage_code(e: &StorageError) -> Code {
     match e {
         StorageError::Corrupt { .. } => Code::DataLoss,
         StorageError::BatchTooLarge { .. } => Code::InvalidArgument,
-        StorageError::SequenceTooOld { .. } | StorageError::SequenceOverlaps { .. } => Code::FailedPrecondition,
+        StorageError::SequenceTooOld { .. }
+        | StorageError::SequenceOverlaps { .. }
+        | StorageError::ProducerFenced { .. } => Code::FailedPrecondition,
         StorageError::OffsetOutOfRange { .. } => Code::OutOfRange,
         // The write was refused or undone; the client may retry.
         StorageError::Io { .. }

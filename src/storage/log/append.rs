@@ -92,7 +92,7 @@ impl Log {
         }
         let needs_sync = config.flush == FlushPolicy::Always;
         if let Some(p) = header.producer() {
-            match w.producers.check(p.producer_id, p.first_sequence) {
+            match w.producers.check(p.producer_id, p.producer_epoch, p.first_sequence) {
                 SequenceCheck::New => {}
                 SequenceCheck::Duplicate { base_offset, last_offset } => {
                     // The original may still be waiting for its fsync, so
@@ -105,6 +105,13 @@ impl Log {
                         producer_id: p.producer_id,
                         sequence: p.first_sequence,
                         last_sequence,
+                    })
+                }
+                SequenceCheck::Fenced { epoch } => {
+                    return Err(StorageError::ProducerFenced {
+                        producer_id: p.producer_id,
+                        epoch: p.producer_epoch,
+                        current: epoch,
                     })
                 }
                 SequenceCheck::Overlaps { first_sequence, last_sequence } => {
@@ -145,7 +152,7 @@ impl Log {
                 base_offset,
                 last_offset: stamped.last_offset(),
             };
-            w.producers.record(p.producer_id, batch);
+            w.producers.record(p.producer_id, p.producer_epoch, batch);
         }
         if !needs_sync {
             self.publish(w);

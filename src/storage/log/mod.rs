@@ -316,6 +316,14 @@ impl Log {
         // A new directory's name (and its parents') is made durable, else a
         // power loss could drop it and the data later fsynced inside it.
         fs.create_dir_all_durable(dir).map_err(|e| StorageError::io(dir, e))?;
+        // A partition written in strata's first format becomes Kafka's, once.
+        let mut last_progress = std::time::Instant::now();
+        super::upgrade::upgrade_partition(fs.as_ref(), dir, &mut |done, of| {
+            if last_progress.elapsed() >= std::time::Duration::from_secs(1) {
+                tracing::info!(dir = %dir.display(), done, of, "upgrading segments");
+                last_progress = std::time::Instant::now();
+            }
+        })?;
         let opened = recovery::open_and_recover(dir, fs.as_ref(), &fs, clock.as_ref(), config.limits())?;
         let recovery::Opened { segments, recovered, unsynced } = opened;
         let active = segments.values().next_back().expect("at least one segment").clone();

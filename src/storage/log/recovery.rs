@@ -58,6 +58,7 @@ pub(super) fn open_and_recover(
     for name in &names {
         // Leftovers of an interrupted atomic write or of an index whose log is gone.
         let orphan = name.ends_with(".tmp")
+            || name.ends_with(crate::storage::upgrade::UPGRADE_SUFFIX)
             || [".index", ".timeindex"].iter().any(|ext| {
                 name.strip_suffix(ext).and_then(|b| b.parse::<u64>().ok()).is_some_and(|b| !bases.contains(&b))
             });
@@ -252,6 +253,7 @@ fn recover(
             if let Some(p) = h.producer() {
                 producers.record(
                     p.producer_id,
+                    p.producer_epoch,
                     ProducerBatch {
                         first_sequence: p.first_sequence,
                         record_count: h.record_count,
