@@ -142,6 +142,8 @@ pub enum StorageError {
     SequenceTooOld { producer_id: i64, sequence: i32, last_sequence: i32 },
     #[error("producer {producer_id}: sequence {sequence} starts inside the batch of sequences {first_sequence}..={last_sequence} already appended; retry with the same first sequence")]
     SequenceOverlaps { producer_id: i64, sequence: i32, first_sequence: i32, last_sequence: i32 },
+    #[error("producer {producer_id}: sequence {sequence} is out of order: expected {expected} (a batch before it is missing)")]
+    SequenceOutOfOrder { producer_id: i64, sequence: i32, expected: i32 },
     #[error("producer {producer_id}: epoch {epoch} is older than its current epoch {current}: a newer instance of the producer fenced this one")]
     ProducerFenced { producer_id: i64, epoch: i16, current: i16 },
     #[error("log {path} refuses writes after an unrecoverable error ({cause}); it is reopened once the fault clears")]

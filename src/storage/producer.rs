@@ -1,8 +1,11 @@
 //! Idempotent producer state of one partition: each producer id's epoch and
 //! its last few batches, so a retried batch (same producer, epoch and first
 //! sequence) is recognised and answered with its original offsets instead
-//! of appended again, and a producer fenced by a newer epoch (Kafka's
-//! InitProducerId bumps it) is refused. Persisted in the recovery
+//! of appended again, a batch that skips sequences is refused (it would
+//! reorder the producer's records once the missing one is retried), and a
+//! producer fenced by a newer epoch (Kafka's InitProducerId bumps it) is
+//! refused. A producer this partition has no state for (new, or its
+//! batches are gone with retention) may start at any sequence. Persisted in the recovery
 //! checkpoint and rebuilt from the log tail.
 
 use std::collections::{HashMap, VecDeque};
@@ -57,6 +60,10 @@ pub enum SequenceCheck {
     /// Starts inside a remembered batch: a retry cut differently, which
     /// would append some records twice.
     Overlaps { first_sequence: i32, last_sequence: i32 },
+    /// Not the next sequence: a batch before it is missing (lost or still
+    /// to be retried), so appending it would reorder the producer's records.
+    /// Kafka's OUT_OF_ORDER_SEQUENCE_NUMBER.
+    OutOfOrder { expected: i32 },
 }
 
 /// One producer's epoch and recent batches.
@@ -80,8 +87,8 @@ impl ProducerState {
             return SequenceCheck::Fenced { epoch: entry.epoch };
         }
         if epoch > entry.epoch {
-            // A new session of the producer: its sequences start over.
-            return SequenceCheck::New;
+            // A new session of the producer: its sequences start over at 0.
+            return if first_sequence == 0 { SequenceCheck::New } else { SequenceCheck::OutOfOrder { expected: 0 } };
         }
         let batches = &entry.batches;
         if let Some(b) = batches.iter().find(|b| b.first_sequence == first_sequence) {
@@ -96,8 +103,11 @@ impl ProducerState {
         // Before the oldest remembered batch, counting back at most half the
         // sequence space (the rest is ahead, after a wrap).
         let back = sequence_distance(first_sequence, oldest.first_sequence);
+        let expected = sequence_add(newest.last_sequence(), 1);
         if back > 0 && back < SEQUENCE_SPACE / 2 {
             SequenceCheck::TooOld { last_sequence: newest.last_sequence() }
+        } else if first_sequence != expected {
+            SequenceCheck::OutOfOrder { expected }
         } else {
             SequenceCheck::New
         }
@@ -169,6 +179,7 @@ mod tests {
         assert_eq!(s.check(7, 0, 0), SequenceCheck::Duplicate { base_offset: 2, last_offset: 4 });
         assert_eq!(s.check(7, 0, max - 1), SequenceCheck::Duplicate { base_offset: 0, last_offset: 1 });
         assert_eq!(s.check(7, 0, 3), SequenceCheck::New);
+        assert_eq!(s.check(7, 0, 4), SequenceCheck::OutOfOrder { expected: 3 });
         assert_eq!(s.check(7, 0, max - 10), SequenceCheck::TooOld { last_sequence: 2 });
         // A batch that wraps inside itself.
         let mut s = ProducerState::default();
@@ -184,6 +195,7 @@ mod tests {
         assert_eq!(s.check(7, 0, 0), SequenceCheck::Duplicate { base_offset: 0, last_offset: 4 });
         // InitProducerId bumped the epoch: sequence 0 is new again.
         assert_eq!(s.check(7, 1, 0), SequenceCheck::New);
+        assert_eq!(s.check(7, 1, 5), SequenceCheck::OutOfOrder { expected: 0 }, "a new epoch starts at 0");
         s.record(7, 1, batch(0, 2, 5));
         assert_eq!(s.check(7, 1, 0), SequenceCheck::Duplicate { base_offset: 5, last_offset: 6 });
         assert_eq!(s.check(7, 0, 5), SequenceCheck::Fenced { epoch: 1 });
@@ -199,6 +211,7 @@ mod tests {
         assert_eq!(s.check(7, 0, 60), SequenceCheck::Duplicate { base_offset: 60, last_offset: 69 });
         assert_eq!(s.check(7, 0, 0), SequenceCheck::TooOld { last_sequence: 69 });
         assert_eq!(s.check(7, 0, 70), SequenceCheck::New);
+        assert_eq!(s.check(7, 0, 80), SequenceCheck::OutOfOrder { expected: 70 }, "a gap");
         assert_eq!(s.check(7, 0, 65), SequenceCheck::Overlaps { first_sequence: 60, last_sequence: 69 });
         s.truncate(60);
         assert_eq!(s.check(7, 0, 60), SequenceCheck::New);

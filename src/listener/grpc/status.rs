@@ -54,6 +54,7 @@ fn storage_code(e: &StorageError) -> Code {
         StorageError::BatchTooLarge { .. } => Code::InvalidArgument,
         StorageError::SequenceTooOld { .. }
         | StorageError::SequenceOverlaps { .. }
+        | StorageError::SequenceOutOfOrder { .. }
         | StorageError::ProducerFenced { .. } => Code::FailedPrecondition,
         StorageError::OffsetOutOfRange { .. } => Code::OutOfRange,
         // The write was refused or undone; the client may retry.

@@ -114,6 +114,13 @@ impl Log {
                         current: epoch,
                     })
                 }
+                SequenceCheck::OutOfOrder { expected } => {
+                    return Err(StorageError::SequenceOutOfOrder {
+                        producer_id: p.producer_id,
+                        sequence: p.first_sequence,
+                        expected,
+                    })
+                }
                 SequenceCheck::Overlaps { first_sequence, last_sequence } => {
                     return Err(StorageError::SequenceOverlaps {
                         producer_id: p.producer_id,
