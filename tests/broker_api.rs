@@ -145,3 +145,55 @@ async fn internal_produce_takes_the_same_checks_and_subscribe_refuses_a_bad_fall
     drop(messages);
     broker.shutdown().await;
 }
+
+/// A client batch produced to an append-time topic is stored as sent
+/// (still compressed) with the append time in its header, as Kafka stores
+/// it, and every record reads back with that time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_batch_on_an_append_time_topic_keeps_its_compression_and_takes_the_append_time() {
+    use strata::broker::fetch::Fetched;
+    use strata::broker::FetchRequest;
+    use strata::storage::batch::{self, BatchHeader};
+    use strata::storage::compression::Compression;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path());
+    let config = BTreeMap::from([("timestamp.type".to_string(), "append".to_string())]);
+    broker.create_topic(&caller(), CreateTopic { name: "stamped".into(), partitions: Some(1), config }).await.unwrap();
+    let records: Vec<Record> = (0..20)
+        .map(|i| Record {
+            value: Bytes::from(format!("value {i} ").repeat(20)),
+            timestamp_ms: 1_000 + i,
+            ..Record::default()
+        })
+        .collect();
+    let sent = Bytes::from(batch::encode_compressed(&records, None, Compression::Gzip));
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let produce = ProduceRequest { batch: Some(sent.clone()), records: vec![], ..request("stamped", "") };
+    broker.produce(&caller(), produce).await.unwrap();
+    let fetch = |raw| FetchRequest {
+        topic: "stamped".into(),
+        partition: 0,
+        from: Position::Offset(0),
+        records_max: 0,
+        bytes_max: 0,
+        wait: std::time::Duration::ZERO,
+        raw,
+    };
+    let Fetched::Batches { read, .. } = broker.fetch(&caller(), fetch(true)).await.unwrap() else {
+        panic!("raw fetch")
+    };
+    let stored = &read.batches[0];
+    let header = BatchHeader::parse(stored, usize::MAX).unwrap();
+    batch::verify_crc(&header, stored).unwrap();
+    assert_eq!(header.compression(), Some(Compression::Gzip), "stored compressed, as sent");
+    assert!(header.is_log_append_time());
+    assert!(header.max_timestamp >= before, "append time {} vs {before}", header.max_timestamp);
+    assert_eq!(&stored[61..], &sent[61..], "the records are the client's bytes");
+    let Fetched::Records(read) = broker.fetch(&caller(), fetch(false)).await.unwrap() else { panic!("fetch") };
+    assert_eq!(read.records.len(), 20);
+    for (r, sent) in read.records.iter().zip(&records) {
+        assert_eq!(r.timestamp_ms, header.max_timestamp);
+        assert_eq!(r.value, sent.value);
+    }
+    broker.shutdown().await;
+}

@@ -165,7 +165,9 @@ impl Broker {
     }
 
     /// [`Broker::produce_pending`] of a batch the client encoded: validated,
-    /// then written as it is (re-encoded only to stamp broker timestamps).
+    /// then written as it is (on a LogAppendTime topic with the append time
+    /// stamped in its header; re-encoded only for strata's "timestamp 0 =
+    /// now").
     async fn produce_batch_pending(&self, topic: &Arc<Topic>, request: ProduceRequest) -> Result<PendingProduce> {
         let invalid = |why: &str| BrokerError::InvalidBatch { topic: topic.name.clone(), why: why.to_string() };
         let Some(p) = request.partition else {
@@ -183,7 +185,15 @@ impl Broker {
             check_record_limits(&topic.name, &config, i, record_size(&r.key, &r.value, &r.headers), r.headers.len())?;
         }
         let now = self.clock.now_ms();
-        let encoded = if records.iter().any(|r| record_timestamp(&config, now, r.timestamp_ms) != r.timestamp_ms) {
+        let encoded = if config.timestamp_type == TimestampType::Append {
+            // Kafka's way: the batch says "append time" and carries it; the
+            // records, compressed or not, are stored as the client sent them.
+            drop(records);
+            let mut stamped = bytes.to_vec();
+            batch::set_log_append_time(&mut stamped, now);
+            AppendBytes::Encoded(stamped)
+        } else if records.iter().any(|r| r.timestamp_ms == 0) {
+            // strata's "0 = now": only by re-encoding.
             let records: Vec<Record> = records
                 .into_iter()
                 .map(|r| Record {

@@ -227,6 +227,17 @@ pub fn reseal(batch: &mut [u8]) {
     batch[17..21].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Marks a batch's timestamps as the broker's append time, as Kafka does on
+/// a LogAppendTime topic: the LOG_APPEND_TIME attribute bit and
+/// `max_timestamp = now`, which then stands for every record's; the records
+/// (compressed or not) stay as they are. Reseals the CRC.
+pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
+    let attributes = u16::from_be_bytes([batch[21], batch[22]]) | LOG_APPEND_TIME;
+    batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+    batch[35..43].copy_from_slice(&now_ms.to_be_bytes());
+    reseal(batch);
+}
+
 /// Parses the header of a complete batch and verifies its CRC.
 pub fn validate(buf: &[u8], max_batch_len: usize) -> Result<BatchHeader, BatchError> {
     let header = BatchHeader::parse(buf, max_batch_len)?;
