@@ -197,3 +197,40 @@ async fn a_client_batch_on_an_append_time_topic_keeps_its_compression_and_takes_
     }
     broker.shutdown().await;
 }
+
+/// A client batch whose max_timestamp disagrees with its records is stored
+/// with the right one (Kafka sets it right rather than refusing the batch),
+/// so lookups by time still find its records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_batch_with_a_wrong_max_timestamp_is_stored_with_the_right_one() {
+    use strata::broker::fetch::Fetched;
+    use strata::broker::FetchRequest;
+    use strata::storage::batch::{self, BatchHeader};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path());
+    create(&broker, "times", "always").await;
+    let t0 = 1_700_000_000_000i64;
+    let records: Vec<Record> = (0..5)
+        .map(|i| Record { value: Bytes::from(format!("v{i}")), timestamp_ms: t0 + i * 1000, ..Record::default() })
+        .collect();
+    let mut sent = batch::encode(&records, None);
+    batch::set_max_timestamp(&mut sent, t0); // a client that got it wrong
+    let produce = ProduceRequest { batch: Some(Bytes::from(sent)), records: vec![], ..request("times", "") };
+    broker.produce(&caller(), produce).await.unwrap();
+    let fetch = FetchRequest {
+        topic: "times".into(),
+        partition: 0,
+        from: Position::Offset(0),
+        records_max: 0,
+        bytes_max: 0,
+        wait: std::time::Duration::ZERO,
+        raw: true,
+    };
+    let Fetched::Batches { read, .. } = broker.fetch(&caller(), fetch).await.unwrap() else { panic!("raw fetch") };
+    let header = BatchHeader::parse(&read.batches[0], usize::MAX).unwrap();
+    batch::verify_crc(&header, &read.batches[0]).unwrap();
+    assert_eq!(header.max_timestamp, t0 + 4000);
+    let found = broker.list_offsets(&caller(), "times", 0, Position::Timestamp(t0 + 3500)).await.unwrap();
+    assert_eq!(found.offset, 4, "the first record at or after the time");
+    broker.shutdown().await;
+}

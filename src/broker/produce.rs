@@ -205,8 +205,17 @@ impl Broker {
                 .collect();
             AppendBytes::Encoded(batch::encode(&records, header.producer()))
         } else {
+            let max = records.iter().map(|r| r.timestamp_ms).max().unwrap_or(header.max_timestamp);
             drop(records);
-            AppendBytes::Client(bytes)
+            if max != header.max_timestamp && !header.is_log_append_time() {
+                // The time index trusts max_timestamp: set it right, as
+                // Kafka does, rather than refuse the batch.
+                let mut fixed = bytes.to_vec();
+                batch::set_max_timestamp(&mut fixed, max);
+                AppendBytes::Encoded(fixed)
+            } else {
+                AppendBytes::Client(bytes)
+            }
         };
         let pending = partition.append_pending(encoded).await;
         let (parts, first_error) = match pending {

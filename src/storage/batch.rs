@@ -238,6 +238,12 @@ pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
     reseal(batch);
 }
 
+/// Sets a batch's max timestamp (the time index trusts it) and reseals it.
+pub fn set_max_timestamp(batch: &mut [u8], max_timestamp: i64) {
+    batch[35..43].copy_from_slice(&max_timestamp.to_be_bytes());
+    reseal(batch);
+}
+
 /// Parses the header of a complete batch and verifies its CRC.
 pub fn validate(buf: &[u8], max_batch_len: usize) -> Result<BatchHeader, BatchError> {
     let header = BatchHeader::parse(buf, max_batch_len)?;
@@ -301,8 +307,10 @@ pub fn encode_compressed(records: &[Record], producer: Option<ProducerStamp>, co
 /// Validates a batch a client sent (a Kafka produce, a gRPC `record_batch`):
 /// exactly one batch, CRC intact, no transaction or control batch, a known
 /// codec, every record well formed (decompressed within a bound) with dense
-/// offset deltas 0..n, a max timestamp that agrees with the records, and a
-/// producer stamp that is either absent (all -1) or all non-negative.
+/// offset deltas 0..n, and a producer stamp that is either absent (all -1)
+/// or all non-negative. A max timestamp that disagrees with the records is
+/// not refused (Kafka sets it right); the caller does the same with
+/// [`set_max_timestamp`].
 /// Returns the header and the records (zero-copy slices when uncompressed).
 pub fn validate_client_batch(batch: &Bytes) -> Result<(BatchHeader, Vec<StoredRecord>), BatchError> {
     let header = BatchHeader::parse(batch, BATCH_BYTES_LIMIT)?;
@@ -323,9 +331,6 @@ pub fn validate_client_batch(batch: &Bytes) -> Result<(BatchHeader, Vec<StoredRe
         if r.offset != header.base_offset + i as u64 {
             return Err(BatchError::BadRecord("offset deltas must be 0, 1, 2, ..."));
         }
-    }
-    if !header.is_log_append_time() && records.iter().map(|r| r.timestamp_ms).max() != Some(header.max_timestamp) {
-        return Err(BatchError::BadRecord("max_timestamp disagrees with the records"));
     }
     Ok((header, records))
 }
