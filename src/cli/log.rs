@@ -176,27 +176,32 @@ fn dump_log(bytes: &[u8], records: bool) -> anyhow::Result<()> {
             crc
         );
         if records {
-            match batch::decode_records(&bytes::Bytes::copy_from_slice(whole)) {
-                Ok(rs) => {
-                    for r in rs {
-                        println!(
-                            "  offset {} ts {} key {:?} value {:?} headers {}",
-                            r.offset,
-                            format_ms(r.timestamp_ms),
-                            String::from_utf8_lossy(&r.key),
-                            String::from_utf8_lossy(&r.value),
-                            r.headers.len()
-                        );
-                    }
-                }
-                Err(e) => println!("  records do not decode: {e}"),
-            }
+            print_records(batch::decode_records(&bytes::Bytes::copy_from_slice(whole)));
         }
         count += 1;
         pos += header.total_len;
     }
     println!("{count} batch(es), {} bytes", bytes.len());
     Ok(())
+}
+
+/// `log dump --records`: one line per record, or why they do not decode.
+fn print_records<E: std::fmt::Display>(decoded: Result<Vec<crate::storage::batch::StoredRecord>, E>) {
+    match decoded {
+        Ok(rs) => {
+            for r in rs {
+                println!(
+                    "  offset {} ts {} key {:?} value {:?} headers {}",
+                    r.offset,
+                    format_ms(r.timestamp_ms),
+                    String::from_utf8_lossy(&r.key),
+                    String::from_utf8_lossy(&r.value),
+                    r.headers.len()
+                );
+            }
+        }
+        Err(e) => println!("  records do not decode: {e}"),
+    }
 }
 
 /// `log dump` of a segment in strata's first format.
@@ -229,21 +234,7 @@ fn dump_v1(bytes: &[u8], records: bool) -> anyhow::Result<()> {
             crc
         );
         if records {
-            match batch_v1::decode_records(&bytes::Bytes::copy_from_slice(whole)) {
-                Ok(rs) => {
-                    for r in rs {
-                        println!(
-                            "  offset {} ts {} key {:?} value {:?} headers {}",
-                            r.offset,
-                            format_ms(r.timestamp_ms),
-                            String::from_utf8_lossy(&r.key),
-                            String::from_utf8_lossy(&r.value),
-                            r.headers.len()
-                        );
-                    }
-                }
-                Err(e) => println!("  records do not decode: {e}"),
-            }
+            print_records(batch_v1::decode_records(&bytes::Bytes::copy_from_slice(whole)));
         }
         count += 1;
         pos += header.total_len;
