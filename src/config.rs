@@ -307,6 +307,11 @@ impl TopicConfig {
 pub struct BrokerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// The Kafka protocol listener's address; `None`: no Kafka listener.
+    pub kafka_listen: Option<SocketAddr>,
+    /// The `host:port` Kafka clients are told to connect to (Metadata,
+    /// FindCoordinator); `None`: the address each connection came in on.
+    pub kafka_advertised: Option<String>,
     /// Largest request accepted (spec default 16 MiB).
     pub request_bytes_max: usize,
     /// How often retention runs (`retention.check.interval.ms`).
@@ -357,6 +362,8 @@ impl Default for BrokerConfig {
         BrokerConfig {
             data_dir: PathBuf::from("./data"),
             listen: "127.0.0.1:50051".parse().expect("valid address"),
+            kafka_listen: Some("127.0.0.1:9092".parse().expect("valid address")),
+            kafka_advertised: None,
             request_bytes_max: 16 << 20,
             retention_check_interval: Duration::from_secs(5),
             checkpoint_interval: Duration::from_millis(250),
@@ -381,6 +388,9 @@ impl Default for BrokerConfig {
 pub struct ConfigFile {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
+    /// An address, or `"none"` for no Kafka listener.
+    pub kafka_listen: Option<String>,
+    pub kafka_advertised_listener: Option<String>,
     pub max_request_bytes: Option<usize>,
     #[serde(rename = "retention.check.interval.ms")]
     pub retention_check_interval_ms: Option<u64>,
@@ -397,6 +407,22 @@ pub struct ConfigFile {
     pub stream_buffer_bytes_max: Option<usize>,
     #[serde(default)]
     pub topic_defaults: BTreeMap<String, toml::Value>,
+}
+
+/// A listener's address, or `none` to have no such listener.
+pub fn parse_listen(text: &str) -> Result<Option<SocketAddr>, String> {
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| format!("{text:?} is not an address like 127.0.0.1:9092 (or `none`)"))
+}
+
+/// An advertised `host:port` (a name is fine: clients resolve it).
+pub fn parse_advertised(text: &str) -> Result<String, String> {
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(text.to_string()),
+        _ => Err(format!("{text:?} is not host:port")),
+    }
 }
 
 /// At least 1 ms.
@@ -416,6 +442,12 @@ impl ConfigFile {
         }
         if let Some(v) = self.listen {
             config.listen = v;
+        }
+        if let Some(v) = &self.kafka_listen {
+            config.kafka_listen = parse_listen(v).map_err(|e| format!("kafka_listen: {e}"))?;
+        }
+        if let Some(v) = &self.kafka_advertised_listener {
+            config.kafka_advertised = Some(parse_advertised(v).map_err(|e| format!("kafka_advertised_listener: {e}"))?);
         }
         if let Some(v) = self.max_request_bytes {
             if !(1024..=(256 << 20)).contains(&v) {

@@ -3,7 +3,7 @@
 //! they share lives in the broker.
 //!
 //! Listeners now: gRPC (`strata.v1.Broker`, health, reflection) on
-//! `listen`. A graceful stop refuses new work, ends long polls and
+//! `listen`, and the Kafka protocol on `kafka_listen`. A graceful stop refuses new work, ends long polls and
 //! subscriptions, lets in-flight requests finish (up to `SHUTDOWN_GRACE`),
 //! then closes every log cleanly.
 
@@ -25,6 +25,7 @@ use crate::storage::{Clock, SystemClock};
 #[derive(Debug)]
 pub struct RunningServer {
     addr: SocketAddr,
+    kafka_addr: Option<SocketAddr>,
     broker: Arc<Broker>,
     /// Each listener's serving task.
     listeners: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -34,6 +35,11 @@ impl RunningServer {
     /// The gRPC listener's address (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The Kafka listener's address, if there is one.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.kafka_addr
     }
 
     pub fn url(&self) -> String {
@@ -93,9 +99,19 @@ pub async fn start_with(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = grpc.local_addr()?;
+    let kafka = match config.kafka_listen {
+        Some(at) => Some(
+            TcpListener::bind(at).await.map_err(|e| anyhow::anyhow!("cannot listen on {at} (kafka_listen): {e}"))?,
+        ),
+        None => None,
+    };
+    let kafka_addr = kafka.as_ref().map(|k| k.local_addr()).transpose()?;
     let broker = tokio::task::spawn_blocking(move || Broker::open(config, fs, clock)).await??;
     broker.spawn_background(broker.watch_stopping());
-    let listeners = vec![listener::grpc::serve(broker.clone(), grpc).await?];
-    tracing::info!(%addr, "strata is serving");
-    Ok(RunningServer { addr, broker, listeners })
+    let mut listeners = vec![listener::grpc::serve(broker.clone(), grpc).await?];
+    if let Some(kafka) = kafka {
+        listeners.push(listener::kafka::serve(broker.clone(), kafka)?);
+    }
+    tracing::info!(%addr, kafka = ?kafka_addr, "strata is serving");
+    Ok(RunningServer { addr, kafka_addr, broker, listeners })
 }

@@ -37,7 +37,12 @@ impl Target {
                 (Some(d), p)
             }
         };
-        let config = BrokerConfig { data_dir: path, listen: "127.0.0.1:0".parse()?, ..BrokerConfig::default() };
+        let config = BrokerConfig {
+            data_dir: path,
+            listen: "127.0.0.1:0".parse()?,
+            kafka_listen: Some("127.0.0.1:0".parse()?),
+            ..BrokerConfig::default()
+        };
         let server = crate::server::start(config).await?;
         Ok(Target { url: server.url(), server: Some(server), _dir: dir })
     }

@@ -56,7 +56,12 @@ pub enum BrokerError {
     )]
     TooManyRecords { records: usize, max: usize },
     #[error("record_batch for {topic:?}: {why}")]
-    InvalidBatch { topic: String, why: String },
+    InvalidBatch {
+        topic: String,
+        why: String,
+        /// The bytes are damaged (CRC, lengths, magic), not just refused.
+        corrupt: bool,
+    },
     #[error("unknown producer id {producer_id}: it was never handed out by InitProducer; call InitProducer for one")]
     UnknownProducer { producer_id: i64 },
 
@@ -69,6 +74,8 @@ pub enum BrokerError {
     UnknownMember { group: String, member: String },
     #[error("commit to group {group:?} from generation {generation}, but the group is at generation {current}; heartbeat to get the new assignment")]
     StaleGeneration { group: String, generation: u64, current: u64 },
+    #[error("group {group:?} is held by {held_by} ({members} live member(s)); a group speaks one protocol at a time: use another group id, or stop those members first")]
+    GroupInOtherProtocol { group: String, held_by: &'static str, members: usize },
     #[error("cannot {action} group {group:?} while it has {members} live member(s); stop its consumers first")]
     GroupHasMembers { group: String, action: &'static str, members: usize },
     #[error("commit to group {group:?} for {topic}/{partition}: metadata of {size} bytes is over offset.metadata.max.bytes = {max}")]

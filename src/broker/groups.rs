@@ -41,8 +41,10 @@ impl Default for GroupEntry {
 #[derive(Debug)]
 pub struct Coordinator {
     groups: Mutex<HashMap<String, GroupEntry>>,
+    /// Kafka's classic groups (`classic_groups.rs`).
+    pub(super) classic: super::classic_groups::ClassicGroups,
     pub offsets: OffsetStore,
-    next_member: AtomicU64,
+    pub(super) next_member: AtomicU64,
 }
 
 /// A member's view after join or heartbeat.
@@ -91,7 +93,12 @@ pub struct OffsetReset {
 
 impl Coordinator {
     pub fn new(offsets: OffsetStore) -> Coordinator {
-        Coordinator { groups: Mutex::new(HashMap::new()), offsets, next_member: AtomicU64::new(1) }
+        Coordinator {
+            groups: Mutex::new(HashMap::new()),
+            classic: Default::default(),
+            offsets,
+            next_member: AtomicU64::new(1),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, GroupEntry>> {
@@ -167,6 +174,14 @@ impl Broker {
             )));
         }
         let timeout = timeout.as_millis() as u64;
+        let kafka_members = self.coordinator().classic.members(group);
+        if kafka_members > 0 {
+            return Err(BrokerError::GroupInOtherProtocol {
+                group: group.to_string(),
+                held_by: "Kafka clients",
+                members: kafka_members,
+            });
+        }
         let now = self.clock.now_ms();
         let mut groups = self.coordinator().lock();
         let entry = groups.entry(group.to_string()).or_default();
@@ -218,6 +233,7 @@ impl Broker {
     /// Removes members past their session timeout and rebalances; also
     /// rebalances every group when topics changed.
     pub fn expire_members(&self, topics_changed: bool) {
+        self.tick_classic_groups();
         let now = self.clock.now_ms();
         let mut groups = self.coordinator().lock();
         for (name, entry) in groups.iter_mut() {
@@ -259,8 +275,19 @@ impl Broker {
                 _ => {}
             }
         }
+        self.store_offsets(group, &offsets)
+    }
+
+    /// Live members of strata's own protocol in a group.
+    pub(super) fn live_grpc_members(&self, group: &str) -> usize {
+        self.coordinator().lock().get(group).map_or(0, |e| e.state.members.len())
+    }
+
+    /// Checks and stores offsets a caller was allowed to commit; durable
+    /// before it returns. Blocking.
+    pub(super) fn store_offsets(&self, group: &str, offsets: &[(String, u32, Committed)]) -> Result<()> {
         let metadata_max = self.config.offset_metadata_bytes_max;
-        for (topic, partition, c) in &offsets {
+        for (topic, partition, c) in offsets {
             if c.metadata.len() > metadata_max {
                 return Err(BrokerError::MetadataTooLarge {
                     group: group.to_string(),
@@ -282,7 +309,7 @@ impl Broker {
                 });
             }
         }
-        self.coordinator().offsets.commit(group, &offsets).map_err(|e| BrokerError::storage(OFFSETS_TOPIC, 0, e))
+        self.coordinator().offsets.commit(group, offsets).map_err(|e| BrokerError::storage(OFFSETS_TOPIC, 0, e))
     }
 
     pub fn committed_offsets(
@@ -297,13 +324,23 @@ impl Broker {
     /// Groups with live members or committed offsets: (name, state, generation, members).
     pub fn list_groups(&self, _caller: &Caller) -> Vec<(String, &'static str, u64, usize)> {
         let mut names = self.coordinator().offsets.groups();
+        let classic: HashMap<String, (&'static str, u64, usize)> = self
+            .classic_groups()
+            .into_iter()
+            .filter_map(|(n, _, _)| {
+                let info = self.describe_classic_group(&n)?;
+                Some((n, (info.state, info.generation.max(0) as u64, info.members.len())))
+            })
+            .collect();
+        names.extend(classic.keys().cloned());
         let groups = self.coordinator().lock();
         names.extend(groups.iter().filter(|(_, e)| !e.state.is_empty()).map(|(n, _)| n.clone()));
         names
             .into_iter()
-            .map(|n| match groups.get(&n) {
-                Some(e) => (n, state_name(&e.state), e.state.generation, e.state.members.len()),
-                None => (n, "Empty", 0, 0),
+            .map(|n| match (groups.get(&n).filter(|e| !e.state.is_empty()), classic.get(&n)) {
+                (Some(e), _) => (n, state_name(&e.state), e.state.generation, e.state.members.len()),
+                (None, Some(&(state, generation, members))) => (n, state, generation, members),
+                (None, None) => (n, "Empty", 0, 0),
             })
             .collect()
     }
@@ -330,6 +367,25 @@ impl Broker {
                 }
                 None => ("Empty", 0, vec![], vec![]),
             }
+        };
+        // A group Kafka clients hold: its members and their assignments.
+        let (state, generation, members, assigned) = match self.describe_classic_group(group) {
+            Some(info) if members.is_empty() => {
+                let members: Vec<MemberInfo> = info
+                    .members
+                    .iter()
+                    .map(|m| MemberInfo {
+                        member_id: m.member_id.clone(),
+                        topic_pattern: format!("kafka {} ({})", info.protocol, m.client_id),
+                        assignment: super::classic_groups::consumer_assignment(&m.assignment),
+                        last_heartbeat_ms: m.last_heartbeat_ms,
+                        session_timeout_ms: m.session_timeout_ms,
+                    })
+                    .collect();
+                let assigned = members.iter().flat_map(|m| m.assignment.clone()).collect();
+                (info.state, info.generation.max(0) as u64, members, assigned)
+            }
+            _ => (state, generation, members, assigned),
         };
         if members.is_empty() && committed.is_empty() {
             return Err(BrokerError::UnknownGroup(group.to_string()));
@@ -371,6 +427,10 @@ impl Broker {
     }
 
     fn require_no_live_members(&self, group: &str, action: &'static str) -> Result<()> {
+        let kafka_members = self.coordinator().classic.members(group);
+        if kafka_members > 0 {
+            return Err(BrokerError::GroupHasMembers { group: group.to_string(), action, members: kafka_members });
+        }
         let groups = self.coordinator().lock();
         if let Some(e) = groups.get(group).filter(|e| !e.state.is_empty()) {
             return Err(BrokerError::GroupHasMembers {

@@ -24,6 +24,7 @@
 pub(crate) mod background;
 pub mod budget;
 pub mod caller;
+pub mod classic_groups;
 pub mod data_dir;
 pub mod error;
 pub mod fetch;

@@ -41,6 +41,11 @@ impl PendingProduce {
         self.parts.iter().any(|(_, p)| p.needs_sync())
     }
 
+    /// A produce that failed before writing anything: `wait` returns the error.
+    pub fn failed(e: BrokerError) -> PendingProduce {
+        PendingProduce { parts: Vec::new(), now: 0, first_error: Some(e) }
+    }
+
     /// Waits until every batch is durable; the results are in partition order.
     pub async fn wait(self) -> Result<Vec<ProduceResult>> {
         let now = self.now;
@@ -169,7 +174,8 @@ impl Broker {
     /// stamped in its header; re-encoded only for strata's "timestamp 0 =
     /// now").
     async fn produce_batch_pending(&self, topic: &Arc<Topic>, request: ProduceRequest) -> Result<PendingProduce> {
-        let invalid = |why: &str| BrokerError::InvalidBatch { topic: topic.name.clone(), why: why.to_string() };
+        let invalid =
+            |why: &str| BrokerError::InvalidBatch { topic: topic.name.clone(), why: why.to_string(), corrupt: false };
         let Some(p) = request.partition else {
             return Err(invalid("a record batch needs an explicit partition"));
         };
@@ -178,7 +184,11 @@ impl Broker {
         }
         let partition = topic.partition(p)?.clone();
         let bytes = request.batch.unwrap_or_default();
-        let (header, records) = batch::validate_client_batch(&bytes).map_err(|e| invalid(&e.to_string()))?;
+        let (header, records) = batch::validate_client_batch(&bytes).map_err(|e| BrokerError::InvalidBatch {
+            topic: topic.name.clone(),
+            why: e.to_string(),
+            corrupt: e.is_corrupt(),
+        })?;
         self.check_producer(header.producer())?;
         let config = topic.config();
         for (i, r) in records.iter().enumerate() {
@@ -233,6 +243,11 @@ impl Broker {
             return Ok(());
         }
         Err(BrokerError::UnknownProducer { producer_id: p.producer_id })
+    }
+
+    /// Whether InitProducer handed out this producer id.
+    pub fn producer_issued(&self, producer_id: i64) -> bool {
+        self.producer_ids.lock().unwrap_or_else(|e| e.into_inner()).issued(producer_id)
     }
 
     /// A new idempotent producer id. Blocking (it may reserve a new block on disk).

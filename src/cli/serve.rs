@@ -15,6 +15,13 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:50051].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Kafka protocol listener address, or `none` [default: 127.0.0.1:9092].
+    #[arg(long, value_name = "ADDR|none")]
+    pub kafka_listen: Option<String>,
+    /// The host:port Kafka clients are told to connect to [default: the
+    /// address each connection came in on].
+    #[arg(long, value_name = "HOST:PORT", value_parser = crate::config::parse_advertised)]
+    pub kafka_advertised_listener: Option<String>,
     /// TOML config file; flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -34,6 +41,12 @@ pub fn broker_config(args: &ServeArgs) -> anyhow::Result<BrokerConfig> {
     if let Some(l) = args.listen {
         config.listen = l;
     }
+    if let Some(k) = &args.kafka_listen {
+        config.kafka_listen = crate::config::parse_listen(k).map_err(|e| anyhow::anyhow!("--kafka-listen: {e}"))?;
+    }
+    if let Some(a) = &args.kafka_advertised_listener {
+        config.kafka_advertised = Some(a.clone());
+    }
     Ok(config)
 }
 
@@ -44,6 +57,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Scripts and tests read this line; a closed stdout must not stop the broker.
     let mut out = std::io::stdout();
     let _ = writeln!(out, "strata listening on {}", server.addr()).and_then(|()| out.flush());
+    if let Some(kafka) = server.kafka_addr() {
+        let _ = writeln!(out, "kafka listening on {kafka}").and_then(|()| out.flush());
+    }
     wait_for_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await

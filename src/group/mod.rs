@@ -3,6 +3,7 @@
 //! broker drives these with events and the current time.
 
 pub mod assignor;
+pub mod classic;
 pub mod offsets;
 pub mod state;
 

@@ -4,6 +4,8 @@
 //!
 //! - `accept.rs`: accepting TCP connections, calm when out of descriptors.
 //! - `grpc/`: `strata.v1.Broker` over tonic, plus health and reflection.
+//! - `kafka/`: the Kafka protocol, for Kafka clients.
 
 pub mod accept;
 pub mod grpc;
+pub mod kafka;

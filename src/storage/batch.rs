@@ -113,6 +113,19 @@ pub enum BatchError {
     Compression(String),
 }
 
+impl BatchError {
+    /// Damaged bytes (as opposed to a well-formed batch strata refuses).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(
+            self,
+            BatchError::Truncated { .. }
+                | BatchError::BadMagic(_)
+                | BatchError::BadLength(_)
+                | BatchError::BadCrc { .. }
+        )
+    }
+}
+
 /// The parsed fixed header of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchHeader {

@@ -14,7 +14,12 @@ use tonic::transport::Channel;
 pub type Client = BrokerClient<Channel>;
 
 pub fn config(dir: &Path) -> BrokerConfig {
-    BrokerConfig { data_dir: dir.to_path_buf(), listen: "127.0.0.1:0".parse().unwrap(), ..BrokerConfig::default() }
+    BrokerConfig {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        kafka_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..BrokerConfig::default()
+    }
 }
 
 pub async fn start(dir: &Path) -> RunningServer {

@@ -15,7 +15,7 @@ pub fn serve(cwd: &Path) -> (Child, String) {
 /// Starts `strata serve` on `listen` (a fixed address allows restarts).
 pub fn serve_on(cwd: &Path, listen: &str) -> (Child, String) {
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", listen])
+        .args(["serve", "--listen", listen, "--kafka-listen", "127.0.0.1:0"])
         .current_dir(cwd)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

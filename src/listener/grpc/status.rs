@@ -36,7 +36,8 @@ fn code(e: &BrokerError) -> Code {
         BrokerError::UnknownProducer { .. }
         | BrokerError::UnknownMember { .. }
         | BrokerError::StaleGeneration { .. }
-        | BrokerError::GroupHasMembers { .. } => Code::FailedPrecondition,
+        | BrokerError::GroupHasMembers { .. }
+        | BrokerError::GroupInOtherProtocol { .. } => Code::FailedPrecondition,
         BrokerError::ShuttingDown | BrokerError::ConnectionFailed(_) => Code::Unavailable,
         BrokerError::Internal(_) => Code::Internal,
         BrokerError::Io { .. } if e.is_disk_full() || e.is_out_of_files() => Code::ResourceExhausted,
