@@ -8,20 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn python_with_grpc() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = manifest.join("target/pyenv");
-    let python = venv.join("bin/python");
-    let ready = |p: &Path| Command::new(p).args(["-c", "import grpc, grpc_tools"]).status().is_ok_and(|s| s.success());
-    if python.exists() && ready(&python) {
-        return python;
-    }
-    let status = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 is installed");
-    assert!(status.success(), "python3 -m venv failed");
-    let status =
-        Command::new(venv.join("bin/pip")).args(["install", "--quiet", "grpcio", "grpcio-tools"]).status().unwrap();
-    assert!(status.success(), "pip install grpcio grpcio-tools failed");
-    assert!(ready(&python));
-    python
+    common::python::python_with("grpc, grpc_tools", &["grpcio", "grpcio-tools"])
 }
 
 #[tokio::test(flavor = "multi_thread")]

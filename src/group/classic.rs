@@ -539,7 +539,11 @@ mod tests {
         g.heartbeat(9_000, &a, 2).unwrap();
         let (expired, c) = g.tick(10_500);
         assert_eq!(expired, vec![b.clone()]);
-        assert_eq!(joined_of(&c, &a).generation, 3, "the one left completes alone");
+        assert!(c.is_empty(), "{c:?}");
+        // The one left learns of the rebalance from its heartbeat and rejoins alone.
+        assert_eq!(g.heartbeat(10_600, &a, 2), Err(ClassicError::RebalanceInProgress));
+        let (_, c) = g.join(10_700, join(&a, &["range"]), || unreachable!());
+        assert_eq!(joined_of(&c, &a).generation, 3);
         let c = g.leave(11_000, &a).unwrap();
         assert!(c.is_empty());
         assert_eq!(g.phase, Phase::Empty);

@@ -25,6 +25,28 @@ pub fn serve_on(cwd: &Path, listen: &str) -> (Child, String) {
     (child, format!("http://{addr}"))
 }
 
+/// Starts `strata serve` in `cwd` with gRPC on `listen` and Kafka on a
+/// free port; returns the process, the gRPC URL and the Kafka address.
+pub fn serve_with_kafka(cwd: &Path, listen: &str) -> (Child, String, String) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", listen, "--kafka-listen", "127.0.0.1:0"])
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().expect("stdout piped"));
+    let mut addr = |what: &str| {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(line.starts_with(what), "the broker did not start: {line:?}");
+        line.trim().rsplit(' ').next().unwrap().to_string()
+    };
+    let grpc = addr("strata listening");
+    let kafka = addr("kafka listening");
+    (child, format!("http://{grpc}"), kafka)
+}
+
 /// Waits for a `strata serve` child (stdout piped) to say where it listens.
 pub fn listening(child: &mut Child) -> String {
     let mut line = String::new();
