@@ -148,3 +148,84 @@ async fn an_acks_all_produce_survives_sigkill() {
     }
     common::process::kill9(&mut child);
 }
+
+/// The README's text between `<!-- NAME:start -->` and `<!-- NAME:end -->`.
+fn readme_block(name: &str) -> String {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find(&format!("<!-- {name}:start -->")).expect("start marker");
+    let end = readme.find(&format!("<!-- {name}:end -->")).expect("end marker");
+    readme[start..end].lines().skip(1).filter(|l| !l.starts_with("```")).collect::<Vec<_>>().join("\n")
+}
+
+/// Debian's kcat, installed if missing (the test fails if it cannot be).
+fn kcat() {
+    let works = || Command::new("kcat").arg("-V").output().is_ok_and(|o| o.status.success());
+    if works() {
+        return;
+    }
+    let install = || Command::new("apt-get").args(["install", "-y", "-q", "kcat"]).status().is_ok_and(|s| s.success());
+    if !install() {
+        let updated = Command::new("apt-get").args(["update", "-q"]).status().is_ok_and(|s| s.success());
+        assert!(
+            updated && install(),
+            "kcat is needed: `apt-get install kcat` failed (run the tests as root, or install kcat)"
+        );
+    }
+    assert!(works(), "kcat installed but `kcat -V` fails");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_kcat_quick_check_works_as_written() {
+    tokio::task::spawn_blocking(kcat).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path()).await;
+    let kafka = server.kafka_addr().unwrap().to_string();
+    let lines: Vec<String> = readme_block("kafka").lines().map(|l| l.replace("127.0.0.1:9092", &kafka)).collect();
+    assert!(lines.len() >= 4, "{lines:?}");
+    let (cwd, url) = (dir.path().to_path_buf(), server.url());
+    let outputs = tokio::task::spawn_blocking(move || {
+        lines
+            .iter()
+            .map(|line| {
+                let (ok, stdout, stderr) = common::process::run(&cwd, &url, line);
+                assert!(ok, "`{line}` failed: {stdout}{stderr}");
+                (line.clone(), stdout)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let out = |prefix: &str| outputs.iter().find(|(l, _)| l.starts_with(prefix)).map(|(_, o)| o.clone()).unwrap();
+    let consumed = out("kcat -C");
+    assert!(consumed.contains(r#"cust-42 {"amount": 120}"#) && consumed.starts_with("orders "), "{consumed}");
+    assert!(out("kcat -L").contains(r#"topic "orders" with 3 partitions"#), "{}", out("kcat -L"));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readme_python_kafka_example_works_as_pasted_and_again() {
+    let python = tokio::task::spawn_blocking(python).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path()).await;
+    let code = readme_block("kafka-python").replace("127.0.0.1:9092", &server.kafka_addr().unwrap().to_string());
+    let script = dir.path().join("example.py");
+    std::fs::write(&script, code).unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let (python, script) = (python.clone(), script.clone());
+        let out =
+            tokio::task::spawn_blocking(move || Command::new(python).arg(script).output().unwrap()).await.unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        runs.push(stdout);
+    }
+    for (i, run) in runs.iter().enumerate() {
+        let lines: Vec<&str> = run.lines().collect();
+        // Each run prints the one record it produced: the group resumes after the first.
+        assert_eq!(lines.len(), 1, "run {i}: {run}");
+        assert!(lines[0].starts_with("policy.updated ") && lines[0].contains("b'policy-7'"), "run {i}: {run}");
+        assert!(lines[0].contains("[('id', b'evt-1')]"), "run {i}: {run}");
+        assert!(lines[0].contains(&format!(" {i} b'policy-7'")), "run {i} reads offset {i}: {run}");
+    }
+    server.shutdown().await.unwrap();
+}
