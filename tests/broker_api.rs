@@ -234,3 +234,33 @@ async fn a_client_batch_with_a_wrong_max_timestamp_is_stored_with_the_right_one(
     assert_eq!(found.offset, 4, "the first record at or after the time");
     broker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_created_again_starts_without_the_old_committed_offsets() {
+    use strata::broker::CommitOffsets;
+    use strata::group::offsets::Committed;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(dir.path());
+    create(&broker, "orders", "always").await;
+    broker.produce(&caller(), request("orders", "a")).await.unwrap();
+    broker.produce(&caller(), request("orders", "b")).await.unwrap();
+    let commit = CommitOffsets {
+        group: "billing".into(),
+        member_id: String::new(),
+        generation: 0,
+        offsets: vec![("orders".into(), 0, Committed { offset: 2, metadata: String::new() })],
+    };
+    let b = broker.clone();
+    tokio::task::spawn_blocking(move || b.commit_offsets(&caller(), commit)).await.unwrap().unwrap();
+    assert_eq!(broker.committed_offsets(&caller(), "billing", None).len(), 1);
+    broker.delete_topic(&caller(), "orders").await.unwrap();
+    create(&broker, "orders", "always").await;
+    // Kafka forgets them too: else a consumer of the new topic would skip
+    // its first two records.
+    assert!(broker.committed_offsets(&caller(), "billing", None).is_empty());
+    broker.shutdown().await;
+    drop(broker);
+    let broker = open(dir.path());
+    assert!(broker.committed_offsets(&caller(), "billing", None).is_empty(), "still forgotten after a restart");
+    broker.shutdown().await;
+}

@@ -229,3 +229,53 @@ async fn readme_python_kafka_example_works_as_pasted_and_again() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// Node.js with KafkaJS in `target/nodeenv` (Debian's nodejs and npm are
+/// installed if node is missing; a failure fails the test with the reason).
+fn kafkajs() -> PathBuf {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let node_ok = || Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !node_ok() {
+        let apt = |args: &[&str]| Command::new("apt-get").args(args).status().is_ok_and(|s| s.success());
+        let installed = apt(&["install", "-y", "-q", "nodejs", "npm"])
+            || (apt(&["update", "-q"]) && apt(&["install", "-y", "-q", "nodejs", "npm"]));
+        assert!(installed && node_ok(), "Node.js is needed for the KafkaJS test: `apt-get install nodejs npm` failed");
+    }
+    let prefix = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/nodeenv");
+    let modules = prefix.join("node_modules");
+    if !modules.join("kafkajs/package.json").exists() {
+        let status = Command::new("npm")
+            .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&prefix)
+            .arg("kafkajs@2.2.4")
+            .status()
+            .expect("npm is installed with node");
+        assert!(status.success(), "npm install kafkajs@2.2.4 failed (is the npm registry reachable?)");
+    }
+    modules
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafkajs_admin_idempotent_produce_and_a_consumer_group() {
+    let modules = tokio::task::spawn_blocking(kafkajs).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path()).await;
+    let kafka = server.kafka_addr().unwrap().to_string();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js/kafkajs_test.js");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .arg(kafka)
+            .env("NODE_PATH", modules)
+            .env("KAFKAJS_NO_PARTITIONER_WARNING", "1")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stdout.contains("KAFKAJS OK"), "KafkaJS failed:\n{stdout}\n{stderr}");
+    server.shutdown().await.unwrap();
+}

@@ -117,6 +117,14 @@ impl Broker {
         }
         let offsets = crate::group::offsets::OffsetStore::open(&dir, fs.clone(), clock.clone())
             .map_err(|e| BrokerError::storage(groups::OFFSETS_TOPIC, 0, e))?;
+        // Offsets of topics deleted by a broker that stopped before it
+        // could forget them.
+        let dropped = offsets
+            .delete_topics(|t| !topics.contains_key(t))
+            .map_err(|e| BrokerError::storage(groups::OFFSETS_TOPIC, 0, e))?;
+        if dropped > 0 {
+            tracing::info!(offsets = dropped, "forgot the committed offsets of deleted topics");
+        }
         let producer_ids = ProducerIds::open(fs.clone(), dir.join(data_dir::PRODUCER_IDS_FILE))
             .map_err(|e| io("cannot read the producer ids in", e))?;
         tracing::info!(

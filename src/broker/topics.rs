@@ -67,7 +67,7 @@ impl Broker {
         self.describe(&topic).await
     }
 
-    pub async fn delete_topic(&self, caller: &Caller, name: &str) -> Result<()> {
+    pub async fn delete_topic(self: &Arc<Self>, caller: &Caller, name: &str) -> Result<()> {
         self.check_running()?;
         let _admin = self.admin.lock().await;
         let topic = self
@@ -90,7 +90,16 @@ impl Broker {
             fs.remove_dir_all(&doomed).map_err(|e| io_error(&doomed, e))
         })
         .await?;
-        tracing::info!(topic = name, by = %caller, "deleted topic");
+        // A crash before this leaves the offsets for the next open to drop.
+        let (this, topic) = (self.clone(), name.to_string());
+        let forgotten = blocking("forget the offsets of", move || {
+            this.groups
+                .offsets
+                .delete_topics(|t| t == topic)
+                .map_err(|e| BrokerError::storage(super::groups::OFFSETS_TOPIC, 0, e))
+        })
+        .await?;
+        tracing::info!(topic = name, forgotten_offsets = forgotten, by = %caller, "deleted topic");
         Ok(())
     }
 

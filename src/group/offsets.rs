@@ -136,7 +136,18 @@ impl OffsetStore {
 
     /// Forgets every offset of a group (tombstones), durably.
     pub fn delete_group(&self, group: &str) -> Result<usize> {
-        let keys: Vec<Key> = self.map().keys().filter(|k| k.0 == group).cloned().collect();
+        self.delete_where(|(g, _, _)| g == group)
+    }
+
+    /// Forgets every group's offsets of the topics `gone` says are gone,
+    /// durably: a topic created again under the same name starts with no
+    /// committed offsets (as in Kafka), instead of skipping its records.
+    pub fn delete_topics(&self, gone: impl Fn(&str) -> bool) -> Result<usize> {
+        self.delete_where(|(_, t, _)| gone(t))
+    }
+
+    fn delete_where(&self, doomed: impl Fn(&Key) -> bool) -> Result<usize> {
+        let keys: Vec<Key> = self.map().keys().filter(|k| doomed(k)).cloned().collect();
         if keys.is_empty() {
             return Ok(0);
         }
