@@ -19,6 +19,9 @@ fn bench_modes_print_a_json_summary() {
         // Over Subscribe: alone, raw, and two consumers sharing a group.
         "consume --records 3000 --raw --subscribe",
         "consume --records 3000 --partitions 2 --consumers 2 --subscribe",
+        // Through the Kafka listener with librdkafka.
+        "produce --records 3000 --producers 2 --partitions 2 --in-flight 4 --protocol kafka",
+        "consume --records 3000 --partitions 2 --consumers 2 --protocol kafka",
     ] {
         let (ok, out, err) = run(dir.path(), "http://unused", &format!("strata bench {mode} --embedded --json"));
         assert!(ok, "bench {mode}: {err}");
@@ -27,7 +30,9 @@ fn bench_modes_print_a_json_summary() {
             assert!(summary[key].is_number(), "bench {mode}: {key} in {summary}");
         }
         assert!(summary["records"].as_u64().unwrap() > 0, "bench {mode} moved records: {summary}");
-        if mode.starts_with("produce --records 3000") {
+        if mode.starts_with("produce --records 3000")
+            || mode.starts_with("consume --records 3000 --partitions 2 --consumers 2 --protocol")
+        {
             assert_eq!(summary["records"].as_u64(), Some(3000), "every record acknowledged once: {summary}");
         }
         if mode.ends_with("--subscribe") {

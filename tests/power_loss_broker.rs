@@ -105,6 +105,9 @@ async fn workload(broker: &Arc<Broker>, fs: &SimFs, clock: &ManualClock, seed: u
                     Ok(()) => Known::Gone,
                     Err(_) => Known::Unknown,
                 };
+                // A deleted topic's committed offsets go with it (as in
+                // Kafka), acknowledged or not.
+                ledger.commits.retain(|(t, _), _| *t != name);
                 ledger.topics.insert(name, known);
             }
             3 if exists => {

@@ -131,6 +131,7 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         raw: false,
         in_flight: 1,
         subscribe: false,
+        protocol: super::Protocol::Grpc,
     };
     let target = load::Target::start(&base).await?;
     let on = |topic: &str| BenchArgs { server: Some(target.url.clone()), topic: topic.into(), ..base.clone() };

@@ -47,6 +47,11 @@ impl Target {
         Ok(Target { url: server.url(), server: Some(server), _dir: dir })
     }
 
+    /// The embedded broker's Kafka listener.
+    pub fn kafka_addr(&self) -> Option<std::net::SocketAddr> {
+        self.server.as_ref().and_then(|s| s.kafka_addr())
+    }
+
     pub async fn stop(self) -> anyhow::Result<()> {
         if let Some(s) = self.server {
             s.shutdown().await?;
@@ -74,7 +79,7 @@ pub async fn channel(url: &str) -> anyhow::Result<Channel> {
 }
 
 /// Creates the bench topic (or reuses it) with the bench's flush policy.
-async fn ensure_topic(c: &mut Client, args: &BenchArgs) -> anyhow::Result<()> {
+pub(super) async fn ensure_topic(c: &mut Client, args: &BenchArgs) -> anyhow::Result<()> {
     let config = [("flush.policy".to_string(), args.flush.to_string())].into();
     let req = proto::CreateTopicRequest { name: args.topic.clone(), partitions: args.partitions, config };
     match c.create_topic(req).await {
@@ -88,7 +93,7 @@ async fn ensure_topic(c: &mut Client, args: &BenchArgs) -> anyhow::Result<()> {
     }
 }
 
-fn config_json(args: &BenchArgs) -> serde_json::Value {
+pub(super) fn config_json(args: &BenchArgs) -> serde_json::Value {
     serde_json::json!({
         "topic": args.topic, "partitions": args.partitions, "record_bytes": args.record_bytes,
         "batch": args.batch, "producers": args.producers, "consumers": args.consumers,

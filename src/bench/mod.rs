@@ -7,6 +7,7 @@
 //! baselines (append + fdatasync, buffered writes, loopback TCP) and prints
 //! strata's figures as ratios of them.
 
+pub mod kafka;
 pub mod limits;
 pub mod load;
 pub mod report;
@@ -29,14 +30,25 @@ pub enum BenchCommand {
     Limits(LimitsArgs),
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    Grpc,
+    Kafka,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Start a broker in this process on a temp dir (default unless --server is given).
     #[arg(long)]
     pub embedded: bool,
-    /// Broker URL, instead of --embedded.
+    /// Broker URL, instead of --embedded (with --protocol kafka: HOST:PORT
+    /// of any Kafka-compatible broker).
     #[arg(long)]
     pub server: Option<String>,
+    /// The protocol the load goes through: strata's gRPC API, or the Kafka
+    /// protocol driven by librdkafka (produce and consume).
+    #[arg(long, value_enum, default_value_t = Protocol::Grpc)]
+    pub protocol: Protocol,
     /// Data dir for --embedded [default: a temp dir next to ./data].
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
@@ -114,6 +126,11 @@ pub struct LimitsArgs {
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
+        BenchCommand::Produce(a) if a.protocol == Protocol::Kafka => report::print(&kafka::produce(&a).await?, a.json),
+        BenchCommand::Consume(a) if a.protocol == Protocol::Kafka => report::print(&kafka::consume(&a).await?, a.json),
+        BenchCommand::E2e(a) if a.protocol == Protocol::Kafka => {
+            anyhow::bail!("bench e2e --protocol kafka is not built yet; use produce or consume")
+        }
         BenchCommand::Produce(a) => report::print(&load::produce(&a).await?, a.json),
         BenchCommand::Consume(a) => report::print(&load::consume(&a).await?, a.json),
         BenchCommand::E2e(a) => report::print(&load::e2e(&a).await?, a.json),
