@@ -123,7 +123,6 @@ fn run_producers(bootstrap: &str, args: &BenchArgs, meter: &Arc<Meter>) -> anyho
                     .set("enable.idempotence", "true")
                     .set("linger.ms", "5")
                     .set("batch.num.messages", args.batch.max(1).to_string())
-                    .set("batch.size", (64 << 20).to_string())
                     .set("max.in.flight.requests.per.connection", args.in_flight.clamp(1, 5).to_string())
                     .create_with_context(context)?;
                 let (batch, partitions) = (args.batch.max(1) as u64, args.partitions.max(1) as u64);
