@@ -106,3 +106,20 @@ fn log_verify_reports_a_corrupt_segment_with_file_and_position() {
         "{stdout}"
     );
 }
+
+#[test]
+fn server_addresses_work_as_people_type_them_and_an_unreachable_one_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut broker, server) = serve(dir.path());
+    let bare = server.trim_start_matches("http://").to_string();
+    let (ok, _, err) = run(dir.path(), &server, &format!("strata topic create plain --server {bare}"));
+    assert!(ok, "host:port without a scheme: {err}");
+    let port = bare.rsplit(':').next().unwrap();
+    let (ok, out, err) = run(dir.path(), &server, &format!("strata topic list --server localhost:{port}"));
+    assert!(ok && out.contains("plain"), "localhost:port: {out}{err}");
+    common::process::kill9(&mut broker);
+    let (ok, _, err) = run(dir.path(), &server, &format!("strata topic list --server {bare}"));
+    assert!(!ok);
+    assert!(err.contains("cannot reach the broker") && err.to_lowercase().contains("refused"), "{err}");
+    assert!(err.contains("strata serve"), "says what to do: {err}");
+}

@@ -25,7 +25,7 @@ pub struct Cli {
 /// Options every client command takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
-    /// Broker address.
+    /// Broker address: a URL, or host:port.
     #[arg(long, global = true, default_value = "http://127.0.0.1:50051", env = "STRATA_SERVER")]
     pub server: String,
     /// Output for people (text) or scripts (json).
@@ -90,12 +90,35 @@ pub enum Command {
     },
 }
 
+/// The broker URL for an address as people type it: `host:port` (or
+/// `localhost:50051`) means `http://host:port`.
+pub fn server_url(server: &str) -> String {
+    if server.contains("://") {
+        server.to_string()
+    } else {
+        format!("http://{server}")
+    }
+}
+
 pub async fn connect(args: &ClientArgs) -> anyhow::Result<BrokerClient<Channel>> {
-    let channel = Channel::from_shared(args.server.clone())
+    let url = server_url(&args.server);
+    let channel = Channel::from_shared(url.clone())
         .map_err(|e| anyhow::anyhow!("bad --server URL {:?}: {e}", args.server))?
         .connect()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the broker at {}: {e}", args.server))?;
+        .map_err(|e| {
+            // tonic's own message is only "transport error": say why.
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                let text = s.to_string();
+                if !why.ends_with(&text) {
+                    why = format!("{why}: {text}");
+                }
+                source = s.source();
+            }
+            anyhow::anyhow!("cannot reach the broker at {url}: {why} (is `strata serve` running there? --server or STRATA_SERVER sets the address)")
+        })?;
     Ok(BrokerClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
