@@ -263,7 +263,9 @@ impl Broker {
             }
             entry.deliver(completions);
         }
-        groups.retain(|_, e| !e.state.is_empty() || !e.joins.is_empty());
+        // A group with an id handed out for a first join is kept: its
+        // client is about to join with it.
+        groups.retain(|_, e| !e.state.is_idle() || !e.joins.is_empty());
     }
 
     /// OffsetCommit from a Kafka client: fenced by the classic group's

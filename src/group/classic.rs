@@ -127,9 +127,19 @@ impl Default for ClassicGroup {
     }
 }
 
+/// Member ids handed out with MEMBER_ID_REQUIRED and not yet used, per group.
+const PENDING_MAX: usize = 1000;
+/// How long such an id stays good (the client rejoins at once).
+const PENDING_TTL_MS: i64 = 60_000;
+
 impl ClassicGroup {
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
+    }
+
+    /// No members and no ids waiting to be used: nothing to keep.
+    pub fn is_idle(&self) -> bool {
+        self.members.is_empty() && self.pending.is_empty()
     }
 
     pub fn state_name(&self) -> &'static str {
@@ -180,6 +190,13 @@ impl ClassicGroup {
         let id = if join.member_id.is_empty() {
             let id = new_id();
             if join.requires_known_member_id {
+                // Bounded: a client that floods first joins pushes out its
+                // own oldest ids, not the broker's memory.
+                if self.pending.len() >= PENDING_MAX {
+                    if let Some(oldest) = self.pending.iter().min_by_key(|(_, at)| **at).map(|(id, _)| id.clone()) {
+                        self.pending.remove(&oldest);
+                    }
+                }
                 self.pending.insert(id.clone(), now);
                 return (Step::Reply(Err(ClassicError::MemberIdRequired(id))), vec![]);
             }
@@ -408,7 +425,7 @@ impl ClassicGroup {
     /// Session expiry and rebalance deadlines.
     pub fn tick(&mut self, now: i64) -> (Vec<String>, Vec<Completion>) {
         let mut completions = Vec::new();
-        self.pending.retain(|_, at| now - *at < 5 * 60_000);
+        self.pending.retain(|_, at| now - *at < PENDING_TTL_MS);
         let expired: Vec<String> = self
             .members
             .values()
@@ -560,6 +577,21 @@ mod tests {
         assert_eq!(step, Step::Reply(Err(ClassicError::UnknownMember)));
         assert_eq!(g.check_commit("", -1), Err(ClassicError::UnknownMember));
         assert_eq!(g.check_commit(&a, 0), Err(ClassicError::RebalanceInProgress));
+    }
+
+    #[test]
+    fn ids_handed_out_for_a_first_join_are_bounded_and_expire() {
+        let mut g = ClassicGroup::default();
+        let mut n = 0;
+        for _ in 0..PENDING_MAX + 10 {
+            n += 1;
+            g.join(n, join("", &["range"]), || format!("m{n}"));
+        }
+        assert_eq!(g.pending.len(), PENDING_MAX);
+        assert!(!g.pending.contains_key("m1"), "the oldest went first");
+        assert!(!g.is_idle());
+        g.tick(n + PENDING_TTL_MS);
+        assert!(g.is_idle());
     }
 
     #[test]

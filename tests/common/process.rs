@@ -14,13 +14,7 @@ pub fn serve(cwd: &Path) -> (Child, String) {
 
 /// Starts `strata serve` on `listen` (a fixed address allows restarts).
 pub fn serve_on(cwd: &Path, listen: &str) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", listen, "--kafka-listen", "127.0.0.1:0"])
-        .current_dir(cwd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_serve(cwd, listen);
     let addr = listening(&mut child);
     (child, format!("http://{addr}"))
 }
@@ -28,13 +22,7 @@ pub fn serve_on(cwd: &Path, listen: &str) -> (Child, String) {
 /// Starts `strata serve` in `cwd` with gRPC on `listen` and Kafka on a
 /// free port; returns the process, the gRPC URL and the Kafka address.
 pub fn serve_with_kafka(cwd: &Path, listen: &str) -> (Child, String, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", listen, "--kafka-listen", "127.0.0.1:0"])
-        .current_dir(cwd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_serve(cwd, listen);
     let mut out = BufReader::new(child.stdout.take().expect("stdout piped"));
     let mut addr = |what: &str| {
         let mut line = String::new();
@@ -45,6 +33,18 @@ pub fn serve_with_kafka(cwd: &Path, listen: &str) -> (Child, String, String) {
     let grpc = addr("strata listening");
     let kafka = addr("kafka listening");
     (child, format!("http://{grpc}"), kafka)
+}
+
+/// `strata serve` in `cwd` with gRPC on `listen`, Kafka on a free port,
+/// stdout piped for the addresses.
+fn spawn_serve(cwd: &Path, listen: &str) -> Child {
+    Command::new(BIN)
+        .args(["serve", "--listen", listen, "--kafka-listen", "127.0.0.1:0"])
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// Waits for a `strata serve` child (stdout piped) to say where it listens.
