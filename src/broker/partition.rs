@@ -129,7 +129,7 @@ impl Partition {
         let mut bytes = 0usize;
         loop {
             let read = self.log.read(out.next_offset, bytes_max.saturating_sub(bytes).max(1));
-            let ReadBatches { batches, high_watermark, log_start_offset } = match read {
+            let ReadBatches { batches, high_watermark, log_start_offset, .. } = match read {
                 Ok(read) => read,
                 // What was read before a corrupt batch is served; the read
                 // that starts at it reports it.

@@ -79,8 +79,8 @@ pub enum Located {
 #[derive(Debug, Clone)]
 pub enum SegmentRead {
     /// Whole batches from the one holding `from` (empty when `from` is not
-    /// visible yet).
-    Batches(Vec<Bytes>),
+    /// visible yet), and all of them as one slice of the same buffer.
+    Batches(Vec<Bytes>, Bytes),
     /// The segment ends before `from`, after offset `next_offset - 1`.
     Ended { next_offset: u64 },
 }
@@ -557,7 +557,7 @@ impl Segment {
         let (start, first_base) = match self.locate(from, bounds)? {
             Located::At { position, base_offset } => (position, base_offset),
             Located::End { next_offset } => return Ok(SegmentRead::Ended { next_offset }),
-            Located::NotVisible { .. } => return Ok(SegmentRead::Batches(Vec::new())),
+            Located::NotVisible { .. } => return Ok(SegmentRead::Batches(Vec::new(), Bytes::new())),
         };
         let want = ((end - start) as usize).min(bytes_max.max(HEADER_LEN));
         // Readable bytes are never cut while the broker runs, so they may be
@@ -609,7 +609,7 @@ impl Segment {
             // Checked up to where the checked range began: it now begins here.
             self.mark_checked(start);
         }
-        Ok(SegmentRead::Batches(out))
+        Ok(SegmentRead::Batches(out, buf.slice(..at)))
     }
 
     /// First offset at or after `base` whose record timestamp is >= `timestamp_ms`.
@@ -627,7 +627,7 @@ impl Segment {
             let h = self.checked_header(pos, expected, end, bounds)?;
             if h.max_timestamp >= timestamp_ms {
                 let read = self.read(h.base_offset, h.total_len, bounds)?;
-                if let SegmentRead::Batches(batches) = read {
+                if let SegmentRead::Batches(batches, _) = read {
                     for b in batches.iter().take(1) {
                         let records =
                             batch::decode_records(b).map_err(|e| self.corrupt(pos, h.base_offset, e.to_string()))?;

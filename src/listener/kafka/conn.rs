@@ -19,7 +19,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
@@ -34,6 +34,9 @@ use crate::broker::Broker;
 
 /// Responses queued for the writer (in-flight produce requests included).
 const PIPELINE_MAX: usize = 32;
+
+/// How far past the frame being read one read may go (see `read_loop`).
+const READ_AHEAD_BYTES: usize = 64 << 10;
 
 /// Room over `max_request_bytes` for a frame's headers and framing.
 const FRAME_OVERHEAD_BYTES: usize = 64 << 10;
@@ -51,16 +54,131 @@ pub(super) enum Reply {
     /// No response (Produce with acks=0).
     None,
     /// The encoded response body.
-    Now(BytesMut),
+    Now(Body),
     /// The body once the flush policy is met (Produce).
-    Later(BoxFuture<'static, Result<BytesMut, String>>),
+    Later(BoxFuture<'static, Result<Body, String>>),
+}
+
+/// An encoded response body, in parts written one after the other: the
+/// encoding, with stored record batches in it where they go, not copied.
+pub(super) struct Body(Vec<Bytes>);
+
+impl Body {
+    pub(super) fn len(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
 }
 
 /// Encodes a response body at `version`.
-pub(super) fn encode<M: Encodable>(message: &M, version: i16) -> Result<BytesMut, String> {
-    let mut out = BytesMut::new();
-    message.encode(&mut out, version).map_err(|e| format!("cannot encode the response: {e}"))?;
-    Ok(out)
+pub(super) fn encode<M: Encodable>(message: &M, version: i16) -> Result<Body, String> {
+    encode_spliced(message, version, &[])
+}
+
+/// Encodes a response body at `version` whose byte fields include the
+/// buffers in `splices` (stored batches a Fetch returns): those are put in
+/// the body as they are (shared, not copied), the rest is encoded into one
+/// buffer sized before encoding.
+pub(super) fn encode_spliced<M: Encodable>(message: &M, version: i16, splices: &[Bytes]) -> Result<Body, String> {
+    let failed = |e: anyhow::Error| format!("cannot encode the response: {e}");
+    let size = message.compute_size(version).map_err(failed)?;
+    let spliced: usize = splices.iter().map(Bytes::len).sum();
+    let mut buf = SpliceBuf {
+        splices,
+        done: Vec::new(),
+        done_len: 0,
+        head: BytesMut::with_capacity(size.saturating_sub(spliced)),
+        lost: false,
+        scratch: Vec::new(),
+    };
+    message.encode(&mut buf, version).map_err(failed)?;
+    if buf.lost {
+        // The codec went back over a spliced part (it does not for the
+        // messages spliced today): encode into one plain buffer instead.
+        let mut plain = BytesMut::with_capacity(size);
+        message.encode(&mut plain, version).map_err(failed)?;
+        return Ok(Body(vec![plain.freeze()]));
+    }
+    let mut parts = buf.done;
+    if !buf.head.is_empty() {
+        parts.push(buf.head.freeze());
+    }
+    Ok(Body(parts))
+}
+
+/// Byte fields shorter than this are copied even when they could be spliced.
+const SPLICE_MIN_BYTES: usize = 4096;
+
+/// The codec's output buffer for `encode_spliced`: a byte field that is one
+/// of `splices` (the same memory, as the codec passes it through) becomes a
+/// part of its own; everything else goes into `head`.
+struct SpliceBuf<'a> {
+    splices: &'a [Bytes],
+    /// Parts finished, and their total length.
+    done: Vec<Bytes>,
+    done_len: usize,
+    head: BytesMut,
+    /// The codec asked for bytes already handed on (seek or range before
+    /// `head`): the result is discarded and encoded plainly.
+    lost: bool,
+    scratch: Vec<u8>,
+}
+
+// SAFETY: every method forwards to `head`, a BytesMut, whose own contract
+// holds; `put_slice` only appends (to `head`, or a shared part). The codec's
+// buffer trait requires BufMut, an unsafe trait; nothing here is unchecked.
+#[allow(unsafe_code)]
+unsafe impl bytes::BufMut for SpliceBuf<'_> {
+    fn remaining_mut(&self) -> usize {
+        self.head.remaining_mut()
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        // SAFETY: the caller initialised `cnt` bytes of `head.chunk_mut()`.
+        unsafe { self.head.advance_mut(cnt) }
+    }
+
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        self.head.chunk_mut()
+    }
+
+    fn put_slice(&mut self, src: &[u8]) {
+        if src.len() >= SPLICE_MIN_BYTES {
+            let same = |b: &&Bytes| b.as_ptr() == src.as_ptr() && b.len() == src.len();
+            if let Some(b) = self.splices.iter().find(same) {
+                if !self.head.is_empty() {
+                    let head = self.head.split().freeze();
+                    self.done_len += head.len();
+                    self.done.push(head);
+                }
+                self.done_len += b.len();
+                self.done.push(b.clone());
+                return;
+            }
+        }
+        self.head.extend_from_slice(src);
+    }
+}
+
+impl kafka_protocol::protocol::buf::ByteBufMut for SpliceBuf<'_> {
+    fn offset(&self) -> usize {
+        self.done_len + self.head.len()
+    }
+
+    fn seek(&mut self, offset: usize) {
+        match offset.checked_sub(self.done_len) {
+            Some(at) => self.head.resize(at, 0),
+            None => self.lost = true,
+        }
+    }
+
+    fn range(&mut self, r: std::ops::Range<usize>) -> &mut [u8] {
+        if r.start >= self.done_len && r.end - self.done_len <= self.head.len() {
+            return &mut self.head[r.start - self.done_len..r.end - self.done_len];
+        }
+        self.lost = true;
+        self.scratch.resize(r.len(), 0);
+        &mut self.scratch
+    }
 }
 
 /// Decodes a request body at `version`; an error closes the connection.
@@ -111,17 +229,26 @@ async fn read_loop(ctx: &Ctx, mut rd: OwnedReadHalf, tx: mpsc::Sender<Outgoing>)
     let mut stopping = ctx.broker.watch_stopping();
     let queue_bytes = config.request_bytes_max;
     let queue = Arc::new(tokio::sync::Semaphore::new(queue_bytes));
+    // Frames are read through one buffer per connection, in reads of up to
+    // `READ_AHEAD_BYTES` past what is due: a request's bytes are not copied
+    // or zeroed first, the length and body of small requests come in one
+    // read, and once a request's bytes are dropped (a produce's are, once
+    // written) the next request reuses their allocation instead of faulting
+    // in fresh pages.
+    let mut buf = BytesMut::with_capacity(READ_AHEAD_BYTES);
     loop {
-        let mut len = [0u8; 4];
-        tokio::select! {
-            r = rd.read_exact(&mut len) => match r {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(format!("read failed: {e}")),
-            },
-            _ = crate::broker::stopped(&mut stopping) => return Ok(()),
+        while buf.len() < 4 {
+            tokio::select! {
+                r = read_more(&mut rd, &mut buf, 4) => match r {
+                    Ok(0) if buf.is_empty() => return Ok(()),
+                    Ok(0) => return Err(format!("the connection closed inside a frame's length ({} of 4 bytes)", buf.len())),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("read failed: {e}")),
+                },
+                _ = crate::broker::stopped(&mut stopping) => return Ok(()),
+            }
         }
-        let len = i32::from_be_bytes(len);
+        let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
         if len < 8 || len as usize > frame_max {
             return Err(format!(
                 "frame length {len} is outside 8..={frame_max} bytes (max_request_bytes plus headers); \
@@ -130,10 +257,19 @@ async fn read_loop(ctx: &Ctx, mut rd: OwnedReadHalf, tx: mpsc::Sender<Outgoing>)
         }
         let len = len as usize;
         let permit = ctx.broker.request_budget().acquire(len).await.map_err(|e| e.to_string())?;
-        let mut body = BytesMut::zeroed(len);
-        match tokio::time::timeout(read_timeout, rd.read_exact(&mut body)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("the connection failed inside a {len}-byte request: {e}")),
+        buf.advance(4);
+        let whole = async {
+            while buf.len() < len {
+                match read_more(&mut rd, &mut buf, len).await {
+                    Ok(0) => return Err(format!("the connection closed inside a {len}-byte request")),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("the connection failed inside a {len}-byte request: {e}")),
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(read_timeout, whole).await {
+            Ok(r) => r?,
             Err(_) => {
                 return Err(format!(
                     "a {len}-byte request did not arrive whole within {} ms (request_read_timeout_ms)",
@@ -141,6 +277,7 @@ async fn read_loop(ctx: &Ctx, mut rd: OwnedReadHalf, tx: mpsc::Sender<Outgoing>)
                 ))
             }
         }
+        let body = buf.split_to(len);
         let out = handle_frame(ctx, body.freeze()).await?;
         drop(permit);
         if let Some(mut out) = out {
@@ -156,6 +293,16 @@ async fn read_loop(ctx: &Ctx, mut rd: OwnedReadHalf, tx: mpsc::Sender<Outgoing>)
             }
         }
     }
+}
+
+/// Reads at least one byte into `buf`, making room for `due` bytes (what
+/// the current frame still needs) plus up to `READ_AHEAD_BYTES`. Ok(0): EOF.
+async fn read_more(rd: &mut OwnedReadHalf, buf: &mut BytesMut, due: usize) -> std::io::Result<usize> {
+    let want = due.saturating_sub(buf.len()).max(1) + READ_AHEAD_BYTES;
+    buf.reserve(want);
+    // Limited, so the bytes read ahead of the budget stay within
+    // READ_AHEAD_BYTES even when a reused buffer has more room.
+    rd.read_buf(&mut (&mut *buf).limit(want)).await
 }
 
 /// Decodes the header, dispatches, and returns what to write (None: nothing).
@@ -190,11 +337,14 @@ async fn handle_frame(ctx: &Ctx, frame: Bytes) -> Result<Option<Outgoing>, Strin
 async fn dispatch(ctx: &Ctx, key: ApiKey, version: i16, client: &str, mut body: Bytes) -> Result<Reply, String> {
     use super::{admin, fetch, groups, produce};
     let b = &mut body;
-    let now = |r: Result<BytesMut, String>| r.map(Reply::Now);
+    let now = |r: Result<Body, String>| r.map(Reply::Now);
     match key {
         ApiKey::ApiVersions => now(encode(&versions::response(version), version)),
         ApiKey::Produce => produce::produce(ctx, decode(key, version, b)?, version).await,
-        ApiKey::Fetch => now(encode(&fetch::fetch(ctx, decode(key, version, b)?, version).await, version)),
+        ApiKey::Fetch => {
+            let (response, batches) = fetch::fetch(ctx, decode(key, version, b)?, version).await;
+            now(encode_spliced(&response, version, &batches))
+        }
         ApiKey::ListOffsets => now(encode(&admin::list_offsets(ctx, decode(key, version, b)?).await, version)),
         ApiKey::Metadata => now(encode(&admin::metadata(ctx, decode(key, version, b)?, version).await, version)),
         ApiKey::CreateTopics => {
@@ -241,7 +391,9 @@ async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) -> Res
         head[0..4].copy_from_slice(&(total as i32).to_be_bytes());
         let write = async {
             wr.write_all(&head).await?;
-            wr.write_all(&body).await?;
+            for part in &body.0 {
+                wr.write_all(part).await?;
+            }
             if rx.is_empty() {
                 wr.flush().await?;
             }
@@ -252,4 +404,63 @@ async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) -> Res
     wr.flush().await.map_err(|e| format!("write failed: {e}"))?;
     let _ = wr.into_inner().shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+    use kafka_protocol::messages::{FetchResponse, TopicName};
+
+    fn plain<M: Encodable>(m: &M, version: i16) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        m.encode(&mut out, version).unwrap();
+        out.to_vec()
+    }
+
+    #[test]
+    fn a_spliced_fetch_response_has_the_bytes_of_a_plain_one_at_every_version() {
+        // Two partitions with big record runs (spliced), one small (copied), one empty.
+        let run = |n: usize, b: u8| Bytes::from((0..n).map(|i| b.wrapping_add(i as u8)).collect::<Vec<u8>>());
+        let (a, b, small) = (run(1 << 20, 1), run(70_000, 7), run(100, 9));
+        let part = |i: i32, r: &Bytes| PartitionData::default().with_partition_index(i).with_records(Some(r.clone()));
+        let response = FetchResponse::default().with_responses(vec![
+            FetchableTopicResponse::default().with_topic(TopicName("t1".into())).with_partitions(vec![
+                part(0, &a),
+                part(1, &small),
+                part(2, &Bytes::new()),
+            ]),
+            FetchableTopicResponse::default().with_topic(TopicName("t2".into())).with_partitions(vec![part(0, &b)]),
+        ]);
+        for version in 4..=12 {
+            let body = encode_spliced(&response, version, &[a.clone(), b.clone(), small.clone()]).unwrap();
+            let joined: Vec<u8> = body.0.iter().flat_map(|p| p.iter().copied()).collect();
+            assert_eq!(joined, plain(&response, version), "v{version}");
+            assert_eq!(body.len(), joined.len());
+            // The big runs are the very buffers given, not copies.
+            for big in [&a, &b] {
+                assert!(body.0.iter().any(|p| p.as_ptr() == big.as_ptr() && p.len() == big.len()), "v{version}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_codec_that_seeks_back_over_a_spliced_part_gets_a_plain_encoding() {
+        let splice = Bytes::from(vec![5u8; 8192]);
+        let mut buf = SpliceBuf {
+            splices: std::slice::from_ref(&splice),
+            done: Vec::new(),
+            done_len: 0,
+            head: BytesMut::new(),
+            lost: false,
+            scratch: Vec::new(),
+        };
+        use kafka_protocol::protocol::buf::ByteBufMut;
+        buf.put_slice(b"head");
+        buf.put_slice(&splice);
+        assert!(!buf.lost);
+        assert_eq!(buf.offset(), 4 + 8192);
+        buf.range(0..4)[0] = 1;
+        assert!(buf.lost, "writing into a finished part must make the caller encode plainly");
+    }
 }

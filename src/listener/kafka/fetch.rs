@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 
@@ -26,7 +26,8 @@ struct Wanted {
     log: Result<Arc<Partition>, i16>,
 }
 
-pub(super) async fn fetch(ctx: &Ctx, request: FetchRequest, _version: i16) -> FetchResponse {
+/// The response, and the stored batches in it (to be sent as they are).
+pub(super) async fn fetch(ctx: &Ctx, request: FetchRequest, _version: i16) -> (FetchResponse, Vec<Bytes>) {
     let broker = &ctx.broker;
     let limit = broker.config().request_bytes_max;
     let max_bytes = if request.max_bytes <= 0 { limit } else { (request.max_bytes as usize).min(limit) };
@@ -59,7 +60,12 @@ pub(super) async fn fetch(ctx: &Ctx, request: FetchRequest, _version: i16) -> Fe
         let (responses, bytes, failed) = read_all(&wanted, max_bytes).await;
         let waited_enough = tokio::time::Instant::now() >= deadline || *stopping.borrow();
         if bytes >= min_bytes || failed || waited_enough || watches.is_empty() {
-            return FetchResponse::default().with_responses(responses);
+            let batches = responses
+                .iter()
+                .flat_map(|t| t.partitions.iter().filter_map(|p| p.records.clone()))
+                .filter(|r| !r.is_empty())
+                .collect();
+            return (FetchResponse::default().with_responses(responses), batches);
         }
         // Not enough yet: wait for an append to any of them.
         let changed = futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
@@ -97,7 +103,7 @@ async fn read_all(wanted: &[Wanted], max_bytes: usize) -> (Vec<FetchableTopicRes
                 } else if (w.offset as u64) < hw && (room > 0 || total == 0) {
                     match p.read_raw(w.offset as u64, room.max(1)).await {
                         Ok(read) => {
-                            let bytes = join(read.batches);
+                            let bytes = read.run;
                             total += bytes.len();
                             data.high_watermark = read.high_watermark as i64;
                             data.last_stable_offset = read.high_watermark as i64;
@@ -122,19 +128,4 @@ async fn read_all(wanted: &[Wanted], max_bytes: usize) -> (Vec<FetchableTopicRes
         }
     }
     (responses, total, failed)
-}
-
-/// The batches as one buffer (no copy for a single batch).
-fn join(mut batches: Vec<Bytes>) -> Bytes {
-    match batches.len() {
-        0 => Bytes::new(),
-        1 => batches.pop().unwrap_or_default(),
-        _ => {
-            let mut out = BytesMut::with_capacity(batches.iter().map(|b| b.len()).sum());
-            for b in &batches {
-                out.extend_from_slice(b);
-            }
-            out.freeze()
-        }
-    }
 }

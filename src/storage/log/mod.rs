@@ -178,6 +178,9 @@ pub struct ReadBatches {
     /// Whole batches, each a zero-copy slice of one read buffer. The first
     /// may start before the requested offset (filter by record offset).
     pub batches: Vec<Bytes>,
+    /// The same batches as one slice (they lie end to end in one buffer),
+    /// for responses that carry them as one run (Kafka Fetch).
+    pub run: Bytes,
     pub high_watermark: u64,
     pub log_start_offset: u64,
 }
@@ -461,7 +464,7 @@ impl Log {
     pub fn read(&self, from: u64, bytes_max: usize) -> Result<ReadBatches> {
         let high_watermark = self.high_watermark();
         let log_start_offset = self.log_start_offset();
-        let mut out = ReadBatches { batches: Vec::new(), high_watermark, log_start_offset };
+        let mut out = ReadBatches { batches: Vec::new(), run: Bytes::new(), high_watermark, log_start_offset };
         if from < log_start_offset || from > high_watermark {
             return Err(StorageError::OffsetOutOfRange { offset: from, log_start_offset, high_watermark });
         }
@@ -478,8 +481,9 @@ impl Log {
             let next_segment_base = segments.get(i + 1).map(|s| s.base_offset);
             let bounds = Bounds { high_watermark, next_segment_base };
             match segment.read(from, bytes_max, &bounds)? {
-                SegmentRead::Batches(batches) => {
+                SegmentRead::Batches(batches, run) => {
                     out.batches = batches;
+                    out.run = run;
                     break;
                 }
                 // Fall through only where the segment really ended, and
