@@ -22,6 +22,10 @@ fn bench_modes_print_a_json_summary() {
         // Through the Kafka listener with librdkafka.
         "produce --records 3000 --producers 2 --partitions 2 --in-flight 4 --protocol kafka",
         "consume --records 3000 --partitions 2 --consumers 2 --protocol kafka",
+        "produce --records 3000 --partitions 2 --protocol kafka -X enable.idempotence=true -X linger.ms=1",
+        // ... and with rskafka, which encodes whole batches as --raw does.
+        "produce --records 3000 --producers 2 --partitions 2 --in-flight 4 --protocol kafka --client rskafka",
+        "consume --records 3000 --partitions 2 --consumers 2 --protocol kafka --client rskafka",
     ] {
         let (ok, out, err) = run(dir.path(), "http://unused", &format!("strata bench {mode} --embedded --json"));
         assert!(ok, "bench {mode}: {err}");
@@ -32,12 +36,22 @@ fn bench_modes_print_a_json_summary() {
         assert!(summary["records"].as_u64().unwrap() > 0, "bench {mode} moved records: {summary}");
         if mode.starts_with("produce --records 3000")
             || mode.starts_with("consume --records 3000 --partitions 2 --consumers 2 --protocol")
+            || mode.contains("enable.idempotence")
         {
             assert_eq!(summary["records"].as_u64(), Some(3000), "every record acknowledged once: {summary}");
         }
         if mode.ends_with("--subscribe") {
             // A group rebalance may deliver a record twice (at least once).
             assert!(summary["records"].as_u64().unwrap() >= 3000, "every record delivered: {summary}");
+        }
+        if mode.contains("--protocol kafka") {
+            let client = summary["config"]["client"].as_str().unwrap_or_default();
+            let want = if mode.contains("rskafka") { "rskafka" } else { "librdkafka" };
+            assert!(client.starts_with(want), "bench {mode}: client {client:?}");
+        }
+        if mode.contains(" -X ") {
+            let props = summary["config"]["kafka_properties"].to_string();
+            assert!(props.contains("enable.idempotence=true"), "bench {mode}: {props}");
         }
         assert!(summary["p50_ms"].as_f64().unwrap() <= summary["max_ms"].as_f64().unwrap());
     }

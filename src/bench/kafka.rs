@@ -4,9 +4,12 @@
 //! With `--server HOST:PORT` it drives any Kafka-compatible broker, so the
 //! same instrument measures a peer.
 //!
-//! Producers are idempotent with `acks=all`; `--batch` is librdkafka's
+//! Producers use `acks=all` and librdkafka's defaults otherwise (not
+//! idempotent, like the gRPC rows, which send no producer id; `-X
+//! enable.idempotence=true` makes them so); `--batch` is librdkafka's
 //! `batch.num.messages`, `--in-flight` its
 //! `max.in.flight.requests.per.connection` (at most 5 with idempotence).
+//! `-X KEY=VALUE` sets any other librdkafka property, as kcat's does.
 //! Latency is send -> delivery report, per record. Consumers assign
 //! partitions (no group) from the beginning and count records as librdkafka
 //! hands them over.
@@ -26,14 +29,17 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::load::Target;
 use super::report::{Meter, Summary};
-use super::BenchArgs;
+use super::{BenchArgs, KafkaClient};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The broker under test, as Kafka clients see it.
-struct KafkaTarget {
+pub struct KafkaTarget {
     bootstrap: String,
-    /// The in-process broker (`--embedded`), which takes strata topic configs.
+    /// strata's gRPC address when the broker is strata (topics are made
+    /// there, with the bench's flush policy).
+    grpc: Option<String>,
+    /// The in-process broker (`--embedded`).
     embedded: Option<Target>,
 }
 
@@ -41,20 +47,26 @@ impl KafkaTarget {
     async fn start(args: &BenchArgs) -> anyhow::Result<KafkaTarget> {
         if let Some(server) = &args.server {
             let bootstrap = server.trim_start_matches("kafka://").to_string();
-            return Ok(KafkaTarget { bootstrap, embedded: None });
+            return Ok(KafkaTarget { bootstrap, grpc: None, embedded: None });
         }
         let target = Target::start(args).await?;
         let bootstrap =
             target.kafka_addr().ok_or_else(|| anyhow::anyhow!("the embedded broker has no Kafka listener"))?;
-        Ok(KafkaTarget { bootstrap: bootstrap.to_string(), embedded: Some(target) })
+        Ok(KafkaTarget { bootstrap: bootstrap.to_string(), grpc: Some(target.url.clone()), embedded: Some(target) })
+    }
+
+    /// A strata broker already running (`bench limits`).
+    pub fn strata(target: &Target) -> anyhow::Result<KafkaTarget> {
+        let bootstrap = target.kafka_addr().ok_or_else(|| anyhow::anyhow!("the broker has no Kafka listener"))?;
+        Ok(KafkaTarget { bootstrap: bootstrap.to_string(), grpc: Some(target.url.clone()), embedded: None })
     }
 
     /// Creates the bench topic: on strata with the bench's flush policy (over
     /// gRPC, which can also change it on an existing topic); on a peer with
     /// its defaults, replication factor 1.
     async fn ensure_topic(&self, args: &BenchArgs) -> anyhow::Result<()> {
-        if let Some(t) = &self.embedded {
-            return super::load::ensure_topic(&mut super::load::client(&t.url).await?, args).await;
+        if let Some(url) = &self.grpc {
+            return super::load::ensure_topic(&mut super::load::client(url).await?, args).await;
         }
         let admin: AdminClient<DefaultClientContext> =
             ClientConfig::new().set("bootstrap.servers", &self.bootstrap).create()?;
@@ -116,15 +128,17 @@ fn run_producers(bootstrap: &str, args: &BenchArgs, meter: &Arc<Meter>) -> anyho
                 (bootstrap.to_string(), args.clone(), meter.clone(), budget.clone(), payload.clone());
             std::thread::spawn(move || -> anyhow::Result<()> {
                 let context = Deliveries { meter, failed: AtomicU64::new(0), first_error: Default::default() };
-                let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
-                    .set("bootstrap.servers", &bootstrap)
-                    .set("acks", "all")
-                    .set("socket.nagle.disable", "true")
-                    .set("enable.idempotence", "true")
-                    .set("linger.ms", "5")
-                    .set("batch.num.messages", args.batch.max(1).to_string())
-                    .set("max.in.flight.requests.per.connection", args.in_flight.clamp(1, 5).to_string())
-                    .create_with_context(context)?;
+                let producer: ThreadedProducer<Deliveries> = with_properties(
+                    ClientConfig::new()
+                        .set("bootstrap.servers", &bootstrap)
+                        .set("acks", "all")
+                        .set("socket.nagle.disable", "true")
+                        .set("linger.ms", "5")
+                        .set("batch.num.messages", args.batch.max(1).to_string())
+                        .set("max.in.flight.requests.per.connection", args.in_flight.max(1).to_string()),
+                    &args,
+                )
+                .create_with_context(context)?;
                 let (batch, partitions) = (args.batch.max(1) as u64, args.partitions.max(1) as u64);
                 let started = Instant::now();
                 let mut sent = 0u64;
@@ -171,16 +185,26 @@ fn run_producers(bootstrap: &str, args: &BenchArgs, meter: &Arc<Meter>) -> anyho
 
 pub async fn produce(args: &BenchArgs) -> anyhow::Result<Summary> {
     let target = KafkaTarget::start(args).await?;
+    let summary = produce_on(&target, args).await;
+    target.stop().await?;
+    summary
+}
+
+pub async fn produce_on(target: &KafkaTarget, args: &BenchArgs) -> anyhow::Result<Summary> {
     target.ensure_topic(args).await?;
     let meter = Meter::new();
     let done = Arc::new(AtomicBool::new(false));
     meter.spawn_progress("produce (kafka)".into(), done.clone());
     let started = Instant::now();
-    let (bootstrap, a, m) = (target.bootstrap.clone(), args.clone(), meter.clone());
-    tokio::task::spawn_blocking(move || run_producers(&bootstrap, &a, &m)).await??;
+    match args.client {
+        KafkaClient::Librdkafka => {
+            let (bootstrap, a, m) = (target.bootstrap.clone(), args.clone(), meter.clone());
+            tokio::task::spawn_blocking(move || run_producers(&bootstrap, &a, &m)).await??;
+        }
+        KafkaClient::Rskafka => super::rskafka::run_producers(&target.bootstrap, args, &meter).await?,
+    }
     let elapsed = started.elapsed();
     done.store(true, Ordering::Relaxed);
-    target.stop().await?;
     Ok(meter.summary("produce", elapsed, config_json(args)))
 }
 
@@ -203,6 +227,12 @@ fn partitions(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<(i32, u64)>> {
 
 pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
     let target = KafkaTarget::start(args).await?;
+    let summary = consume_on(&target, args).await;
+    target.stop().await?;
+    summary
+}
+
+pub async fn consume_on(target: &KafkaTarget, args: &BenchArgs) -> anyhow::Result<Summary> {
     target.ensure_topic(args).await?;
     let bootstrap = target.bootstrap.clone();
     let want = args.record_budget().min(10_000_000_000);
@@ -211,8 +241,13 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
     if have < want && args.records.is_some() {
         eprintln!("[bench consume] writing {} records first", want - have);
         let fill = BenchArgs { records: Some(want - have), duration: None, rate: 0, producers: 4, ..args.clone() };
-        let b = bootstrap.clone();
-        tokio::task::spawn_blocking(move || run_producers(&b, &fill, &Meter::new())).await??;
+        match args.client {
+            KafkaClient::Librdkafka => {
+                let b = bootstrap.clone();
+                tokio::task::spawn_blocking(move || run_producers(&b, &fill, &Meter::new())).await??;
+            }
+            KafkaClient::Rskafka => super::rskafka::run_producers(&bootstrap, &fill, &Meter::new()).await?,
+        }
     }
     let (b, topic) = (bootstrap.clone(), args.topic.clone());
     let parts = tokio::task::spawn_blocking(move || partitions(&b, &topic)).await??;
@@ -224,20 +259,39 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
     let consumers = args.consumers.max(1).min(parts.len().max(1));
     // Records left to read, every consumer together.
     let budget = Arc::new(AtomicI64::new(if args.records.is_some() { want as i64 } else { i64::MAX }));
-    let threads: Vec<_> = (0..consumers)
-        .map(|i| {
-            let mine: Vec<(i32, u64)> = parts.iter().copied().skip(i).step_by(consumers).collect();
-            let (bootstrap, topic, meter) = (bootstrap.clone(), args.topic.clone(), meter.clone());
-            let budget = budget.clone();
-            std::thread::spawn(move || consume_partitions(&bootstrap, &topic, &mine, &budget, deadline, &meter))
-        })
-        .collect();
-    for t in threads {
-        t.join().map_err(|_| anyhow::anyhow!("a consumer thread panicked"))??;
+    let share = |i: usize| -> Vec<(i32, u64)> { parts.iter().copied().skip(i).step_by(consumers).collect() };
+    match args.client {
+        KafkaClient::Librdkafka => {
+            let threads: Vec<_> = (0..consumers)
+                .map(|i| {
+                    let mine = share(i);
+                    let (bootstrap, args, meter, budget) =
+                        (bootstrap.clone(), args.clone(), meter.clone(), budget.clone());
+                    std::thread::spawn(move || consume_partitions(&bootstrap, &args, &mine, &budget, deadline, &meter))
+                })
+                .collect();
+            for t in threads {
+                t.join().map_err(|_| anyhow::anyhow!("a consumer thread panicked"))??;
+            }
+        }
+        KafkaClient::Rskafka => {
+            let tasks: Vec<_> = (0..consumers)
+                .map(|i| {
+                    let mine = share(i);
+                    let (bootstrap, topic, meter, budget) =
+                        (bootstrap.clone(), args.topic.clone(), meter.clone(), budget.clone());
+                    tokio::spawn(async move {
+                        super::rskafka::consume_partitions(&bootstrap, &topic, &mine, &budget, deadline, &meter).await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await??;
+            }
+        }
     }
     let elapsed = started.elapsed();
     done.store(true, Ordering::Relaxed);
-    target.stop().await?;
     Ok(meter.summary("consume", elapsed, config_json(args)))
 }
 
@@ -245,21 +299,24 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
 /// `budget` is spent, they are read to the end, or the deadline.
 fn consume_partitions(
     bootstrap: &str,
-    topic: &str,
+    args: &BenchArgs,
     mine: &[(i32, u64)],
     budget: &AtomicI64,
     deadline: Option<Instant>,
     meter: &Meter,
 ) -> anyhow::Result<()> {
     let total: u64 = mine.iter().map(|p| p.1).sum();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("strata-bench-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .create()?;
+    let consumer: BaseConsumer = with_properties(
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", format!("strata-bench-{}", std::process::id()))
+            .set("enable.auto.commit", "false"),
+        args,
+    )
+    .create()?;
     let mut list = TopicPartitionList::new();
     for (p, _) in mine {
-        list.add_partition_offset(topic, *p, Offset::Beginning)?;
+        list.add_partition_offset(&args.topic, *p, Offset::Beginning)?;
     }
     consumer.assign(&list)?;
     let mut got = 0u64;
@@ -282,9 +339,22 @@ fn consume_partitions(
     Ok(())
 }
 
+/// The user's `-X` properties over the bench's own.
+fn with_properties<'a>(config: &'a mut ClientConfig, args: &BenchArgs) -> &'a mut ClientConfig {
+    for (k, v) in &args.kafka_property {
+        config.set(k, v);
+    }
+    config
+}
+
 fn config_json(args: &BenchArgs) -> serde_json::Value {
     let mut c = super::load::config_json(args);
     c["protocol"] = "kafka".into();
-    c["client"] = format!("librdkafka {}", rdkafka::util::get_rdkafka_version().1).into();
+    c["kafka_properties"] = args.kafka_property.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().into();
+    c["client"] = match args.client {
+        KafkaClient::Librdkafka => format!("librdkafka {}", rdkafka::util::get_rdkafka_version().1),
+        KafkaClient::Rskafka => super::rskafka::CLIENT.to_string(),
+    }
+    .into();
     c
 }

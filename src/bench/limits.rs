@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::load;
-use super::{BenchArgs, LimitsArgs};
+use super::{BenchArgs, KafkaClient, LimitsArgs};
 use crate::storage::FlushPolicy;
 
 /// MB/s of appending `chunk`-byte writes to a file for about `time` (or
@@ -132,6 +132,8 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         in_flight: 1,
         subscribe: false,
         protocol: super::Protocol::Grpc,
+        kafka_property: Vec::new(),
+        client: super::KafkaClient::Librdkafka,
     };
     let target = load::Target::start(&base).await?;
     let on = |topic: &str| BenchArgs { server: Some(target.url.clone()), topic: topic.into(), ..base.clone() };
@@ -142,6 +144,22 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     // CPU work cannot overlap it.
     eprintln!("[limits] 1b. same, each producer pipelining 4 requests over ProduceStream");
     let p1s = load::produce(&BenchArgs { in_flight: 4, ..on("limits.always.1k.stream") }).await?;
+    // The same loads through the Kafka listener: librdkafka (what most
+    // Kafka users run) and rskafka (whole batches, as 3c's gRPC client).
+    let kafka = super::kafka::KafkaTarget::strata(&target)?;
+    let through = |client: KafkaClient, topic: &str, a: &BenchArgs| BenchArgs {
+        protocol: super::Protocol::Kafka,
+        client,
+        topic: topic.into(),
+        ..a.clone()
+    };
+    let stream4 = BenchArgs { in_flight: 4, ..base.clone() };
+    eprintln!("[limits] 1k. same as 1b through the Kafka listener, librdkafka");
+    let p1k =
+        super::kafka::produce_on(&kafka, &through(KafkaClient::Librdkafka, "limits.always.1k.kafka", &stream4)).await?;
+    eprintln!("[limits] 1r. same, rskafka");
+    let p1r =
+        super::kafka::produce_on(&kafka, &through(KafkaClient::Rskafka, "limits.always.1k.rskafka", &stream4)).await?;
     eprintln!("[limits] 2. produce 100 B x 100, 8 producers, flush always");
     let p2 = load::produce(&BenchArgs { record_bytes: 100, ..on("limits.always.100b") }).await?;
     // A fixed 1 GB per flush-never step, not a duration: what fits in the
@@ -180,6 +198,17 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     let p3r = load::produce(&BenchArgs { in_flight: 4, raw: true, topic: "limits.never.raw".into(), ..never.clone() })
         .await?;
     load::settle(&target.url, "limits.never.raw").await?;
+    let never4 = BenchArgs { in_flight: 4, ..never.clone() };
+    let fresh_k = touch("3k")?;
+    eprintln!("[limits] 3k. same as 3b through the Kafka listener, librdkafka");
+    let p3k =
+        super::kafka::produce_on(&kafka, &through(KafkaClient::Librdkafka, "limits.never.kafka", &never4)).await?;
+    load::settle(&target.url, "limits.never.kafka").await?;
+    let fresh_kr = touch("3r")?;
+    eprintln!("[limits] 3r. same, rskafka");
+    let p3kr =
+        super::kafka::produce_on(&kafka, &through(KafkaClient::Rskafka, "limits.never.rskafka", &never4)).await?;
+    load::settle(&target.url, "limits.never.rskafka").await?;
     let tcp4 = loopback_tcp(t).await?;
     let tcp_all = [tcp, tcp3, tcp4];
     let tcp = median3(tcp_all);
@@ -190,6 +219,10 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     let c4r = load::consume(&BenchArgs { raw: true, ..never.clone() }).await?;
     eprintln!("[limits] 4c. consume again, raw batches pushed over Subscribe");
     let c4s = load::consume(&BenchArgs { raw: true, subscribe: true, ..never.clone() }).await?;
+    eprintln!("[limits] 4k. consume again through the Kafka listener, librdkafka");
+    let c4k = super::kafka::consume_on(&kafka, &through(KafkaClient::Librdkafka, &never.topic, &never)).await?;
+    eprintln!("[limits] 4r. same, rskafka");
+    let c4kr = super::kafka::consume_on(&kafka, &through(KafkaClient::Rskafka, &never.topic, &never)).await?;
     // Last: right after the fsync-heavy steps 1 and 2 this VM's disk is
     // still busy, and p99 measured 3-5 ms instead of 1.1 ms.
     let (fsync_p50, fsync_p99) = wait_for_quiet_disk(dir.path())?;
@@ -202,13 +235,19 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         "baselines_mb_per_s": {"append_fdatasync_64k": sync_64k, "append_fdatasync_1m": sync_1m, "buffered_write": buffered, "buffered_write_first_touch": fresh, "loopback_tcp": tcp, "loopback_tcp_each": tcp_all, "buffered_write_before_3b": fresh_b, "buffered_write_before_3c": fresh_c, "fdatasync_10k_p50_ms": fsync_p50, "fdatasync_10k_p99_ms": fsync_p99},
         "produce_always_1k": {"mb_per_s": p1.mb_per_s, "records_per_s": p1.records_per_s, "p99_ms": p1.p99_ms, "ratio_to_fdatasync_1m": p1.mb_per_s / sync_1m},
         "produce_always_1k_stream4": {"mb_per_s": p1s.mb_per_s, "records_per_s": p1s.records_per_s, "p99_ms": p1s.p99_ms, "ratio_to_fdatasync_1m": p1s.mb_per_s / sync_1m},
+        "produce_always_1k_kafka": {"mb_per_s": p1k.mb_per_s, "records_per_s": p1k.records_per_s, "p99_ms": p1k.p99_ms, "client": "librdkafka", "ratio_to_grpc": p1k.mb_per_s / p1s.mb_per_s},
+        "produce_always_1k_rskafka": {"mb_per_s": p1r.mb_per_s, "records_per_s": p1r.records_per_s, "p99_ms": p1r.p99_ms, "client": "rskafka", "ratio_to_grpc": p1r.mb_per_s / p1s.mb_per_s},
         "produce_always_100b": {"records_per_s": p2.records_per_s, "mb_per_s": p2.mb_per_s, "p99_ms": p2.p99_ms},
         "produce_never_1k": {"mb_per_s": p3.mb_per_s, "ratio_to_tcp": p3.mb_per_s / tcp, "ratio_to_buffered_write_before": p3.mb_per_s / fresh},
         "produce_never_1k_stream4": {"mb_per_s": p3s.mb_per_s, "ratio_to_tcp": p3s.mb_per_s / tcp, "ratio_to_buffered_write_before": p3s.mb_per_s / fresh_b},
         "produce_never_1k_stream4_raw": {"mb_per_s": p3r.mb_per_s, "ratio_to_tcp": p3r.mb_per_s / tcp, "ratio_to_buffered_write_before": p3r.mb_per_s / fresh_c},
+        "produce_never_1k_kafka": {"mb_per_s": p3k.mb_per_s, "client": "librdkafka", "ratio_to_grpc_raw": p3k.mb_per_s / p3r.mb_per_s, "ratio_to_buffered_write_before": p3k.mb_per_s / fresh_k},
+        "produce_never_1k_rskafka": {"mb_per_s": p3kr.mb_per_s, "client": "rskafka", "ratio_to_grpc_raw": p3kr.mb_per_s / p3r.mb_per_s, "ratio_to_buffered_write_before": p3kr.mb_per_s / fresh_kr},
         "consume_page_cache": {"mb_per_s": c4.mb_per_s, "records": c4.records, "ratio_to_tcp": c4.mb_per_s / tcp},
         "consume_page_cache_raw": {"mb_per_s": c4r.mb_per_s, "records": c4r.records, "ratio_to_tcp": c4r.mb_per_s / tcp},
         "consume_page_cache_raw_subscribe": {"mb_per_s": c4s.mb_per_s, "records": c4s.records, "ratio_to_tcp": c4s.mb_per_s / tcp},
+        "consume_page_cache_kafka": {"mb_per_s": c4k.mb_per_s, "records": c4k.records, "client": "librdkafka", "ratio_to_grpc_raw_subscribe": c4k.mb_per_s / c4s.mb_per_s},
+        "consume_page_cache_rskafka": {"mb_per_s": c4kr.mb_per_s, "records": c4kr.records, "client": "rskafka", "ratio_to_grpc_raw_subscribe": c4kr.mb_per_s / c4s.mb_per_s},
         "e2e_10k_always": {"p50_ms": e5.p50_ms, "p99_ms": e5.p99_ms, "p999_ms": e5.p999_ms, "max_ms": e5.max_ms, "records_per_s": e5.records_per_s},
     });
     if args.json {
@@ -222,6 +261,8 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     };
     ratio("1. produce 1 KiB x100, 8 producers, always vs fdatasync 1 MiB", p1.mb_per_s, sync_1m, ">= 0.50");
     ratio("1b. same, 4 in flight per producer (ProduceStream)", p1s.mb_per_s, sync_1m, ">= 0.50");
+    ratio("1k. same as 1b, Kafka protocol (librdkafka) vs 1b", p1k.mb_per_s, p1s.mb_per_s, ">= 0.9");
+    ratio("1r. same, Kafka protocol (rskafka) vs 1b", p1r.mb_per_s, p1s.mb_per_s, ">= 0.9");
     println!(
         "{:<62} {:>8.0} rec/s {:>22}",
         "2. produce 100 B x100, 8 producers, always", p2.records_per_s, "(>= 300000 rec/s)"
@@ -232,9 +273,13 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     ratio("   the same vs its buffered write of 1 GB just before", p3s.mb_per_s, fresh_b, "its bound here");
     ratio("3c. same, client-encoded batches (record_batch)", p3r.mb_per_s, tcp, ">= 0.25");
     ratio("   the same vs its buffered write of 1 GB just before", p3r.mb_per_s, fresh_c, "its bound here");
+    ratio("3k. same as 3b, Kafka protocol (librdkafka) vs 3c", p3k.mb_per_s, p3r.mb_per_s, ">= 0.9");
+    ratio("3r. same, Kafka protocol (rskafka) vs 3c", p3kr.mb_per_s, p3r.mb_per_s, ">= 0.9");
     ratio("4. consume from page cache vs loopback TCP", c4.mb_per_s, tcp, ">= 0.50");
     ratio("4b. same, raw batches", c4r.mb_per_s, tcp, ">= 0.50");
     ratio("4c. same, raw batches over Subscribe", c4s.mb_per_s, tcp, ">= 0.50");
+    ratio("4k. same, Kafka Fetch (librdkafka) vs 4c", c4k.mb_per_s, c4s.mb_per_s, ">= 0.9");
+    ratio("4r. same, Kafka Fetch (rskafka) vs 4c", c4kr.mb_per_s, c4s.mb_per_s, ">= 0.9");
     println!(
         "{:<62} p99 {:.2} ms, p99.9 {:.2} ms (< 2, < 10)",
         "5. e2e latency at 10k rec/s, always (send -> received)", e5.p99_ms, e5.p999_ms

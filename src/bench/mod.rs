@@ -11,6 +11,7 @@ pub mod kafka;
 pub mod limits;
 pub mod load;
 pub mod report;
+pub mod rskafka;
 
 use std::time::Duration;
 
@@ -34,6 +35,15 @@ pub enum BenchCommand {
 pub enum Protocol {
     Grpc,
     Kafka,
+}
+
+/// The Kafka client `--protocol kafka` drives the broker with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KafkaClient {
+    /// librdkafka (the `rdkafka` crate), what most Kafka users run.
+    Librdkafka,
+    /// rskafka, a pure-Rust client that encodes whole batches, as `--raw` does.
+    Rskafka,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -98,6 +108,24 @@ pub struct BenchArgs {
     /// consumer they share the partitions as one consumer group.
     #[arg(long)]
     pub subscribe: bool,
+    /// --protocol kafka: a librdkafka property for every producer and
+    /// consumer the bench makes, as kcat's -X (repeatable), e.g.
+    /// `-X enable.idempotence=true` or `-X compression.type=lz4`. Set after
+    /// the bench's own, so it overrides them.
+    /// --protocol kafka: the client library. librdkafka's own CPU per byte
+    /// is about three times the broker's, so on shared cores its rows bound
+    /// on the client; rskafka's measure the broker's Kafka path.
+    #[arg(long, value_enum, default_value_t = KafkaClient::Librdkafka)]
+    pub client: KafkaClient,
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub kafka_property: Vec<(String, String)>,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
 impl BenchArgs {
