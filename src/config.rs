@@ -414,7 +414,23 @@ pub fn parse_listen(text: &str) -> Result<Option<SocketAddr>, String> {
     if text.eq_ignore_ascii_case("none") {
         return Ok(None);
     }
-    text.parse().map(Some).map_err(|_| format!("{text:?} is not an address like 127.0.0.1:9092 (or `none`)"))
+    parse_addr(text).map(Some).map_err(|e| format!("{e} (or `none`)"))
+}
+
+/// An address to listen on: `127.0.0.1:9092`, `[::1]:9092`, or a name such
+/// as `localhost:9092` (its first IPv4 address, else its first).
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = text.parse() {
+        return Ok(a);
+    }
+    let bad = || format!("{text:?} is not an address like 127.0.0.1:9092 or localhost:9092");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    let found: Vec<SocketAddr> =
+        std::net::ToSocketAddrs::to_socket_addrs(text).map_err(|e| format!("cannot resolve {host:?}: {e}"))?.collect();
+    found.iter().find(|a| a.is_ipv4()).or(found.first()).copied().ok_or_else(|| format!("{host:?} has no address"))
 }
 
 /// An advertised `host:port` (a name is fine: clients resolve it).

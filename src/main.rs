@@ -43,6 +43,19 @@ fn reserve_standard_descriptors() {
     }
 }
 
+/// Client commands end quietly when the reader of their output goes away
+/// (`strata consume t | head -1`), as other Unix tools do: Rust ignores
+/// SIGPIPE, so each print would panic with "Broken pipe" (exit 101). The
+/// broker keeps ignoring it: a client that hangs up must not stop it.
+fn die_quietly_on_closed_pipe() {
+    #[allow(unsafe_code)]
+    // SAFETY: restores the default disposition of one signal before any
+    // other thread exists; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// A panic anywhere is logged (where a panic in a background task would
 /// otherwise vanish with the task), and never by a write that can panic.
 fn log_panics() {
@@ -61,24 +74,37 @@ fn log_panics() {
 fn main() -> std::process::ExitCode {
     reserve_standard_descriptors();
     tune_allocator();
-    let cli = strata::cli::Cli::parse();
+    let cli = strata::cli::Cli::parse_from(strata::cli::hoist_global_flags(std::env::args_os().collect()));
+    if !matches!(cli.command, strata::cli::Command::Serve(_) | strata::cli::Command::Bench { .. }) {
+        die_quietly_on_closed_pipe();
+    }
     // The broker logs at info by default; client tools and the bench (which
     // may embed a broker) only say something when it matters.
     let default_level = match cli.command {
         strata::cli::Command::Serve(_) => "info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
+    // An invalid RUST_LOG is said, not silently replaced.
+    let (filter, bad_filter) = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => match tracing_subscriber::EnvFilter::try_new(&v) {
+            Ok(f) => (f, None),
+            Err(e) => (tracing_subscriber::EnvFilter::new(default_level), Some((v, e.to_string()))),
+        },
+        _ => (tracing_subscriber::EnvFilter::new(default_level), None),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // A log line that cannot be written is dropped: the default reports
         // it with eprintln!, which panics when stderr is gone.
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match cli.log_format {
+        strata::cli::LogFormat::Json => builder.json().with_current_span(false).init(),
+        strata::cli::LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
+    if let Some((value, why)) = bad_filter {
+        tracing::warn!(rust_log = %value, error = %why, level = default_level, "RUST_LOG is not a valid filter; logging at the default level");
+    }
     log_panics();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,

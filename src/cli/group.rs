@@ -3,7 +3,7 @@
 use clap::Subcommand;
 
 use super::{connect, status_error, ClientArgs, Format};
-use crate::cli::consume::parse_from;
+use crate::cli::consume::{parse_from, Start};
 use crate::cli::time::format_ms;
 use crate::proto;
 
@@ -89,7 +89,12 @@ pub async fn run(command: GroupCommand, args: &ClientArgs) -> anyhow::Result<()>
                 .reset_group_offsets(proto::ResetGroupOffsetsRequest {
                     group: group.clone(),
                     topic_pattern: pattern,
-                    to: Some(parse_from(&to)?),
+                    to: Some(match parse_from(&to)? {
+                        Start::Position(p) => p,
+                        Start::BeforeEnd(_) => {
+                            anyhow::bail!("--to -N is not a reset position: use earliest, latest, an offset or a time")
+                        }
+                    }),
                     dry_run,
                 })
                 .await

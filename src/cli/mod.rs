@@ -20,13 +20,24 @@ use tonic::transport::Channel;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines on stderr as text or as one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "STRATA_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Options every client command takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
-    /// Broker address: a URL, or host:port.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:50051", env = "STRATA_SERVER")]
+    /// Broker address: a URL, or host:port. Unset, it is STRATA_SERVER, else
+    /// `server` in the profile ($STRATA_CONFIG, or ~/.config/strata/config.toml),
+    /// else 127.0.0.1:50051.
+    #[arg(long, global = true, default_value_t = profile_server(), env = "STRATA_SERVER")]
     pub server: String,
     /// Output for people (text) or scripts (json).
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
@@ -90,6 +101,78 @@ pub enum Command {
     },
 }
 
+/// The client profile's path: $STRATA_CONFIG, else
+/// $XDG_CONFIG_HOME/strata/config.toml, else ~/.config/strata/config.toml.
+pub fn profile_path() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("STRATA_CONFIG") {
+        return Some(p.into());
+    }
+    let base = match std::env::var_os("XDG_CONFIG_HOME") {
+        Some(x) if !x.is_empty() => std::path::PathBuf::from(x),
+        _ => std::path::PathBuf::from(std::env::var_os("HOME")?).join(".config"),
+    };
+    Some(base.join("strata").join("config.toml"))
+}
+
+/// `server = "host:port"` from the profile, like rpk's profiles; the
+/// built-in address when there is no profile. A profile that cannot be
+/// read or parsed is reported (once, on stderr) and ignored.
+fn profile_server() -> String {
+    const DEFAULT: &str = "http://127.0.0.1:50051";
+    #[derive(serde::Deserialize)]
+    struct Profile {
+        server: Option<String>,
+    }
+    let Some(path) = profile_path() else { return DEFAULT.to_string() };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return DEFAULT.to_string(),
+        Err(e) => {
+            eprintln!("warning: cannot read the profile {}: {e}", path.display());
+            return DEFAULT.to_string();
+        }
+    };
+    match toml::from_str::<Profile>(&text) {
+        Ok(p) => p.server.unwrap_or_else(|| DEFAULT.to_string()),
+        Err(e) => {
+            eprintln!("warning: the profile {} is not valid TOML with `server = \"host:port\"`: {e}", path.display());
+            DEFAULT.to_string()
+        }
+    }
+}
+
+/// Client options given before the subcommand (`strata --server H:P topic
+/// list`, as rpk and kcat users type them) moved after it, where each
+/// client command takes them.
+pub fn hoist_global_flags(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    const GLOBAL: [&str; 2] = ["--server", "--format"];
+    let mut kept = Vec::with_capacity(args.len());
+    let mut hoisted = Vec::new();
+    let mut it = args.into_iter();
+    kept.extend(it.next()); // the program name
+    while let Some(arg) = it.next() {
+        let text = arg.to_string_lossy().into_owned();
+        if !text.starts_with('-') || text == "--" {
+            kept.push(arg);
+            break;
+        }
+        match GLOBAL.iter().find(|g| text == **g || text.starts_with(&format!("{g}="))) {
+            Some(g) if text == *g => {
+                hoisted.push(arg);
+                hoisted.extend(it.next());
+            }
+            Some(_) => hoisted.push(arg),
+            None => kept.push(arg),
+        }
+    }
+    let mut rest: Vec<_> = it.collect();
+    // Before a `--` that ends the options, or at the end.
+    let at = rest.iter().position(|a| a == "--").unwrap_or(rest.len());
+    rest.splice(at..at, hoisted);
+    kept.extend(rest);
+    kept
+}
+
 /// The broker URL for an address as people type it: `host:port` (or
 /// `localhost:50051`) means `http://host:port`.
 pub fn server_url(server: &str) -> String {
@@ -138,5 +221,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Offsets { args, client } => offsets::run(args, &client).await,
         Command::Log { command } => log::run(command),
         Command::Bench { command } => crate::bench::run(command).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hoist(line: &str) -> String {
+        let args = line.split(' ').map(std::ffi::OsString::from).collect();
+        hoist_global_flags(args).iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn client_options_before_the_subcommand_move_after_it() {
+        assert_eq!(hoist("strata --server h:1 topic list"), "strata topic list --server h:1");
+        assert_eq!(hoist("strata --server=h:1 --format json offsets t"), "strata offsets t --server=h:1 --format json");
+        assert_eq!(hoist("strata produce t -- --server"), "strata produce t -- --server");
+        assert_eq!(hoist("strata --server h:1 produce t -- -x"), "strata produce t --server h:1 -- -x");
+        assert_eq!(hoist("strata topic list --server h:1"), "strata topic list --server h:1");
+        assert_eq!(hoist("strata --help"), "strata --help");
     }
 }

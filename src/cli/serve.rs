@@ -14,6 +14,7 @@ pub struct ServeArgs {
     pub data_dir: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:50051].
     #[arg(long)]
+    #[arg(value_parser = crate::config::parse_addr)]
     pub listen: Option<SocketAddr>,
     /// Kafka protocol listener address, or `none` [default: 127.0.0.1:9092].
     #[arg(long, value_name = "ADDR|none")]

@@ -326,14 +326,20 @@ fn recover(
     };
     let scanned =
         segments.range(start_base..).map(|(_, s)| s.readable_len()).sum::<u64>().saturating_sub(start_position);
-    tracing::info!(
-        dir = %dir.display(),
-        next_offset,
-        scanned_bytes = scanned,
-        cut_bytes,
-        same_boot = written_used,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "recovered log after an unclean stop"
-    );
+    if scanned == 0 && cut_bytes == 0 && position == 0 && segments.len() == 1 {
+        // A new (or still empty) log: nothing was recovered, so say nothing
+        // that reads like an unclean stop.
+        tracing::debug!(dir = %dir.display(), next_offset, "opened an empty log");
+    } else {
+        tracing::info!(
+            dir = %dir.display(),
+            next_offset,
+            scanned_bytes = scanned,
+            cut_bytes,
+            same_boot = written_used,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "recovered log after an unclean stop"
+        );
+    }
     Ok(Recovered { next_offset, position, producers, durable })
 }
