@@ -117,7 +117,7 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "error: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(strata::cli::exit_code(&e))
         }
     }
 }

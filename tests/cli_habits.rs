@@ -244,3 +244,70 @@ fn logs_say_what_they_could_not_do() {
         assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
     }
 }
+
+#[test]
+fn help_and_exit_statuses_say_what_happened() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut broker, server) = serve(dir.path());
+    let code = |line: &str| {
+        let script = line.replace("strata ", &format!("{BIN} "));
+        let o = Command::new("sh")
+            .args(["-c", &script])
+            .current_dir(dir.path())
+            .env("STRATA_SERVER", &server)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // Documented in --help, then each one.
+    let (_, help, _) = code("strata --help");
+    assert!(
+        help.contains("Exit status") && help.contains("3 not found") && help.contains("5 broker unreachable"),
+        "{help}"
+    );
+    assert_eq!(code("strata topic create x").0, Some(0));
+    let (c, _, err) = code("strata topic create x");
+    assert_eq!(c, Some(4), "refused (already exists): {err}");
+    assert_eq!(code("strata consume nosuch").0, Some(3));
+    assert_eq!(code("strata topic describe nosuch").0, Some(3));
+    assert_eq!(code("strata topic list --server 127.0.0.1:1").0, Some(5));
+    assert_eq!(code("strata topic create").0, Some(2), "bad usage is clap's 2");
+
+    // One default per option, and positional arguments say what they are.
+    let (_, help, _) = code("strata topic create --help");
+    let partitions = help.lines().find(|l| l.contains("--partitions")).unwrap();
+    assert_eq!(partitions.matches("[default:").count(), 1, "{partitions}");
+    assert!(help.lines().any(|l| l.trim_start().starts_with("<NAME>") && l.contains("Topic name")), "{help}");
+    let (_, help, _) = code("strata group describe --help");
+    assert!(help.lines().any(|l| l.trim_start().starts_with("<GROUP>") && l.len() > 12), "{help}");
+
+    // offsets takes a pattern, naming each topic.
+    assert!(code("strata topic create x.two").0 == Some(0));
+    let (c, out, _) = code("strata offsets 'x*'");
+    assert_eq!(c, Some(0));
+    assert!(out.contains("TOPIC") && out.lines().any(|l| l.starts_with("x.two ")), "{out}");
+
+    // bench takes --format json as the other commands do.
+    let (c, out, err) = code("strata bench produce --embedded --records 200 --format json");
+    assert_eq!(c, Some(0), "{err}");
+    let summary: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
+    assert!(summary["records_per_s"].is_number());
+
+    // log dump of a damaged segment shows "crc BAD" and fails.
+    assert!(code("strata produce x 'a value to damage'").0 == Some(0));
+    broker.kill().unwrap();
+    let _ = broker.wait();
+    let log = dir.path().join("data/x/0/00000000000000000000.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    *bytes.last_mut().unwrap() ^= 0xff;
+    let damaged = dir.path().join("damaged.log");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let (c, out, err) = code("strata log dump damaged.log");
+    assert!(out.contains("crc BAD"), "{out}");
+    assert_eq!(c, Some(1), "{err}");
+    assert_eq!(code("strata log dump data/x/0/00000000000000000000.log").0, Some(0));
+}

@@ -416,6 +416,22 @@ async fn health_and_reflection_are_served() {
     let msg = resp.next().await.unwrap().unwrap();
     let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else { panic!("unexpected reply") };
     assert!(list.service.iter().any(|s| s.name == "strata.v1.Broker"));
+
+    // The v1alpha service too, which grpcurl and grpcio-reflection still use.
+    use tonic_reflection::pb::v1alpha as alpha;
+    let channel = tonic::transport::Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
+    let mut old = alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let req = alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = old.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let msg = resp.next().await.unwrap().unwrap();
+    let Some(alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) = msg.message_response
+    else {
+        panic!("unexpected v1alpha reply")
+    };
+    assert!(list.service.iter().any(|s| s.name == "strata.v1.Broker"));
     server.shutdown().await.unwrap();
 }
 

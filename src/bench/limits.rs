@@ -128,6 +128,7 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         rate: 0,
         flush: FlushPolicy::Always,
         json: true,
+        format: None,
         raw: false,
         in_flight: 1,
         subscribe: false,

@@ -94,9 +94,12 @@ pub struct BenchArgs {
     /// Flush policy of the topic the bench creates.
     #[arg(long, default_value = "always")]
     pub flush: FlushPolicy,
-    /// Print one JSON object on stdout instead of text.
+    /// Print one JSON object on stdout instead of text (as `--format json`).
     #[arg(long)]
     pub json: bool,
+    /// text, or json (the same as --json), as the other commands take it.
+    #[arg(long, value_enum)]
+    pub format: Option<crate::cli::Format>,
     /// Use the stored batch format on the wire instead of per-record
     /// protobuf: produce sends client-encoded record batches
     /// (record_batch); consume fetches stored batches as they are
@@ -147,12 +150,20 @@ pub struct LimitsArgs {
     /// Seconds per strata measurement.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
-    /// Print one JSON object on stdout.
+    /// Print one JSON object on stdout (as `--format json`).
     #[arg(long)]
     pub json: bool,
+    /// text, or json (the same as --json), as the other commands take it.
+    #[arg(long, value_enum)]
+    pub format: Option<crate::cli::Format>,
 }
 
-pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+pub async fn run(mut command: BenchCommand) -> anyhow::Result<()> {
+    let json = Some(crate::cli::Format::Json);
+    match &mut command {
+        BenchCommand::Produce(a) | BenchCommand::Consume(a) | BenchCommand::E2e(a) => a.json |= a.format == json,
+        BenchCommand::Limits(a) => a.json |= a.format == json,
+    }
     match command {
         BenchCommand::Produce(a) if a.protocol == Protocol::Kafka => report::print(&kafka::produce(&a).await?, a.json),
         BenchCommand::Consume(a) if a.protocol == Protocol::Kafka => report::print(&kafka::consume(&a).await?, a.json),

@@ -4,7 +4,7 @@
 //! includes topics created later; per-partition long-poll Fetch when
 //! --partition, --to or --from -N need partitions read one by one).
 
-use super::{connect, status_error, ClientArgs, Format};
+use super::{connect, failed, status_error, ClientArgs, Failure, Format};
 use crate::cli::time::{format_ms, parse_time_ms};
 use crate::proto::{self, position::Position as P};
 use tokio_stream::StreamExt;
@@ -142,7 +142,7 @@ pub async fn run(args: ConsumeArgs, client_args: &ClientArgs) -> anyhow::Result<
     let mut topics = list(&mut client, &args.topic).await?;
     while topics.is_empty() {
         if !args.follow {
-            anyhow::bail!("NotFound: no topic matches {:?}", args.topic);
+            return Err(failed(Failure::NotFound, format!("NotFound: no topic matches {:?}", args.topic)));
         }
         eprintln!("no topic matches {:?} yet; waiting for one to be created (Ctrl-C to stop)", args.topic);
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -186,7 +186,8 @@ pub async fn run(args: ConsumeArgs, client_args: &ClientArgs) -> anyhow::Result<
         }
         if !any {
             if let Some(n) = args.partition {
-                anyhow::bail!("NotFound: {} has no partition {n} ({} partitions)", topic.name, topic.partitions);
+                let why = format!("NotFound: {} has no partition {n} ({} partitions)", topic.name, topic.partitions);
+                return Err(failed(Failure::NotFound, why));
             }
         }
     }

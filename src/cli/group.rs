@@ -12,9 +12,13 @@ pub enum GroupCommand {
     /// Groups with live members or committed offsets.
     List,
     /// Members, assignments and a lag table.
-    Describe { group: String },
+    Describe {
+        /// Group id.
+        group: String,
+    },
     /// Move committed offsets (refused while the group has live members).
     Reset {
+        /// Group id.
         group: String,
         /// earliest, latest, an offset, or a time (RFC 3339 or -1h).
         #[arg(long, allow_hyphen_values = true)]
@@ -27,7 +31,10 @@ pub enum GroupCommand {
         dry_run: bool,
     },
     /// Delete a group's committed offsets (refused while it has live members).
-    Delete { group: String },
+    Delete {
+        /// Group id.
+        group: String,
+    },
 }
 
 pub async fn run(command: GroupCommand, args: &ClientArgs) -> anyhow::Result<()> {

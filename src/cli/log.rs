@@ -17,16 +17,23 @@ use crate::storage::verify::{self, VerifyReport};
 pub enum LogCommand {
     /// Print the batches of a .log (or the entries of a .index/.timeindex).
     Dump {
+        /// A segment (.log), offset index (.index) or time index (.timeindex) file.
         path: PathBuf,
         /// Also print every record.
         #[arg(long)]
         records: bool,
     },
     /// Check every segment and index under a data dir, topic or partition dir.
-    Verify { dir: PathBuf },
+    Verify {
+        /// A data dir, topic dir or partition dir.
+        dir: PathBuf,
+    },
     /// Rewrite segments of strata's first record format as Kafka's (the
     /// broker also does it when it opens them). Stop the broker first.
-    Upgrade { dir: PathBuf },
+    Upgrade {
+        /// A data dir, topic dir or partition dir.
+        dir: PathBuf,
+    },
 }
 
 pub fn run(command: LogCommand) -> anyhow::Result<()> {
@@ -141,22 +148,28 @@ fn dump_log(bytes: &[u8], records: bool) -> anyhow::Result<()> {
     }
     let mut pos = 0usize;
     let mut count = 0u64;
+    let mut problems = 0u64;
     while pos < bytes.len() {
         let header = match BatchHeader::parse(&bytes[pos..], BATCH_BYTES_LIMIT) {
             Ok(h) if pos + h.total_len <= bytes.len() => h,
             Ok(h) => {
                 println!("position {pos}: torn batch ({} bytes declared, {} present)", h.total_len, bytes.len() - pos);
+                problems += 1;
                 break;
             }
             Err(e) => {
                 println!("position {pos}: invalid batch header: {e} ({} bytes to the end)", bytes.len() - pos);
+                problems += 1;
                 break;
             }
         };
         let whole = &bytes[pos..pos + header.total_len];
         let crc = match batch::verify_crc(&header, whole) {
             Ok(()) => "ok".to_string(),
-            Err(e) => format!("BAD ({e})"),
+            Err(e) => {
+                problems += 1;
+                format!("BAD ({e})")
+            }
         };
         let producer = header
             .producer()
@@ -182,6 +195,10 @@ fn dump_log(bytes: &[u8], records: bool) -> anyhow::Result<()> {
         pos += header.total_len;
     }
     println!("{count} batch(es), {} bytes", bytes.len());
+    if problems > 0 {
+        // A dump that shows damage fails, so scripts notice.
+        anyhow::bail!("{problems} problem(s) in this segment (bad CRC, torn or invalid batch): see the lines above");
+    }
     Ok(())
 }
 

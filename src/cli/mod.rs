@@ -16,7 +16,12 @@ use crate::proto::broker_client::BrokerClient;
 use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
-#[command(name = "strata", version, about = "A durable, Kafka-style log broker for one machine")]
+#[command(
+    name = "strata",
+    version,
+    about = "A durable, Kafka-style log broker for one machine",
+    after_help = EXIT_CODES
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -200,14 +205,69 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<BrokerClient<Channel>>
                 }
                 source = s.source();
             }
-            anyhow::anyhow!("cannot reach the broker at {url}: {why} (is `strata serve` running there? --server or STRATA_SERVER sets the address)")
+            failed(Failure::Unreachable, format!("cannot reach the broker at {url}: {why} (is `strata serve` running there? --server or STRATA_SERVER sets the address)"))
         })?;
     Ok(BrokerClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
-/// Turns a gRPC status into one line a person can act on.
+/// The exit statuses, as `--help` gives them.
+pub const EXIT_CODES: &str = "Exit status: 0 done; 1 failed (anything else, e.g. log verify found problems); \
+2 bad usage; 3 not found (topic, partition, group); 4 refused by the broker (invalid, already exists, \
+not allowed now, limits); 5 broker unreachable or unavailable.";
+
+/// Why a client command failed, as its exit status (see `EXIT_CODES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    NotFound = 3,
+    Refused = 4,
+    Unreachable = 5,
+}
+
+/// An error with the exit status it calls for.
+#[derive(Debug)]
+pub struct Failed {
+    pub kind: Failure,
+    pub message: String,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failed {}
+
+pub fn failed(kind: Failure, message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Failed { kind, message: message.into() })
+}
+
+/// The exit status for an error a command returned.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    e.chain().find_map(|c| c.downcast_ref::<Failed>()).map_or(1, |f| f.kind as u8)
+}
+
+/// Turns a gRPC status into one line a person can act on, and its exit status.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+    use tonic::Code;
+    let kind = match status.code() {
+        Code::NotFound => Some(Failure::NotFound),
+        Code::InvalidArgument
+        | Code::AlreadyExists
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::ResourceExhausted
+        | Code::Aborted => Some(Failure::Refused),
+        Code::Unavailable | Code::DeadlineExceeded => Some(Failure::Unreachable),
+        _ => None,
+    };
+    let message = format!("{:?}: {}", status.code(), status.message());
+    match kind {
+        Some(kind) => failed(kind, message),
+        None => anyhow::anyhow!(message),
+    }
 }
 
 /// Runs a parsed command line.

@@ -1,5 +1,6 @@
-//! `strata offsets TOPIC [--at TIME]`: per partition, the log start offset,
-//! the high watermark, and (with --at) the first offset at or after a time.
+//! `strata offsets TOPIC_OR_PATTERN [--at TIME]`: per partition, the log
+//! start offset, the high watermark, and (with --at) the first offset at or
+//! after a time.
 
 use super::{connect, status_error, ClientArgs, Format};
 use crate::cli::time::parse_time_ms;
@@ -7,6 +8,7 @@ use crate::proto::{self, position::Position as P};
 
 #[derive(Debug, clap::Args)]
 pub struct OffsetsArgs {
+    /// A topic name, or a glob pattern (`payments.*`).
     pub topic: String,
     /// A time (RFC 3339 or relative like -1h).
     #[arg(long, allow_hyphen_values = true)]
@@ -16,24 +18,57 @@ pub struct OffsetsArgs {
 pub async fn run(args: OffsetsArgs, client_args: &ClientArgs) -> anyhow::Result<()> {
     let mut client = connect(client_args).await?;
     let at_ms = args.at.as_deref().map(parse_time_ms).transpose().map_err(|e| anyhow::anyhow!(e))?;
-    let topic = client
-        .describe_topic(proto::DescribeTopicRequest { name: args.topic.clone() })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let is_pattern = args.topic.contains(['*', '?', '[']);
+    let topics = if is_pattern {
+        let found = client
+            .list_topics(proto::ListTopicsRequest { topic_pattern: args.topic.clone() })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .topics;
+        if found.is_empty() {
+            return Err(super::failed(
+                super::Failure::NotFound,
+                format!("NotFound: no topic matches {:?}", args.topic),
+            ));
+        }
+        found
+    } else {
+        vec![client
+            .describe_topic(proto::DescribeTopicRequest { name: args.topic.clone() })
+            .await
+            .map_err(status_error)?
+            .into_inner()]
+    };
     if client_args.format == Format::Text {
+        if is_pattern {
+            print!("{:<32} ", "TOPIC");
+        }
         print!("{:>9} {:>14} {:>14}", "PARTITION", "LOG-START", "HIGH-WATERMARK");
         if at_ms.is_some() {
             print!(" {:>14}", "OFFSET-AT-TIME");
         }
         println!();
     }
+    for topic in &topics {
+        print_topic(&mut client, topic, is_pattern, at_ms, client_args.format).await?;
+    }
+    Ok(())
+}
+
+async fn print_topic(
+    client: &mut crate::proto::broker_client::BrokerClient<tonic::transport::Channel>,
+    topic: &proto::TopicDescription,
+    is_pattern: bool,
+    at_ms: Option<i64>,
+    format: Format,
+) -> anyhow::Result<()> {
     for p in &topic.partition_descriptions {
         let at_offset = match at_ms {
             Some(ms) => Some(
                 client
                     .list_offsets(proto::ListOffsetsRequest {
-                        topic: args.topic.clone(),
+                        topic: topic.name.clone(),
                         partition: p.partition,
                         at: Some(proto::Position { position: Some(P::TimestampMs(ms)) }),
                     })
@@ -44,13 +79,16 @@ pub async fn run(args: OffsetsArgs, client_args: &ClientArgs) -> anyhow::Result<
             ),
             None => None,
         };
-        match client_args.format {
+        match format {
             Format::Json => println!(
                 "{}",
-                serde_json::json!({"topic": args.topic, "partition": p.partition, "log_start_offset": p.log_start_offset,
+                serde_json::json!({"topic": topic.name, "partition": p.partition, "log_start_offset": p.log_start_offset,
                     "high_watermark": p.high_watermark, "offset_at_time": at_offset})
             ),
             Format::Text => {
+                if is_pattern {
+                    print!("{:<32} ", topic.name);
+                }
                 print!("{:>9} {:>14} {:>14}", p.partition, p.log_start_offset, p.high_watermark);
                 if let Some(o) = at_offset {
                     print!(" {o:>14}");

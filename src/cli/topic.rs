@@ -12,26 +12,37 @@ use crate::proto;
 pub enum TopicCommand {
     /// Create a topic.
     Create {
+        /// Topic name (letters, digits, `.`, `_`, `-`).
         name: String,
         /// Partition count [default: the broker's, 1].
-        #[arg(long, default_value_t = 0)]
-        partitions: u32,
+        #[arg(long, short = 'p')]
+        partitions: Option<u32>,
         /// Config override, KEY=VALUE (repeatable), e.g. retention.ms=86400000.
         #[arg(long = "config", value_parser = parse_pair)]
         config: Vec<(String, String)>,
     },
     /// List topics, optionally only those matching a glob pattern.
-    List { pattern: Option<String> },
+    List {
+        /// A glob pattern, e.g. `payments.*` [default: every topic].
+        pattern: Option<String>,
+    },
     /// Show partitions, offsets, sizes and the effective config.
-    Describe { name: String },
+    Describe {
+        /// Topic name.
+        name: String,
+    },
     /// Change config keys, KEY=VALUE (repeatable).
     Alter {
+        /// Topic name.
         name: String,
         #[arg(long = "config", value_parser = parse_pair, required = true)]
         config: Vec<(String, String)>,
     },
     /// Delete a topic and all its data.
-    Delete { name: String },
+    Delete {
+        /// Topic name.
+        name: String,
+    },
 }
 
 pub fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -45,7 +56,11 @@ pub async fn run(command: TopicCommand, args: &ClientArgs) -> anyhow::Result<()>
     match command {
         TopicCommand::Create { name, partitions, config } => {
             let t = client
-                .create_topic(proto::CreateTopicRequest { name, partitions, config: config.into_iter().collect() })
+                .create_topic(proto::CreateTopicRequest {
+                    name,
+                    partitions: partitions.unwrap_or(0),
+                    config: config.into_iter().collect(),
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();

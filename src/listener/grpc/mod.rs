@@ -34,10 +34,13 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) -> anyhow::Result
     let request_bytes_max = config.request_bytes_max;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<proto::broker_server::BrokerServer<service::BrokerService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // v1alpha too: grpcurl and grpcio-reflection still ask for it.
+    let (reflection, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     let handler = service::BrokerService { broker: broker.clone() };
     let generated = proto::broker_server::BrokerServer::new(handler.clone())
         .max_decoding_message_size(request_bytes_max)
@@ -60,6 +63,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) -> anyhow::Result
         .max_frame_size(Some(HTTP2_FRAME_BYTES_MAX))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(service);
     Ok(tokio::spawn(async move {
         server
