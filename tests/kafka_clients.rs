@@ -149,14 +149,6 @@ async fn an_acks_all_produce_survives_sigkill() {
     common::process::kill9(&mut child);
 }
 
-/// The README's text between `<!-- NAME:start -->` and `<!-- NAME:end -->`.
-fn readme_block(name: &str) -> String {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let start = readme.find(&format!("<!-- {name}:start -->")).expect("start marker");
-    let end = readme.find(&format!("<!-- {name}:end -->")).expect("end marker");
-    readme[start..end].lines().skip(1).filter(|l| !l.starts_with("```")).collect::<Vec<_>>().join("\n")
-}
-
 /// Debian's kcat, installed if missing (the test fails if it cannot be).
 fn kcat() {
     let works = || Command::new("kcat").arg("-V").output().is_ok_and(|o| o.status.success());
@@ -180,7 +172,8 @@ async fn readme_kcat_quick_check_works_as_written() {
     let dir = tempfile::tempdir().unwrap();
     let server = common::start(dir.path()).await;
     let kafka = server.kafka_addr().unwrap().to_string();
-    let lines: Vec<String> = readme_block("kafka").lines().map(|l| l.replace("127.0.0.1:9092", &kafka)).collect();
+    let lines: Vec<String> =
+        common::readme_block("kafka").lines().map(|l| l.replace("127.0.0.1:9092", &kafka)).collect();
     assert!(lines.len() >= 4, "{lines:?}");
     let (cwd, url) = (dir.path().to_path_buf(), server.url());
     let outputs = tokio::task::spawn_blocking(move || {
@@ -207,7 +200,8 @@ async fn readme_python_kafka_example_works_as_pasted_and_again() {
     let python = tokio::task::spawn_blocking(python).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let server = common::start(dir.path()).await;
-    let code = readme_block("kafka-python").replace("127.0.0.1:9092", &server.kafka_addr().unwrap().to_string());
+    let code =
+        common::readme_block("kafka-python").replace("127.0.0.1:9092", &server.kafka_addr().unwrap().to_string());
     let script = dir.path().join("example.py");
     std::fs::write(&script, code).unwrap();
     let mut runs = Vec::new();

@@ -98,3 +98,12 @@ pub async fn fetch_all(client: &mut Client, topic: &str, partition: u32, from: u
         out.extend(r.records);
     }
 }
+
+/// The README's text between `<!-- NAME:start -->` and `<!-- NAME:end -->`,
+/// without the code fences.
+pub fn readme_block(name: &str) -> String {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find(&format!("<!-- {name}:start -->")).expect("start marker");
+    let end = readme.find(&format!("<!-- {name}:end -->")).expect("end marker");
+    readme[start..end].lines().skip(1).filter(|l| !l.starts_with("```")).collect::<Vec<_>>().join("\n")
+}

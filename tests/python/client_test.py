@@ -1,5 +1,6 @@
-"""The README's Python example as a test: a grpcio client generated from the
-proto at test time talks to a running broker (address in argv[1])."""
+"""The gRPC contract from Python: a grpcio client generated from the proto at
+test time talks to a running broker (address in argv[1]). The README's own
+example is run as pasted by tests/python_client.rs."""
 import os
 import sys
 import tempfile
