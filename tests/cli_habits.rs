@@ -311,3 +311,43 @@ fn help_and_exit_statuses_say_what_happened() {
     assert_eq!(c, Some(1), "{err}");
     assert_eq!(code("strata log dump data/x/0/00000000000000000000.log").0, Some(0));
 }
+
+#[test]
+fn config_overrides_can_be_removed_and_group_offsets_shifted_per_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut broker, server) = serve(dir.path());
+    let sh = |line: &str| run(dir.path(), &server, line);
+    assert!(sh("strata topic create c --partitions 2 --config retention.ms=1000").0);
+    assert!(sh("strata topic describe c").1.contains("retention.ms = 1000"));
+    let (ok, out, err) = sh("strata topic alter c --delete-config retention.ms");
+    assert!(ok, "{err}");
+    assert!(out.contains("retention.ms = 604800000"), "the default applies again:\n{out}");
+    let (ok, _, err) = sh("strata topic alter c --delete-config no.such.key");
+    assert!(!ok && err.contains("unknown config key"), "{err}");
+
+    for p in 0..2 {
+        assert!(sh(&format!("seq 1 10 | strata produce c -p {p}")).0);
+    }
+    // Commit everything, then move back.
+    assert!(sh("strata consume c --group g").0);
+    let lag = |out: &str, p: u32| -> u64 {
+        let row = out.lines().find(|l| l.split_whitespace().take(2).eq(["c", &p.to_string()])).unwrap();
+        row.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    let d = sh("strata group describe g").1;
+    assert_eq!((lag(&d, 0), lag(&d, 1)), (0, 0), "{d}");
+    let (ok, _, err) = sh("strata group reset g --topic c --shift-by -3");
+    assert!(ok, "{err}");
+    let d = sh("strata group describe g").1;
+    assert_eq!((lag(&d, 0), lag(&d, 1)), (3, 3), "shifted from the committed offsets:\n{d}");
+    let (ok, _, err) = sh("strata group reset g --topic c --to earliest -p 1");
+    assert!(ok, "{err}");
+    let d = sh("strata group describe g").1;
+    assert_eq!((lag(&d, 0), lag(&d, 1)), (3, 10), "only partition 1 moved:\n{d}");
+    let (ok, _, err) = sh("strata group reset g --topic c --shift-by 100 -p 0");
+    assert!(ok, "{err}");
+    assert_eq!(lag(&sh("strata group describe g").1, 0), 0, "clamped to the end");
+    let (ok, _, err) = sh("strata group reset g --topic c --to earliest -p 5");
+    assert!(!ok && err.contains("partition 5"), "{err}");
+    broker.kill().unwrap();
+}

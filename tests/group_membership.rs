@@ -222,6 +222,7 @@ async fn reset_then_consume_starts_at_the_new_position() {
             topic_pattern: "ledger".into(),
             to: to(5),
             dry_run: true,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -238,6 +239,7 @@ async fn reset_then_consume_starts_at_the_new_position() {
         topic_pattern: "ledger".into(),
         to: to(5),
         dry_run: false,
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -251,6 +253,7 @@ async fn reset_then_consume_starts_at_the_new_position() {
             topic_pattern: "ledger".into(),
             to: to(0),
             dry_run: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -450,7 +450,7 @@ impl Broker {
         request: ResetOffsets,
     ) -> Result<Vec<OffsetReset>> {
         self.check_running()?;
-        let ResetOffsets { group, topic_pattern, to, dry_run } = request;
+        let ResetOffsets { group, topic_pattern, to, dry_run, shift_by, partition } = request;
         let (group, pattern) = (group.as_str(), topic_pattern.as_str());
         names::validate("group", group, false)?;
         self.require_no_live_members(group, "reset")?;
@@ -458,14 +458,21 @@ impl Broker {
         if topics.is_empty() {
             return Err(BrokerError::UnknownTopic(pattern.to_string()));
         }
+        if let Some(n) = partition {
+            if let Some(t) = topics.iter().find(|t| n as usize >= t.partitions.len()) {
+                let partitions = t.partitions.len() as u32;
+                return Err(BrokerError::UnknownPartition { topic: t.name.clone(), partition: n, partitions });
+            }
+        }
         let mut resets = Vec::new();
         for topic in topics {
-            for p in &topic.partitions {
+            for p in topic.partitions.iter().filter(|p| partition.is_none_or(|n| n == p.id)) {
                 let old = self.coordinator().offsets.get(group, &topic.name, p.id).map(|c| c.offset);
                 let new = match to {
                     Position::Committed => old.unwrap_or(p.log.log_start_offset()),
                     other => self.resolve(p, other).await?,
                 };
+                let new = new.saturating_add_signed(shift_by);
                 let new = new.clamp(p.log.log_start_offset(), p.log.high_watermark());
                 resets.push(OffsetReset {
                     topic: topic.name.clone(),

@@ -105,6 +105,10 @@ pub struct ResetOffsets {
     pub topic_pattern: String,
     pub to: Position,
     pub dry_run: bool,
+    /// Added to the offset `to` resolves to, before clamping to the log.
+    pub shift_by: i64,
+    /// Only this partition of each matching topic.
+    pub partition: Option<u32>,
 }
 
 /// One partition's state for DescribeTopic.

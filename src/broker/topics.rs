@@ -114,7 +114,21 @@ impl Broker {
         let topic = self.topic(name)?;
         let mut metadata = topic.metadata();
         let changed: Vec<String> = changes.keys().cloned().collect();
-        metadata.config.extend(changes);
+        for (key, value) in changes {
+            if value.is_empty() {
+                if !crate::config::TOPIC_CONFIG_KEYS.contains(&key.as_str()) {
+                    let why = format!(
+                        "unknown config key {key:?}; known keys: {}",
+                        crate::config::TOPIC_CONFIG_KEYS.join(", ")
+                    );
+                    return Err(BrokerError::InvalidConfig { topic: name.to_string(), why });
+                }
+                // An empty value removes the override: the default applies again.
+                metadata.config.remove(&key);
+            } else {
+                metadata.config.insert(key, value);
+            }
+        }
         let config = self
             .config
             .topic_defaults

@@ -20,9 +20,17 @@ pub enum GroupCommand {
     Reset {
         /// Group id.
         group: String,
-        /// earliest, latest, an offset, or a time (RFC 3339 or -1h).
+        /// earliest, latest, committed, an offset, or a time (RFC 3339 or -1h)
+        /// [default: earliest; committed with --shift-by].
+        #[arg(long, allow_hyphen_values = true, required_unless_present = "shift_by")]
+        to: Option<String>,
+        /// Move by N records from --to (negative: back), e.g. --shift-by -10
+        /// replays the last ten records each partition's consumers saw.
         #[arg(long, allow_hyphen_values = true)]
-        to: String,
+        shift_by: Option<i64>,
+        /// Only this partition of each topic.
+        #[arg(long, short = 'p')]
+        partition: Option<u32>,
         /// Topic or glob pattern [default: every topic the group has offsets for].
         #[arg(long)]
         topic: Option<String>,
@@ -67,7 +75,7 @@ pub async fn run(command: GroupCommand, args: &ClientArgs) -> anyhow::Result<()>
                 Format::Text => print_describe(&d),
             }
         }
-        GroupCommand::Reset { group, to, topic, dry_run } => {
+        GroupCommand::Reset { group, to, topic, dry_run, shift_by, partition } => {
             let pattern = match topic {
                 Some(t) => t,
                 None => {
@@ -96,13 +104,22 @@ pub async fn run(command: GroupCommand, args: &ClientArgs) -> anyhow::Result<()>
                 .reset_group_offsets(proto::ResetGroupOffsetsRequest {
                     group: group.clone(),
                     topic_pattern: pattern,
-                    to: Some(match parse_from(&to)? {
-                        Start::Position(p) => p,
-                        Start::BeforeEnd(_) => {
-                            anyhow::bail!("--to -N is not a reset position: use earliest, latest, an offset or a time")
-                        }
-                    }),
+                    to: match to.as_deref() {
+                        None => None,
+                        Some("committed") => Some(proto::Position {
+                            position: Some(proto::position::Position::Boundary(proto::Boundary::Committed as i32)),
+                        }),
+                        Some(to) => Some(match parse_from(to)? {
+                            Start::Position(p) => p,
+                            Start::BeforeEnd(_) => anyhow::bail!(
+                                "--to -N is not a reset position: use earliest, latest, an offset or a time \
+                                 (or --shift-by -N)"
+                            ),
+                        }),
+                    },
                     dry_run,
+                    shift_by: shift_by.unwrap_or(0),
+                    partition,
                 })
                 .await
                 .map_err(status_error)?

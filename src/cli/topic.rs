@@ -31,12 +31,16 @@ pub enum TopicCommand {
         /// Topic name.
         name: String,
     },
-    /// Change config keys, KEY=VALUE (repeatable).
+    /// Change config keys (--config KEY=VALUE) or remove overrides (--delete-config KEY).
     Alter {
         /// Topic name.
         name: String,
-        #[arg(long = "config", value_parser = parse_pair, required = true)]
+        /// Set KEY to VALUE (repeatable).
+        #[arg(long = "config", value_parser = parse_pair, required_unless_present = "delete_config")]
         config: Vec<(String, String)>,
+        /// Remove the topic's override of KEY, so the broker default applies (repeatable).
+        #[arg(long = "delete-config", value_name = "KEY")]
+        delete_config: Vec<String>,
     },
     /// Delete a topic and all its data.
     Delete {
@@ -100,9 +104,14 @@ pub async fn run(command: TopicCommand, args: &ClientArgs) -> anyhow::Result<()>
                 Format::Text => print_description(&t),
             }
         }
-        TopicCommand::Alter { name, config } => {
+        TopicCommand::Alter { name, config, delete_config } => {
+            if let Some((k, _)) = config.iter().find(|(_, v)| v.is_empty()) {
+                anyhow::bail!("--config {k}= has no value (use --delete-config {k} to remove an override)");
+            }
+            // An empty value removes the override (AlterTopicConfig's contract).
+            let changes = config.into_iter().chain(delete_config.into_iter().map(|k| (k, String::new()))).collect();
             let t = client
-                .alter_topic_config(proto::AlterTopicConfigRequest { name, config: config.into_iter().collect() })
+                .alter_topic_config(proto::AlterTopicConfigRequest { name, config: changes })
                 .await
                 .map_err(status_error)?
                 .into_inner();

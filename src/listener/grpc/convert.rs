@@ -117,11 +117,14 @@ pub fn commit_offsets(r: proto::CommitOffsetsRequest) -> CommitOffsets {
 }
 
 pub fn reset_offsets(r: proto::ResetGroupOffsetsRequest) -> Result<ResetOffsets> {
+    let absent = if r.shift_by != 0 { Position::Committed } else { Position::Earliest };
     Ok(ResetOffsets {
-        to: position(r.to, Position::Earliest)?,
+        to: position(r.to, absent)?,
         group: r.group,
         topic_pattern: r.topic_pattern,
         dry_run: r.dry_run,
+        shift_by: r.shift_by,
+        partition: r.partition,
     })
 }
 
