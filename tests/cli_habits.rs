@@ -351,3 +351,58 @@ fn config_overrides_can_be_removed_and_group_offsets_shifted_per_partition() {
     assert!(!ok && err.contains("partition 5"), "{err}");
     broker.kill().unwrap();
 }
+
+#[test]
+fn topics_grow_partitions_that_followers_and_restarts_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let (mut broker, server) = common::process::serve_on(dir.path(), &listen);
+    let sh = |line: &str| run(dir.path(), &server, line);
+    assert!(sh("strata topic create g --partitions 1").0);
+    // A follower of the pattern, started before the topic grows.
+    let mut follower = strata(dir.path(), &["consume", "g*", "--follow", "-f", "%p %s\\n", "--server", &server])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
+    // ... and a group member, which gets the new partition in a rebalance.
+    let mut member =
+        strata(dir.path(), &["consume", "g", "--group", "G", "--follow", "-f", "%p %s\n", "--server", &server])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+    let mut member_lines = BufReader::new(member.stdout.take().unwrap()).lines();
+    assert!(sh("strata produce g -p 0 before").0);
+    assert_eq!(lines.next().unwrap().unwrap(), "0 before");
+    assert_eq!(member_lines.next().unwrap().unwrap(), "0 before");
+
+    let (ok, _, err) = sh("strata topic alter g --partitions 3");
+    assert!(ok, "{err}");
+    let partitions = |server: &str| -> u64 {
+        let (_, json, _) = run(dir.path(), server, "strata topic describe g --format json");
+        serde_json::from_str::<serde_json::Value>(&json).unwrap()["partitions"].as_u64().unwrap()
+    };
+    assert_eq!(partitions(&server), 3);
+    assert!(sh("strata produce g -p 2 after").0, "the new partition takes records");
+    assert_eq!(lines.next().unwrap().unwrap(), "2 after", "the follower streams the added partition");
+    assert_eq!(member_lines.next().unwrap().unwrap(), "2 after", "the group member is assigned it");
+    for c in [&mut follower, &mut member] {
+        c.kill().unwrap();
+        let _ = c.wait();
+    }
+
+    let (ok, _, err) = sh("strata topic alter g --partitions 2");
+    assert!(!ok && err.contains("never removed"), "{err}");
+
+    // Still three after a restart, with the record where it was written.
+    broker.kill().unwrap();
+    let _ = broker.wait();
+    let (mut broker, server) = common::process::serve_on(dir.path(), &listen);
+    let (_, out, _) = run(dir.path(), &server, "strata consume g -p 2 -f '%p %o %s\\n'");
+    assert_eq!(out, "2 0 after\n");
+    assert_eq!(partitions(&server), 3, "after a restart");
+    broker.kill().unwrap();
+}

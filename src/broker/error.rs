@@ -22,6 +22,8 @@ pub enum BrokerError {
     InvalidConfig { topic: String, why: String },
     #[error("topic {topic:?}: {partitions} partitions is more than the limit of {max}")]
     TooManyPartitions { topic: String, partitions: u32, max: u32 },
+    #[error("topic {topic:?} has {have} partitions: partitions can be added, never removed (asked for {partitions})")]
+    PartitionsNotAdded { topic: String, partitions: u32, have: u32 },
 
     // ---- Requests ----
     /// A request whose fields do not fit together (the listener decoded it).

@@ -192,13 +192,17 @@ impl Broker {
                 let topics = broker.matching_topics(&pattern);
                 let mut changed = first;
                 for topic in &topics {
-                    let known = streaming.get(&topic.name).is_some_and(|t| Arc::ptr_eq(t, topic));
-                    if known {
+                    let before = streaming.get(&topic.name);
+                    if before.is_some_and(|t| Arc::ptr_eq(t, topic)) {
                         continue;
                     }
                     changed = true;
                     let start = if first { from } else { Position::Earliest };
-                    for p in &topic.partitions {
+                    // A topic that grew keeps its partitions (the same ones):
+                    // only the added ones start streaming, from their start.
+                    let streamed =
+                        |p: &Arc<Partition>| before.is_some_and(|t| t.partitions.iter().any(|q| Arc::ptr_eq(p, q)));
+                    for p in topic.partitions.iter().filter(|p| !streamed(p)) {
                         let (p, tx, budget) = (p.clone(), tx.clone(), budget.clone());
                         tokio::spawn(stream_partition(broker.clone(), p, start, delivery, tx, budget));
                     }

@@ -141,6 +141,54 @@ impl Broker {
         self.describe(&topic).await
     }
 
+    /// Grows a topic to `partitions` (Kafka's CreatePartitions): the new
+    /// partitions' logs are made first, then topic.json names them (a crash
+    /// between leaves directories the next open ignores and the next add
+    /// replaces). Keyed records map to the new count from then on, as in
+    /// Kafka. Subscribers and groups pick the new partitions up from the
+    /// topic change, as they do new topics.
+    pub async fn add_partitions(&self, caller: &Caller, name: &str, partitions: u32) -> Result<TopicInfo> {
+        self.check_running()?;
+        let _admin = self.admin.lock().await;
+        let topic = self.topic(name)?;
+        let have = topic.partitions.len() as u32;
+        if partitions <= have {
+            return Err(BrokerError::PartitionsNotAdded { topic: name.to_string(), partitions, have });
+        }
+        if partitions > PARTITIONS_PER_TOPIC_MAX {
+            let topic = name.to_string();
+            return Err(BrokerError::TooManyPartitions { topic, partitions, max: PARTITIONS_PER_TOPIC_MAX });
+        }
+        let mut metadata = topic.metadata();
+        metadata.partitions = partitions;
+        let config = topic.config();
+        let log_config = config.log_config(self.config.request_bytes_max);
+        let (fs, clock, dir, meta) = (self.fs.clone(), self.clock.clone(), topic.dir.clone(), metadata.clone());
+        let added = blocking("add partitions to", move || {
+            let mut added = Vec::new();
+            for p in have..partitions {
+                let part_dir = dir.join(p.to_string());
+                if fs.exists(&part_dir) {
+                    // Left by an add that crashed before topic.json named it.
+                    fs.remove_dir_all(&part_dir).map_err(|e| io_error(&part_dir, e))?;
+                }
+                let log = Log::open(&part_dir, fs.clone(), clock.clone(), log_config)
+                    .map_err(|e| BrokerError::storage(&meta.name, p, e))?;
+                added.push(Arc::new(Partition::new(&meta.name, p, log)));
+            }
+            fs.sync_dir(&dir).map_err(|e| io_error(&dir, e))?;
+            meta.write(fs.as_ref(), &dir).map_err(|e| io_error(&dir, e))?;
+            Ok(added)
+        })
+        .await?;
+        let all = topic.partitions.iter().cloned().chain(added).collect();
+        let grown = Arc::new(Topic::new(topic.dir.clone(), metadata, config, all));
+        self.topics.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), grown.clone());
+        self.topics_version.send_modify(|v| *v += 1);
+        tracing::info!(topic = name, from = have, to = partitions, by = %caller, "added partitions");
+        self.describe(&grown).await
+    }
+
     pub async fn describe_topic(&self, _caller: &Caller, name: &str) -> Result<TopicInfo> {
         let topic = self.topic(name)?;
         self.describe(&topic).await

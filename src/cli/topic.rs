@@ -31,13 +31,18 @@ pub enum TopicCommand {
         /// Topic name.
         name: String,
     },
-    /// Change config keys (--config KEY=VALUE) or remove overrides (--delete-config KEY).
+    /// Change config keys (--config KEY=VALUE), remove overrides
+    /// (--delete-config KEY), or add partitions (--partitions N).
     Alter {
         /// Topic name.
         name: String,
         /// Set KEY to VALUE (repeatable).
-        #[arg(long = "config", value_parser = parse_pair, required_unless_present = "delete_config")]
+        #[arg(long = "config", value_parser = parse_pair, required_unless_present_any = ["delete_config", "partitions"])]
         config: Vec<(String, String)>,
+        /// Grow the topic to N partitions in all (partitions are never removed;
+        /// keyed records hash over the new count from then on).
+        #[arg(long, short = 'p')]
+        partitions: Option<u32>,
         /// Remove the topic's override of KEY, so the broker default applies (repeatable).
         #[arg(long = "delete-config", value_name = "KEY")]
         delete_config: Vec<String>,
@@ -104,17 +109,24 @@ pub async fn run(command: TopicCommand, args: &ClientArgs) -> anyhow::Result<()>
                 Format::Text => print_description(&t),
             }
         }
-        TopicCommand::Alter { name, config, delete_config } => {
+        TopicCommand::Alter { name, config, delete_config, partitions } => {
             if let Some((k, _)) = config.iter().find(|(_, v)| v.is_empty()) {
                 anyhow::bail!("--config {k}= has no value (use --delete-config {k} to remove an override)");
             }
+            let mut t = None;
+            if let Some(n) = partitions {
+                let request = proto::CreatePartitionsRequest { name: name.clone(), partitions: n };
+                t = Some(client.create_partitions(request).await.map_err(status_error)?.into_inner());
+            }
             // An empty value removes the override (AlterTopicConfig's contract).
-            let changes = config.into_iter().chain(delete_config.into_iter().map(|k| (k, String::new()))).collect();
-            let t = client
-                .alter_topic_config(proto::AlterTopicConfigRequest { name, config: changes })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let changes: HashMap<String, String> =
+                config.into_iter().chain(delete_config.into_iter().map(|k| (k, String::new()))).collect();
+            if !changes.is_empty() {
+                let request = proto::AlterTopicConfigRequest { name, config: changes };
+                t = Some(client.alter_topic_config(request).await.map_err(status_error)?.into_inner());
+            }
+            let t =
+                t.ok_or_else(|| anyhow::anyhow!("nothing to change: give --config, --delete-config or --partitions"))?;
             match args.format {
                 Format::Json => println!("{}", topic_json(&t)),
                 Format::Text => print_description(&t),

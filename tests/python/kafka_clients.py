@@ -143,6 +143,17 @@ def librdkafka(bs):
     check((lo, hi) == (0, 10), f"watermarks {lo}, {hi}")
     c.close()
 
+    # CreatePartitions grows a topic; shrinking is refused with INVALID_PARTITIONS.
+    from confluent_kafka.admin import NewPartitions
+    for f in admin.create_partitions([NewPartitions("times", 3)]).values():
+        f.result(10)
+    check(len(admin.list_topics(timeout=10).topics["times"].partitions) == 3, "times grew to 3 partitions")
+    try:
+        list(admin.create_partitions([NewPartitions("times", 2)]).values())[0].result(10)
+        fail("shrinking a topic succeeded")
+    except Exception as e:
+        check("INVALID_PARTITIONS" in str(e), f"unexpected error for a shrink: {e}")
+
     deleted = admin.delete_topics(["times"])
     for f in deleted.values():
         f.result(10)

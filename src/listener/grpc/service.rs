@@ -141,6 +141,16 @@ impl proto::broker_server::Broker for BrokerService {
         Ok(Response::new(convert::topic_description(info)))
     }
 
+    async fn create_partitions(
+        &self,
+        request: Request<proto::CreatePartitionsRequest>,
+    ) -> Result<Response<proto::TopicDescription>, Status> {
+        let caller = caller_of(&request);
+        let r = request.into_inner();
+        let info = self.broker.add_partitions(&caller, &r.name, r.partitions).await.map_err(to_status)?;
+        Ok(Response::new(convert::topic_description(info)))
+    }
+
     async fn init_producer(
         &self,
         request: Request<proto::InitProducerRequest>,

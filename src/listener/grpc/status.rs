@@ -21,6 +21,7 @@ fn code(e: &BrokerError) -> Code {
         BrokerError::InvalidName { .. }
         | BrokerError::InvalidConfig { .. }
         | BrokerError::TooManyPartitions { .. }
+        | BrokerError::PartitionsNotAdded { .. }
         | BrokerError::InvalidRequest(_)
         | BrokerError::MalformedRequest { .. }
         | BrokerError::EmptyProduce { .. }

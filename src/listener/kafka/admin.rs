@@ -155,6 +155,48 @@ pub(super) async fn create_topics(ctx: &Ctx, request: CreateTopicsRequest, versi
     CreateTopicsResponse::default().with_topics(results)
 }
 
+/// CreatePartitions: grows each topic to `count` (one broker: no replica
+/// assignments). `validate_only` checks without changing anything.
+pub(super) async fn create_partitions(ctx: &Ctx, request: CreatePartitionsRequest) -> CreatePartitionsResponse {
+    use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+    let mut results = Vec::new();
+    for t in request.topics {
+        let mut r = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+        let outcome = match (t.count, &t.assignments) {
+            (_, Some(a)) if !a.is_empty() => Err((
+                code::INVALID_REPLICA_ASSIGNMENT,
+                "strata is one broker: give a partition count, not assignments".to_string(),
+            )),
+            (n, _) if n <= 0 => Err((code::INVALID_PARTITIONS, format!("{n} partitions: at least 1"))),
+            (n, _) if request.validate_only => match ctx.broker.topic(t.name.as_str()) {
+                Ok(topic) if (n as usize) > topic.partitions.len() => Ok(()),
+                Ok(topic) => {
+                    let e = BrokerError::PartitionsNotAdded {
+                        topic: t.name.to_string(),
+                        partitions: n as u32,
+                        have: topic.partitions.len() as u32,
+                    };
+                    Err((errors::of(&e), e.to_string()))
+                }
+                Err(e) => Err((errors::of(&e), e.to_string())),
+            },
+            (n, _) => ctx
+                .broker
+                .add_partitions(&ctx.caller, t.name.as_str(), n as u32)
+                .await
+                .map(|_| ())
+                .map_err(|e| (errors::of(&e), e.to_string())),
+        };
+        if let Err((c, why)) = outcome {
+            tracing::debug!(topic = %t.name.as_str(), code = c, %why, "kafka CreatePartitions refused");
+            r.error_code = c;
+            r.error_message = Some(text(why));
+        }
+        results.push(r);
+    }
+    CreatePartitionsResponse::default().with_results(results)
+}
+
 async fn create_one(
     ctx: &Ctx,
     t: create_topics_request::CreatableTopic,

@@ -347,6 +347,9 @@ async fn dispatch(ctx: &Ctx, key: ApiKey, version: i16, client: &str, mut body: 
         }
         ApiKey::ListOffsets => now(encode(&admin::list_offsets(ctx, decode(key, version, b)?).await, version)),
         ApiKey::Metadata => now(encode(&admin::metadata(ctx, decode(key, version, b)?, version).await, version)),
+        ApiKey::CreatePartitions => {
+            now(encode(&admin::create_partitions(ctx, decode(key, version, b)?).await, version))
+        }
         ApiKey::CreateTopics => {
             now(encode(&admin::create_topics(ctx, decode(key, version, b)?, version).await, version))
         }

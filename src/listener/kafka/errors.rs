@@ -58,7 +58,7 @@ pub fn of(e: &BrokerError) -> i16 {
         BrokerError::InvalidName { kind, .. } if kind.contains("group") => INVALID_GROUP_ID,
         BrokerError::InvalidName { .. } => INVALID_TOPIC_EXCEPTION,
         BrokerError::InvalidConfig { .. } => INVALID_CONFIG,
-        BrokerError::TooManyPartitions { .. } => INVALID_PARTITIONS,
+        BrokerError::TooManyPartitions { .. } | BrokerError::PartitionsNotAdded { .. } => INVALID_PARTITIONS,
         BrokerError::InvalidRequest(_) | BrokerError::MalformedRequest { .. } | BrokerError::EmptyProduce { .. } => {
             INVALID_REQUEST
         }
