@@ -406,3 +406,18 @@ fn topics_grow_partitions_that_followers_and_restarts_see() {
     assert_eq!(partitions(&server), 3, "after a restart");
     broker.kill().unwrap();
 }
+
+#[test]
+fn the_readme_layout_says_which_files_a_new_data_dir_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut broker, server) = serve(dir.path());
+    assert!(run(dir.path(), &server, "strata topic create fresh").0);
+    assert!(run(dir.path(), &server, "strata produce fresh one").0);
+    let data = dir.path().join("data");
+    assert!(data.join("__broker.lock").exists() && data.join("fresh/topic.json").exists());
+    assert!(!data.join("__producer_ids").exists(), "no idempotent producer yet");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let line = readme.lines().find(|l| l.trim_start().starts_with("__producer_ids")).unwrap();
+    assert!(line.contains("after the first InitProducer"), "the README says when it appears: {line}");
+    broker.kill().unwrap();
+}
