@@ -27,6 +27,28 @@ fn out(mut c: impl std::borrow::BorrowMut<Command>) -> (bool, String, String) {
     )
 }
 
+/// A child's output lines, read on a thread, so a wait for one has a deadline.
+struct Lines(std::sync::mpsc::Receiver<String>);
+
+impl Lines {
+    fn of(r: impl std::io::Read + Send + 'static) -> Lines {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Lines(rx)
+    }
+
+    /// The next line, failing the test after 20 s without one.
+    fn next(&self, what: &str) -> String {
+        self.0.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|e| panic!("no line ({e}) waiting for: {what}"))
+    }
+}
+
 /// Polls `check` for up to 20 s.
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -122,13 +144,11 @@ fn consume_says_why_it_printed_nothing_and_reads_times_as_times() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err_line = String::new();
-    BufReader::new(follower.stderr.take().unwrap()).read_line(&mut err_line).unwrap();
+    let err_line = Lines::of(follower.stderr.take().unwrap()).next("the waiting message");
     assert!(err_line.contains("no topic matches") && err_line.contains("waiting"), "{err_line}");
     assert!(run(dir.path(), &server, "strata topic create later").0);
     assert!(run(dir.path(), &server, "strata produce later hello").0);
-    let mut line = String::new();
-    BufReader::new(follower.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let line = Lines::of(follower.stdout.take().unwrap()).next("the record");
     assert!(line.contains("hello"), "{line}");
     follower.kill().unwrap();
     let _ = follower.wait();
@@ -367,17 +387,17 @@ fn topics_grow_partitions_that_followers_and_restarts_see() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
+    let lines = Lines::of(follower.stdout.take().unwrap());
     // ... and a group member, which gets the new partition in a rebalance.
     let mut member =
         strata(dir.path(), &["consume", "g", "--group", "G", "--follow", "-f", "%p %s\n", "--server", &server])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-    let mut member_lines = BufReader::new(member.stdout.take().unwrap()).lines();
+    let member_lines = Lines::of(member.stdout.take().unwrap());
     assert!(sh("strata produce g -p 0 before").0);
-    assert_eq!(lines.next().unwrap().unwrap(), "0 before");
-    assert_eq!(member_lines.next().unwrap().unwrap(), "0 before");
+    assert_eq!(lines.next("the follower's first record"), "0 before");
+    assert_eq!(member_lines.next("the member's first record"), "0 before");
 
     let (ok, _, err) = sh("strata topic alter g --partitions 3");
     assert!(ok, "{err}");
@@ -387,8 +407,8 @@ fn topics_grow_partitions_that_followers_and_restarts_see() {
     };
     assert_eq!(partitions(&server), 3);
     assert!(sh("strata produce g -p 2 after").0, "the new partition takes records");
-    assert_eq!(lines.next().unwrap().unwrap(), "2 after", "the follower streams the added partition");
-    assert_eq!(member_lines.next().unwrap().unwrap(), "2 after", "the group member is assigned it");
+    assert_eq!(lines.next("the follower's record on the added partition"), "2 after");
+    assert_eq!(member_lines.next("the member's record on the added partition"), "2 after");
     for c in [&mut follower, &mut member] {
         c.kill().unwrap();
         let _ = c.wait();
