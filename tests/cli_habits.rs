@@ -269,20 +269,7 @@ fn logs_say_what_they_could_not_do() {
 fn help_and_exit_statuses_say_what_happened() {
     let dir = tempfile::tempdir().unwrap();
     let (mut broker, server) = serve(dir.path());
-    let code = |line: &str| {
-        let script = line.replace("strata ", &format!("{BIN} "));
-        let o = Command::new("sh")
-            .args(["-c", &script])
-            .current_dir(dir.path())
-            .env("STRATA_SERVER", &server)
-            .output()
-            .unwrap();
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
+    let code = |line: &str| common::process::run_code(dir.path(), &server, line);
     // Documented in --help, then each one.
     let (_, help, _) = code("strata --help");
     assert!(

@@ -102,7 +102,7 @@ pub(super) fn config_json(args: &BenchArgs) -> serde_json::Value {
 }
 
 /// Claims up to `n` records from a shared budget; 0 when it is spent.
-fn claim(budget: &AtomicI64, n: usize) -> usize {
+pub(super) fn claim(budget: &AtomicI64, n: usize) -> usize {
     let before = budget.fetch_sub(n as i64, Ordering::Relaxed);
     before.clamp(0, n as i64) as usize
 }

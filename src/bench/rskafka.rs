@@ -21,6 +21,7 @@ use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandl
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
 
+use super::load::claim;
 use super::report::Meter;
 use super::BenchArgs;
 
@@ -39,16 +40,11 @@ async fn connect(bootstrap: &str) -> anyhow::Result<Client> {
         .map_err(|e| anyhow::anyhow!("cannot connect to {bootstrap}: {e}"))
 }
 
-async fn partition_clients(client: &Client, topic: &str, n: u32) -> anyhow::Result<Vec<Arc<PartitionClient>>> {
-    let mut out = Vec::new();
-    for p in 0..n as i32 {
-        let c = client
-            .partition_client(topic, p, UnknownTopicHandling::Retry)
-            .await
-            .map_err(|e| anyhow::anyhow!("partition {topic}/{p}: {e}"))?;
-        out.push(Arc::new(c));
-    }
-    Ok(out)
+async fn partition(client: &Client, topic: &str, p: i32) -> anyhow::Result<PartitionClient> {
+    client
+        .partition_client(topic, p, UnknownTopicHandling::Retry)
+        .await
+        .map_err(|e| anyhow::anyhow!("partition {topic}/{p}: {e}"))
 }
 
 /// Runs the producers until the budget or deadline is spent.
@@ -60,7 +56,10 @@ pub async fn run_producers(bootstrap: &str, args: &BenchArgs, meter: &Arc<Meter>
     let mut tasks = Vec::new();
     for p in 0..args.producers.max(1) {
         let client = connect(bootstrap).await?;
-        let parts = partition_clients(&client, &args.topic, args.partitions.max(1)).await?;
+        let mut parts = Vec::new();
+        for p in 0..args.partitions.max(1) as i32 {
+            parts.push(Arc::new(partition(&client, &args.topic, p).await?));
+        }
         let (meter, budget, payload) = (meter.clone(), budget.clone(), payload.clone());
         let (batch, depth) = (args.batch.max(1), args.in_flight.max(1));
         tasks.push(tokio::spawn(async move {
@@ -115,10 +114,6 @@ pub async fn run_producers(bootstrap: &str, args: &BenchArgs, meter: &Arc<Meter>
     Ok(())
 }
 
-fn claim(budget: &AtomicI64, n: usize) -> usize {
-    budget.fetch_sub(n as i64, Ordering::Relaxed).clamp(0, n as i64) as usize
-}
-
 /// One consumer reading `mine` (partition, records present) from the
 /// beginning until the shared `budget` is spent, they are read to the end,
 /// or the deadline.
@@ -133,10 +128,7 @@ pub async fn consume_partitions(
     let client = connect(bootstrap).await?;
     let mut parts = Vec::new();
     for &(p, records) in mine {
-        let c = client
-            .partition_client(topic, p, UnknownTopicHandling::Retry)
-            .await
-            .map_err(|e| anyhow::anyhow!("partition {topic}/{p}: {e}"))?;
+        let c = partition(&client, topic, p).await?;
         let start = c
             .get_offset(rskafka::client::partition::OffsetAt::Earliest)
             .await

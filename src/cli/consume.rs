@@ -39,7 +39,7 @@ pub struct ConsumeArgs {
     /// Print each record by this template instead of the text or JSON line,
     /// as kcat's -f: %t topic, %p partition, %o offset, %k key, %s value,
     /// %T timestamp (ms), %h headers (k=v,...), %S value size, \n \t \\ %%.
-    #[arg(long = "print", short = 'f', value_name = "TEMPLATE")]
+    #[arg(long = "template", short = 'f', value_name = "TEMPLATE")]
     pub template: Option<String>,
     /// How values, keys and headers that are bytes are shown: text (UTF-8,
     /// other bytes escaped as \xNN), hex, or base64. In JSON, a value that is
@@ -230,6 +230,11 @@ async fn read_partitions(
     out: &Printer,
 ) -> anyhow::Result<u64> {
     let mut printed = 0u64;
+    // With --follow, a round that found nothing long-polls each partition in
+    // turn, sharing about half a second, so a record on any of them waits
+    // at most about that long; while records flow, nobody waits.
+    let mut idle = false;
+    let idle_wait_ms = (500 / reads.len().max(1) as u32).max(20);
     loop {
         let mut progressed = false;
         for r in reads.iter_mut().filter(|r| !r.done) {
@@ -240,7 +245,7 @@ async fn read_partitions(
                 r.done = true;
                 continue;
             }
-            let wait = if follow { 500 } else { 0 };
+            let wait = if follow && idle { idle_wait_ms } else { 0 };
             let got = client
                 .fetch(proto::FetchRequest {
                     topic: r.topic.clone(),
@@ -279,6 +284,7 @@ async fn read_partitions(
         if !progressed && !follow {
             return Ok(printed);
         }
+        idle = !progressed;
     }
 }
 

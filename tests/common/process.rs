@@ -56,11 +56,17 @@ pub fn listening(child: &mut Child) -> String {
 }
 
 pub fn run(cwd: &Path, server: &str, line: &str) -> (bool, String, String) {
+    let (code, stdout, stderr) = run_code(cwd, server, line);
+    (code == Some(0), stdout, stderr)
+}
+
+/// `run`, with the exit status (None: killed by a signal).
+pub fn run_code(cwd: &Path, server: &str, line: &str) -> (Option<i32>, String, String) {
     // `strata` in the README is the binary under test.
     let script = line.replace("strata ", &format!("{BIN} "));
     let out = Command::new("sh").args(["-c", &script]).current_dir(cwd).env("STRATA_SERVER", server).output().unwrap();
     (
-        out.status.success(),
+        out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
