@@ -312,6 +312,8 @@ pub struct BrokerConfig {
     /// The `host:port` Kafka clients are told to connect to (Metadata,
     /// FindCoordinator); `None`: the address each connection came in on.
     pub kafka_advertised: Option<String>,
+    /// The HTTP listener (`/metrics`, `/healthz`, the console); `None`: none.
+    pub http_listen: Option<SocketAddr>,
     /// Largest request accepted (spec default 16 MiB).
     pub request_bytes_max: usize,
     /// How often retention runs (`retention.check.interval.ms`).
@@ -364,6 +366,7 @@ impl Default for BrokerConfig {
             listen: "127.0.0.1:50051".parse().expect("valid address"),
             kafka_listen: Some("127.0.0.1:9092".parse().expect("valid address")),
             kafka_advertised: None,
+            http_listen: Some("127.0.0.1:9644".parse().expect("valid address")),
             request_bytes_max: 16 << 20,
             retention_check_interval: Duration::from_secs(5),
             checkpoint_interval: Duration::from_millis(250),
@@ -391,6 +394,8 @@ pub struct ConfigFile {
     /// An address, or `"none"` for no Kafka listener.
     pub kafka_listen: Option<String>,
     pub kafka_advertised_listener: Option<String>,
+    /// An address, or `"none"` for no HTTP listener.
+    pub http_listen: Option<String>,
     pub max_request_bytes: Option<usize>,
     #[serde(rename = "retention.check.interval.ms")]
     pub retention_check_interval_ms: Option<u64>,
@@ -461,6 +466,9 @@ impl ConfigFile {
         }
         if let Some(v) = &self.kafka_listen {
             config.kafka_listen = parse_listen(v).map_err(|e| format!("kafka_listen: {e}"))?;
+        }
+        if let Some(v) = &self.http_listen {
+            config.http_listen = parse_listen(v).map_err(|e| format!("http_listen: {e}"))?;
         }
         if let Some(v) = &self.kafka_advertised_listener {
             config.kafka_advertised = Some(parse_advertised(v).map_err(|e| format!("kafka_advertised_listener: {e}"))?);

@@ -22,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod group;
 pub mod listener;
+pub mod metrics;
 pub mod server;
 pub mod storage;
 

@@ -3,7 +3,8 @@
 //! they share lives in the broker.
 //!
 //! Listeners now: gRPC (`strata.v1.Broker`, health, reflection) on
-//! `listen`, and the Kafka protocol on `kafka_listen`. A graceful stop refuses new work, ends long polls and
+//! `listen`, the Kafka protocol on `kafka_listen`, and HTTP (`/metrics`,
+//! `/healthz`) on `http_listen`. A graceful stop refuses new work, ends long polls and
 //! subscriptions, lets in-flight requests finish (up to `SHUTDOWN_GRACE`),
 //! then closes every log cleanly.
 
@@ -26,6 +27,7 @@ use crate::storage::{Clock, SystemClock};
 pub struct RunningServer {
     addr: SocketAddr,
     kafka_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
     broker: Arc<Broker>,
     /// Each listener's serving task.
     listeners: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -40,6 +42,11 @@ impl RunningServer {
     /// The Kafka listener's address, if there is one.
     pub fn kafka_addr(&self) -> Option<SocketAddr> {
         self.kafka_addr
+    }
+
+    /// The HTTP listener's address, if there is one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     pub fn url(&self) -> String {
@@ -106,12 +113,22 @@ pub async fn start_with(
         None => None,
     };
     let kafka_addr = kafka.as_ref().map(|k| k.local_addr()).transpose()?;
+    let http = match config.http_listen {
+        Some(at) => {
+            Some(TcpListener::bind(at).await.map_err(|e| anyhow::anyhow!("cannot listen on {at} (http_listen): {e}"))?)
+        }
+        None => None,
+    };
+    let http_addr = http.as_ref().map(|h| h.local_addr()).transpose()?;
     let broker = tokio::task::spawn_blocking(move || Broker::open(config, fs, clock)).await??;
     broker.spawn_background(broker.watch_stopping());
     let mut listeners = vec![listener::grpc::serve(broker.clone(), grpc).await?];
     if let Some(kafka) = kafka {
         listeners.push(listener::kafka::serve(broker.clone(), kafka)?);
     }
-    tracing::info!(%addr, kafka = ?kafka_addr, "strata is serving");
-    Ok(RunningServer { addr, kafka_addr, broker, listeners })
+    if let Some(http) = http {
+        listeners.push(listener::http::serve(broker.clone(), http)?);
+    }
+    tracing::info!(%addr, kafka = ?kafka_addr, http = ?http_addr, "strata is serving");
+    Ok(RunningServer { addr, kafka_addr, http_addr, broker, listeners })
 }

@@ -98,11 +98,14 @@ fn produce_sends_each_stdin_line_as_it_arrives_and_sums_up_once() {
 fn addresses_are_taken_as_people_type_them() {
     let dir = tempfile::tempdir().unwrap();
     // `serve --listen localhost:PORT` resolves the name.
-    let mut broker = strata(dir.path(), &["serve", "--listen", "localhost:0", "--kafka-listen", "none"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut broker = strata(
+        dir.path(),
+        &["serve", "--listen", "localhost:0", "--kafka-listen", "none", "--http-listen", "127.0.0.1:0"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let addr = common::process::listening(&mut broker);
     let port = addr.rsplit(':').next().unwrap().to_string();
     let hostport = format!("localhost:{port}");
@@ -248,12 +251,24 @@ fn logs_say_what_they_could_not_do() {
         out(strata(dir.path(), &["topic", "list", "--server", "127.0.0.1:1"]).env("RUST_LOG", "foo=[bad"));
     assert!(err.contains("RUST_LOG is not a valid filter"), "{err}");
     // --log-format json: every log line is a JSON object.
-    let mut broker =
-        strata(dir.path(), &["serve", "--listen", "127.0.0.1:0", "--kafka-listen", "none", "--log-format", "json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+    let mut broker = strata(
+        dir.path(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "none",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     common::process::listening(&mut broker);
     broker.kill().unwrap();
     let o = broker.wait_with_output().unwrap();

@@ -28,7 +28,17 @@ fn serve(dir: &std::path::Path, config: &str) -> (Child, String) {
     std::fs::write(dir.join("strata.toml"), config).unwrap();
     let bin = std::env::var("STRATA_BIN").unwrap_or_else(|_| common::process::BIN.to_string());
     let mut child = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0", "--config", "strata.toml"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--config",
+            "strata.toml",
+        ])
         .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

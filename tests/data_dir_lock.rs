@@ -14,7 +14,7 @@ fn a_second_broker_on_the_same_data_dir_exits_naming_the_holder() {
     let dir = tempfile::tempdir().unwrap();
     let (mut first, _url) = serve(dir.path());
     let mut second = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -22,7 +22,9 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_the_broker_backs_off_and_answers_resource_exhausted() {
     let dir = tempfile::tempdir().unwrap();
-    let script = format!("ulimit -n 64 && exec {BIN} serve --listen 127.0.0.1:0 --kafka-listen 127.0.0.1:0");
+    let script = format!(
+        "ulimit -n 64 && exec {BIN} serve --listen 127.0.0.1:0 --kafka-listen 127.0.0.1:0 --http-listen 127.0.0.1:0"
+    );
     let mut child = Command::new("sh")
         .args(["-c", &script])
         .current_dir(dir.path())

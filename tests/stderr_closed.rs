@@ -18,7 +18,17 @@ async fn a_broker_with_a_broken_stderr_serves_retains_commits_and_stops_cleanly(
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("strata.toml"), "\"retention.check.interval.ms\" = 50\n").unwrap();
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0", "--config", "strata.toml"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--config",
+            "strata.toml",
+        ])
         .current_dir(dir.path())
         .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())

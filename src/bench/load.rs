@@ -41,6 +41,7 @@ impl Target {
             data_dir: path,
             listen: "127.0.0.1:0".parse()?,
             kafka_listen: Some("127.0.0.1:0".parse()?),
+            http_listen: Some("127.0.0.1:0".parse()?),
             ..BrokerConfig::default()
         };
         let server = crate::server::start(config).await?;

@@ -76,6 +76,8 @@ pub struct Broker {
     _lock: crate::storage::fs::DirLock,
     /// Request bytes being received or decoded, every listener together.
     request_budget: budget::RequestBudget,
+    /// Counters and histograms every listener and partition reports to.
+    metrics: crate::metrics::Metrics,
 }
 
 impl Broker {
@@ -86,6 +88,7 @@ impl Broker {
         fs.create_dir_all_durable(&dir).map_err(|e| io("cannot create the data directory", e))?;
         let lock = data_dir::lock(fs.as_ref(), &dir).map_err(BrokerError::Internal)?;
         let started = std::time::Instant::now();
+        let metrics = crate::metrics::Metrics::new();
         let mut topics = HashMap::new();
         let topic_dirs =
             data_dir::prepare(fs.as_ref(), &dir).map_err(|e| io("cannot prepare the data directory", e))?;
@@ -107,7 +110,7 @@ impl Broker {
             let mut partitions = Vec::new();
             for (p, log) in logs.into_iter().enumerate() {
                 let log = log.map_err(|e| BrokerError::storage(&metadata.name, p as u32, e))?;
-                partitions.push(Arc::new(Partition::new(&metadata.name, p as u32, log)));
+                partitions.push(Arc::new(Partition::new(&metadata.name, p as u32, log, metrics.topic(&metadata.name))));
             }
             if (i + 1) % 100 == 0 {
                 tracing::info!(opened = i + 1, of = total, "opening topics");
@@ -144,12 +147,57 @@ impl Broker {
             groups: groups::Coordinator::new(offsets),
             _lock: lock,
             request_budget: budget::RequestBudget::new(config.request_bytes_in_flight_max),
+            metrics,
             config,
         }))
     }
 
     pub fn config(&self) -> &BrokerConfig {
         &self.config
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Whether the broker serves requests (not shutting down).
+    pub fn is_running(&self) -> bool {
+        !*self.stopping.borrow()
+    }
+
+    /// `/metrics`: the registered metrics, then the partition and lag
+    /// gauges read from the broker's state now.
+    pub fn metrics_text(&self) -> String {
+        use crate::metrics::state::{LagState, PartitionState, Snapshot};
+        let mut snapshot = Snapshot::default();
+        let mut topics: Vec<Arc<Topic>> =
+            self.topics.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut high_watermarks = HashMap::with_capacity(topics.len());
+        for t in &topics {
+            let hws: Vec<u64> = t.partitions.iter().map(|p| p.log.high_watermark()).collect();
+            for (p, &hw) in t.partitions.iter().zip(&hws) {
+                snapshot.partitions.push(PartitionState {
+                    topic: t.name.clone(),
+                    partition: p.id,
+                    high_watermark: hw,
+                    log_start_offset: p.log.log_start_offset(),
+                    size_bytes: p.log.size_bytes(),
+                });
+            }
+            high_watermarks.insert(t.name.as_str(), hws);
+        }
+        self.groups.offsets.for_each(|group, topic, partition, offset| {
+            if let Some(hw) = high_watermarks.get(topic).and_then(|h| h.get(partition as usize)) {
+                let lag = hw.saturating_sub(offset);
+                snapshot.lag.push(LagState { group: group.to_string(), topic: topic.to_string(), partition, lag });
+            }
+        });
+        let mut out = String::with_capacity(256 + snapshot.partitions.len() * 200 + snapshot.lag.len() * 80);
+        // Writing into a String cannot fail.
+        let _ = self.metrics.encode_into(&mut out);
+        let _ = snapshot.encode_into(&mut out);
+        out
     }
 
     /// The broker-wide budget of request bytes in flight.

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::error::{BrokerError, Result};
-use crate::storage::batch::StoredRecord;
+use crate::metrics::TopicCounters;
+use crate::storage::batch::{BatchHeader, StoredRecord};
 use crate::storage::{AppendOutcome, BatchRef, Log, PendingAppend, ReadBatches};
 
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub struct Partition {
     rolling_io: Arc<AtomicBool>,
     /// Clock time of the last background fsync (interval flush policy).
     last_flush_ms: AtomicU64,
+    /// The topic's produce and fetch counters.
+    pub counters: Arc<TopicCounters>,
 }
 
 /// A batch the broker appends: one it encoded, or a client's, written as
@@ -34,6 +37,13 @@ pub enum AppendBytes {
 }
 
 impl AppendBytes {
+    fn len(&self) -> usize {
+        match self {
+            AppendBytes::Encoded(v) => v.len(),
+            AppendBytes::Client(b) => b.len(),
+        }
+    }
+
     fn as_batch_ref(&mut self) -> BatchRef<'_> {
         match self {
             AppendBytes::Encoded(v) => BatchRef::Stamp(v),
@@ -50,10 +60,14 @@ pub struct ReadRecords {
     pub next_offset: u64,
     pub high_watermark: u64,
     pub log_start_offset: u64,
+    /// Bytes of the stored batches whose last record is among `records`
+    /// (what `strata_fetch_bytes_total` counts: a partition read record
+    /// by record from start to end counts each batch once).
+    pub batch_bytes: u64,
 }
 
 impl Partition {
-    pub fn new(topic: &str, id: u32, log: Log) -> Partition {
+    pub fn new(topic: &str, id: u32, log: Log, counters: Arc<TopicCounters>) -> Partition {
         let hw = log.high_watermark();
         Partition {
             topic: topic.to_string(),
@@ -62,6 +76,7 @@ impl Partition {
             high_watermark: watch::Sender::new(hw),
             rolling_io: Arc::new(AtomicBool::new(false)),
             last_flush_ms: AtomicU64::new(0),
+            counters,
         }
     }
 
@@ -82,10 +97,16 @@ impl Partition {
         // thread hand-off costs more than the write (block_in_place wakes a
         // thread to take over the worker: 546 vs 390 MB/s produce). When a
         // roll (file creation, fsyncs) is due, it moves off the worker.
-        if let Some(result) = self.log.try_append_pending(batch.as_batch_ref()) {
-            return result.map_err(|e| self.error(e));
+        let bytes = batch.len() as u64;
+        let pending = match self.log.try_append_pending(batch.as_batch_ref()) {
+            Some(result) => result.map_err(|e| self.error(e))?,
+            None => self.short_io(move |log| log.append_pending(batch.as_batch_ref())).await?,
+        };
+        if !pending.outcome.duplicate {
+            let records = pending.outcome.last_offset + 1 - pending.outcome.base_offset;
+            self.counters.produced(records, bytes);
         }
-        self.short_io(move |log| log.append_pending(batch.as_batch_ref())).await
+        Ok(pending)
     }
 
     /// Runs a short page-cache operation (a pwrite or pread, usually
@@ -119,9 +140,11 @@ impl Partition {
         // halved page-cache consume throughput (the decode competes with the
         // network tasks on the same worker).
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.read_blocking(from, records_max, bytes_max))
+        let read = tokio::task::spawn_blocking(move || this.read_blocking(from, records_max, bytes_max))
             .await
-            .map_err(|e| BrokerError::Internal(format!("read task failed: {e}")))?
+            .map_err(|e| BrokerError::Internal(format!("read task failed: {e}")))??;
+        self.counters.fetched(read.records.len() as u64, read.batch_bytes);
+        Ok(read)
     }
 
     fn read_blocking(&self, from: u64, records_max: usize, bytes_max: usize) -> Result<ReadRecords> {
@@ -142,6 +165,7 @@ impl Partition {
                 return Ok(out);
             }
             for batch in &batches {
+                let batch_end = BatchHeader::parse(batch, usize::MAX).map_or(u64::MAX, |h| h.next_offset());
                 let records = crate::storage::batch::decode_records(batch).map_err(|e| {
                     self.error(crate::storage::StorageError::Corrupt {
                         path: self.log.dir().to_path_buf(),
@@ -160,6 +184,9 @@ impl Partition {
                     }
                     bytes += size;
                     out.next_offset = r.offset + 1;
+                    if out.next_offset == batch_end {
+                        out.batch_bytes += batch.len() as u64;
+                    }
                     out.records.push(r);
                 }
             }
@@ -172,7 +199,17 @@ impl Partition {
     /// Reads whole stored batches from `from` on, up to about `bytes_max`
     /// (at least one batch), for fetches that take the on-disk format.
     pub async fn read_raw(self: &Arc<Self>, from: u64, bytes_max: usize) -> Result<ReadBatches> {
-        self.blocking(move |log| log.read(from, bytes_max)).await
+        let read = self.blocking(move |log| log.read(from, bytes_max)).await?;
+        let (mut records, mut bytes) = (0, 0);
+        for batch in &read.batches {
+            if let Ok(h) = BatchHeader::parse(batch, usize::MAX) {
+                let end = h.next_offset().min(read.high_watermark);
+                records += end.saturating_sub(h.base_offset.max(from));
+                bytes += batch.len() as u64;
+            }
+        }
+        self.counters.fetched(records, bytes);
+        Ok(read)
     }
 
     /// Runs a blocking log operation off the async workers.

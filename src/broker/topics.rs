@@ -44,8 +44,9 @@ impl Broker {
         let (fs, clock) = (self.fs.clone(), self.clock.clone());
         let log_config = topic_config.log_config(self.config.request_bytes_max);
         let (meta, topic_dir) = (metadata.clone(), dir.clone());
+        let counters = self.metrics().topic(&name);
         let created = blocking("create", move || {
-            let created = create_topic_files(&fs, &clock, &topic_dir, &meta, log_config);
+            let created = create_topic_files(&fs, &clock, &topic_dir, &meta, log_config, &counters);
             if created.is_err() {
                 // Nothing half-made stays behind (a later create would find it).
                 let _ = fs.remove_dir_all(&topic_dir);
@@ -77,6 +78,7 @@ impl Broker {
             .remove(name)
             .ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
         self.topics_version.send_modify(|v| *v += 1);
+        self.metrics().forget_topic(name);
         let fs = self.fs.clone();
         let data_dir_path = self.config.data_dir.clone();
         let stamp = self.clock.now_ms();
@@ -164,6 +166,7 @@ impl Broker {
         let config = topic.config();
         let log_config = config.log_config(self.config.request_bytes_max);
         let (fs, clock, dir, meta) = (self.fs.clone(), self.clock.clone(), topic.dir.clone(), metadata.clone());
+        let counters = self.metrics().topic(name);
         let added = blocking("add partitions to", move || {
             let mut added = Vec::new();
             for p in have..partitions {
@@ -174,7 +177,7 @@ impl Broker {
                 }
                 let log = Log::open(&part_dir, fs.clone(), clock.clone(), log_config)
                     .map_err(|e| BrokerError::storage(&meta.name, p, e))?;
-                added.push(Arc::new(Partition::new(&meta.name, p, log)));
+                added.push(Arc::new(Partition::new(&meta.name, p, log, counters.clone())));
             }
             fs.sync_dir(&dir).map_err(|e| io_error(&dir, e))?;
             meta.write(fs.as_ref(), &dir).map_err(|e| io_error(&dir, e))?;
@@ -227,6 +230,7 @@ fn create_topic_files(
     topic_dir: &Path,
     meta: &TopicMetadata,
     log_config: LogConfig,
+    counters: &Arc<crate::metrics::TopicCounters>,
 ) -> Result<Vec<Arc<Partition>>> {
     if fs.exists(topic_dir) {
         // Leftover of a create that crashed before its metadata was written.
@@ -237,7 +241,7 @@ fn create_topic_files(
     for p in 0..meta.partitions {
         let log = Log::open(&topic_dir.join(p.to_string()), fs.clone(), clock.clone(), log_config)
             .map_err(|e| BrokerError::storage(&meta.name, p, e))?;
-        parts.push(Arc::new(Partition::new(&meta.name, p, log)));
+        parts.push(Arc::new(Partition::new(&meta.name, p, log, counters.clone())));
     }
     // The metadata file is written last: a topic directory without it
     // is an unfinished create and is cleaned up.

@@ -19,6 +19,9 @@ pub struct ServeArgs {
     /// Kafka protocol listener address, or `none` [default: 127.0.0.1:9092].
     #[arg(long, value_name = "ADDR|none")]
     pub kafka_listen: Option<String>,
+    /// HTTP listener (`/metrics`, `/healthz`) address, or `none` [default: 127.0.0.1:9644].
+    #[arg(long, value_name = "ADDR|none")]
+    pub http_listen: Option<String>,
     /// The host:port Kafka clients are told to connect to [default: the
     /// address each connection came in on].
     #[arg(long, value_name = "HOST:PORT", value_parser = crate::config::parse_advertised)]
@@ -45,6 +48,9 @@ pub fn broker_config(args: &ServeArgs) -> anyhow::Result<BrokerConfig> {
     if let Some(k) = &args.kafka_listen {
         config.kafka_listen = crate::config::parse_listen(k).map_err(|e| anyhow::anyhow!("--kafka-listen: {e}"))?;
     }
+    if let Some(h) = &args.http_listen {
+        config.http_listen = crate::config::parse_listen(h).map_err(|e| anyhow::anyhow!("--http-listen: {e}"))?;
+    }
     if let Some(a) = &args.kafka_advertised_listener {
         config.kafka_advertised = Some(a.clone());
     }
@@ -60,6 +66,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _ = writeln!(out, "strata listening on {}", server.addr()).and_then(|()| out.flush());
     if let Some(kafka) = server.kafka_addr() {
         let _ = writeln!(out, "kafka listening on {kafka}").and_then(|()| out.flush());
+    }
+    if let Some(http) = server.http_addr() {
+        let _ = writeln!(out, "http listening on {http}").and_then(|()| out.flush());
     }
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -243,6 +243,14 @@ impl OffsetStore {
             .collect()
     }
 
+    /// Calls `f(group, topic, partition, offset)` for every committed
+    /// offset, in key order, under the map's lock (keep `f` short).
+    pub fn for_each(&self, mut f: impl FnMut(&str, &str, u32, u64)) {
+        for ((g, t, p), c) in self.map().iter() {
+            f(g, t, *p, c.offset);
+        }
+    }
+
     /// Groups that have committed offsets.
     pub fn groups(&self) -> BTreeSet<String> {
         self.map().keys().map(|k| k.0.clone()).collect()

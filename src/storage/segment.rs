@@ -673,7 +673,10 @@ impl Segment {
 
     /// `fdatasync` of the `.log`.
     pub(crate) fn sync(&self) -> std::io::Result<()> {
-        self.log.sync_data()
+        let started = std::time::Instant::now();
+        let synced = self.log.sync_data();
+        crate::metrics::observe_fsync(started.elapsed());
+        synced
     }
 
     /// fsyncs both indexes (if open): only to spare a rebuild after a

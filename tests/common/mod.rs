@@ -19,6 +19,7 @@ pub fn config(dir: &Path) -> BrokerConfig {
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         kafka_listen: Some("127.0.0.1:0".parse().unwrap()),
+        http_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..BrokerConfig::default()
     }
 }

@@ -22,6 +22,24 @@ pub fn serve_on(cwd: &Path, listen: &str) -> (Child, String) {
 /// Starts `strata serve` in `cwd` with gRPC on `listen` and Kafka on a
 /// free port; returns the process, the gRPC URL and the Kafka address.
 pub fn serve_with_kafka(cwd: &Path, listen: &str) -> (Child, String, String) {
+    let (child, addrs) = serve_all(cwd, listen);
+    (child, addrs.grpc, addrs.kafka)
+}
+
+/// Where a broker started by [`serve_all`] listens.
+#[derive(Debug, Clone)]
+pub struct Addrs {
+    /// `http://host:port` of the gRPC listener.
+    pub grpc: String,
+    /// `host:port` of the Kafka listener.
+    pub kafka: String,
+    /// `host:port` of the HTTP listener.
+    pub http: String,
+}
+
+/// Starts `strata serve` in `cwd` with gRPC on `listen`, Kafka and HTTP on
+/// free ports.
+pub fn serve_all(cwd: &Path, listen: &str) -> (Child, Addrs) {
     let mut child = spawn_serve(cwd, listen);
     let mut out = BufReader::new(child.stdout.take().expect("stdout piped"));
     let mut addr = |what: &str| {
@@ -32,14 +50,15 @@ pub fn serve_with_kafka(cwd: &Path, listen: &str) -> (Child, String, String) {
     };
     let grpc = addr("strata listening");
     let kafka = addr("kafka listening");
-    (child, format!("http://{grpc}"), kafka)
+    let http = addr("http listening");
+    (child, Addrs { grpc: format!("http://{grpc}"), kafka, http })
 }
 
 /// `strata serve` in `cwd` with gRPC on `listen`, Kafka on a free port,
 /// stdout piped for the addresses.
 fn spawn_serve(cwd: &Path, listen: &str) -> Child {
     Command::new(BIN)
-        .args(["serve", "--listen", listen, "--kafka-listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", listen, "--kafka-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
         .current_dir(cwd)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

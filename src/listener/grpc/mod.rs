@@ -52,7 +52,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) -> anyhow::Result
         budget: broker.request_budget().clone(),
     };
     let service = routes::Routes::new(generated, handler, limits);
-    let incoming = accept::incoming(listener);
+    let incoming = accept::incoming(listener, "grpc", broker.metrics());
     let mut stopping = broker.watch_stopping();
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -66,6 +66,32 @@ pub const FETCH_PATH: &str = "/strata.v1.Broker/Fetch";
 pub const PRODUCE_PATH: &str = "/strata.v1.Broker/Produce";
 pub const PRODUCE_STREAM_PATH: &str = "/strata.v1.Broker/ProduceStream";
 
+/// The unary methods of `strata.v1.Broker`, whose durations are kept in
+/// `strata_request_duration_seconds` (a test checks the list against the
+/// proto). Streams (Subscribe, ProduceStream) last as long as the client
+/// wants and are not timed.
+pub const UNARY_METHODS: &[&str] = &[
+    "CreateTopic",
+    "DeleteTopic",
+    "ListTopics",
+    "DescribeTopic",
+    "AlterTopicConfig",
+    "CreatePartitions",
+    "InitProducer",
+    "Produce",
+    "Fetch",
+    "ListOffsets",
+    "JoinGroup",
+    "Heartbeat",
+    "LeaveGroup",
+    "CommitOffsets",
+    "FetchCommittedOffsets",
+    "ListGroups",
+    "DescribeGroup",
+    "ResetGroupOffsets",
+    "DeleteGroup",
+];
+
 /// Field numbers of `record_batches` in the two responses.
 const SUBSCRIBE_BATCHES_FIELD: u8 = 9;
 const FETCH_BATCHES_FIELD: u8 = 5;
@@ -96,11 +122,18 @@ pub struct Routes<S> {
     /// The handlers these routes run.
     service: BrokerService,
     limits: RequestLimits,
+    /// Duration histograms of the unary methods, by path.
+    durations: std::sync::Arc<std::collections::HashMap<String, prometheus_client::metrics::histogram::Histogram>>,
 }
 
 impl<S> Routes<S> {
     pub fn new(inner: S, service: BrokerService, limits: RequestLimits) -> Self {
-        Routes { inner, service, limits }
+        let metrics = service.broker.metrics();
+        let durations = UNARY_METHODS
+            .iter()
+            .map(|m| (format!("/strata.v1.Broker/{m}"), metrics.request_histogram("grpc", m)))
+            .collect();
+        Routes { inner, service, limits, durations: std::sync::Arc::new(durations) }
     }
 }
 
@@ -131,6 +164,28 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let timer = self.durations.get(request.uri().path()).cloned().map(crate::metrics::Timer::start);
+        let answer = self.route(request);
+        match timer {
+            None => answer,
+            Some(timer) => Box::pin(async move {
+                let response = answer.await;
+                drop(timer);
+                response
+            }),
+        }
+    }
+}
+
+impl<S> Routes<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    fn route(&mut self, request: http::Request<Body>) -> BoxFuture<'static, Result<http::Response<Body>, Infallible>> {
         let (service, limits) = (self.service.clone(), self.limits.clone());
         match request.uri().path() {
             SUBSCRIBE_PATH => Box::pin(async move { Ok(respond(subscribe(service, request, limits).await)) }),
@@ -653,6 +708,23 @@ mod tests {
         // The big batches go out as the stored bytes themselves.
         let shared = out.iter().filter(|c| c.as_ptr() == big.as_ptr()).count();
         assert_eq!(shared, 2);
+    }
+
+    #[test]
+    fn every_unary_method_of_the_proto_is_timed() {
+        let proto = include_str!("../../../proto/strata/v1/broker.proto");
+        let unary: Vec<&str> = proto
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("rpc ") && !l.contains("stream "))
+            .map(|l| l["rpc ".len()..].split('(').next().unwrap().trim())
+            .collect();
+        assert!(unary.len() > 10, "{unary:?}");
+        let mut listed = UNARY_METHODS.to_vec();
+        listed.sort_unstable();
+        let mut want = unary.clone();
+        want.sort_unstable();
+        assert_eq!(listed, want, "UNARY_METHODS must name every unary rpc of broker.proto");
     }
 
     #[test]

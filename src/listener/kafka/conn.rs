@@ -47,6 +47,19 @@ pub(super) struct Ctx {
     pub caller: Caller,
     /// The address this connection came in on (advertised when no other is set).
     pub local: SocketAddr,
+    /// Request duration histograms by API key, looked up once per connection.
+    pub durations: std::sync::Mutex<std::collections::HashMap<i16, prometheus_client::metrics::histogram::Histogram>>,
+}
+
+impl Ctx {
+    /// Times one request of `key` until the returned timer is dropped.
+    fn timer(&self, key: ApiKey) -> crate::metrics::Timer {
+        let mut durations = self.durations.lock().unwrap_or_else(|e| e.into_inner());
+        let histogram = durations
+            .entry(key as i16)
+            .or_insert_with(|| self.broker.metrics().request_histogram("kafka", &format!("{key:?}")));
+        crate::metrics::Timer::start(histogram.clone())
+    }
 }
 
 /// A handler's answer.
@@ -203,7 +216,7 @@ pub(super) async fn serve_connection(
     local: SocketAddr,
 ) {
     let caller = Caller::anonymous(Via::Kafka, peer);
-    let ctx = Ctx { broker, caller, local };
+    let ctx = Ctx { broker, caller, local, durations: Default::default() };
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel(PIPELINE_MAX);
     let writer = tokio::spawn(write_loop(wr, rx));
@@ -326,7 +339,17 @@ async fn handle_frame(ctx: &Ctx, frame: Bytes) -> Result<Option<Outgoing>, Strin
         .map_err(|e| format!("malformed {key:?} v{version} request header: {e}"))?;
     let client = header.client_id.as_ref().map(|c| c.as_str()).unwrap_or("");
     let span = tracing::debug_span!("kafka", api = ?key, version, correlation_id, client);
+    let timer = ctx.timer(key);
     let reply = tracing::Instrument::instrument(dispatch(ctx, key, version, client, body), span).await?;
+    // A produce's time runs until its flush policy is met.
+    let reply = match reply {
+        Reply::Later(done) => Reply::Later(Box::pin(async move {
+            let body = done.await;
+            drop(timer);
+            body
+        })),
+        reply => reply,
+    };
     let header_version = key.response_header_version(version);
     Ok(match reply {
         Reply::None => None,

@@ -37,7 +37,7 @@ pub const NODE_ID: i32 = 0;
 /// down; each connection is its own task and ends with the broker.
 pub fn serve(broker: Arc<Broker>, listener: TcpListener) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let local = listener.local_addr()?;
-    let mut incoming = Box::pin(accept::incoming(listener));
+    let mut incoming = Box::pin(accept::incoming(listener, "kafka", broker.metrics()));
     let mut stopping = broker.watch_stopping();
     let connections = tokio_util_tracker();
     Ok(tokio::spawn(async move {
@@ -49,12 +49,14 @@ pub fn serve(broker: Arc<Broker>, listener: TcpListener) -> anyhow::Result<JoinH
                 },
                 _ = crate::broker::stopped(&mut stopping) => break,
             };
+            let (stream, open) = stream.into_parts();
             let peer = stream.peer_addr().ok();
             let local = stream.local_addr().unwrap_or(local);
             let (broker, connections) = (broker.clone(), connections.clone());
             connections.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tokio::spawn(async move {
                 conn::serve_connection(broker, stream, peer, local).await;
+                drop(open);
                 connections.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 connections.1.notify_waiters();
             });

@@ -432,7 +432,7 @@ impl Log {
 
     /// Bytes of readable data in all segments.
     pub fn size_bytes(&self) -> u64 {
-        self.segments_snapshot().iter().map(|s| s.readable_len()).sum()
+        self.segments.read().unwrap_or_else(|e| e.into_inner()).values().map(|s| s.readable_len()).sum()
     }
 
     /// Timestamp of the first record and the largest timestamp, if any record is readable.
