@@ -25,6 +25,7 @@ pub mod listener;
 pub mod metrics;
 pub mod server;
 pub mod storage;
+pub mod telemetry;
 
 /// Generated protobuf and gRPC types for `strata.v1`.
 pub mod proto {

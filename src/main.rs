@@ -71,6 +71,47 @@ fn log_panics() {
     }));
 }
 
+/// Logs to stderr (text or JSON, filtered by `RUST_LOG`), plus OTLP span
+/// export when `otlp` (see `strata::telemetry`).
+fn init_logging(
+    runtime: &tokio::runtime::Runtime,
+    format: strata::cli::LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    otlp: bool,
+) -> Option<strata::telemetry::Exporter> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        // A log line that cannot be written is dropped: the default reports
+        // it with eprintln!, which panics when stderr is gone.
+        .log_internal_errors(false);
+    let fmt = match format {
+        strata::cli::LogFormat::Json => fmt.json().with_current_span(false).with_filter(filter).boxed(),
+        strata::cli::LogFormat::Text => {
+            fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_filter(filter).boxed()
+        }
+    };
+    let registry = tracing_subscriber::registry().with(fmt);
+    if !otlp {
+        registry.init();
+        return None;
+    }
+    let _inside = runtime.enter();
+    match strata::telemetry::otlp_layer("strata") {
+        Ok((layer, exporter)) => {
+            registry.with(layer).init();
+            Some(exporter)
+        }
+        Err(e) => {
+            registry.init();
+            tracing::error!(error = %format!("{e:#}"), "cannot export spans over OTLP; going on without");
+            None
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     reserve_standard_descriptors();
     tune_allocator();
@@ -92,19 +133,6 @@ fn main() -> std::process::ExitCode {
         },
         _ => (tracing_subscriber::EnvFilter::new(default_level), None),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // A log line that cannot be written is dropped: the default reports
-        // it with eprintln!, which panics when stderr is gone.
-        .log_internal_errors(false);
-    match cli.log_format {
-        strata::cli::LogFormat::Json => builder.json().with_current_span(false).init(),
-        strata::cli::LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
-    }
-    if let Some((value, why)) = bad_filter {
-        tracing::warn!(rust_log = %value, error = %why, level = default_level, "RUST_LOG is not a valid filter; logging at the default level");
-    }
     log_panics();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -113,6 +141,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // Spans go to OTLP only from the broker, and only when asked for; the
+    // exporter sends from this runtime and is flushed when dropped.
+    let otlp_wanted = matches!(cli.command, strata::cli::Command::Serve(_)) && strata::telemetry::export_requested();
+    let _exporter = init_logging(&runtime, cli.log_format, filter, otlp_wanted);
+    if let Some((value, why)) = bad_filter {
+        tracing::warn!(rust_log = %value, error = %why, level = default_level, "RUST_LOG is not a valid filter; logging at the default level");
+    }
     match runtime.block_on(strata::cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -35,13 +35,16 @@ pub struct Caller {
     pub via: Via,
     /// The span the operation's work and logs belong to.
     pub span: tracing::Span,
+    /// The caller's W3C trace context (gRPC `traceparent` metadata), stored
+    /// on the records it produces that carry none.
+    pub trace: Option<crate::telemetry::TraceContext>,
 }
 
 impl Caller {
     /// An anonymous caller that came through `via` from `peer`.
     pub fn anonymous(via: Via, peer: Option<SocketAddr>) -> Caller {
         let span = tracing::debug_span!("request", %via, peer = ?peer);
-        Caller { principal: None, peer, via, span }
+        Caller { principal: None, peer, via, span, trace: None }
     }
 
     /// The broker itself (internal produce for dead letters and alerts).
@@ -51,7 +54,14 @@ impl Caller {
             peer: None,
             via: Via::Internal,
             span: tracing::Span::current(),
+            trace: None,
         }
+    }
+
+    /// The caller, with the trace context its request carried.
+    pub fn with_trace(mut self, trace: Option<crate::telemetry::TraceContext>) -> Caller {
+        self.trace = trace;
+        self
     }
 
     /// The principal's name for logs: `anonymous` when there is none.

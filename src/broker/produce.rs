@@ -111,7 +111,7 @@ impl Broker {
     /// Writes a produce request's batches (one atomic batch per partition)
     /// in call order, without waiting for durability: pipelined producers
     /// call this in order and await [`PendingProduce::wait`] concurrently.
-    pub async fn produce_pending(&self, _caller: &Caller, request: ProduceRequest) -> Result<PendingProduce> {
+    pub async fn produce_pending(&self, caller: &Caller, request: ProduceRequest) -> Result<PendingProduce> {
         self.check_running()?;
         let topic = self.topic(&request.topic)?;
         if request.batch.is_some() {
@@ -137,6 +137,9 @@ impl Broker {
             let size = record_size(&record.key, &record.value, &record.headers);
             check_record_limits(&topic.name, &config, i, size, record.headers.len())?;
             bytes += size;
+            if let Some(trace) = &caller.trace {
+                trace.stamp(&mut record.headers);
+            }
             record.timestamp_ms = record_timestamp(&config, now, record.timestamp_ms);
             let partition = match request.partition {
                 Some(p) => p,

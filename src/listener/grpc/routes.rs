@@ -269,7 +269,8 @@ async fn produce(
 /// they arrive in. A request refused before decoding (too large, too many
 /// records, malformed) is answered with its error and the stream goes on.
 fn produce_stream(service: BrokerService, request: http::Request<Body>, limits: RequestLimits) -> Framed {
-    let caller = caller_of(request.extensions());
+    let caller =
+        caller_of(request.extensions()).with_trace(crate::telemetry::TraceContext::from_headers(request.headers()));
     let reader = MessageReader::new(request.into_body(), limits);
     let requests = futures::stream::unfold(Some(reader), |state| async move {
         let mut reader = state?;

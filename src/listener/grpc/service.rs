@@ -14,6 +14,8 @@ use super::status::to_status;
 use crate::broker::budget::BudgetPermit;
 use crate::broker::{Broker, BrokerError, Caller, PipelineItem, Pipelined, Position, ProduceResult, Via};
 use crate::proto;
+use crate::telemetry;
+use tracing::Instrument as _;
 
 #[derive(Debug, Clone)]
 pub struct BrokerService {
@@ -26,9 +28,11 @@ pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 's
 /// budget, to drop once the connection has the bytes (`routes.rs`).
 pub type BudgetedStream = Pin<Box<dyn Stream<Item = Result<(proto::SubscribeResponse, BudgetPermit), Status>> + Send>>;
 
-/// The caller of a gRPC request: anonymous (until security), from its peer.
+/// The caller of a gRPC request: anonymous (until security), from its
+/// peer, with the trace context of its metadata.
 pub fn caller_of<T>(request: &Request<T>) -> Caller {
-    Caller::anonymous(Via::Grpc, request.remote_addr())
+    let trace = crate::telemetry::TraceContext::from_headers(request.metadata().as_ref());
+    Caller::anonymous(Via::Grpc, request.remote_addr()).with_trace(trace)
 }
 
 /// A ProduceStream's requests as its reader produced them.
@@ -168,7 +172,10 @@ impl proto::broker_server::Broker for BrokerService {
         let r = request.into_inner();
         let request_id = r.request_id;
         let request = convert::produce_request(r).map_err(to_status)?;
-        let results = self.broker.produce(&caller, request).await.map_err(to_status)?;
+        let span = telemetry::publish_span(&request.topic, request.partition, caller.trace.as_ref());
+        let results = self.broker.produce(&caller, request).instrument(span.clone()).await;
+        telemetry::record_published(&span, &results);
+        let results = results.map_err(to_status)?;
         Ok(Response::new(proto::ProduceResponse {
             results: convert::produce_results(results),
             request_id,
@@ -198,8 +205,17 @@ impl proto::broker_server::Broker for BrokerService {
         let caller = caller_of(&request);
         let r = request.into_inner();
         let (topic, partition) = (r.topic.clone(), r.partition);
-        let fetched = self.broker.fetch(&caller, convert::fetch_request(r).map_err(to_status)?).await;
-        Ok(Response::new(convert::fetch_response(&topic, partition, fetched.map_err(to_status)?)))
+        let request = convert::fetch_request(r).map_err(to_status)?;
+        let span = match request.from {
+            Position::Offset(o) => telemetry::receive_span(&topic, partition, o),
+            _ => telemetry::receive_span(&topic, partition, 0),
+        };
+        let fetched = self.broker.fetch(&caller, request).instrument(span.clone()).await.map_err(to_status)?;
+        if let crate::broker::Fetched::Records(read) = &fetched {
+            span.record("messaging.batch.message_count", read.records.len());
+            telemetry::link_records(&span, read.records.iter().map(|r| &r.headers[..]));
+        }
+        Ok(Response::new(convert::fetch_response(&topic, partition, fetched)))
     }
 
     type SubscribeStream = BoxStream<proto::SubscribeResponse>;
