@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::process::{run, serve};
+use common::process::{run, serve_all};
 
 fn tour_commands() -> Vec<String> {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
@@ -19,7 +19,8 @@ fn tour_commands() -> Vec<String> {
 #[test]
 fn readme_tour_works_as_written() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut broker, server) = serve(dir.path());
+    let (mut broker, addrs) = serve_all(dir.path(), "127.0.0.1:0");
+    let server = addrs.grpc.clone();
     let commands = tour_commands();
     assert!(commands.len() >= 6, "the tour has its commands: {commands:?}");
     let mut outputs = Vec::new();
@@ -55,6 +56,32 @@ fn readme_tour_works_as_written() {
         lag.lines().find(|l| l.starts_with("TOTAL")).unwrap().split_whitespace().last().unwrap().parse().unwrap();
     assert_eq!(total, 1, "three records, two consumed and committed\n{lag}");
 
+    // The README's metrics block, right after the tour: the lag Prometheus
+    // scrapes is the lag `group describe` shows, and `strata top` shows it.
+    let metrics = common::readme_block("metrics");
+    let mut lines = metrics.lines().filter(|l| !l.trim().is_empty());
+    let curl = lines.next().expect("the curl line").replace("127.0.0.1:9644", &addrs.http);
+    assert!(curl.starts_with("curl ") && curl.contains("grep strata_consumer_group_lag"), "{curl}");
+    assert!(
+        Command::new("curl").arg("--version").output().is_ok(),
+        "curl is needed for this test (apt-get install curl)"
+    );
+    let (ok, scraped, stderr) = run(dir.path(), &server, &curl);
+    assert!(ok, "`{curl}` failed: {stderr}");
+    let series: Vec<&str> = scraped.lines().filter(|l| l.starts_with("strata_consumer_group_lag{")).collect();
+    assert_eq!(series.len(), 3, "one series per partition of payments.sent: {scraped}");
+    let scraped_lag: u64 = series.iter().map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap()).sum();
+    assert_eq!(scraped_lag, total, "{scraped}");
+    assert!(series.iter().all(|l| l.contains("group=\"alerts\"") && l.contains("topic=\"payments.sent\"")));
+    let top = lines.next().expect("the strata top line");
+    let (ok, view, stderr) = run(dir.path(), &server, &format!("STRATA_HTTP={} {top}", addrs.http));
+    assert!(ok, "`{top}` failed: {stderr}");
+    assert!(
+        view.lines().any(|l| l.starts_with("payments.sent ") && l.split_whitespace().nth(5) == Some("3")),
+        "{view}"
+    );
+    assert!(view.lines().any(|l| l.starts_with("alerts ") && l.contains("payments.sent")), "{view}");
+
     // Errors are one clear line and a non-zero exit.
     let (ok, _, stderr) = run(dir.path(), &server, "strata consume no.such.topic");
     assert!(!ok && stderr.trim().lines().count() == 1 && stderr.contains("no.such.topic"), "{stderr}");
@@ -87,7 +114,8 @@ fn readme_tour_works_as_written() {
 #[test]
 fn log_verify_reports_a_corrupt_segment_with_file_and_position() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut broker, server) = serve(dir.path());
+    let (mut broker, addrs) = serve_all(dir.path(), "127.0.0.1:0");
+    let server = addrs.grpc.clone();
     assert!(run(dir.path(), &server, "strata topic create t --config segment.bytes=1024").0);
     for i in 0..30 {
         assert!(run(dir.path(), &server, &format!("strata produce t value-{i}-{}", "x".repeat(50))).0);
@@ -110,7 +138,8 @@ fn log_verify_reports_a_corrupt_segment_with_file_and_position() {
 #[test]
 fn server_addresses_work_as_people_type_them_and_an_unreachable_one_says_why() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut broker, server) = serve(dir.path());
+    let (mut broker, addrs) = serve_all(dir.path(), "127.0.0.1:0");
+    let server = addrs.grpc.clone();
     let bare = server.trim_start_matches("http://").to_string();
     let (ok, _, err) = run(dir.path(), &server, &format!("strata topic create plain --server {bare}"));
     assert!(ok, "host:port without a scheme: {err}");

@@ -127,8 +127,23 @@ async fn lag_is_what_describe_group_says() {
         .await
         .unwrap();
     }
+    // A group that committed to one partition only: the others count from
+    // the log start, as DescribeGroup has them.
+    c.commit_offsets(proto::CommitOffsetsRequest {
+        group: "sync".into(),
+        member_id: String::new(),
+        generation: 0,
+        offsets: vec![proto::OffsetCommit {
+            topic: "policy.updated".into(),
+            partition: 1,
+            offset: 2,
+            metadata: String::new(),
+        }],
+    })
+    .await
+    .unwrap();
     let samples = metrics(&server).await;
-    for group in ["auditors", "ui"] {
+    for group in ["auditors", "ui", "sync"] {
         let described =
             c.describe_group(proto::DescribeGroupRequest { group: group.into() }).await.unwrap().into_inner();
         assert_eq!(described.partitions.len(), 3);

@@ -175,24 +175,43 @@ impl Broker {
         topics.sort_by(|a, b| a.name.cmp(&b.name));
         let mut high_watermarks = HashMap::with_capacity(topics.len());
         for t in &topics {
-            let hws: Vec<u64> = t.partitions.iter().map(|p| p.log.high_watermark()).collect();
-            for (p, &hw) in t.partitions.iter().zip(&hws) {
+            let hws: Vec<(u64, u64)> =
+                t.partitions.iter().map(|p| (p.log.high_watermark(), p.log.log_start_offset())).collect();
+            for (p, &(hw, start)) in t.partitions.iter().zip(&hws) {
                 snapshot.partitions.push(PartitionState {
                     topic: t.name.clone(),
                     partition: p.id,
                     high_watermark: hw,
-                    log_start_offset: p.log.log_start_offset(),
+                    log_start_offset: start,
                     size_bytes: p.log.size_bytes(),
                 });
             }
             high_watermarks.insert(t.name.as_str(), hws);
         }
+        // As DescribeGroup has it: every partition of a topic the group
+        // committed to, those without a commit counted from the log start.
+        let mut committed: Vec<(String, String, u32, u64)> = Vec::new();
         self.groups.offsets.for_each(|group, topic, partition, offset| {
-            if let Some(hw) = high_watermarks.get(topic).and_then(|h| h.get(partition as usize)) {
-                let lag = hw.saturating_sub(offset);
-                snapshot.lag.push(LagState { group: group.to_string(), topic: topic.to_string(), partition, lag });
+            if high_watermarks.contains_key(topic) {
+                committed.push((group.to_string(), topic.to_string(), partition, offset));
             }
         });
+        for run in committed.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1) {
+            let (group, topic) = (&run[0].0, &run[0].1);
+            let mut offsets = run.iter().map(|c| (c.2, c.3)).peekable();
+            for (partition, &(hw, start)) in high_watermarks[topic.as_str()].iter().enumerate() {
+                let partition = partition as u32;
+                let from = match offsets.peek() {
+                    Some(&(p, offset)) if p == partition => {
+                        offsets.next();
+                        offset
+                    }
+                    _ => start,
+                };
+                let lag = hw.saturating_sub(from);
+                snapshot.lag.push(LagState { group: group.clone(), topic: topic.clone(), partition, lag });
+            }
+        }
         let mut out = String::with_capacity(256 + snapshot.partitions.len() * 200 + snapshot.lag.len() * 80);
         // Writing into a String cannot fail.
         let _ = self.metrics.encode_into(&mut out);

@@ -8,6 +8,7 @@ pub mod offsets;
 pub mod produce;
 pub mod serve;
 pub mod time;
+pub mod top;
 pub mod topic;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -94,6 +95,8 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Live view of records/s per topic and lag per group (from the HTTP listener's /metrics).
+    Top(top::TopArgs),
     /// Load generator and machine-limit baselines.
     Bench {
         #[command(subcommand)]
@@ -280,6 +283,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group { command, client } => group::run(command, &client).await,
         Command::Offsets { args, client } => offsets::run(args, &client).await,
         Command::Log { command } => log::run(command),
+        Command::Top(args) => top::run(args).await,
         Command::Bench { command } => crate::bench::run(command).await,
     }
 }
