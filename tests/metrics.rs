@@ -230,3 +230,76 @@ async fn the_grafana_dashboard_uses_exported_names() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// The scrape time the issue asks to report, with as many partitions as the
+/// open-file limit allows (each keeps 3 files open: 10,000 need 30,000, and
+/// the hard limit here is 20,000; `STRATA_SCRAPE_TOPICS` sets the number of
+/// 100-partition topics, default 60) and 1,000 groups, each committed on
+/// every partition of one topic (100,000 lag series). Timings are printed,
+/// never asserted:
+/// `cargo test --release --test metrics -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check; run by hand"]
+async fn scrape_time_with_10k_partitions_and_1k_groups() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    let topics: u32 = std::env::var("STRATA_SCRAPE_TOPICS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let started = std::time::Instant::now();
+    for t in 0..topics {
+        let name = format!("topic.{t:03}");
+        c.create_topic(proto::CreateTopicRequest {
+            name: name.clone(),
+            partitions: 100,
+            config: [("flush.policy".to_string(), "never".to_string())].into(),
+        })
+        .await
+        .unwrap();
+        for p in 0..100 {
+            produce(&mut c, &name, Some(p), vec![record("k", "v"), record("k", "w")]).await;
+        }
+    }
+    for g in 0..1000 {
+        let topic = format!("topic.{:03}", g % topics);
+        let offsets = (0..100)
+            .map(|p| proto::OffsetCommit { topic: topic.clone(), partition: p, offset: 1, metadata: String::new() })
+            .collect();
+        c.commit_offsets(proto::CommitOffsetsRequest {
+            group: format!("group-{g:04}"),
+            member_id: String::new(),
+            generation: 0,
+            offsets,
+        })
+        .await
+        .unwrap();
+    }
+    println!("set up in {:.1} s", started.elapsed().as_secs_f64());
+    let http = server.http_addr().unwrap().to_string();
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let (status, body) = scrape::http_get(&http, "/metrics").await.unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(status, 200);
+        let lag_series = body.lines().filter(|l| l.starts_with("strata_consumer_group_lag{")).count();
+        assert_eq!(lag_series, 100_000);
+        println!("scrape: {:.1} ms, {} bytes", times.last().unwrap(), body.len());
+    }
+    times.sort_by(f64::total_cmp);
+    let mut encode = Vec::new();
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let text = server.broker().metrics_text();
+        encode.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert!(text.len() > 1000);
+    }
+    encode.sort_by(f64::total_cmp);
+    println!("median of building the text alone: {:.1} ms", encode[2]);
+    println!(
+        "median scrape over HTTP: {:.1} ms ({} partitions, 1,000 groups, 100,000 lag series)",
+        times[2],
+        topics * 100
+    );
+    server.shutdown().await.unwrap();
+}

@@ -190,16 +190,24 @@ impl Broker {
         }
         // As DescribeGroup has it: every partition of a topic the group
         // committed to, those without a commit counted from the log start.
-        let mut committed: Vec<(String, String, u32, u64)> = Vec::new();
+        // Committed offsets come in key order, so one (group, topic) entry
+        // per run: two strings per group and topic, not per partition.
+        let mut committed: Vec<(LagState, Vec<(u32, u64)>)> = Vec::new();
         self.groups.offsets.for_each(|group, topic, partition, offset| {
-            if high_watermarks.contains_key(topic) {
-                committed.push((group.to_string(), topic.to_string(), partition, offset));
+            if !high_watermarks.contains_key(topic) {
+                return;
+            }
+            match committed.last_mut() {
+                Some((l, offsets)) if l.group == group && l.topic == topic => offsets.push((partition, offset)),
+                _ => {
+                    let l = LagState { group: group.to_string(), topic: topic.to_string(), partitions: Vec::new() };
+                    committed.push((l, vec![(partition, offset)]));
+                }
             }
         });
-        for run in committed.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1) {
-            let (group, topic) = (&run[0].0, &run[0].1);
-            let mut offsets = run.iter().map(|c| (c.2, c.3)).peekable();
-            for (partition, &(hw, start)) in high_watermarks[topic.as_str()].iter().enumerate() {
+        for (mut l, offsets) in committed {
+            let mut offsets = offsets.into_iter().peekable();
+            for (partition, &(hw, start)) in high_watermarks[l.topic.as_str()].iter().enumerate() {
                 let partition = partition as u32;
                 let from = match offsets.peek() {
                     Some(&(p, offset)) if p == partition => {
@@ -208,14 +216,14 @@ impl Broker {
                     }
                     _ => start,
                 };
-                let lag = hw.saturating_sub(from);
-                snapshot.lag.push(LagState { group: group.clone(), topic: topic.clone(), partition, lag });
+                l.partitions.push((partition, hw.saturating_sub(from)));
             }
+            snapshot.lag.push(l);
         }
         let mut out = String::with_capacity(256 + snapshot.partitions.len() * 200 + snapshot.lag.len() * 80);
         // Writing into a String cannot fail.
         let _ = self.metrics.encode_into(&mut out);
-        let _ = snapshot.encode_into(&mut out);
+        snapshot.encode_into(&mut out);
         out
     }
 

@@ -6,15 +6,20 @@
 //! once (per topic, when the topic is opened or created) and kept in the
 //! topic's partitions, so counting a produce or a fetch is two relaxed
 //! atomic adds: no lock, no lookup, no allocation per request or record.
-//! The `metrics` facade with `metrics-exporter-prometheus` was the other
-//! candidate; its handles are as cheap, but it has no collector, so the
-//! gauges below would need a loop to keep them set (and to delete the
-//! label sets of deleted topics and groups).
+//! Histograms (request durations, fsyncs) take an uncontended lock per
+//! observation, once per request or fsync, never per record. The `metrics`
+//! facade with `metrics-exporter-prometheus` was the other candidate: its
+//! handles are as cheap, but it owns a global recorder and renders only
+//! what was set through it, so gauges of the broker's state would need a
+//! loop to keep them set and to delete the series of deleted topics and
+//! groups; here they are written from the state at scrape time.
 //!
 //! What the broker's state already knows (high watermarks, log starts,
 //! sizes, committed offsets, so consumer lag) is read at scrape time
 //! ([`state`]): a scrape costs a walk over partitions and committed
-//! offsets, and nothing at all happens between scrapes.
+//! offsets, and nothing at all happens between scrapes (6,000 partitions
+//! and 1,000 groups, 106,000 series: about 22 ms to build, 56 ms over HTTP;
+//! `tests/metrics.rs`, `scrape_time_*`).
 //!
 //! - `mod.rs`: the registry and the handles the data path counts with.
 //! - `state.rs`: the gauges computed per scrape.

@@ -4,12 +4,6 @@
 //! (`Broker::metrics_text`); nothing runs between scrapes, however many
 //! groups there are.
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
-
 /// One partition's offsets and size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionState {
@@ -20,13 +14,13 @@ pub struct PartitionState {
     pub size_bytes: u64,
 }
 
-/// One committed offset's lag.
+/// A group's lag on the partitions of one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LagState {
     pub group: String,
     pub topic: String,
-    pub partition: u32,
-    pub lag: u64,
+    /// (partition, lag), by partition.
+    pub partitions: Vec<(u32, u64)>,
 }
 
 /// What one scrape reports of the broker's state.
@@ -36,12 +30,41 @@ pub struct Snapshot {
     pub lag: Vec<LagState>,
 }
 
-fn gauge(v: u64) -> ConstGauge<i64> {
-    ConstGauge::new(v.min(i64::MAX as u64) as i64)
+/// Appends `v` to a label value, escaped as the text format asks.
+fn push_label(out: &mut String, v: &str) {
+    if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.push_str(v);
+        return;
+    }
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
 }
 
-impl Collector for Snapshot {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+fn push_header(out: &mut String, name: &str, help: &str) {
+    out.push_str("# HELP ");
+    out.push_str(name);
+    out.push(' ');
+    out.push_str(help);
+    out.push_str("\n# TYPE ");
+    out.push_str(name);
+    out.push_str(" gauge\n");
+}
+
+impl Snapshot {
+    /// Appends the snapshot's gauges to `out` in the text format (0.0.4).
+    ///
+    /// Written here rather than through `prometheus-client`'s encoder: a
+    /// scrape of a big broker is 100,000+ of these lines (a series per
+    /// group and partition), and the generic encoder's formatting machinery
+    /// took 72 ms for 106,000 of them where this takes a few.
+    pub fn encode_into(self, out: &mut String) {
+        let mut number = itoa::Buffer::new();
         type Of = fn(&PartitionState) -> u64;
         let per_partition: [(&str, &str, Of); 3] = [
             ("strata_partition_high_watermark", "The next offset to be written", |p| p.high_watermark),
@@ -49,38 +72,49 @@ impl Collector for Snapshot {
             ("strata_partition_size_bytes", "Bytes of the partition's segments", |p| p.size_bytes),
         ];
         for (name, help, of) in per_partition {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            push_header(out, name, help);
             for p in &self.partitions {
-                let labels = ([("topic", p.topic.as_str())], [("partition", p.partition)]);
-                gauge(of(p)).encode(family.encode_family(&labels)?)?;
+                out.push_str(name);
+                out.push_str("{topic=\"");
+                push_label(out, &p.topic);
+                out.push_str("\",partition=\"");
+                out.push_str(number.format(p.partition));
+                out.push_str("\"} ");
+                out.push_str(number.format(of(p)));
+                out.push('\n');
             }
         }
-        let mut family = encoder.encode_descriptor(
-            "strata_consumer_group_lag",
-            "Records between a group's committed offset and the high watermark",
-            None,
-            MetricType::Gauge,
-        )?;
+        let name = "strata_consumer_group_lag";
+        push_header(out, name, "Records between a group's committed offset and the high watermark");
         for l in &self.lag {
-            let labels = ([("group", l.group.as_str()), ("topic", l.topic.as_str())], [("partition", l.partition)]);
-            gauge(l.lag).encode(family.encode_family(&labels)?)?;
+            let mut labels = String::with_capacity(l.group.len() + l.topic.len() + 48);
+            labels.push_str(name);
+            labels.push_str("{group=\"");
+            push_label(&mut labels, &l.group);
+            labels.push_str("\",topic=\"");
+            push_label(&mut labels, &l.topic);
+            labels.push_str("\",partition=\"");
+            for &(partition, lag) in &l.partitions {
+                out.push_str(&labels);
+                out.push_str(number.format(partition));
+                out.push_str("\"} ");
+                out.push_str(number.format(lag));
+                out.push('\n');
+            }
         }
-        Ok(())
-    }
-}
-
-impl Snapshot {
-    /// Appends the snapshot's gauges to `out` in the text format.
-    pub fn encode_into(self, out: &mut String) -> std::fmt::Result {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(self));
-        prometheus_client::encoding::prometheus_text::encode(out, &registry)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        push_label(&mut out, "a\"b\\c\nd");
+        assert_eq!(out, "a\\\"b\\\\c\\nd");
+    }
 
     #[test]
     fn gauges_carry_their_labels() {
@@ -92,10 +126,10 @@ mod tests {
                 log_start_offset: 3,
                 size_bytes: 700,
             }],
-            lag: vec![LagState { group: "g".into(), topic: "a.b".into(), partition: 2, lag: 4 }],
+            lag: vec![LagState { group: "g".into(), topic: "a.b".into(), partitions: vec![(2, 4)] }],
         };
         let mut text = String::new();
-        snapshot.encode_into(&mut text).unwrap();
+        snapshot.encode_into(&mut text);
         for line in [
             "strata_partition_high_watermark{topic=\"a.b\",partition=\"2\"} 10",
             "strata_partition_log_start_offset{topic=\"a.b\",partition=\"2\"} 3",
