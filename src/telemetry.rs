@@ -247,7 +247,11 @@ where
         opentelemetry_sdk::runtime::Tokio,
     )
     .build();
-    let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
+    // OTEL_SERVICE_NAME (and OTEL_RESOURCE_ATTRIBUTES) win, as everywhere.
+    let resource = match std::env::var_os("OTEL_SERVICE_NAME") {
+        Some(_) => opentelemetry_sdk::Resource::builder().build(),
+        None => opentelemetry_sdk::Resource::builder().with_service_name(service).build(),
+    };
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_resource(resource)
