@@ -174,6 +174,28 @@ async fn healthz_says_ok_and_unknown_paths_are_404() {
 }
 
 #[tokio::test]
+async fn a_client_that_never_sends_is_cut_off_after_the_read_timeout() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = strata::config::BrokerConfig {
+        request_read_timeout: std::time::Duration::from_millis(300),
+        ..common::config(dir.path())
+    };
+    let server = strata::server::start(config).await.unwrap();
+    let http = server.http_addr().unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(http).await.unwrap();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), stalled.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the broker closes a silent connection: {closed:?}");
+    let mut half = tokio::net::TcpStream::connect(http).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut half, b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), half.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(_)) | Ok(Err(_))), "and one stalled inside its headers: {closed:?}");
+    assert_eq!(scrape::http_get(&http.to_string(), "/healthz").await.unwrap().0, 200);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn garbage_on_the_http_port_leaves_it_serving() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
@@ -240,7 +262,7 @@ async fn the_grafana_dashboard_uses_exported_names() {
 /// `cargo test --release --test metrics -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a check; run by hand"]
-async fn scrape_time_with_10k_partitions_and_1k_groups() {
+async fn scrape_time_with_many_partitions_and_1k_groups() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;

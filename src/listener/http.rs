@@ -42,43 +42,43 @@ async fn healthz(State(broker): State<Arc<Broker>>) -> Response {
     }
 }
 
-/// The shared accept loop as axum's listener.
-struct Accepted {
-    incoming: futures::stream::BoxStream<'static, std::io::Result<Counted>>,
-    local: std::net::SocketAddr,
-}
-
-impl axum::serve::Listener for Accepted {
-    type Io = Counted;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Counted, std::net::SocketAddr) {
-        loop {
-            // `incoming` never ends and handles its own errors.
-            if let Some(Ok(conn)) = self.incoming.next().await {
-                let peer = conn.stream.peer_addr().unwrap_or(self.local);
-                return (conn, peer);
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        Ok(self.local)
-    }
-}
-
-/// Serves the HTTP routes on `listener` until the broker begins to shut down.
+/// Serves the HTTP routes on `listener` until the broker begins to shut
+/// down. hyper directly, rather than `axum::serve`, for a header read
+/// timeout: a client that connects and never sends (or stalls inside its
+/// headers, or idles between keep-alive requests) is cut off after
+/// `request_read_timeout_ms`, as on the other listeners, instead of
+/// holding a connection forever.
 pub fn serve(broker: Arc<Broker>, listener: TcpListener) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
-    let local = listener.local_addr()?;
-    let incoming = accept::incoming(listener, "http", broker.metrics()).boxed();
+    let mut incoming = accept::incoming(listener, "http", broker.metrics()).boxed();
     let mut stopping = broker.watch_stopping();
+    let timeout = broker.config().request_read_timeout;
     let app = router(broker);
     Ok(tokio::spawn(async move {
-        axum::serve(Accepted { incoming, local }, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopping.wait_for(|s| *s).await;
-            })
-            .await?;
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let conn: Counted = tokio::select! {
+                c = incoming.next() => match c {
+                    Some(Ok(c)) => c,
+                    Some(Err(_)) | None => continue,
+                },
+                _ = crate::broker::stopped(&mut stopping) => break,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(conn), service);
+            let served = graceful.watch(served);
+            tokio::spawn(async move {
+                if let Err(e) = served.await {
+                    tracing::debug!(error = %e, "http connection ended");
+                }
+            });
+        }
+        // Requests in flight finish; idle keep-alive connections close.
+        if tokio::time::timeout(crate::config::SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+            tracing::warn!("http requests did not finish within the shutdown grace; closing anyway");
+        }
         Ok(())
     }))
 }
