@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::process::run;
+use common::process::{kill9, run, serve};
 
 #[test]
 fn bench_modes_print_a_json_summary() {
@@ -54,8 +54,26 @@ fn bench_modes_print_a_json_summary() {
             assert!(props.contains("enable.idempotence=true"), "bench {mode}: {props}");
         }
         assert!(summary["p50_ms"].as_f64().unwrap() <= summary["max_ms"].as_f64().unwrap());
+        // Embedded: the CPU of this whole process (broker and load) per GB.
+        assert_eq!(summary["cpu_scope"], "process", "bench {mode}: {summary}");
+        assert!(summary["cpu_s_per_gb"].as_f64().is_some_and(|c| c > 0.0), "bench {mode}: {summary}");
     }
     // The embedded broker's temp dirs are cleaned up.
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// Against a broker in another process, `cpu_s_per_gb` is that process's
+/// CPU (found by the port it listens on), not the bench's.
+#[test]
+fn bench_against_a_server_reports_the_broker_s_cpu_per_gb() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut broker, url) = serve(dir.path());
+    let (ok, out, err) =
+        run(dir.path(), &url, &format!("strata bench produce --server {url} --records 20000 --producers 2 --json"));
+    kill9(&mut broker);
+    assert!(ok, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(summary["cpu_scope"], "broker", "{summary}");
+    assert!(summary["cpu_s_per_gb"].as_f64().is_some_and(|c| c > 0.0), "{summary}");
 }

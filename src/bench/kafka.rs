@@ -195,6 +195,7 @@ pub async fn produce_on(target: &KafkaTarget, args: &BenchArgs) -> anyhow::Resul
     let meter = Meter::new();
     let done = Arc::new(AtomicBool::new(false));
     meter.spawn_progress("produce (kafka)".into(), done.clone());
+    let cpu = super::cpu::CpuMeter::begin(args.server.as_deref());
     let started = Instant::now();
     match args.client {
         KafkaClient::Librdkafka => {
@@ -205,7 +206,7 @@ pub async fn produce_on(target: &KafkaTarget, args: &BenchArgs) -> anyhow::Resul
     }
     let elapsed = started.elapsed();
     done.store(true, Ordering::Relaxed);
-    Ok(meter.summary("produce", elapsed, config_json(args)))
+    Ok(meter.summary("produce", elapsed, config_json(args), &cpu))
 }
 
 /// (partition, records present) of the topic.
@@ -255,6 +256,7 @@ pub async fn consume_on(target: &KafkaTarget, args: &BenchArgs) -> anyhow::Resul
     let done = Arc::new(AtomicBool::new(false));
     meter.spawn_progress("consume (kafka)".into(), done.clone());
     let deadline = args.duration.map(|d| Instant::now() + d);
+    let cpu = super::cpu::CpuMeter::begin(args.server.as_deref());
     let started = Instant::now();
     let consumers = args.consumers.max(1).min(parts.len().max(1));
     // Records left to read, every consumer together.
@@ -292,7 +294,7 @@ pub async fn consume_on(target: &KafkaTarget, args: &BenchArgs) -> anyhow::Resul
     }
     let elapsed = started.elapsed();
     done.store(true, Ordering::Relaxed);
-    Ok(meter.summary("consume", elapsed, config_json(args)))
+    Ok(meter.summary("consume", elapsed, config_json(args), &cpu))
 }
 
 /// One consumer reading its partitions from the beginning until the shared

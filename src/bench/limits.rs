@@ -234,53 +234,54 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
 
     let rows = serde_json::json!({
         "baselines_mb_per_s": {"append_fdatasync_64k": sync_64k, "append_fdatasync_1m": sync_1m, "buffered_write": buffered, "buffered_write_first_touch": fresh, "loopback_tcp": tcp, "loopback_tcp_each": tcp_all, "buffered_write_before_3b": fresh_b, "buffered_write_before_3c": fresh_c, "fdatasync_10k_p50_ms": fsync_p50, "fdatasync_10k_p99_ms": fsync_p99},
-        "produce_always_1k": {"mb_per_s": p1.mb_per_s, "records_per_s": p1.records_per_s, "p99_ms": p1.p99_ms, "ratio_to_fdatasync_1m": p1.mb_per_s / sync_1m},
-        "produce_always_1k_stream4": {"mb_per_s": p1s.mb_per_s, "records_per_s": p1s.records_per_s, "p99_ms": p1s.p99_ms, "ratio_to_fdatasync_1m": p1s.mb_per_s / sync_1m},
-        "produce_always_1k_kafka": {"mb_per_s": p1k.mb_per_s, "records_per_s": p1k.records_per_s, "p99_ms": p1k.p99_ms, "client": "librdkafka", "ratio_to_grpc": p1k.mb_per_s / p1s.mb_per_s},
-        "produce_always_1k_rskafka": {"mb_per_s": p1r.mb_per_s, "records_per_s": p1r.records_per_s, "p99_ms": p1r.p99_ms, "client": "rskafka", "ratio_to_grpc": p1r.mb_per_s / p1s.mb_per_s},
-        "produce_always_100b": {"records_per_s": p2.records_per_s, "mb_per_s": p2.mb_per_s, "p99_ms": p2.p99_ms},
-        "produce_never_1k": {"mb_per_s": p3.mb_per_s, "ratio_to_tcp": p3.mb_per_s / tcp, "ratio_to_buffered_write_before": p3.mb_per_s / fresh},
-        "produce_never_1k_stream4": {"mb_per_s": p3s.mb_per_s, "ratio_to_tcp": p3s.mb_per_s / tcp, "ratio_to_buffered_write_before": p3s.mb_per_s / fresh_b},
-        "produce_never_1k_stream4_raw": {"mb_per_s": p3r.mb_per_s, "ratio_to_tcp": p3r.mb_per_s / tcp, "ratio_to_buffered_write_before": p3r.mb_per_s / fresh_c},
-        "produce_never_1k_kafka": {"mb_per_s": p3k.mb_per_s, "client": "librdkafka", "ratio_to_grpc_raw": p3k.mb_per_s / p3r.mb_per_s, "ratio_to_buffered_write_before": p3k.mb_per_s / fresh_k},
-        "produce_never_1k_rskafka": {"mb_per_s": p3kr.mb_per_s, "client": "rskafka", "ratio_to_grpc_raw": p3kr.mb_per_s / p3r.mb_per_s, "ratio_to_buffered_write_before": p3kr.mb_per_s / fresh_kr},
-        "consume_page_cache": {"mb_per_s": c4.mb_per_s, "records": c4.records, "ratio_to_tcp": c4.mb_per_s / tcp},
-        "consume_page_cache_raw": {"mb_per_s": c4r.mb_per_s, "records": c4r.records, "ratio_to_tcp": c4r.mb_per_s / tcp},
-        "consume_page_cache_raw_subscribe": {"mb_per_s": c4s.mb_per_s, "records": c4s.records, "ratio_to_tcp": c4s.mb_per_s / tcp},
-        "consume_page_cache_kafka": {"mb_per_s": c4k.mb_per_s, "records": c4k.records, "client": "librdkafka", "ratio_to_grpc_raw_subscribe": c4k.mb_per_s / c4s.mb_per_s},
-        "consume_page_cache_rskafka": {"mb_per_s": c4kr.mb_per_s, "records": c4kr.records, "client": "rskafka", "ratio_to_grpc_raw_subscribe": c4kr.mb_per_s / c4s.mb_per_s},
-        "e2e_10k_always": {"p50_ms": e5.p50_ms, "p99_ms": e5.p99_ms, "p999_ms": e5.p999_ms, "max_ms": e5.max_ms, "records_per_s": e5.records_per_s},
+        "produce_always_1k": {"cpu_s_per_gb": p1.cpu_s_per_gb, "mb_per_s": p1.mb_per_s, "records_per_s": p1.records_per_s, "p99_ms": p1.p99_ms, "ratio_to_fdatasync_1m": p1.mb_per_s / sync_1m},
+        "produce_always_1k_stream4": {"cpu_s_per_gb": p1s.cpu_s_per_gb, "mb_per_s": p1s.mb_per_s, "records_per_s": p1s.records_per_s, "p99_ms": p1s.p99_ms, "ratio_to_fdatasync_1m": p1s.mb_per_s / sync_1m},
+        "produce_always_1k_kafka": {"cpu_s_per_gb": p1k.cpu_s_per_gb, "mb_per_s": p1k.mb_per_s, "records_per_s": p1k.records_per_s, "p99_ms": p1k.p99_ms, "client": "librdkafka", "ratio_to_grpc": p1k.mb_per_s / p1s.mb_per_s},
+        "produce_always_1k_rskafka": {"cpu_s_per_gb": p1r.cpu_s_per_gb, "mb_per_s": p1r.mb_per_s, "records_per_s": p1r.records_per_s, "p99_ms": p1r.p99_ms, "client": "rskafka", "ratio_to_grpc": p1r.mb_per_s / p1s.mb_per_s},
+        "produce_always_100b": {"cpu_s_per_gb": p2.cpu_s_per_gb, "records_per_s": p2.records_per_s, "mb_per_s": p2.mb_per_s, "p99_ms": p2.p99_ms},
+        "produce_never_1k": {"cpu_s_per_gb": p3.cpu_s_per_gb, "mb_per_s": p3.mb_per_s, "ratio_to_tcp": p3.mb_per_s / tcp, "ratio_to_buffered_write_before": p3.mb_per_s / fresh},
+        "produce_never_1k_stream4": {"cpu_s_per_gb": p3s.cpu_s_per_gb, "mb_per_s": p3s.mb_per_s, "ratio_to_tcp": p3s.mb_per_s / tcp, "ratio_to_buffered_write_before": p3s.mb_per_s / fresh_b},
+        "produce_never_1k_stream4_raw": {"cpu_s_per_gb": p3r.cpu_s_per_gb, "mb_per_s": p3r.mb_per_s, "ratio_to_tcp": p3r.mb_per_s / tcp, "ratio_to_buffered_write_before": p3r.mb_per_s / fresh_c},
+        "produce_never_1k_kafka": {"cpu_s_per_gb": p3k.cpu_s_per_gb, "mb_per_s": p3k.mb_per_s, "client": "librdkafka", "ratio_to_grpc_raw": p3k.mb_per_s / p3r.mb_per_s, "ratio_to_buffered_write_before": p3k.mb_per_s / fresh_k},
+        "produce_never_1k_rskafka": {"cpu_s_per_gb": p3kr.cpu_s_per_gb, "mb_per_s": p3kr.mb_per_s, "client": "rskafka", "ratio_to_grpc_raw": p3kr.mb_per_s / p3r.mb_per_s, "ratio_to_buffered_write_before": p3kr.mb_per_s / fresh_kr},
+        "consume_page_cache": {"cpu_s_per_gb": c4.cpu_s_per_gb, "mb_per_s": c4.mb_per_s, "records": c4.records, "ratio_to_tcp": c4.mb_per_s / tcp},
+        "consume_page_cache_raw": {"cpu_s_per_gb": c4r.cpu_s_per_gb, "mb_per_s": c4r.mb_per_s, "records": c4r.records, "ratio_to_tcp": c4r.mb_per_s / tcp},
+        "consume_page_cache_raw_subscribe": {"cpu_s_per_gb": c4s.cpu_s_per_gb, "mb_per_s": c4s.mb_per_s, "records": c4s.records, "ratio_to_tcp": c4s.mb_per_s / tcp},
+        "consume_page_cache_kafka": {"cpu_s_per_gb": c4k.cpu_s_per_gb, "mb_per_s": c4k.mb_per_s, "records": c4k.records, "client": "librdkafka", "ratio_to_grpc_raw_subscribe": c4k.mb_per_s / c4s.mb_per_s},
+        "consume_page_cache_rskafka": {"cpu_s_per_gb": c4kr.cpu_s_per_gb, "mb_per_s": c4kr.mb_per_s, "records": c4kr.records, "client": "rskafka", "ratio_to_grpc_raw_subscribe": c4kr.mb_per_s / c4s.mb_per_s},
+        "e2e_10k_always": {"cpu_s_per_gb": e5.cpu_s_per_gb, "p50_ms": e5.p50_ms, "p99_ms": e5.p99_ms, "p999_ms": e5.p999_ms, "max_ms": e5.max_ms, "records_per_s": e5.records_per_s},
     });
     if args.json {
         println!("{rows}");
         return Ok(());
     }
     println!("baselines (this run, this disk): append+fdatasync 64 KiB {sync_64k:.0} MB/s, 1 MiB {sync_1m:.0} MB/s; buffered write {buffered:.0} MB/s; loopback TCP {tcp:.0} MB/s (median of {:.0}, {:.0}, {:.0})", tcp_all[0], tcp_all[1], tcp_all[2]);
-    println!("{:<62} {:>14} {:>22}", "target", "strata", "ratio / goal");
-    let ratio = |label: &str, mb_per_s: f64, base: f64, goal: &str| {
-        println!("{label:<62} {mb_per_s:>9.1} MB/s {:>10.2} ({goal})", mb_per_s / base);
+    println!("{:<62} {:>14} {:>22} {:>12}", "target", "strata", "ratio / goal", "CPU-s/GB");
+    let ratio = |label: &str, s: &super::report::Summary, base: f64, goal: &str| {
+        let cpu = s.cpu_s_per_gb.map_or("-".to_string(), |c| format!("{c:.2}"));
+        println!("{label:<62} {:>9.1} MB/s {:>10.2} ({goal}) {cpu:>8}", s.mb_per_s, s.mb_per_s / base);
     };
-    ratio("1. produce 1 KiB x100, 8 producers, always vs fdatasync 1 MiB", p1.mb_per_s, sync_1m, ">= 0.50");
-    ratio("1b. same, 4 in flight per producer (ProduceStream)", p1s.mb_per_s, sync_1m, ">= 0.50");
-    ratio("1k. same as 1b, Kafka protocol (librdkafka) vs 1b", p1k.mb_per_s, p1s.mb_per_s, ">= 0.9");
-    ratio("1r. same, Kafka protocol (rskafka) vs 1b", p1r.mb_per_s, p1s.mb_per_s, ">= 0.9");
+    ratio("1. produce 1 KiB x100, 8 producers, always vs fdatasync 1 MiB", &p1, sync_1m, ">= 0.50");
+    ratio("1b. same, 4 in flight per producer (ProduceStream)", &p1s, sync_1m, ">= 0.50");
+    ratio("1k. same as 1b, Kafka protocol (librdkafka) vs 1b", &p1k, p1s.mb_per_s, ">= 0.9");
+    ratio("1r. same, Kafka protocol (rskafka) vs 1b", &p1r, p1s.mb_per_s, ">= 0.9");
     println!(
         "{:<62} {:>8.0} rec/s {:>22}",
         "2. produce 100 B x100, 8 producers, always", p2.records_per_s, "(>= 300000 rec/s)"
     );
-    ratio("3. produce never (1 GB) vs loopback TCP", p3.mb_per_s, tcp, ">= 0.25");
-    ratio("   the same vs its buffered write of 1 GB just before", p3.mb_per_s, fresh, "its bound here");
-    ratio("3b. same, 4 in flight per producer (ProduceStream)", p3s.mb_per_s, tcp, ">= 0.25");
-    ratio("   the same vs its buffered write of 1 GB just before", p3s.mb_per_s, fresh_b, "its bound here");
-    ratio("3c. same, client-encoded batches (record_batch)", p3r.mb_per_s, tcp, ">= 0.25");
-    ratio("   the same vs its buffered write of 1 GB just before", p3r.mb_per_s, fresh_c, "its bound here");
-    ratio("3k. same as 3b, Kafka protocol (librdkafka) vs 3c", p3k.mb_per_s, p3r.mb_per_s, ">= 0.9");
-    ratio("3r. same, Kafka protocol (rskafka) vs 3c", p3kr.mb_per_s, p3r.mb_per_s, ">= 0.9");
-    ratio("4. consume from page cache vs loopback TCP", c4.mb_per_s, tcp, ">= 0.50");
-    ratio("4b. same, raw batches", c4r.mb_per_s, tcp, ">= 0.50");
-    ratio("4c. same, raw batches over Subscribe", c4s.mb_per_s, tcp, ">= 0.50");
-    ratio("4k. same, Kafka Fetch (librdkafka) vs 4c", c4k.mb_per_s, c4s.mb_per_s, ">= 0.9");
-    ratio("4r. same, Kafka Fetch (rskafka) vs 4c", c4kr.mb_per_s, c4s.mb_per_s, ">= 0.9");
+    ratio("3. produce never (1 GB) vs loopback TCP", &p3, tcp, ">= 0.25");
+    ratio("   the same vs its buffered write of 1 GB just before", &p3, fresh, "its bound here");
+    ratio("3b. same, 4 in flight per producer (ProduceStream)", &p3s, tcp, ">= 0.25");
+    ratio("   the same vs its buffered write of 1 GB just before", &p3s, fresh_b, "its bound here");
+    ratio("3c. same, client-encoded batches (record_batch)", &p3r, tcp, ">= 0.25");
+    ratio("   the same vs its buffered write of 1 GB just before", &p3r, fresh_c, "its bound here");
+    ratio("3k. same as 3b, Kafka protocol (librdkafka) vs 3c", &p3k, p3r.mb_per_s, ">= 0.9");
+    ratio("3r. same, Kafka protocol (rskafka) vs 3c", &p3kr, p3r.mb_per_s, ">= 0.9");
+    ratio("4. consume from page cache vs loopback TCP", &c4, tcp, ">= 0.50");
+    ratio("4b. same, raw batches", &c4r, tcp, ">= 0.50");
+    ratio("4c. same, raw batches over Subscribe", &c4s, tcp, ">= 0.50");
+    ratio("4k. same, Kafka Fetch (librdkafka) vs 4c", &c4k, c4s.mb_per_s, ">= 0.9");
+    ratio("4r. same, Kafka Fetch (rskafka) vs 4c", &c4kr, c4s.mb_per_s, ">= 0.9");
     println!(
         "{:<62} p99 {:.2} ms, p99.9 {:.2} ms (< 2, < 10)",
         "5. e2e latency at 10k rec/s, always (send -> received)", e5.p99_ms, e5.p999_ms

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
+use super::cpu::CpuMeter;
 use super::report::{Meter, Summary};
 use super::BenchArgs;
 use crate::config::BrokerConfig;
@@ -282,6 +283,7 @@ pub async fn produce(args: &BenchArgs) -> anyhow::Result<Summary> {
     let done = Arc::new(AtomicBool::new(false));
     meter.spawn_progress("produce".into(), done.clone());
     let payload = Bytes::from(vec![b'x'; args.record_bytes]);
+    let cpu = CpuMeter::begin(args.server.as_deref());
     let started = Instant::now();
     run_producers(&target.url, args, &meter, Arc::new(AtomicBool::new(false)), Arc::new(move || payload.clone()))
         .await?;
@@ -289,7 +291,7 @@ pub async fn produce(args: &BenchArgs) -> anyhow::Result<Summary> {
     done.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(20)).await;
     target.stop().await?;
-    Ok(meter.summary("produce", elapsed, config_json(args)))
+    Ok(meter.summary("produce", elapsed, config_json(args), &cpu))
 }
 
 pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
@@ -329,6 +331,7 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
     let done = Arc::new(AtomicBool::new(false));
     meter.spawn_progress("consume".into(), done.clone());
     let deadline = args.duration.map(|d| Instant::now() + d);
+    let cpu = CpuMeter::begin(args.server.as_deref());
     let started = Instant::now();
     if args.subscribe {
         // What the topic holds now (the fill above wrote up to `want`).
@@ -341,7 +344,7 @@ pub async fn consume(args: &BenchArgs) -> anyhow::Result<Summary> {
     done.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(20)).await;
     target.stop().await?;
-    Ok(meter.summary("consume", elapsed, config_json(args)))
+    Ok(meter.summary("consume", elapsed, config_json(args), &cpu))
 }
 
 /// Consumers that subscribe: the broker pushes each partition from the
@@ -539,6 +542,7 @@ pub async fn e2e(args: &BenchArgs) -> anyhow::Result<Summary> {
         Bytes::from(v)
     });
     let producers_meter = Meter::new();
+    let cpu = CpuMeter::begin(args.server.as_deref());
     let started = Instant::now();
     run_producers(&target.url, args, &producers_meter, stop.clone(), value).await?;
     let elapsed = started.elapsed();
@@ -549,7 +553,7 @@ pub async fn e2e(args: &BenchArgs) -> anyhow::Result<Summary> {
     done.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(20)).await;
     target.stop().await?;
-    Ok(meter.summary("e2e", elapsed, config_json(args)))
+    Ok(meter.summary("e2e", elapsed, config_json(args), &cpu))
 }
 
 /// Decodes raw batches as a client would: records at or after `from`, and

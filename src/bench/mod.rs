@@ -7,6 +7,7 @@
 //! baselines (append + fdatasync, buffered writes, loopback TCP) and prints
 //! strata's figures as ratios of them.
 
+pub mod cpu;
 pub mod kafka;
 pub mod limits;
 pub mod load;

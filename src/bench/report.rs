@@ -73,7 +73,14 @@ impl Meter {
         });
     }
 
-    pub fn summary(&self, mode: &str, elapsed: Duration, config: serde_json::Value) -> Summary {
+    /// The summary of a run whose CPU was measured by `cpu` (begun with it).
+    pub fn summary(
+        &self,
+        mode: &str,
+        elapsed: Duration,
+        config: serde_json::Value,
+        cpu: &super::cpu::CpuMeter,
+    ) -> Summary {
         let h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
         let ms = |q: f64| {
             if h.is_empty() {
@@ -84,16 +91,19 @@ impl Meter {
         };
         let secs = elapsed.as_secs_f64().max(1e-9);
         let records = self.records.load(Ordering::Relaxed);
+        let bytes = self.bytes.load(Ordering::Relaxed);
         Summary {
             mode: mode.to_string(),
             records,
             seconds: secs,
             records_per_s: records as f64 / secs,
-            mb_per_s: self.bytes.load(Ordering::Relaxed) as f64 / secs / 1e6,
+            mb_per_s: bytes as f64 / secs / 1e6,
             p50_ms: ms(0.5),
             p99_ms: ms(0.99),
             p999_ms: ms(0.999),
             max_ms: if h.is_empty() { 0.0 } else { h.max() as f64 / 1000.0 },
+            cpu_s_per_gb: super::cpu::per_gb(cpu.used(), bytes),
+            cpu_scope: cpu.scope.to_string(),
             config,
         }
     }
@@ -111,6 +121,11 @@ pub struct Summary {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
+    /// CPU seconds (user + system) per GB of record bytes moved, of
+    /// `cpu_scope`: `broker` (the process listening on --server's port),
+    /// `process` (this one, with --embedded), or `unknown` (null).
+    pub cpu_s_per_gb: Option<f64>,
+    pub cpu_scope: String,
     pub config: serde_json::Value,
 }
 
@@ -122,6 +137,10 @@ pub fn print(s: &Summary, json: bool) -> anyhow::Result<()> {
             "{}: {} records in {:.2} s: {:.0} records/s, {:.1} MB/s; latency ms p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}",
             s.mode, s.records, s.seconds, s.records_per_s, s.mb_per_s, s.p50_ms, s.p99_ms, s.p999_ms, s.max_ms
         );
+        match s.cpu_s_per_gb {
+            Some(c) => println!("cpu: {c:.2} CPU-s/GB ({})", s.cpu_scope),
+            None => println!("cpu: unknown (the broker is not a process on this machine)"),
+        }
         println!("config: {}", s.config);
     }
     Ok(())
