@@ -979,3 +979,99 @@ fn an_append_written_before_a_reopen_is_never_acknowledged_after_it() {
     log.append(&mut batch_of(log.high_watermark(), 3, 40, T0)).unwrap();
     assert!(log.wait_durable(&pending).is_err(), "an append from before the reopen is not acknowledged");
 }
+
+/// The `.log` of the first segment, as FaultyFs records it.
+fn first_log(dir: &Path) -> String {
+    dir.join("00000000000000000000.log").display().to_string()
+}
+
+/// Appends `first` and, on another thread, waits for its fsync, which the
+/// switch delays; returns once that fsync runs, with the thread and the
+/// number of ops recorded by then.
+fn fsync_in_flight(
+    log: &Arc<Log>,
+    dir: &Path,
+    ops: &Arc<std::sync::Mutex<Vec<String>>>,
+    first: u64,
+) -> (std::thread::JoinHandle<Result<(), StorageError>>, usize) {
+    let sync = format!("sync {}", first_log(dir));
+    let syncs = |ops: &[String]| ops.iter().filter(|o| **o == sync).count();
+    let before = syncs(&ops.lock().unwrap());
+    let pending = log.append_pending(&mut batch_of(first, 2, 50, T0)).unwrap();
+    let waiter = {
+        let log = log.clone();
+        std::thread::spawn(move || log.wait_durable(&pending))
+    };
+    while syncs(&ops.lock().unwrap()) == before {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    (waiter, ops.lock().unwrap().len())
+}
+
+/// Group commit: appends that arrive while an fsync runs are not written at
+/// once but queued, then written together with one vectored write when it
+/// returns, and covered by the next fsync; nobody sees them before that.
+#[test]
+fn appends_during_an_fsync_are_written_together_and_covered_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::default();
+    let (ops, switch) = (fs.ops.clone(), fs.switch.clone());
+    let log = Arc::new(Log::open(dir.path(), Arc::new(fs), Arc::new(SystemClock), LogConfig::default()).unwrap());
+    let end = fill(&log, 2, 50);
+    switch.delay_syncs(Duration::from_millis(300));
+    let (waiter, ops_at) = fsync_in_flight(&log, dir.path(), &ops, end);
+    let batches: Vec<Bytes> = (0..5).map(|i| Bytes::from(batch_of(end + 2 + i * 3, 3, 50, T0))).collect();
+    let pending: Vec<_> = batches.iter().map(|b| log.append_pending(BatchRef::Shared(b)).unwrap()).collect();
+    assert_eq!(
+        pending.iter().map(|p| p.outcome.base_offset).collect::<Vec<_>>(),
+        vec![end + 2, end + 5, end + 8, end + 11, end + 14]
+    );
+    let written = |ops: &[String]| ops.iter().filter(|o| o.starts_with("write")).cloned().collect::<Vec<_>>();
+    assert_eq!(written(&ops.lock().unwrap()[ops_at..]), Vec::<String>::new(), "queued, not written, during the fsync");
+    assert_eq!(log.high_watermark(), end, "nothing visible before its fsync");
+    waiter.join().unwrap().unwrap();
+    switch.delay_syncs(Duration::ZERO);
+    for p in &pending {
+        log.wait_durable(p).unwrap();
+    }
+    let after: Vec<String> = ops.lock().unwrap()[ops_at..].to_vec();
+    let file = first_log(dir.path());
+    assert_eq!(written(&after), vec![format!("writev {file}")], "one vectored write for the queue");
+    let writev = after.iter().position(|o| o.starts_with("writev")).unwrap();
+    assert!(after[writev..].contains(&format!("sync {file}")), "an fsync after the queue's write: {after:?}");
+    assert_prefix(&read_all(&log, 0).unwrap(), end + 17, 50);
+    drop(log);
+    let log = open(dir.path(), LogConfig::default());
+    assert_prefix(&read_all(&log, 0).unwrap(), end + 17, 50);
+}
+
+/// A queue whose write fails is discarded like a failed fsync's tail: its
+/// appends fail, what the fsync covered stays, and appends resume at the
+/// first offset that was cut.
+#[test]
+fn a_failed_write_of_the_queue_fails_its_appends_and_keeps_what_was_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::default();
+    let (ops, switch) = (fs.ops.clone(), fs.switch.clone());
+    let log = Arc::new(Log::open(dir.path(), Arc::new(fs), Arc::new(SystemClock), LogConfig::default()).unwrap());
+    let end = fill(&log, 2, 50);
+    switch.delay_syncs(Duration::from_millis(200));
+    let (waiter, _) = fsync_in_flight(&log, dir.path(), &ops, end);
+    let batches: Vec<Bytes> = (0..3).map(|i| Bytes::from(batch_of(end + 2 + i * 3, 3, 50, T0))).collect();
+    let pending: Vec<_> = batches.iter().map(|b| log.append_pending(BatchRef::Shared(b)).unwrap()).collect();
+    switch.set(Some(Fault::WriteFails));
+    waiter.join().unwrap().expect("the fsync in flight covered the first append");
+    assert!(switch.fired());
+    switch.set(None);
+    switch.delay_syncs(Duration::ZERO);
+    for p in &pending {
+        let err = log.wait_durable(p).unwrap_err();
+        assert!(matches!(err, StorageError::SyncFailed { .. }), "{err}");
+    }
+    assert_eq!(log.high_watermark(), end + 2);
+    let again = log.append(&mut batch_of(end + 2, 3, 50, T0)).unwrap();
+    assert_eq!(again.base_offset, end + 2, "appends resume where the cut was");
+    drop(log);
+    let log = open(dir.path(), LogConfig::default());
+    assert_prefix(&read_all(&log, 0).unwrap(), end + 5, 50);
+}

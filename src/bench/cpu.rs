@@ -13,6 +13,8 @@ pub struct CpuMeter {
     pid: Option<u32>,
     pub scope: &'static str,
     start: Option<f64>,
+    /// Log fsyncs at the start, when the broker is this process.
+    fsyncs_start: Option<u64>,
 }
 
 impl CpuMeter {
@@ -29,9 +31,16 @@ impl CpuMeter {
                 None => (Some(0), "unknown"),
             },
         };
-        let mut m = CpuMeter { pid, scope, start: None };
+        let fsyncs_start = pid.is_none().then(crate::metrics::fsyncs);
+        let mut m = CpuMeter { pid, scope, start: None, fsyncs_start };
         m.start = m.seconds();
         m
+    }
+
+    /// Log fsyncs the broker ran since [`CpuMeter::begin`], when it runs in
+    /// this process (`--embedded`, `bench limits`); `None` for another one.
+    pub fn fsyncs(&self) -> Option<u64> {
+        Some(crate::metrics::fsyncs() - self.fsyncs_start?)
     }
 
     fn seconds(&self) -> Option<f64> {

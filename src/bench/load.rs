@@ -187,7 +187,7 @@ async fn run_producers(
                     .await
                     .map_err(|s| anyhow::anyhow!("produce failed: {}", s.message()))?;
                 meter.latency(t0.elapsed());
-                meter.add(records, bytes);
+                meter.produced(records, bytes);
             }
             Ok::<_, anyhow::Error>(())
         }));
@@ -253,7 +253,7 @@ async fn produce_pipelined(
             .remove(&r.request_id)
             .ok_or_else(|| anyhow::anyhow!("response to unknown request {}", r.request_id))?;
         meter.latency(t0.elapsed());
-        meter.add(n, bytes);
+        meter.produced(n, bytes);
     }
 }
 

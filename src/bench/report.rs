@@ -13,6 +13,8 @@ use hdrhistogram::Histogram;
 pub struct Meter {
     pub records: AtomicU64,
     pub bytes: AtomicU64,
+    /// Produce requests acknowledged (for requests per fsync).
+    pub requests: AtomicU64,
     /// Latencies in microseconds, 1 µs to 1 h, 3 significant digits.
     latency: Mutex<Histogram<u64>>,
     started: Instant,
@@ -23,9 +25,16 @@ impl Meter {
         Arc::new(Meter {
             records: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             latency: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")),
             started: Instant::now(),
         })
+    }
+
+    /// One acknowledged produce request of `records` records.
+    pub fn produced(&self, records: u64, bytes: u64) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.add(records, bytes);
     }
 
     pub fn add(&self, records: u64, bytes: u64) {
@@ -92,6 +101,8 @@ impl Meter {
         let secs = elapsed.as_secs_f64().max(1e-9);
         let records = self.records.load(Ordering::Relaxed);
         let bytes = self.bytes.load(Ordering::Relaxed);
+        let requests = Some(self.requests.load(Ordering::Relaxed)).filter(|&n| n > 0);
+        let fsyncs = cpu.fsyncs();
         Summary {
             mode: mode.to_string(),
             records,
@@ -104,6 +115,12 @@ impl Meter {
             max_ms: if h.is_empty() { 0.0 } else { h.max() as f64 / 1000.0 },
             cpu_s_per_gb: super::cpu::per_gb(cpu.used(), bytes),
             cpu_scope: cpu.scope.to_string(),
+            fsyncs,
+            produce_requests: requests,
+            requests_per_fsync: match (requests, fsyncs) {
+                (Some(r), Some(f)) if f > 0 => Some(r as f64 / f as f64),
+                _ => None,
+            },
             config,
         }
     }
@@ -126,6 +143,14 @@ pub struct Summary {
     /// `process` (this one, with --embedded), or `unknown` (null).
     pub cpu_s_per_gb: Option<f64>,
     pub cpu_scope: String,
+    /// Log fsyncs during the run, when the broker runs in this process.
+    pub fsyncs: Option<u64>,
+    /// Produce requests acknowledged, when the client counts them (gRPC
+    /// and rskafka; librdkafka batches on its own).
+    pub produce_requests: Option<u64>,
+    /// `produce_requests / fsyncs`: how many requests one group-commit
+    /// fsync covers.
+    pub requests_per_fsync: Option<f64>,
     pub config: serde_json::Value,
 }
 
@@ -140,6 +165,15 @@ pub fn print(s: &Summary, json: bool) -> anyhow::Result<()> {
         match s.cpu_s_per_gb {
             Some(c) => println!("cpu: {c:.2} CPU-s/GB ({})", s.cpu_scope),
             None => println!("cpu: unknown (the broker is not a process on this machine)"),
+        }
+        match (s.fsyncs, s.produce_requests) {
+            (Some(f), Some(r)) if f > 0 => println!(
+                "fsyncs: {f} for {r} produce requests: {:.2} requests per fsync, {:.3} fsyncs per request",
+                r as f64 / f as f64,
+                f as f64 / r as f64
+            ),
+            (Some(f), _) => println!("fsyncs: {f}"),
+            _ => {}
         }
         println!("config: {}", s.config);
     }

@@ -102,7 +102,7 @@ pub async fn run_producers(bootstrap: &str, args: &BenchArgs, meter: &Arc<Meter>
                     Some(r) => {
                         let (latency, n) = r.map_err(|e| anyhow::anyhow!("produce failed: {e}"))?;
                         meter.latency(latency);
-                        meter.add(n as u64, (n * payload.len()) as u64);
+                        meter.produced(n as u64, (n * payload.len()) as u64);
                     }
                 }
             }

@@ -26,6 +26,12 @@ pub struct Partition {
     last_flush_ms: AtomicU64,
     /// The topic's produce and fetch counters.
     pub counters: Arc<TopicCounters>,
+    /// Set while the syncer runs ([`Partition::start_syncer`]).
+    syncing: AtomicBool,
+    /// The offset below which some append waits to be durable.
+    sync_wanted: AtomicU64,
+    /// Counts the syncer's rounds; waiters for durability watch it.
+    sync_rounds: watch::Sender<u64>,
 }
 
 /// A batch the broker appends: one it encoded, or a client's, written as
@@ -37,17 +43,11 @@ pub enum AppendBytes {
 }
 
 impl AppendBytes {
-    fn len(&self) -> usize {
+    /// As shared bytes, which a group commit can queue without a copy.
+    fn into_bytes(self) -> bytes::Bytes {
         match self {
-            AppendBytes::Encoded(v) => v.len(),
-            AppendBytes::Client(b) => b.len(),
-        }
-    }
-
-    fn as_batch_ref(&mut self) -> BatchRef<'_> {
-        match self {
-            AppendBytes::Encoded(v) => BatchRef::Stamp(v),
-            AppendBytes::Client(b) => BatchRef::Shared(b),
+            AppendBytes::Encoded(v) => bytes::Bytes::from(v),
+            AppendBytes::Client(b) => b,
         }
     }
 }
@@ -77,6 +77,9 @@ impl Partition {
             rolling_io: Arc::new(AtomicBool::new(false)),
             last_flush_ms: AtomicU64::new(0),
             counters,
+            syncing: AtomicBool::new(false),
+            sync_wanted: AtomicU64::new(0),
+            sync_rounds: watch::Sender::new(0),
         }
     }
 
@@ -91,22 +94,64 @@ impl Partition {
 
     /// Writes one batch (ordered with other writes to this partition) without
     /// waiting for durability; complete it with [`Partition::wait_durable`].
-    pub async fn append_pending(self: &Arc<Self>, mut batch: AppendBytes) -> Result<PendingAppend> {
+    pub async fn append_pending(self: &Arc<Self>, batch: AppendBytes) -> Result<PendingAppend> {
         // Usually the write is one pwrite into the page cache (tens of
         // microseconds): done right here on the async worker, because any
         // thread hand-off costs more than the write (block_in_place wakes a
         // thread to take over the worker: 546 vs 390 MB/s produce). When a
         // roll (file creation, fsyncs) is due, it moves off the worker.
+        let batch = batch.into_bytes();
         let bytes = batch.len() as u64;
-        let pending = match self.log.try_append_pending(batch.as_batch_ref()) {
+        let pending = match self.log.try_append_pending(BatchRef::Shared(&batch)) {
             Some(result) => result.map_err(|e| self.error(e))?,
-            None => self.short_io(move |log| log.append_pending(batch.as_batch_ref())).await?,
+            None => self.short_io(move |log| log.append_pending(BatchRef::Shared(&batch))).await?,
         };
         if !pending.outcome.duplicate {
             let records = pending.outcome.last_offset + 1 - pending.outcome.base_offset;
             self.counters.produced(records, bytes);
         }
+        if pending.needs_sync() {
+            // The syncer covers it even if the caller stops waiting.
+            self.sync_wanted.fetch_max(pending.outcome.last_offset + 1, Ordering::AcqRel);
+            self.start_syncer();
+        }
         Ok(pending)
+    }
+
+    /// Starts the partition's syncer unless it runs: one blocking task that
+    /// runs group-commit fsyncs back to back while appends wait for one
+    /// (each fsync covers everything written before it started, and what
+    /// queued meanwhile is written when it returns), and after each wakes
+    /// every waiter at once through `sync_rounds`. A request waits on that
+    /// without a thread of its own: no hand-off per request, one per group.
+    fn start_syncer(self: &Arc<Self>) {
+        if self.syncing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        // (A discard may leave a wanted offset the log no longer reaches.)
+        let wanted =
+            |p: &Partition| p.log.synced_offset() < p.sync_wanted.load(Ordering::Acquire) && p.log.has_unsynced();
+        tokio::task::spawn_blocking(move || loop {
+            if !wanted(&this) {
+                this.syncing.store(false, Ordering::Release);
+                // An append that wanted a sync after the check above but
+                // saw the flag still set: take the job back.
+                if !wanted(&this) || this.syncing.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+            }
+            let synced = this.log.sync();
+            this.high_watermark.send_replace(this.log.high_watermark());
+            this.sync_rounds.send_modify(|n| *n += 1);
+            if let Err(e) = synced {
+                // Waiters learn their own outcome from the log; a later
+                // append starts the syncer again.
+                tracing::debug!(topic = %this.topic, partition = this.id, error = %e, "group commit failed");
+                this.syncing.store(false, Ordering::Release);
+                return;
+            }
+        });
     }
 
     /// Runs a short page-cache operation (a pwrite or pread, usually
@@ -127,7 +172,18 @@ impl Partition {
         // Under `never`/`interval` the write already made it visible: no
         // blocking wait, so no thread hop.
         if pending.needs_sync() {
-            self.blocking(move |log| log.wait_durable(&pending)).await?;
+            let mut rounds = self.sync_rounds.subscribe();
+            loop {
+                if let Some(done) = self.log.durable_status(&pending) {
+                    done.map_err(|e| self.error(e))?;
+                    break;
+                }
+                self.start_syncer();
+                if rounds.changed().await.is_err() {
+                    return Err(BrokerError::Internal("the partition closed during a group commit".into()));
+                }
+            }
+            return Ok(pending.outcome);
         }
         self.high_watermark.send_replace(self.log.high_watermark());
         Ok(pending.outcome)

@@ -67,9 +67,19 @@ fn request_histogram() -> Histogram {
 /// broker to ask; one process is one broker): 50 µs to about 1.6 s.
 static FSYNC_SECONDS: LazyLock<Histogram> = LazyLock::new(|| Histogram::new(exponential_buckets(0.00005, 2.0, 16)));
 
+/// `fdatasync`s of logs so far in this process (what `strata bench`
+/// reports per request; the histogram's count, readable without a scrape).
+static FSYNCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Records one `fdatasync` of a log (called by the storage seam's users).
 pub fn observe_fsync(took: Duration) {
     FSYNC_SECONDS.observe(took.as_secs_f64());
+    FSYNCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How many log `fdatasync`s this process has run.
+pub fn fsyncs() -> u64 {
+    FSYNCS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The counters of one topic, shared by its partitions.

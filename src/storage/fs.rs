@@ -19,6 +19,17 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize>;
     /// Writes all of `buf` at `position`.
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()>;
+    /// Writes the buffers end to end from `position`. The real file system
+    /// does it with `pwritev` (one system call for a whole group commit);
+    /// this default writes them one by one, so a simulated file system's
+    /// faults apply per buffer.
+    fn write_all_vectored_at(&self, bufs: &[&[u8]], mut position: u64) -> io::Result<()> {
+        for buf in bufs {
+            self.write_all_at(buf, position)?;
+            position += buf.len() as u64;
+        }
+        Ok(())
+    }
     /// `fdatasync`: the data written so far survives power loss once this returns Ok.
     fn sync_data(&self) -> io::Result<()>;
     /// Truncates or extends the file.
@@ -196,6 +207,9 @@ impl StorageFile for StdFile {
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
         self.0.write_all_at(buf, position)
     }
+    fn write_all_vectored_at(&self, bufs: &[&[u8]], position: u64) -> io::Result<()> {
+        vectored::write_all_at(&self.0, bufs, position)
+    }
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
     }
@@ -210,6 +224,86 @@ impl StorageFile for StdFile {
     }
     fn read_shared(&self, position: u64, len: usize) -> io::Result<bytes::Bytes> {
         mapped::read(&self.0, position, len)
+    }
+}
+
+/// `pwritev`, which std offers only on nightly (`FileExt::write_vectored_at`).
+mod vectored {
+    #![allow(unsafe_code)]
+
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsRawFd;
+
+    /// The most buffers one `pwritev` takes (`IOV_MAX` on Linux).
+    const IOV_MAX: usize = 1024;
+
+    /// Writes every buffer end to end from `position`, resuming after
+    /// short writes and EINTR.
+    pub fn write_all_at(file: &File, bufs: &[&[u8]], mut position: u64) -> io::Result<()> {
+        let mut iov: Vec<libc::iovec> = bufs
+            .iter()
+            .filter(|b| !b.is_empty())
+            .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() })
+            .collect();
+        let mut first = 0;
+        while first < iov.len() {
+            let batch = &iov[first..iov.len().min(first + IOV_MAX)];
+            let offset = libc::off_t::try_from(position).map_err(|_| io::Error::other("file position out of range"))?;
+            // SAFETY: every iovec points into a live borrowed slice of at
+            // least iov_len bytes (the unwritten rest of one of `bufs`), and
+            // the fd is open for the call.
+            let n = unsafe { libc::pwritev(file.as_raw_fd(), batch.as_ptr(), batch.len() as libc::c_int, offset) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"));
+            }
+            let mut left = n as usize;
+            position += left as u64;
+            while left > 0 {
+                let v = &mut iov[first];
+                if left >= v.iov_len {
+                    left -= v.iov_len;
+                    first += 1;
+                } else {
+                    // SAFETY: advancing within the same slice by fewer
+                    // bytes than its remaining length.
+                    v.iov_base = unsafe { (v.iov_base as *mut u8).add(left) } as *mut libc::c_void;
+                    v.iov_len -= left;
+                    left = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn writes_many_buffers_end_to_end_past_iov_max() {
+            let dir = tempfile::tempdir().unwrap();
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(dir.path().join("f"))
+                .unwrap();
+            let parts: Vec<Vec<u8>> = (0..2500u32).map(|i| vec![(i % 251) as u8; (i % 7) as usize]).collect();
+            let bufs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+            write_all_at(&file, &bufs, 3).unwrap();
+            let mut expected = vec![0u8; 3];
+            expected.extend(parts.concat());
+            assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), expected);
+        }
     }
 }
 
@@ -341,6 +435,9 @@ pub struct FaultSwitch {
     /// Data writes still let through before a write fault applies, to fail
     /// the second write of an append that takes two.
     writes_to_pass: Arc<AtomicU64>,
+    /// Milliseconds every `.log` fsync takes at least (a slow disk), so a
+    /// test can act while one runs.
+    sync_delay_ms: Arc<AtomicU64>,
 }
 
 impl FaultSwitch {
@@ -359,6 +456,10 @@ impl FaultSwitch {
     pub fn set_after_writes(&self, fault: Fault, writes: u64) {
         self.writes_to_pass.store(writes, Ordering::SeqCst);
         self.set(Some(fault));
+    }
+    /// Makes every later `.log` fsync take at least `delay`.
+    pub fn delay_syncs(&self, delay: std::time::Duration) {
+        self.sync_delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
     }
     /// Whether this data write goes through despite a write fault.
     fn passes_write(&self) -> bool {
@@ -432,6 +533,54 @@ impl StorageFile for FaultyFile {
     fn write_all_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
         if self.is_data() {
             self.fs.record("write", &self.path);
+        }
+        self.faulty_write(buf, position)
+    }
+    /// Recorded as one `writev` op; a write fault applies per buffer, as
+    /// to that many writes.
+    fn write_all_vectored_at(&self, bufs: &[&[u8]], mut position: u64) -> io::Result<()> {
+        if self.is_data() {
+            self.fs.record("writev", &self.path);
+        }
+        for buf in bufs {
+            self.faulty_write(buf, position)?;
+            position += buf.len() as u64;
+        }
+        Ok(())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.fs.record("sync", &self.path);
+        if self.is_data() && self.fs.switch.get() == Some(Fault::SyncFails) {
+            self.fs.switch.fire();
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        let delay = self.fs.switch.sync_delay_ms.load(Ordering::SeqCst);
+        if self.is_data() && delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+        }
+        self.inner.sync_data()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn std_file(&self) -> Option<&File> {
+        self.inner.std_file()
+    }
+    fn read_shared(&self, position: u64, len: usize) -> io::Result<bytes::Bytes> {
+        if self.is_data() {
+            self.fs.record("read", &self.path.with_extension(format!("log@{position}+{len}")));
+        }
+        self.inner.read_shared(position, len)
+    }
+}
+
+impl FaultyFile {
+    /// A data write with the switch's write fault applied.
+    fn faulty_write(&self, buf: &[u8], position: u64) -> io::Result<()> {
+        if self.is_data() {
             let fault = self.fs.switch.get().filter(|_| !self.fs.switch.passes_write());
             match fault {
                 Some(Fault::WriteFails) => {
@@ -451,29 +600,6 @@ impl StorageFile for FaultyFile {
             }
         }
         self.inner.write_all_at(buf, position)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        self.fs.record("sync", &self.path);
-        if self.is_data() && self.fs.switch.get() == Some(Fault::SyncFails) {
-            self.fs.switch.fire();
-            return Err(io::Error::from_raw_os_error(5));
-        }
-        self.inner.sync_data()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn std_file(&self) -> Option<&File> {
-        self.inner.std_file()
-    }
-    fn read_shared(&self, position: u64, len: usize) -> io::Result<bytes::Bytes> {
-        if self.is_data() {
-            self.fs.record("read", &self.path.with_extension(format!("log@{position}+{len}")));
-        }
-        self.inner.read_shared(position, len)
     }
 }
 

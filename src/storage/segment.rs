@@ -92,9 +92,34 @@ pub enum BatchRef<'a> {
     /// Stamped in place, then written with one pwrite.
     Stamp(&'a mut [u8]),
     /// Left as it is (a client's batch, still owned by its request): the
-    /// stamp and the rest go in two pwrites, so the bytes are not copied
-    /// to make room for the stamp.
-    Shared(&'a [u8]),
+    /// stamp and the rest go in one `pwritev`, so the bytes are not copied
+    /// to make room for the stamp. Shared bytes can wait in a group
+    /// commit's queue without a copy.
+    Shared(&'a Bytes),
+}
+
+/// A stamped batch waiting, while an fsync runs, to be written with the
+/// rest of its group commit (one `pwritev` for all of them).
+#[derive(Debug, Clone)]
+pub(crate) struct QueuedBatch {
+    /// Its position in the segment, reserved when it was appended.
+    pub position: u64,
+    /// Its first offset, where the file ends if it is never written.
+    pub base_offset: u64,
+    stamp: [u8; 16],
+    bytes: Bytes,
+}
+
+impl QueuedBatch {
+    /// Stamps `batch` (at least a batch header long) with `base_offset`.
+    pub fn new(position: u64, batch: BatchRef<'_>, base_offset: u64) -> QueuedBatch {
+        let stamp = batch::stamp(batch.bytes(), base_offset);
+        let bytes = match batch {
+            BatchRef::Stamp(b) => Bytes::copy_from_slice(&b[stamp.len()..]),
+            BatchRef::Shared(b) => b.slice(stamp.len()..),
+        };
+        QueuedBatch { position, base_offset, stamp, bytes }
+    }
 }
 
 impl BatchRef<'_> {
@@ -654,10 +679,17 @@ impl Segment {
             }
             BatchRef::Shared(bytes) => {
                 let stamp = batch::stamp(bytes, base_offset);
-                self.log.write_all_at(&stamp, position)?;
-                self.log.write_all_at(&bytes[stamp.len()..], position + stamp.len() as u64)
+                self.log.write_all_vectored_at(&[&stamp, &bytes[stamp.len()..]], position)
             }
         }
+    }
+
+    /// Writes queued batches, which lie end to end from the first one's
+    /// position, with one vectored write.
+    pub(crate) fn write_queued(&self, queued: &[QueuedBatch]) -> std::io::Result<()> {
+        let Some(first) = queued.first() else { return Ok(()) };
+        let bufs: Vec<&[u8]> = queued.iter().flat_map(|q| [&q.stamp[..], &q.bytes[..]]).collect();
+        self.log.write_all_vectored_at(&bufs, first.position)
     }
 
     /// Cuts the `.log` to `len` bytes (readers' view with it), fsyncing the

@@ -2,10 +2,11 @@
 //!
 //! An append checks the batch and the idempotent producer's sequence, rolls
 //! the active segment if it is due, has the segment write the batch (one
-//! `pwrite`, or two for a client's batch that is not copied), indexes it,
-//! and, unless the flush policy is `always`, publishes it to readers at
-//! once. Under `always` the high watermark moves only once an fsync covered
-//! the batch (`durability.rs`).
+//! `pwrite`, or one `pwritev` for a client's batch that is not copied),
+//! indexes it, and, unless the flush policy is `always`, publishes it to
+//! readers at once. Under `always` the high watermark moves only once an
+//! fsync covered the batch, and while an fsync runs the batch is queued
+//! instead, to be written with the rest of its group (`durability.rs`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use super::{
 };
 use crate::storage::batch::{BatchHeader, BATCH_BYTES_LIMIT};
 use crate::storage::producer::{ProducerBatch, SequenceCheck};
-use crate::storage::segment::Segment;
+use crate::storage::segment::{QueuedBatch, Segment};
 use crate::storage::{IoCause, PoisonCause, Result, StorageError};
 
 impl Log {
@@ -138,9 +139,19 @@ impl Log {
         let position = w.active.position;
         let batch_len = batch.bytes().len() as u64;
         let segment = w.active.segment.clone();
-        if let Err(e) = segment.write_batch(position, batch, base_offset) {
-            self.undo_write(w, position, &e);
-            return Err(StorageError::io(&segment.log_path, e));
+        if needs_sync && w.sync_running {
+            // An fsync is running and cannot cover this batch: it waits to
+            // be written with the others that arrive meanwhile, in one
+            // pwritev, when that fsync returns (durability.rs).
+            w.queue.push(QueuedBatch::new(position, batch, base_offset));
+        } else {
+            // (A queue is left only if the topic's flush policy just
+            // changed: its batches go first, in order.)
+            self.write_queue(w)?;
+            if let Err(e) = segment.write_batch(position, batch, base_offset) {
+                self.undo_write(w, position, &e);
+                return Err(StorageError::io(&segment.log_path, e));
+            }
         }
         let stamped = BatchHeader { base_offset, ..header };
         let idx = segment.indexes()?;
@@ -203,6 +214,9 @@ impl Log {
 
     /// Closes the active segment (fsynced, indexes trimmed) and starts a new one.
     pub(super) fn roll(&self, w: &mut Writer, config: &LogConfig) -> Result<()> {
+        // The old segment is closed (and under `always` fsynced) below:
+        // batches queued for it are written first.
+        self.write_queue(w)?;
         let new = Arc::new(Segment::create(self.fs.clone(), &self.dir, w.next_offset, config.limits())?);
         // Under `always` the old segment is fsynced here (its acknowledged
         // batches already are; this covers the ones still waiting). Under

@@ -17,8 +17,14 @@ fn durable_point(w: &Writer) -> Option<(u64, u64)> {
     in_active.then_some((w.active.segment.base_offset, w.durable.position))
 }
 
+/// The position and offset after the last batch in the file: batches in
+/// the group-commit queue are reserved but not written yet.
+fn written_point(w: &Writer) -> (u64, u64) {
+    w.queue.first().map_or((w.active.position, w.next_offset), |q| (q.position, q.base_offset))
+}
+
 pub(super) fn checkpoint_points(w: &Writer) -> CheckpointPoints {
-    (durable_point(w), (w.active.segment.base_offset, w.active.position))
+    (durable_point(w), (w.active.segment.base_offset, written_point(w).0))
 }
 
 /// The checkpoint at the durable point (see [`durable_point`]).
@@ -78,12 +84,13 @@ impl Log {
         }
         let mut cp = w.durable.last.clone();
         let trusted = !matches!(w.refusal, Some(Refusal::Poisoned(_)));
-        cp.same_boot = self.fs.boot_id().filter(|_| trusted).map(|boot_id| SameBoot {
-            boot_id,
-            segment_base: w.active.segment.base_offset,
-            position: w.active.position,
-            next_offset: w.next_offset,
-            producers: w.producers.clone(),
+        let (position, next_offset) = written_point(w);
+        cp.same_boot = self.fs.boot_id().filter(|_| trusted).map(|boot_id| {
+            let mut producers = w.producers.clone();
+            if next_offset < w.next_offset {
+                producers.truncate(next_offset);
+            }
+            SameBoot { boot_id, segment_base: w.active.segment.base_offset, position, next_offset, producers }
         });
         w.checkpoints.seq += 1;
         (w.checkpoints.seq, cp)

@@ -142,10 +142,40 @@ impl Log {
     /// covers; on failure discards the unsynced tail (or poisons the log)
     /// and returns the new epoch and the cause.
     fn sync_once(&self) -> std::result::Result<u64, SyncFailure> {
-        let (segment, offset, position, closed, rolls) = {
-            let w = self.writer();
-            (w.active.segment.clone(), w.next_offset, w.active.position, w.rolls.unsynced.clone(), w.rolls.count)
+        let (segment, offset, position, closed, rolls, epoch) = {
+            let mut w = self.writer();
+            // From here until the fsync returns, `always` appends queue up
+            // (the queue is empty now: the last sync wrote it).
+            w.sync_running = true;
+            let active = (w.active.segment.clone(), w.next_offset, w.active.position);
+            (active.0, active.1, active.2, w.rolls.unsynced.clone(), w.rolls.count, w.epoch)
         };
+        let result = self.sync_written(&segment, offset, position, &closed, rolls, epoch);
+        let mut w = self.writer();
+        w.sync_running = false;
+        if result.is_err() {
+            w.queue.clear();
+            return result;
+        }
+        // What queued during the fsync is written now, in one pwritev, for
+        // the next fsync to cover.
+        if let Err(failed) = self.write_queue(&mut w) {
+            tracing::debug!(error = %failed, "writing a group commit's queue failed");
+        }
+        result
+    }
+
+    /// The fsyncs of one group commit: segment names, rolled segments, then
+    /// the active segment up to `position` (offsets below `offset`).
+    fn sync_written(
+        &self,
+        segment: &Arc<Segment>,
+        offset: u64,
+        position: u64,
+        closed: &[Rolled],
+        rolls: u64,
+        epoch: u64,
+    ) -> std::result::Result<u64, SyncFailure> {
         // Segment names first, then rolled segments: the durable point
         // cannot pass either.
         if let Err(cause) = self.sync_dir_through(rolls) {
@@ -153,7 +183,7 @@ impl Log {
             w.epoch += 1;
             return Err((w.epoch, cause));
         }
-        if let Err(cause) = sync_segments(&closed) {
+        if let Err(cause) = sync_segments(closed) {
             let mut w = self.writer();
             poison(&mut w, PoisonCause::Io(cause.clone()));
             w.epoch += 1;
@@ -163,10 +193,15 @@ impl Log {
         // against a power loss losing batches we are about to acknowledge.
         let result = segment.sync();
         let mut w = self.writer();
-        forget_synced(&mut w, &closed);
+        forget_synced(&mut w, closed);
+        if w.epoch != epoch {
+            // A failed write of a queue (in a roll) cut the log meanwhile;
+            // its waiters have failed. This fsync proves nothing new.
+            return Ok(w.durable.offset);
+        }
         match result {
             Ok(()) => {
-                let same = Arc::ptr_eq(&w.active.segment, &segment);
+                let same = Arc::ptr_eq(&w.active.segment, segment);
                 if same && w.durable.position < position {
                     w.durable.position = position;
                 }
@@ -179,18 +214,86 @@ impl Log {
             }
             Err(e) => {
                 let cause = IoCause::new(format!("fsync of {}", segment.log_path.display()), e);
-                tracing::error!(%cause, "discarding unsynced appends");
-                if self.high_watermark() > w.durable.offset || !Arc::ptr_eq(&w.active.segment, &segment) {
-                    // Readers may have seen data that is not durable (policy
-                    // changed at runtime, or a roll raced): we cannot cut it.
-                    poison(&mut w, PoisonCause::Io(cause.clone()));
-                } else if let Err(cut) = self.discard_unsynced(&mut w) {
-                    poison(&mut w, PoisonCause::IoThenCut { first: cause.clone(), cut });
-                }
-                w.epoch += 1;
-                Err((w.epoch, cause))
+                Err((self.discard_after(&mut w, segment, &cause), cause))
             }
         }
+    }
+
+    /// After a failed fsync or write of `segment`: cuts the unsynced tail
+    /// (or poisons the log when it cannot) and returns the new epoch, which
+    /// fails every waiter on what was cut.
+    fn discard_after(&self, w: &mut Writer, segment: &Arc<Segment>, cause: &IoCause) -> u64 {
+        tracing::error!(%cause, "discarding unsynced appends");
+        if self.high_watermark() > w.durable.offset || !Arc::ptr_eq(&w.active.segment, segment) {
+            // Readers may have seen data that is not durable (policy
+            // changed at runtime, or a roll raced): we cannot cut it.
+            poison(w, PoisonCause::Io(cause.clone()));
+        } else if let Err(cut) = self.discard_unsynced(w) {
+            poison(w, PoisonCause::IoThenCut { first: cause.clone(), cut });
+        }
+        w.queue.clear();
+        w.epoch += 1;
+        w.epoch
+    }
+
+    /// Writes the group-commit queue (see [`Writer::queue`]) with one
+    /// vectored write. A failure discards everything unsynced, as a failed
+    /// fsync does, and fails its waiters.
+    pub(super) fn write_queue(&self, w: &mut Writer) -> Result<()> {
+        if w.queue.is_empty() {
+            return Ok(());
+        }
+        let segment = w.active.segment.clone();
+        match segment.write_queued(&w.queue) {
+            Ok(()) => {
+                w.queue.clear();
+                Ok(())
+            }
+            Err(e) => {
+                let cause = IoCause::new(format!("write to {}", segment.log_path.display()), e);
+                let epoch = self.discard_after(w, &segment, &cause);
+                // The writer lock is held: it is taken before the sync lock.
+                {
+                    let mut s = lock(&self.sync);
+                    s.discard_epoch = s.discard_epoch.max(epoch);
+                    s.last_error = Some(cause.clone());
+                }
+                self.synced.notify_all();
+                Err(self.refused(w).unwrap_or(StorageError::SyncFailed { path: self.dir.clone(), cause }))
+            }
+        }
+    }
+
+    /// Where a pending append stands, without waiting: `None` while it
+    /// waits for an fsync, else whether it is durable (for callers that
+    /// wait asynchronously and have [`Log::sync`] run elsewhere).
+    pub fn durable_status(&self, pending: &PendingAppend) -> Option<Result<()>> {
+        if !pending.needs_sync {
+            return Some(Ok(()));
+        }
+        let (target, epoch) = (pending.outcome.last_offset + 1, pending.epoch);
+        {
+            let s = lock(&self.sync);
+            if epoch < s.reopened_below {
+                return Some(Err(StorageError::Reopened { path: self.dir.clone() }));
+            }
+            if s.synced_offset >= target {
+                return Some(Ok(()));
+            }
+            if s.discard_epoch > epoch {
+                let cause =
+                    s.last_error.clone().unwrap_or_else(|| IoCause::new("fsync", std::io::Error::other("unknown")));
+                return Some(Err(StorageError::SyncFailed { path: self.dir.clone(), cause }));
+            }
+        }
+        // A poisoned log syncs nothing until it is reopened (which fails
+        // this append as above).
+        self.refused(&self.writer()).map(Err)
+    }
+
+    /// The offset below which every append is durable (under `always`).
+    pub fn synced_offset(&self) -> u64 {
+        lock(&self.sync).synced_offset
     }
 
     /// Cuts the active segment back to the last durable point.
@@ -204,6 +307,7 @@ impl Log {
         idx.offset.truncate_to_position(position);
         idx.time.truncate_to_relative(w.durable.offset - segment.base_offset);
         w.producers.truncate(w.durable.offset);
+        w.queue.clear();
         w.next_offset = w.durable.offset;
         w.active.position = position;
         w.active.bytes_since_entry = position - idx.offset.last().map(|e| e.position as u64).unwrap_or(0);

@@ -47,7 +47,7 @@ use super::batch::{BatchHeader, BATCH_BYTES_LIMIT};
 use super::checkpoint::Checkpoint;
 use super::fs::FileSystem;
 use super::producer::ProducerState;
-use super::segment::{Bounds, Segment, SegmentLimits, SegmentRead};
+use super::segment::{Bounds, QueuedBatch, Segment, SegmentLimits, SegmentRead};
 use super::{Clock, PoisonCause, Result, StorageError};
 
 use self::checkpoints::CheckpointPoints;
@@ -270,6 +270,13 @@ struct Writer {
     /// Bumped whenever unsynced data is discarded, to fail its waiters.
     epoch: u64,
     refusal: Option<Refusal>,
+    /// Set while a group-commit fsync runs: `always` appends then queue
+    /// here (their positions and offsets reserved, indexed, not yet
+    /// written) instead of writing at once, and the sync writes the whole
+    /// queue with one `pwritev` when its fsync returns, for the next fsync
+    /// to cover. Empty whenever no sync runs.
+    sync_running: bool,
+    queue: Vec<QueuedBatch>,
 }
 
 /// Group-commit bookkeeping.
@@ -355,6 +362,8 @@ impl Log {
             checkpoints: Checkpoints { taken: (None, (u64::MAX, 0)), seq: 0 },
             epoch: 0,
             refusal: None,
+            sync_running: false,
+            queue: Vec::new(),
         };
         tracing::debug!(dir = %dir.display(), next_offset = writer.next_offset, segments = segments.len(), "log opened");
         let synced_offset = writer.durable.offset;
