@@ -53,6 +53,16 @@ fn bench_modes_print_a_json_summary() {
             let props = summary["config"]["kafka_properties"].to_string();
             assert!(props.contains("enable.idempotence=true"), "bench {mode}: {props}");
         }
+        if mode == "produce --records 3000 --producers 2 --partitions 2" {
+            // 30 requests of 100 records, each acknowledged after a
+            // group-commit fsync that covered it (one may cover several;
+            // a partition's close may add one).
+            assert_eq!(summary["produce_requests"].as_u64(), Some(30), "{summary}");
+            let fsyncs = summary["fsyncs"].as_u64().unwrap();
+            assert!((1..=32).contains(&fsyncs), "{summary}");
+            let per_fsync = summary["requests_per_fsync"].as_f64().unwrap();
+            assert!((per_fsync - 30.0 / fsyncs as f64).abs() < 1e-9, "{summary}");
+        }
         assert!(summary["p50_ms"].as_f64().unwrap() <= summary["max_ms"].as_f64().unwrap());
         // Embedded: the CPU of this whole process (broker and load) per GB.
         assert_eq!(summary["cpu_scope"], "process", "bench {mode}: {summary}");
@@ -75,5 +85,7 @@ fn bench_against_a_server_reports_the_broker_s_cpu_per_gb() {
     assert!(ok, "{err}");
     let summary: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
     assert_eq!(summary["cpu_scope"], "broker", "{summary}");
+    // Another process's fsyncs are not counted here.
+    assert!(summary["fsyncs"].is_null() && summary["requests_per_fsync"].is_null(), "{summary}");
     assert!(summary["cpu_s_per_gb"].as_f64().is_some_and(|c| c > 0.0), "{summary}");
 }

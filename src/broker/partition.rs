@@ -26,12 +26,18 @@ pub struct Partition {
     last_flush_ms: AtomicU64,
     /// The topic's produce and fetch counters.
     pub counters: Arc<TopicCounters>,
-    /// Set while the syncer runs ([`Partition::start_syncer`]).
-    syncing: AtomicBool,
-    /// The offset below which some append waits to be durable.
-    sync_wanted: AtomicU64,
+    /// Whether the syncer runs ([`Partition::start_syncer`]), and the
+    /// offset below which some append waits to be durable.
+    syncer: std::sync::Mutex<Syncer>,
     /// Counts the syncer's rounds; waiters for durability watch it.
     sync_rounds: watch::Sender<u64>,
+}
+
+/// The syncer's state ([`Partition::start_syncer`]).
+#[derive(Debug, Default)]
+struct Syncer {
+    running: bool,
+    wanted: u64,
 }
 
 /// A batch the broker appends: one it encoded, or a client's, written as
@@ -77,8 +83,7 @@ impl Partition {
             rolling_io: Arc::new(AtomicBool::new(false)),
             last_flush_ms: AtomicU64::new(0),
             counters,
-            syncing: AtomicBool::new(false),
-            sync_wanted: AtomicU64::new(0),
+            syncer: std::sync::Mutex::new(Syncer::default()),
             sync_rounds: watch::Sender::new(0),
         }
     }
@@ -112,8 +117,7 @@ impl Partition {
         }
         if pending.needs_sync() {
             // The syncer covers it even if the caller stops waiting.
-            self.sync_wanted.fetch_max(pending.outcome.last_offset + 1, Ordering::AcqRel);
-            self.start_syncer();
+            self.start_syncer(pending.outcome.last_offset + 1);
         }
         Ok(pending)
     }
@@ -124,20 +128,27 @@ impl Partition {
     /// queued meanwhile is written when it returns), and after each wakes
     /// every waiter at once through `sync_rounds`. A request waits on that
     /// without a thread of its own: no hand-off per request, one per group.
-    fn start_syncer(self: &Arc<Self>) {
-        if self.syncing.swap(true, Ordering::AcqRel) {
-            return;
+    fn start_syncer(self: &Arc<Self>, wanted: u64) {
+        {
+            let mut syncer = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
+            syncer.wanted = syncer.wanted.max(wanted);
+            if syncer.running {
+                return;
+            }
+            syncer.running = true;
         }
         let this = self.clone();
-        // (A discard may leave a wanted offset the log no longer reaches.)
-        let wanted =
-            |p: &Partition| p.log.synced_offset() < p.sync_wanted.load(Ordering::Acquire) && p.log.has_unsynced();
         tokio::task::spawn_blocking(move || loop {
-            if !wanted(&this) {
-                this.syncing.store(false, Ordering::Release);
-                // An append that wanted a sync after the check above but
-                // saw the flag still set: take the job back.
-                if !wanted(&this) || this.syncing.swap(true, Ordering::AcqRel) {
+            {
+                // Decided under the same lock appenders start it under, so
+                // an append is either seen here or starts a new syncer.
+                let mut syncer = this.syncer.lock().unwrap_or_else(|e| e.into_inner());
+                if !this.log.sync_needed(syncer.wanted) {
+                    syncer.running = false;
+                    drop(syncer);
+                    // Another fsync (a roll's, a close's) may have covered
+                    // a waiter since it looked: it looks again.
+                    this.sync_rounds.send_modify(|n| *n += 1);
                     return;
                 }
             }
@@ -148,7 +159,7 @@ impl Partition {
                 // Waiters learn their own outcome from the log; a later
                 // append starts the syncer again.
                 tracing::debug!(topic = %this.topic, partition = this.id, error = %e, "group commit failed");
-                this.syncing.store(false, Ordering::Release);
+                this.syncer.lock().unwrap_or_else(|e| e.into_inner()).running = false;
                 return;
             }
         });
@@ -178,7 +189,7 @@ impl Partition {
                     done.map_err(|e| self.error(e))?;
                     break;
                 }
-                self.start_syncer();
+                self.start_syncer(pending.outcome.last_offset + 1);
                 if rounds.changed().await.is_err() {
                     return Err(BrokerError::Internal("the partition closed during a group commit".into()));
                 }

@@ -98,6 +98,68 @@ pub fn frame_message<M: Message>(head: &M, batches: Vec<Bytes>, field: u8) -> Ve
     out
 }
 
+/// Bytes at which [`frame_records`] starts a new chunk: small enough for
+/// the allocator to recycle (a whole-response buffer of 8 MiB came back as
+/// freshly faulted, zeroed pages each time: `clear_page_erms`).
+const RECORD_CHUNK_BYTES: usize = 64 << 10;
+
+/// Field number of `value` in `StoredRecord`.
+const VALUE_FIELD: u8 = 6;
+
+/// One gRPC message as body chunks, like [`frame_message`], for a
+/// FetchResponse or SubscribeResponse whose `records` (field 1) were taken
+/// out of `head`: each record's size is computed once (prost's `encode`
+/// would size every record, headers map included, once for the message
+/// length and again for its own), the records go into chunks of about 64
+/// KiB rather than one buffer of the whole response, and a value of 16 KiB
+/// or more is sent as its own chunk, shared with the stored batch.
+pub fn frame_records<M: Message>(
+    head: &M,
+    mut records: Vec<crate::proto::StoredRecord>,
+    batches: Vec<Bytes>,
+    batch_field: u8,
+) -> VecDeque<Bytes> {
+    if records.is_empty() {
+        return frame_message(head, batches, batch_field);
+    }
+    let values: Vec<Bytes> = records.iter_mut().map(|r| std::mem::take(&mut r.value)).collect();
+    let value_len =
+        |v: &Bytes| if v.is_empty() { 0 } else { 1 + prost::encoding::encoded_len_varint(v.len() as u64) + v.len() };
+    let lens: Vec<usize> = records.iter().zip(&values).map(|(r, v)| r.encoded_len() + value_len(v)).collect();
+    let records_len: usize = lens.iter().map(|&l| 1 + prost::encoding::encoded_len_varint(l as u64) + l).sum();
+    let mut out = frame_message(head, batches, batch_field);
+    // The prefix's length covers the records too (fields may come in any
+    // order): rewrite it, then append them.
+    let mut first = BytesMut::from(out.pop_front().expect("a prefix chunk"));
+    let total = u32::from_be_bytes(first[1..GRPC_PREFIX].try_into().expect("4 bytes")) as usize + records_len;
+    first[1..GRPC_PREFIX].copy_from_slice(&(total as u32).to_be_bytes());
+    out.push_front(first.freeze());
+    let mut chunk = BytesMut::with_capacity(RECORD_CHUNK_BYTES + 256);
+    for ((record, value), len) in records.iter().zip(values).zip(lens) {
+        chunk.put_u8((1 << 3) | 2);
+        prost::encoding::encode_varint(len as u64, &mut chunk);
+        record.encode_raw(&mut chunk);
+        if !value.is_empty() {
+            chunk.put_u8((VALUE_FIELD << 3) | 2);
+            prost::encoding::encode_varint(value.len() as u64, &mut chunk);
+            if value.len() < CHUNK_MIN {
+                chunk.extend_from_slice(&value);
+            } else {
+                out.push_back(chunk.split().freeze());
+                out.push_back(value);
+            }
+        }
+        if chunk.len() >= RECORD_CHUNK_BYTES {
+            out.push_back(chunk.split().freeze());
+            chunk.reserve(RECORD_CHUNK_BYTES + 256);
+        }
+    }
+    if !chunk.is_empty() {
+        out.push_back(chunk.freeze());
+    }
+    out
+}
+
 /// Received DATA frames, shared, in order.
 #[derive(Debug)]
 pub struct Frames {

@@ -46,7 +46,7 @@ use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::{Request, Status};
 
-use super::codec::{frame_message, frame_plain, Frames, GRPC_PREFIX};
+use super::codec::{frame_plain, frame_records, Frames, GRPC_PREFIX};
 use super::convert;
 use super::service::BrokerService;
 use super::status::to_status;
@@ -234,12 +234,7 @@ async fn subscribe(
     let (request, _permit) = decode_request::<proto::SubscribeRequest>(request, limits).await?;
     let caller = caller_of(request.extensions());
     let stream = service.subscribe_budgeted(&caller, request.into_inner())?;
-    Ok(Box::pin(stream.map(|m| {
-        m.map(|(mut m, permit)| {
-            let batches = std::mem::take(&mut m.record_batches);
-            (frame_message(&m, batches, SUBSCRIBE_BATCHES_FIELD), permit)
-        })
-    })))
+    Ok(Box::pin(stream.map(|m| m.map(|(m, permit)| (frame_subscribe_response(m), permit)))))
 }
 
 /// Runs the Fetch handler: its one message, then the status.
@@ -247,7 +242,8 @@ async fn fetch(service: BrokerService, request: http::Request<Body>, limits: Req
     let (request, _permit) = decode_request::<proto::FetchRequest>(request, limits).await?;
     let mut m = service.fetch(request).await?.into_inner();
     let batches = std::mem::take(&mut m.record_batches);
-    let chunks = frame_message(&m, batches, FETCH_BATCHES_FIELD);
+    let records = std::mem::take(&mut m.records);
+    let chunks = frame_records(&m, records, batches, FETCH_BATCHES_FIELD);
     Ok(Box::pin(futures::stream::once(futures::future::ready(Ok((chunks, BudgetPermit::none()))))))
 }
 
@@ -674,10 +670,11 @@ impl http_body::Body for PushBody {
     }
 }
 
-/// [`frame_message`] of a SubscribeResponse, batches included.
+/// The frames of a SubscribeResponse, records and batches included.
 pub fn frame_subscribe_response(mut message: proto::SubscribeResponse) -> VecDeque<Bytes> {
     let batches = std::mem::take(&mut message.record_batches);
-    frame_message(&message, batches, SUBSCRIBE_BATCHES_FIELD)
+    let records = std::mem::take(&mut message.records);
+    frame_records(&message, records, batches, SUBSCRIBE_BATCHES_FIELD)
 }
 
 #[cfg(test)]
@@ -709,6 +706,51 @@ mod tests {
         // The big batches go out as the stored bytes themselves.
         let shared = out.iter().filter(|c| c.as_ptr() == big.as_ptr()).count();
         assert_eq!(shared, 2);
+    }
+
+    #[test]
+    fn framed_records_decode_as_prost_encodes_them_in_bounded_chunks() {
+        let big = Bytes::from(vec![9u8; 40_000]);
+        let records: Vec<proto::StoredRecord> = (0..3000u64)
+            .map(|i| proto::StoredRecord {
+                topic: "payments.eu".into(),
+                partition: 2,
+                offset: i,
+                timestamp_ms: 1_700_000_000_000 + i as i64,
+                key: if i % 3 == 0 { Bytes::new() } else { Bytes::from(format!("k{i}")) },
+                value: match i % 100 {
+                    0 => Bytes::new(),
+                    7 => big.clone(),
+                    _ => Bytes::from(vec![(i % 251) as u8; 1000]),
+                },
+                headers: (0..i % 3).map(|h| (format!("h{h}"), Bytes::from(format!("v{i}")))).collect(),
+            })
+            .collect();
+        let fetch = proto::FetchResponse {
+            records: records.clone(),
+            next_offset: 3000,
+            high_watermark: 3100,
+            ..Default::default()
+        };
+        let mut head = fetch.clone();
+        let taken = std::mem::take(&mut head.records);
+        let out = frame_records(&head, taken, Vec::new(), FETCH_BATCHES_FIELD);
+        let bytes = joined(&out);
+        let len = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
+        assert_eq!(len, bytes.len() - GRPC_PREFIX);
+        assert_eq!(len, fetch.encoded_len());
+        assert_eq!(proto::FetchResponse::decode(&bytes[GRPC_PREFIX..]).unwrap(), fetch);
+        assert!(out.iter().all(|c| c.len() <= 64 * 1024 + 2048 || c.as_ptr() == big.as_ptr()), "bounded chunks");
+        assert_eq!(out.iter().filter(|c| c.as_ptr() == big.as_ptr()).count(), 30, "big values shared, not copied");
+        // With batches and no records, and in a SubscribeResponse.
+        let message = proto::SubscribeResponse {
+            records: records[..50].to_vec(),
+            topic: "t".into(),
+            record_batches: vec![big.clone()],
+            ..Default::default()
+        };
+        let bytes = joined(&frame_subscribe_response(message.clone()));
+        assert_eq!(proto::SubscribeResponse::decode(&bytes[GRPC_PREFIX..]).unwrap(), message);
     }
 
     #[test]
@@ -746,7 +788,7 @@ mod tests {
         };
         let mut head = message.clone();
         let batches = std::mem::take(&mut head.record_batches);
-        let bytes = joined(&frame_message(&head, batches, FETCH_BATCHES_FIELD));
+        let bytes = joined(&super::super::codec::frame_message(&head, batches, FETCH_BATCHES_FIELD));
         assert_eq!(proto::FetchResponse::decode(&bytes[GRPC_PREFIX..]).unwrap(), message);
     }
 

@@ -143,6 +143,10 @@ impl Log {
             // An fsync is running and cannot cover this batch: it waits to
             // be written with the others that arrive meanwhile, in one
             // pwritev, when that fsync returns (durability.rs).
+            // (Measured against writing each batch at once, overlapped with
+            // the fsync, and against writing the queue once it holds 64 KiB:
+            // 8 producers of 100 KiB requests ran 364-428 MB/s at 2.9-3.4
+            // CPU-s/GB queued, 306-362 at 3.4-4.0 written at once.)
             w.queue.push(QueuedBatch::new(position, batch, base_offset));
         } else {
             // (A queue is left only if the topic's flush policy just

@@ -15,9 +15,11 @@
 //!   flush policy the high watermark moves only after an fsync covered the
 //!   batch, so nothing a reader saw can vanish in a crash.
 //! - Group commit: appenders write under the writer lock (no fsync there),
-//!   then wait for a sync that covers their batch. One of them runs the
-//!   fsync while the rest queue up, so one fsync covers every batch written
-//!   while the previous one was in flight.
+//!   then wait for a sync that covers their batch. One sync runs at a time;
+//!   `always` batches appended while it runs are queued, not written, and
+//!   go out in one `pwritev` when it returns, for the next sync to cover.
+//!   Nothing past the written point (the queue) is ever visible, indexed
+//!   for readers below the high watermark, or recorded in a checkpoint.
 //! - A failed fsync is never retried: the unsynced tail is cut off and every
 //!   appender waiting on it gets an error. If the cut itself fails (or
 //!   readers saw the data), the log is poisoned and refuses writes until
