@@ -29,6 +29,7 @@ pub struct Partition {
     /// Whether the syncer runs ([`Partition::start_syncer`]), and the
     /// offset below which some append waits to be durable.
     syncer: std::sync::Mutex<Syncer>,
+    syncer_more: std::sync::Condvar,
     /// Counts the syncer's rounds; waiters for durability watch it.
     sync_rounds: watch::Sender<u64>,
 }
@@ -38,7 +39,18 @@ pub struct Partition {
 struct Syncer {
     running: bool,
     wanted: u64,
+    /// Appends counted since the last fsync started (they wait for the
+    /// next one).
+    appended: u64,
+    /// While the syncer lingers: the count of `appended` that ends the
+    /// wait (appenders wake it on reaching it); 0 otherwise.
+    expected: u64,
+    /// Average time of its recent fsyncs, in microseconds.
+    sync_us: u64,
 }
+
+/// The longest a group commit waits for more appends ([`Partition::linger`]).
+const LINGER_US_MAX: u64 = 2_000;
 
 /// A batch the broker appends: one it encoded, or a client's, written as
 /// it arrived (a slice of the request buffer, not copied).
@@ -84,6 +96,7 @@ impl Partition {
             last_flush_ms: AtomicU64::new(0),
             counters,
             syncer: std::sync::Mutex::new(Syncer::default()),
+            syncer_more: std::sync::Condvar::new(),
             sync_rounds: watch::Sender::new(0),
         }
     }
@@ -117,6 +130,14 @@ impl Partition {
         }
         if pending.needs_sync() {
             // The syncer covers it even if the caller stops waiting.
+            {
+                let mut syncer = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
+                syncer.appended += 1;
+                if syncer.expected != 0 && syncer.appended >= syncer.expected {
+                    syncer.expected = 0;
+                    self.syncer_more.notify_one();
+                }
+            }
             self.start_syncer(pending.outcome.last_offset + 1);
         }
         Ok(pending)
@@ -138,31 +159,77 @@ impl Partition {
             syncer.running = true;
         }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || loop {
-            {
-                // Decided under the same lock appenders start it under, so
-                // an append is either seen here or starts a new syncer.
-                let mut syncer = this.syncer.lock().unwrap_or_else(|e| e.into_inner());
-                if !this.log.sync_needed(syncer.wanted) {
-                    syncer.running = false;
-                    drop(syncer);
-                    // Another fsync (a roll's, a close's) may have covered
-                    // a waiter since it looked: it looks again.
-                    this.sync_rounds.send_modify(|n| *n += 1);
+        tokio::task::spawn_blocking(move || {
+            // Requests the last fsync covered: their producers are likely
+            // to send the next ones right after their acknowledgement.
+            let mut returning = 0;
+            loop {
+                {
+                    let mut syncer = this.linger(returning);
+                    // Decided under the same lock appenders start it under,
+                    // so an append is either seen here or starts a new syncer.
+                    if !this.log.sync_needed(syncer.wanted) {
+                        syncer.running = false;
+                        drop(syncer);
+                        // Another fsync (a roll's, a close's) may have
+                        // covered a waiter since it looked: it looks again.
+                        this.sync_rounds.send_modify(|n| *n += 1);
+                        return;
+                    }
+                    returning = std::mem::take(&mut syncer.appended);
+                }
+                let started = std::time::Instant::now();
+                let synced = this.log.sync();
+                let took = started.elapsed().as_micros().min(u64::MAX as u128) as u64;
+                {
+                    let mut s = this.syncer.lock().unwrap_or_else(|e| e.into_inner());
+                    s.sync_us = if s.sync_us == 0 { took } else { (s.sync_us * 7 + took) / 8 };
+                }
+                this.high_watermark.send_replace(this.log.high_watermark());
+                this.sync_rounds.send_modify(|n| *n += 1);
+                if let Err(e) = synced {
+                    // Waiters learn their own outcome from the log; a later
+                    // append starts the syncer again.
+                    tracing::debug!(topic = %this.topic, partition = this.id, error = %e, "group commit failed");
+                    this.syncer.lock().unwrap_or_else(|e| e.into_inner()).running = false;
                     return;
                 }
             }
-            let synced = this.log.sync();
-            this.high_watermark.send_replace(this.log.high_watermark());
-            this.sync_rounds.send_modify(|n| *n += 1);
-            if let Err(e) = synced {
-                // Waiters learn their own outcome from the log; a later
-                // append starts the syncer again.
-                tracing::debug!(topic = %this.topic, partition = this.id, error = %e, "group commit failed");
-                this.syncer.lock().unwrap_or_else(|e| e.into_inner()).running = false;
-                return;
-            }
         });
+    }
+
+    /// Before a group commit's fsync: waits until the requests the last
+    /// fsync covered are back (their producers, acknowledged, send the next
+    /// ones), for at most half an fsync and never more than 2 ms, so that one
+    /// fsync covers every producer instead of two halves taking turns. A
+    /// syncer that starts from idle (`returning` 0) never waits, so a lone
+    /// request is fsynced at once. Returns the locked state.
+    ///
+    /// Measured (`strata bench produce --embedded --producers 8 --batch 100
+    /// --duration 5s`, old and new binaries alternated 3 times): 4.8-5.0
+    /// requests per fsync instead of 2.95-3.1, at the same MB/s and CPU per
+    /// GB (the two cores are the limit: encoding eight requests takes about
+    /// as long as their fsync), so 40% fewer fsyncs for a disk that counts
+    /// them; `bench e2e --rate 10000` p50/p99 within noise. Waiting longer
+    /// (a fixed 1 ms) reached 7.5 but cost 10-20% of the throughput.
+    fn linger(&self, returning: u64) -> std::sync::MutexGuard<'_, Syncer> {
+        let mut s = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
+        if returning == 0 {
+            return s;
+        }
+        let limit = std::time::Duration::from_micros((s.sync_us / 2).min(LINGER_US_MAX));
+        let deadline = std::time::Instant::now() + limit;
+        let expected = s.appended + returning;
+        while s.appended < expected {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            s.expected = expected;
+            s = self.syncer_more.wait_timeout(s, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        s.expected = 0;
+        s
     }
 
     /// Runs a short page-cache operation (a pwrite or pread, usually
