@@ -97,6 +97,26 @@ pub const OFFSETS_COMPACT_SEGMENTS: usize = 4;
 pub const OFFSETS_SNAPSHOT_BATCH_RECORDS_MAX: usize = 1000;
 pub const OFFSETS_SNAPSHOT_BATCH_BYTES_MAX: usize = 1 << 20;
 
+// ---- Share groups ----
+
+/// A share group's defaults (`AlterShareGroup` keys in brackets): how long
+/// a delivered record stays acquired [`ack.wait.ms`], deliveries before it
+/// is dead-lettered [`max.deliveries`], records acquired at once per
+/// partition [`max.in.flight`].
+pub const SHARE_ACK_WAIT_DEFAULT: Duration = Duration::from_secs(30);
+pub const SHARE_MAX_DELIVERIES_DEFAULT: u32 = 5;
+pub const SHARE_MAX_IN_FLIGHT_DEFAULT: u32 = 1000;
+/// Bounds on those keys: a lock longer than a day is a forgotten record, a
+/// window over 100,000 records per partition is memory a group may not pin.
+pub const SHARE_ACK_WAIT_MAX: Duration = Duration::from_secs(24 * 3600);
+pub const SHARE_MAX_DELIVERIES_MAX: u32 = 1000;
+pub const SHARE_MAX_IN_FLIGHT_MAX: u32 = 100_000;
+/// Entries of `backoff.ms`, and the longest one (a week).
+pub const SHARE_BACKOFF_STEPS_MAX: usize = 32;
+pub const SHARE_BACKOFF_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest `dlq.reason` kept (longer reasons are cut at a char boundary).
+pub const SHARE_REASON_BYTES_MAX: usize = 1024;
+
 // ---- Storage ----
 
 /// Largest batch the format allows; a length field above it is corruption.

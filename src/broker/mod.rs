@@ -11,6 +11,7 @@
 //! - `fetch.rs`: fetch with long poll, offset lookups.
 //! - `subscription.rs`: push streams over topic patterns.
 //! - `groups.rs`: the consumer group coordinator.
+//! - `delivery/`: share groups (per-record acks, retries, dead letters).
 //! - `background.rs`: retention, flushes, checkpoints, reopening.
 //! - `budget.rs`: the memory budgets that bound what a client may hold.
 //!
@@ -26,6 +27,7 @@ pub mod budget;
 pub mod caller;
 pub mod classic_groups;
 pub mod data_dir;
+pub mod delivery;
 pub mod error;
 pub mod fetch;
 pub mod groups;

@@ -1,0 +1,16 @@
+//! Share groups (Kafka's KIP-932 word): consumers that share a topic's
+//! records one by one, acknowledge each, get failures redelivered after a
+//! backoff, and see records that keep failing moved to a dead-letter topic.
+//!
+//! - `config.rs`: a group's keys (`ack.wait.ms`, `max.deliveries`, ...),
+//!   parsed and bounded.
+//! - `state.rs`: one group's state on one partition as a pure state
+//!   machine with the clock passed in; every decision that must survive a
+//!   crash comes out as a journaled `Change`.
+//!
+//! Invariants: nothing here does I/O or reads a clock; a record is done
+//! only when accepted, dead-lettered after its dead letter is durable, or
+//! deleted by retention (counted).
+
+pub mod config;
+pub mod state;
