@@ -7,10 +7,14 @@
 //! - `state.rs`: one group's state on one partition as a pure state
 //!   machine with the clock passed in; every decision that must survive a
 //!   crash comes out as a journaled `Change`.
+//! - `journal.rs`: the internal log `__share_groups` those changes go to,
+//!   fsynced before an operation answers, replayed on open, compacted by
+//!   snapshot.
 //!
-//! Invariants: nothing here does I/O or reads a clock; a record is done
+//! Invariants: nothing but `journal.rs` does I/O, and nothing reads a clock; a record is done
 //! only when accepted, dead-lettered after its dead letter is durable, or
 //! deleted by retention (counted).
 
 pub mod config;
+pub mod journal;
 pub mod state;
