@@ -7,6 +7,8 @@
 //! - `state.rs`: one group's state on one partition as a pure state
 //!   machine with the clock passed in; every decision that must survive a
 //!   crash comes out as a journaled `Change`.
+//! - `dead_letter.rs`: a dead letter's record (`dlq.*` headers) and the
+//!   way back for `RedriveDeadLetters`.
 //! - `journal.rs`: the internal log `__share_groups` those changes go to,
 //!   fsynced before an operation answers, replayed on open, compacted by
 //!   snapshot.
@@ -16,5 +18,6 @@
 //! deleted by retention (counted).
 
 pub mod config;
+pub mod dead_letter;
 pub mod journal;
 pub mod state;
