@@ -20,8 +20,23 @@ impl Broker {
         self.spawn_coordinator(shutdown.clone());
         let (this, stop) = (self.clone(), shutdown.clone());
         supervise::spawn_supervised("retention", move || retention_loop(this.clone(), stop.clone()));
-        let (this, stop) = (self.clone(), shutdown);
+        let (this, stop) = (self.clone(), shutdown.clone());
         supervise::spawn_supervised("flush and checkpoints", move || tick_loop(this.clone(), stop.clone()));
+        let (this, stop) = (self.clone(), shutdown);
+        supervise::spawn_supervised("share groups", move || share_loop(this.clone(), stop.clone()));
+    }
+}
+
+/// Every `SHARE_TICK`: dead-letters records of share groups whose last
+/// lock ran out, and wakes fetches waiting for released records.
+async fn share_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(super::share_groups::SHARE_TICK);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        broker.share_tick().await;
     }
 }
 

@@ -83,6 +83,14 @@ pub enum BrokerError {
     #[error("commit to group {group:?} for {topic}/{partition}: metadata of {size} bytes is over offset.metadata.max.bytes = {max}")]
     MetadataTooLarge { group: String, topic: String, partition: u32, size: usize, max: usize },
 
+    // ---- Share groups ----
+    #[error("share group {0:?} does not exist")]
+    UnknownShareGroup(String),
+    #[error("share group {group:?}: {why}")]
+    InvalidShareConfig { group: String, why: String },
+    #[error("share group {group:?}, {topic}/{partition}: {source}")]
+    NotAcquired { group: String, topic: String, partition: u32, source: crate::broker::delivery::state::NotAcquired },
+
     // ---- The broker and its storage ----
     #[error("the broker is shutting down")]
     ShuttingDown,

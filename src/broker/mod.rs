@@ -37,6 +37,7 @@ pub mod partitioner;
 pub mod produce;
 pub mod producer_ids;
 pub mod request;
+pub mod share_groups;
 pub mod subscription;
 pub mod supervise;
 pub mod topic;
@@ -74,6 +75,8 @@ pub struct Broker {
     stopping: watch::Sender<bool>,
     /// Consumer groups and their committed offsets.
     groups: groups::Coordinator,
+    /// Share groups: per-record state, journaled.
+    share_groups: share_groups::ShareGroups,
     /// The data directory's lock, held while the broker is open.
     _lock: crate::storage::fs::DirLock,
     /// Request bytes being received or decoded, every listener together.
@@ -130,6 +133,8 @@ impl Broker {
         if dropped > 0 {
             tracing::info!(offsets = dropped, "forgot the committed offsets of deleted topics");
         }
+        let share_store = delivery::journal::ShareStore::open(&dir, fs.clone(), clock.clone())
+            .map_err(|e| BrokerError::storage(share_groups::JOURNAL_NAME, 0, e))?;
         let producer_ids = ProducerIds::open(fs.clone(), dir.join(data_dir::PRODUCER_IDS_FILE))
             .map_err(|e| io("cannot read the producer ids in", e))?;
         tracing::info!(
@@ -138,7 +143,7 @@ impl Broker {
             data_dir = %dir.display(),
             "broker opened"
         );
-        Ok(Arc::new(Broker {
+        let broker = Arc::new(Broker {
             fs,
             clock,
             topics: RwLock::new(topics),
@@ -147,11 +152,18 @@ impl Broker {
             admin: tokio::sync::Mutex::new(()),
             stopping: watch::Sender::new(false),
             groups: groups::Coordinator::new(offsets),
+            share_groups: share_groups::ShareGroups::new(share_store),
             _lock: lock,
             request_budget: budget::RequestBudget::new(config.request_bytes_in_flight_max),
             metrics,
             config,
-        }))
+        });
+        // Share group state of topics deleted by a broker that stopped
+        // before it could forget them.
+        let topic_names: std::collections::HashSet<String> =
+            broker.topics.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        broker.forget_share_topics(|t| !topic_names.contains(t))?;
+        Ok(broker)
     }
 
     pub fn config(&self) -> &BrokerConfig {
@@ -297,6 +309,9 @@ impl Broker {
             if let Err(e) = p.blocking(|log| log.close()).await {
                 tracing::error!(topic = %p.topic, partition = p.id, error = %e, "clean close failed; the next start will recover");
             }
+        }
+        if let Err(e) = self.share_groups.store().close() {
+            tracing::error!(error = %e, "clean close of the share group journal failed; the next start will recover");
         }
         if let Err(e) = self.groups.offsets.close() {
             tracing::error!(error = %e, "clean close of committed offsets failed; the next start will recover");

@@ -101,6 +101,8 @@ impl Broker {
                 .map_err(|e| BrokerError::storage(super::groups::OFFSETS_TOPIC, 0, e))
         })
         .await?;
+        let (this, topic) = (self.clone(), name.to_string());
+        blocking("forget the share group state of", move || this.forget_share_topics(|t| t == topic)).await?;
         tracing::info!(topic = name, forgotten_offsets = forgotten, by = %caller, "deleted topic");
         Ok(())
     }

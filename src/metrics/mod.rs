@@ -47,6 +47,11 @@ pub struct TopicLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub group: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     /// `grpc` or `kafka`.
     pub listener: &'static str,
@@ -119,6 +124,8 @@ pub struct Metrics {
     requests: Family<MethodLabels, Histogram, fn() -> Histogram>,
     connections: Family<ListenerLabels, Gauge>,
     connections_refused: Family<ListenerLabels, Counter>,
+    share_dead_lettered: Family<GroupLabels, Counter>,
+    share_dropped: Family<GroupLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -137,6 +144,18 @@ impl Metrics {
         let requests = Family::<MethodLabels, Histogram, fn() -> Histogram>::new_with_constructor(request_histogram);
         let connections = Family::<ListenerLabels, Gauge>::default();
         let connections_refused = Family::<ListenerLabels, Counter>::default();
+        let share_dead_lettered = Family::<GroupLabels, Counter>::default();
+        let share_dropped = Family::<GroupLabels, Counter>::default();
+        registry.register(
+            "strata_share_group_dead_lettered",
+            "Records a share group moved to its dead-letter topic, per group",
+            share_dead_lettered.clone(),
+        );
+        registry.register(
+            "strata_share_group_dropped",
+            "Records retention deleted before a share group was done with them, per group",
+            share_dropped.clone(),
+        );
         registry.register("strata_produce_records", "Records appended, per topic", produce_records.clone());
         registry.register(
             "strata_produce_bytes",
@@ -174,7 +193,19 @@ impl Metrics {
             requests,
             connections,
             connections_refused,
+            share_dead_lettered,
+            share_dropped,
         }
+    }
+
+    /// Counts records a share group dead-lettered.
+    pub fn share_dead_lettered(&self, group: &str, records: u64) {
+        self.share_dead_lettered.get_or_create(&GroupLabels { group: group.to_string() }).inc_by(records);
+    }
+
+    /// Counts records retention deleted while a share group held them.
+    pub fn share_dropped(&self, group: &str, records: u64) {
+        self.share_dropped.get_or_create(&GroupLabels { group: group.to_string() }).inc_by(records);
     }
 
     /// The counters of `topic` (the same ones for every call until it is forgotten).

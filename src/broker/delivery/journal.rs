@@ -336,6 +336,11 @@ impl JournalEntry {
     }
 }
 
+/// Journal appends not yet known to be durable.
+#[derive(Debug)]
+#[must_use = "changes are not durable until ShareStore::wait returns"]
+pub struct Durable(Vec<crate::storage::PendingAppend>);
+
 /// The share groups' state in memory, backed by the journal.
 #[derive(Debug)]
 pub struct ShareStore {
@@ -408,27 +413,42 @@ impl ShareStore {
     /// discarded them, so memory is rebuilt from the log and the error
     /// returned: nothing is answered that is not durable.
     pub fn update<T>(&self, f: impl FnOnce(&mut BTreeMap<String, ShareGroup>) -> (Vec<JournalEntry>, T)) -> Result<T> {
-        let (pending, out) = {
-            let mut groups = self.groups();
-            let (entries, out) = f(&mut groups);
-            if entries.is_empty() {
-                return Ok(out);
-            }
-            let records: Vec<Record> = entries.iter().map(JournalEntry::to_record).collect();
-            let mut pending = Vec::new();
-            for chunk in records.chunks(SNAPSHOT_BATCH_RECORDS_MAX) {
-                match self.log.append_pending(&mut batch::encode(chunk, None)) {
-                    Ok(p) => pending.push(p),
-                    Err(e) => {
-                        drop(groups);
-                        self.reload();
-                        return Err(e);
-                    }
+        let (pending, out) = self.update_pending(f)?;
+        self.wait(pending)?;
+        Ok(out)
+    }
+
+    /// [`ShareStore::update`] without the wait: the changes are in memory
+    /// and written, and [`ShareStore::wait`] makes them durable. Nothing
+    /// that depends on them may be answered before that.
+    pub fn update_pending<T>(
+        &self,
+        f: impl FnOnce(&mut BTreeMap<String, ShareGroup>) -> (Vec<JournalEntry>, T),
+    ) -> Result<(Durable, T)> {
+        let mut groups = self.groups();
+        let (entries, out) = f(&mut groups);
+        let records: Vec<Record> = entries.iter().map(JournalEntry::to_record).collect();
+        let mut pending = Vec::new();
+        for chunk in records.chunks(SNAPSHOT_BATCH_RECORDS_MAX) {
+            match self.log.append_pending(&mut batch::encode(chunk, None)) {
+                Ok(p) => pending.push(p),
+                Err(e) => {
+                    drop(groups);
+                    self.reload();
+                    return Err(e);
                 }
             }
-            (pending, out)
-        };
-        for p in &pending {
+        }
+        Ok((Durable(pending), out))
+    }
+
+    /// Waits until changes written by [`ShareStore::update_pending`] are
+    /// durable (group commit: concurrent callers share fsyncs).
+    pub fn wait(&self, durable: Durable) -> Result<()> {
+        if durable.0.is_empty() {
+            return Ok(());
+        }
+        for p in &durable.0 {
             if let Err(e) = self.log.wait_durable(p) {
                 self.reload();
                 return Err(e);
@@ -437,7 +457,13 @@ impl ShareStore {
         if let Err(e) = self.compact_if_needed() {
             tracing::warn!(error = %e, "compacting the share group journal failed; will retry later");
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// Changes the groups in memory without journaling anything: only for
+    /// what replay recomputes by itself (lock expiry).
+    pub fn read_mut<T>(&self, f: impl FnOnce(&mut BTreeMap<String, ShareGroup>) -> T) -> T {
+        f(&mut self.groups())
     }
 
     /// Reads the groups in memory under the lock (keep `f` short).

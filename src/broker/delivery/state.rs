@@ -113,6 +113,19 @@ pub struct Delivery {
     pub deliveries: u32,
 }
 
+/// What a fetch would hand out: due redeliveries, then new offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub redeliver: Vec<u64>,
+    pub new: std::ops::Range<u64>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.redeliver.is_empty() && self.new.is_empty()
+    }
+}
+
 /// Counts for `DescribeShareGroup`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -273,19 +286,13 @@ impl SharePartition {
         archived
     }
 
-    /// Hands out up to `max_records` records at `now_ms`, oldest first:
-    /// redeliveries that are due, then new records below `high_watermark`
-    /// while the window stays within `max.in.flight`. Expires locks first.
-    /// Returns the change to journal (none if nothing was handed out).
-    pub fn acquire(
-        &mut self,
-        now_ms: i64,
-        max_records: usize,
-        high_watermark: u64,
-        config: &ShareConfig,
-    ) -> Option<(Change, Vec<Delivery>)> {
+    /// What [`SharePartition::acquire`] would hand out at `now_ms`, oldest
+    /// first: redeliveries that are due, then new records below
+    /// `high_watermark` while the window stays within `max.in.flight`, up
+    /// to `max_records` in all. Expires locks first; hands out nothing.
+    pub fn plan(&mut self, now_ms: i64, max_records: usize, high_watermark: u64, config: &ShareConfig) -> Plan {
         self.expire(now_ms, config);
-        let mut offsets: Vec<u64> = self
+        let redeliver: Vec<u64> = self
             .entries
             .iter()
             .filter(|(_, e)| matches!(e.state, RecordState::Available { at_ms } if at_ms <= now_ms))
@@ -293,18 +300,56 @@ impl SharePartition {
             .take(max_records)
             .collect();
         let window_end = self.start.saturating_add(u64::from(config.max_in_flight)).min(high_watermark);
-        let fresh = window_end.saturating_sub(self.next).min((max_records - offsets.len()) as u64);
-        offsets.extend(self.next..self.next + fresh);
-        if offsets.is_empty() {
+        let fresh = window_end.saturating_sub(self.next).min((max_records - redeliver.len()) as u64);
+        Plan { redeliver, new: self.next..self.next + fresh }
+    }
+
+    /// Hands out exactly `offsets` (a plan's, as far as the log had them),
+    /// each acquired until `now_ms + ack.wait.ms`. An offset no longer due
+    /// (another fetch took it) or not the next new one is skipped. Returns
+    /// the change to journal, or none if nothing was handed out.
+    pub fn acquire_offsets(
+        &mut self,
+        now_ms: i64,
+        offsets: &[u64],
+        config: &ShareConfig,
+    ) -> Option<(Change, Vec<Delivery>)> {
+        let window_end = self.start.saturating_add(u64::from(config.max_in_flight));
+        let mut next = self.next;
+        let mut taken = Vec::with_capacity(offsets.len());
+        for &offset in offsets {
+            let due = match self.entries.get(&offset) {
+                Some(e) => matches!(e.state, RecordState::Available { at_ms } if at_ms <= now_ms),
+                None => offset == next && offset < window_end,
+            };
+            if due {
+                taken.push(offset);
+                next = next.max(offset + 1);
+            }
+        }
+        if taken.is_empty() {
             return None;
         }
-        let change = Change::Acquired { offsets, until_ms: now_ms.saturating_add(ms(config.ack_wait)) };
+        let change = Change::Acquired { offsets: taken, until_ms: now_ms.saturating_add(ms(config.ack_wait)) };
         self.apply(&change);
         let Change::Acquired { offsets, .. } = &change else { unreachable!() };
         let deliveries =
             offsets.iter().map(|&offset| Delivery { offset, deliveries: self.entries[&offset].deliveries });
         let deliveries = deliveries.collect();
         Some((change, deliveries))
+    }
+
+    /// Hands out everything [`SharePartition::plan`] finds.
+    pub fn acquire(
+        &mut self,
+        now_ms: i64,
+        max_records: usize,
+        high_watermark: u64,
+        config: &ShareConfig,
+    ) -> Option<(Change, Vec<Delivery>)> {
+        let plan = self.plan(now_ms, max_records, high_watermark, config);
+        let offsets: Vec<u64> = plan.redeliver.into_iter().chain(plan.new).collect();
+        self.acquire_offsets(now_ms, &offsets, config)
     }
 
     /// Settles one acquired record. Refused (and nothing changed) unless the
@@ -443,6 +488,18 @@ mod tests {
         let (_, got) = s.acquire(3, 100, 100, &c).unwrap();
         assert_eq!(offsets(&got), [15], "accepting the oldest moves the window by one");
         assert_eq!(s.start(), 6);
+    }
+
+    #[test]
+    fn acquiring_a_plan_skips_what_another_fetch_took_meanwhile() {
+        let c = config();
+        let mut s = SharePartition::new(0);
+        let plan = s.plan(0, 3, 100, &c);
+        assert_eq!(plan, Plan { redeliver: vec![], new: 0..3 });
+        s.acquire(0, 2, 100, &c).unwrap(); // another fetch takes 0 and 1
+        let (_, got) = s.acquire_offsets(0, &[0, 1, 2], &c).unwrap();
+        assert_eq!(offsets(&got), [2]);
+        assert_eq!(s.acquire_offsets(0, &[5], &c), None, "not the next new offset");
     }
 
     #[test]

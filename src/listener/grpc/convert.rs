@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
+use crate::broker::delivery::state::Ack;
 use crate::broker::fetch::Fetched;
 use crate::broker::groups::GroupInfo;
 use crate::broker::partition::ReadRecords;
+use crate::broker::share_groups::{AckEntry, AckKind, ShareFetchRequest, ShareGroupInfo, ShareRecord};
 use crate::broker::subscription::{Delivery, StreamMessage, SubscriptionEvent};
 use crate::broker::{
     BrokerError, CommitOffsets, CreateTopic, FetchRequest, JoinGroup, PartitionInfo, Position, ProduceRequest,
@@ -277,6 +279,64 @@ pub fn group_description(g: GroupInfo) -> proto::DescribeGroupResponse {
                 metadata: p.committed.map(|c| c.metadata).unwrap_or_default(),
                 log_start_offset: p.log_start_offset,
             })
+            .collect(),
+    }
+}
+
+pub fn share_fetch_request(r: proto::ShareFetchRequest) -> ShareFetchRequest {
+    ShareFetchRequest {
+        group: r.group,
+        topic_pattern: r.topic_pattern,
+        records_max: r.max_records as usize,
+        bytes_max: r.max_bytes as usize,
+        wait: Duration::from_millis(u64::from(r.max_wait_ms)),
+        member_id: r.member_id,
+    }
+}
+
+pub fn share_record(r: ShareRecord) -> proto::ShareRecord {
+    proto::ShareRecord {
+        record: Some(stored_record(&r.topic, r.partition, r.record)),
+        delivery_count: r.delivery_count,
+    }
+}
+
+pub fn acknowledgement(a: proto::Acknowledgement) -> Result<AckEntry> {
+    let kind = match proto::AckType::try_from(a.r#type) {
+        Ok(proto::AckType::Accept) => AckKind::Accept,
+        Ok(proto::AckType::Release) => AckKind::Release,
+        Ok(proto::AckType::Reject) => AckKind::Reject,
+        Err(_) => return Err(BrokerError::InvalidRequest(format!("unknown AckType {}", a.r#type))),
+    };
+    let ack =
+        Ack { kind, delay: a.delay_ms.map(Duration::from_millis), reason: (!a.reason.is_empty()).then_some(a.reason) };
+    Ok(AckEntry { topic: a.topic, partition: a.partition, offset: a.offset, ack })
+}
+
+pub fn share_group_description(g: ShareGroupInfo) -> proto::ShareGroupDescription {
+    proto::ShareGroupDescription {
+        group: g.group,
+        config: g.config.into_iter().collect(),
+        partitions: g
+            .partitions
+            .into_iter()
+            .map(|p| proto::SharePartitionState {
+                topic: p.topic,
+                partition: p.partition,
+                start_offset: p.summary.start_offset,
+                acquired: p.summary.acquired,
+                available: p.summary.available,
+                dead_lettered_total: p.summary.dead_lettered_total,
+                high_watermark: p.high_watermark,
+                next_offset: p.summary.next_offset,
+                dead_lettering: p.summary.archiving,
+                dropped_total: p.summary.dropped_total,
+            })
+            .collect(),
+        members: g
+            .members
+            .into_iter()
+            .map(|(member_id, last_seen_ms)| proto::ShareMember { member_id, last_seen_ms })
             .collect(),
     }
 }

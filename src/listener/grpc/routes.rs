@@ -90,6 +90,13 @@ pub const UNARY_METHODS: &[&str] = &[
     "DescribeGroup",
     "ResetGroupOffsets",
     "DeleteGroup",
+    "ShareFetch",
+    "Acknowledge",
+    "AlterShareGroup",
+    "DescribeShareGroup",
+    "ListShareGroups",
+    "DeleteShareGroup",
+    "RedriveDeadLetters",
 ];
 
 /// Field numbers of `record_batches` in the two responses.

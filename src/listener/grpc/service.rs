@@ -358,4 +358,97 @@ impl proto::broker_server::Broker for BrokerService {
         self.broker.delete_group(&caller, &request.into_inner().group).await.map_err(to_status)?;
         Ok(Response::new(proto::DeleteGroupResponse {}))
     }
+
+    async fn share_fetch(
+        &self,
+        request: Request<proto::ShareFetchRequest>,
+    ) -> Result<Response<proto::ShareFetchResponse>, Status> {
+        let caller = caller_of(&request);
+        let request = convert::share_fetch_request(request.into_inner());
+        let records = self.broker.share_fetch(&caller, request).await.map_err(to_status)?;
+        Ok(Response::new(proto::ShareFetchResponse {
+            records: records.into_iter().map(convert::share_record).collect(),
+        }))
+    }
+
+    async fn acknowledge(
+        &self,
+        request: Request<proto::AcknowledgeRequest>,
+    ) -> Result<Response<proto::AcknowledgeResponse>, Status> {
+        let caller = caller_of(&request);
+        let r = request.into_inner();
+        let entries = r
+            .acknowledgements
+            .into_iter()
+            .map(convert::acknowledgement)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(to_status)?;
+        let results = self.broker.acknowledge(&caller, &r.group, entries).await.map_err(to_status)?;
+        let results = results
+            .into_iter()
+            .map(|r| match r {
+                Ok(()) => proto::AcknowledgeResult { ok: true, ..Default::default() },
+                Err(e) => {
+                    let s = to_status(e);
+                    proto::AcknowledgeResult {
+                        ok: false,
+                        error_code: s.code() as i32,
+                        error_message: s.message().to_string(),
+                    }
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::AcknowledgeResponse { results }))
+    }
+
+    async fn alter_share_group(
+        &self,
+        request: Request<proto::AlterShareGroupRequest>,
+    ) -> Result<Response<proto::ShareGroupDescription>, Status> {
+        let caller = caller_of(&request);
+        let r = request.into_inner();
+        let info = self
+            .broker
+            .alter_share_group(&caller, &r.group, r.config.into_iter().collect())
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(convert::share_group_description(info)))
+    }
+
+    async fn describe_share_group(
+        &self,
+        request: Request<proto::DescribeShareGroupRequest>,
+    ) -> Result<Response<proto::ShareGroupDescription>, Status> {
+        let caller = caller_of(&request);
+        let info = self.broker.describe_share_group(&caller, &request.into_inner().group).map_err(to_status)?;
+        Ok(Response::new(convert::share_group_description(info)))
+    }
+
+    async fn list_share_groups(
+        &self,
+        request: Request<proto::ListShareGroupsRequest>,
+    ) -> Result<Response<proto::ListShareGroupsResponse>, Status> {
+        let caller = caller_of(&request);
+        Ok(Response::new(proto::ListShareGroupsResponse { groups: self.broker.list_share_groups(&caller) }))
+    }
+
+    async fn delete_share_group(
+        &self,
+        request: Request<proto::DeleteShareGroupRequest>,
+    ) -> Result<Response<proto::DeleteShareGroupResponse>, Status> {
+        let caller = caller_of(&request);
+        self.broker.delete_share_group(&caller, &request.into_inner().group).await.map_err(to_status)?;
+        Ok(Response::new(proto::DeleteShareGroupResponse {}))
+    }
+
+    async fn redrive_dead_letters(
+        &self,
+        request: Request<proto::RedriveDeadLettersRequest>,
+    ) -> Result<Response<proto::RedriveDeadLettersResponse>, Status> {
+        let caller = caller_of(&request);
+        let r = request.into_inner();
+        let moved =
+            self.broker.redrive_dead_letters(&caller, &r.group, r.max_records as usize).await.map_err(to_status)?;
+        Ok(Response::new(proto::RedriveDeadLettersResponse { moved }))
+    }
 }

@@ -14,9 +14,10 @@ pub fn to_status(e: BrokerError) -> Status {
 
 fn code(e: &BrokerError) -> Code {
     match e {
-        BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } | BrokerError::UnknownGroup(_) => {
-            Code::NotFound
-        }
+        BrokerError::UnknownTopic(_)
+        | BrokerError::UnknownPartition { .. }
+        | BrokerError::UnknownGroup(_)
+        | BrokerError::UnknownShareGroup(_) => Code::NotFound,
         BrokerError::TopicExists(_) => Code::AlreadyExists,
         BrokerError::InvalidName { .. }
         | BrokerError::InvalidConfig { .. }
@@ -29,7 +30,8 @@ fn code(e: &BrokerError) -> Code {
         | BrokerError::TooManyHeaders { .. }
         | BrokerError::TooManyRecords { .. }
         | BrokerError::InvalidBatch { .. }
-        | BrokerError::MetadataTooLarge { .. } => Code::InvalidArgument,
+        | BrokerError::MetadataTooLarge { .. }
+        | BrokerError::InvalidShareConfig { .. } => Code::InvalidArgument,
         BrokerError::RequestTooLarge { .. } | BrokerError::Busy(_) => Code::ResourceExhausted,
         BrokerError::RequestTimeout { .. } => Code::DeadlineExceeded,
         BrokerError::Unsupported(_) => Code::Unimplemented,
@@ -38,7 +40,8 @@ fn code(e: &BrokerError) -> Code {
         | BrokerError::UnknownMember { .. }
         | BrokerError::StaleGeneration { .. }
         | BrokerError::GroupHasMembers { .. }
-        | BrokerError::GroupInOtherProtocol { .. } => Code::FailedPrecondition,
+        | BrokerError::GroupInOtherProtocol { .. }
+        | BrokerError::NotAcquired { .. } => Code::FailedPrecondition,
         BrokerError::ShuttingDown | BrokerError::ConnectionFailed(_) => Code::Unavailable,
         BrokerError::Internal(_) => Code::Internal,
         BrokerError::Io { .. } if e.is_disk_full() || e.is_out_of_files() => Code::ResourceExhausted,

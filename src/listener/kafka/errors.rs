@@ -37,6 +37,7 @@ pub mod code {
     pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
     pub const INVALID_CONFIG: i16 = 40;
     pub const INVALID_REQUEST: i16 = 42;
+    pub const INVALID_RECORD_STATE: i16 = 121;
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
@@ -53,11 +54,11 @@ pub fn of(e: &BrokerError) -> i16 {
     use code::*;
     match e {
         BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } => UNKNOWN_TOPIC_OR_PARTITION,
-        BrokerError::UnknownGroup(_) => GROUP_ID_NOT_FOUND,
+        BrokerError::UnknownGroup(_) | BrokerError::UnknownShareGroup(_) => GROUP_ID_NOT_FOUND,
         BrokerError::TopicExists(_) => TOPIC_ALREADY_EXISTS,
         BrokerError::InvalidName { kind, .. } if kind.contains("group") => INVALID_GROUP_ID,
         BrokerError::InvalidName { .. } => INVALID_TOPIC_EXCEPTION,
-        BrokerError::InvalidConfig { .. } => INVALID_CONFIG,
+        BrokerError::InvalidConfig { .. } | BrokerError::InvalidShareConfig { .. } => INVALID_CONFIG,
         BrokerError::TooManyPartitions { .. } | BrokerError::PartitionsNotAdded { .. } => INVALID_PARTITIONS,
         BrokerError::InvalidRequest(_) | BrokerError::MalformedRequest { .. } | BrokerError::EmptyProduce { .. } => {
             INVALID_REQUEST
@@ -79,6 +80,7 @@ pub fn of(e: &BrokerError) -> i16 {
         BrokerError::GroupHasMembers { .. } => NON_EMPTY_GROUP,
         BrokerError::GroupInOtherProtocol { .. } => INCONSISTENT_GROUP_PROTOCOL,
         BrokerError::MetadataTooLarge { .. } => OFFSET_METADATA_TOO_LARGE,
+        BrokerError::NotAcquired { .. } => INVALID_RECORD_STATE,
         // Retriable: the client tries again (and finds the broker back, or gone).
         BrokerError::ShuttingDown => LEADER_NOT_AVAILABLE,
         BrokerError::Internal(_) => UNKNOWN_SERVER_ERROR,

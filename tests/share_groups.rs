@@ -1,0 +1,326 @@
+//! Share groups through gRPC: records shared one at a time, per-record
+//! acknowledgement, redelivery after backoff or lock expiry, dead letters
+//! with their headers, redrive, and state that survives a crash.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use common::{client, create, produce, record, start, Client};
+use strata::proto;
+use tonic::Code;
+
+async fn alter(client: &mut Client, group: &str, config: &[(&str, &str)]) -> proto::ShareGroupDescription {
+    let config = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    client.alter_share_group(proto::AlterShareGroupRequest { group: group.into(), config }).await.unwrap().into_inner()
+}
+
+async fn share_fetch(
+    client: &mut Client,
+    group: &str,
+    pattern: &str,
+    max: u32,
+    wait_ms: u32,
+) -> Vec<proto::ShareRecord> {
+    let request = proto::ShareFetchRequest {
+        group: group.into(),
+        topic_pattern: pattern.into(),
+        max_records: max,
+        max_wait_ms: wait_ms,
+        ..Default::default()
+    };
+    client.share_fetch(request).await.unwrap().into_inner().records
+}
+
+fn ack_of(r: &proto::ShareRecord, kind: proto::AckType, reason: &str) -> proto::Acknowledgement {
+    let s = r.record.as_ref().unwrap();
+    proto::Acknowledgement {
+        topic: s.topic.clone(),
+        partition: s.partition,
+        offset: s.offset,
+        r#type: kind as i32,
+        delay_ms: None,
+        reason: reason.into(),
+    }
+}
+
+async fn ack(client: &mut Client, group: &str, acks: Vec<proto::Acknowledgement>) -> Vec<proto::AcknowledgeResult> {
+    let request = proto::AcknowledgeRequest { group: group.into(), acknowledgements: acks };
+    client.acknowledge(request).await.unwrap().into_inner().results
+}
+
+fn value(r: &proto::ShareRecord) -> String {
+    String::from_utf8(r.record.as_ref().unwrap().value.to_vec()).unwrap()
+}
+
+async fn produce_values(client: &mut Client, topic: &str, values: impl IntoIterator<Item = String>) {
+    for v in values {
+        produce(client, topic, None, vec![record("", &v)]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_shared_one_at_a_time_and_accepted_ones_never_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "payments.sent", 2).await;
+    alter(&mut c, "workers", &[("auto.offset.reset", "earliest")]).await;
+    produce_values(&mut c, "payments.sent", (0..10).map(|i| format!("p{i}"))).await;
+
+    let first = share_fetch(&mut c, "workers", "payments.*", 4, 0).await;
+    let second = share_fetch(&mut c, "workers", "payments.*", 100, 0).await;
+    assert_eq!(first.len(), 4);
+    assert_eq!(second.len(), 6, "the rest, none of the first fetch's");
+    let all: BTreeSet<String> = first.iter().chain(&second).map(value).collect();
+    assert_eq!(all.len(), 10, "every record handed out once: {all:?}");
+    assert!(first.iter().chain(&second).all(|r| r.delivery_count == 1));
+    assert!(share_fetch(&mut c, "workers", "payments.*", 100, 0).await.is_empty(), "all are held");
+
+    let acks = first.iter().chain(&second).map(|r| ack_of(r, proto::AckType::Accept, "")).collect();
+    let results = ack(&mut c, "workers", acks).await;
+    assert!(results.iter().all(|r| r.ok), "{results:?}");
+    let started = Instant::now();
+    assert!(share_fetch(&mut c, "workers", "payments.*", 100, 300).await.is_empty(), "accepted records never return");
+    assert!(started.elapsed() >= Duration::from_millis(250), "an empty share fetch long-polls");
+
+    // A record produced while a fetch waits wakes it.
+    let mut waiter = c.clone();
+    let waiting = tokio::spawn(async move { share_fetch(&mut waiter, "workers", "payments.*", 10, 10_000).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    produce_values(&mut c, "payments.sent", ["late".to_string()]).await;
+    let got = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+    assert_eq!(got.iter().map(value).collect::<Vec<_>>(), ["late"]);
+
+    let d = c
+        .describe_share_group(proto::DescribeShareGroupRequest { group: "workers".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let acquired: u64 = d.partitions.iter().map(|p| p.acquired).sum();
+    assert_eq!((d.partitions.len(), acquired), (2, 1));
+    assert_eq!(d.members.len(), 1);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_share_groups_each_get_every_record_and_a_new_group_starts_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "policy.updated", 1).await;
+    produce_values(&mut c, "policy.updated", ["old".to_string()]).await;
+    // `latest` (the default): a new group sees only what comes after it.
+    assert!(share_fetch(&mut c, "ui", "policy.updated", 10, 0).await.is_empty());
+    alter(&mut c, "audit", &[("auto.offset.reset", "earliest")]).await;
+    produce_values(&mut c, "policy.updated", ["new".to_string()]).await;
+    let ui: Vec<String> = share_fetch(&mut c, "ui", "policy.updated", 10, 0).await.iter().map(value).collect();
+    let audit: Vec<String> = share_fetch(&mut c, "audit", "policy.updated", 10, 0).await.iter().map(value).collect();
+    assert_eq!(ui, ["new"]);
+    assert_eq!(audit, ["old", "new"]);
+    let groups = c.list_share_groups(proto::ListShareGroupsRequest {}).await.unwrap().into_inner().groups;
+    assert_eq!(groups, ["audit", "ui"]);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_comes_back_after_its_backoff_with_a_higher_delivery_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "jobs", 1).await;
+    alter(&mut c, "g", &[("auto.offset.reset", "earliest"), ("backoff.ms", "300")]).await;
+    produce_values(&mut c, "jobs", ["j".to_string()]).await;
+    let got = share_fetch(&mut c, "g", "jobs", 10, 0).await;
+    let released = Instant::now();
+    assert!(ack(&mut c, "g", vec![ack_of(&got[0], proto::AckType::Release, "busy")]).await[0].ok);
+    assert!(share_fetch(&mut c, "g", "jobs", 10, 0).await.is_empty(), "not before its backoff");
+    let again = share_fetch(&mut c, "g", "jobs", 10, 5000).await;
+    assert!(released.elapsed() >= Duration::from_millis(280), "{:?}", released.elapsed());
+    assert!(released.elapsed() < Duration::from_millis(4000), "the long poll woke when it was due");
+    assert_eq!((value(&again[0]), again[0].delivery_count), ("j".to_string(), 2));
+
+    // A RELEASE with its own delay.
+    let mut a = ack_of(&again[0], proto::AckType::Release, "");
+    a.delay_ms = Some(0);
+    assert!(ack(&mut c, "g", vec![a]).await[0].ok);
+    assert_eq!(share_fetch(&mut c, "g", "jobs", 10, 0).await[0].delivery_count, 3);
+    server.shutdown().await.unwrap();
+}
+
+fn headers(r: &proto::StoredRecord) -> BTreeMap<String, String> {
+    r.headers.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_record_is_dead_lettered_with_its_headers_and_redrive_brings_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "payments.sent", 1).await;
+    alter(&mut c, "billing", &[("auto.offset.reset", "earliest")]).await;
+    let mut original = record("order-7", "{\"amount\":10}");
+    original.headers.insert("id".into(), b"evt-1".to_vec().into());
+    produce(&mut c, "payments.sent", None, vec![original]).await;
+    let got = share_fetch(&mut c, "billing", "payments.sent", 10, 0).await;
+    assert!(ack(&mut c, "billing", vec![ack_of(&got[0], proto::AckType::Reject, "card declined")]).await[0].ok);
+
+    // Dead-lettered (and durable) before Acknowledge returned.
+    let dead = common::fetch_all(&mut c, "billing.dlq", 0, 0).await;
+    assert_eq!(dead.len(), 1);
+    let source = got[0].record.as_ref().unwrap();
+    assert_eq!((&dead[0].key, &dead[0].value, dead[0].timestamp_ms), (&source.key, &source.value, source.timestamp_ms));
+    let expected: BTreeMap<String, String> = [
+        ("id", "evt-1"),
+        ("dlq.topic", "payments.sent"),
+        ("dlq.partition", "0"),
+        ("dlq.offset", "0"),
+        ("dlq.group", "billing"),
+        ("dlq.deliveries", "1"),
+        ("dlq.reason", "card declined"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(headers(&dead[0]), expected);
+    let d = c
+        .describe_share_group(proto::DescribeShareGroupRequest { group: "billing".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((d.partitions[0].dead_lettered_total, d.partitions[0].start_offset), (1, 1));
+    assert!(share_fetch(&mut c, "billing", "payments.sent", 10, 0).await.is_empty(), "a dead letter is done");
+
+    let moved = c
+        .redrive_dead_letters(proto::RedriveDeadLettersRequest { group: "billing".into(), max_records: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .moved;
+    assert_eq!(moved, 1);
+    let back = common::fetch_all(&mut c, "payments.sent", 0, 1).await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(headers(&back[0]), BTreeMap::from([("id".to_string(), "evt-1".to_string())]));
+    assert_eq!(back[0].value, source.value);
+    let again = c
+        .redrive_dead_letters(proto::RedriveDeadLettersRequest { group: "billing".into(), max_records: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .moved;
+    assert_eq!(again, 0, "a dead letter is redriven once");
+    let redriven = share_fetch(&mut c, "billing", "payments.sent", 10, 0).await;
+    assert_eq!((redriven.len(), redriven[0].delivery_count), (1, 1), "the redriven copy is a new record");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lock_redelivers_and_the_last_expiry_dead_letters_with_ack_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "jobs", 1).await;
+    alter(&mut c, "g", &[("auto.offset.reset", "earliest"), ("ack.wait.ms", "200"), ("max.deliveries", "2")]).await;
+    produce_values(&mut c, "jobs", ["stuck".to_string()]).await;
+    let first = share_fetch(&mut c, "g", "jobs", 10, 0).await;
+    assert_eq!(first[0].delivery_count, 1);
+    // Not acknowledged: released by expiry, so a waiting fetch gets it again.
+    let second = share_fetch(&mut c, "g", "jobs", 10, 5000).await;
+    assert_eq!((value(&second[0]), second[0].delivery_count), ("stuck".to_string(), 2));
+    // Never acknowledged: after two deliveries it goes to the dead-letter topic.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        // The dead-letter topic is created on first use.
+        let dead = common::fetch(&mut c, "g.dlq", 0, 0).await.map(|r| r.records).unwrap_or_default();
+        if !dead.is_empty() || Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dead.len(), 1);
+    let h = headers(&dead[0]);
+    assert_eq!(
+        (h["dlq.reason"].as_str(), h["dlq.deliveries"].as_str(), h["dlq.offset"].as_str()),
+        ("ack timeout", "2", "0")
+    );
+    let late = ack(&mut c, "g", vec![ack_of(&second[0], proto::AckType::Accept, "")]).await;
+    assert_eq!(late[0].error_code, Code::FailedPrecondition as i32, "{late:?}");
+    assert!(share_fetch(&mut c, "g", "jobs", 10, 300).await.is_empty());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_of_records_not_held_fail_one_by_one_and_bad_requests_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "jobs", 1).await;
+    alter(&mut c, "g", &[("auto.offset.reset", "earliest")]).await;
+    produce_values(&mut c, "jobs", ["a".to_string()]).await;
+    let got = share_fetch(&mut c, "g", "jobs", 10, 0).await;
+    let mut unknown = ack_of(&got[0], proto::AckType::Accept, "");
+    unknown.offset = 99;
+    let results = ack(&mut c, "g", vec![unknown, ack_of(&got[0], proto::AckType::Accept, "")]).await;
+    assert_eq!((results[0].ok, results[0].error_code), (false, Code::FailedPrecondition as i32));
+    assert!(results[0].error_message.contains("99"), "{}", results[0].error_message);
+    assert!(results[1].ok, "the other entry still applies");
+    let twice = ack(&mut c, "g", vec![ack_of(&got[0], proto::AckType::Accept, "")]).await;
+    assert_eq!(twice[0].error_code, Code::FailedPrecondition as i32, "already acknowledged");
+
+    let config = HashMap::from([("max.deliveries".to_string(), "0".to_string())]);
+    let bad = c.alter_share_group(proto::AlterShareGroupRequest { group: "g".into(), config }).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("max.deliveries"), "{}", bad.message());
+    let missing = c.describe_share_group(proto::DescribeShareGroupRequest { group: "nope".into() }).await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let unknown_group = c
+        .acknowledge(proto::AcknowledgeRequest { group: "nope".into(), acknowledgements: vec![] })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(unknown_group.results.is_empty());
+    let bad_name = c
+        .share_fetch(proto::ShareFetchRequest {
+            group: "bad name".into(),
+            topic_pattern: "jobs".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_name.code(), Code::InvalidArgument);
+    c.delete_share_group(proto::DeleteShareGroupRequest { group: "g".into() }).await.unwrap();
+    let gone = c.delete_share_group(proto::DeleteShareGroupRequest { group: "g".into() }).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_crash_accepted_records_stay_done_and_held_ones_return_with_their_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "jobs", 1).await;
+    alter(&mut c, "g", &[("auto.offset.reset", "earliest"), ("ack.wait.ms", "500")]).await;
+    produce_values(&mut c, "jobs", (0..6).map(|i| format!("j{i}"))).await;
+    let got = share_fetch(&mut c, "g", "jobs", 6, 0).await;
+    let acks = vec![
+        ack_of(&got[0], proto::AckType::Accept, ""),
+        ack_of(&got[1], proto::AckType::Accept, ""),
+        ack_of(&got[2], proto::AckType::Reject, "bad"),
+    ];
+    assert!(ack(&mut c, "g", acks).await.iter().all(|r| r.ok));
+    drop(c);
+    server.crash().await;
+
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    let back = share_fetch(&mut c, "g", "jobs", 10, 5000).await;
+    let values: Vec<String> = back.iter().map(value).collect();
+    assert_eq!(values, ["j3", "j4", "j5"], "held records return once their locks run out; accepted ones never");
+    assert!(back.iter().all(|r| r.delivery_count == 2), "their delivery count was kept");
+    assert_eq!(common::fetch_all(&mut c, "g.dlq", 0, 0).await.len(), 1);
+    let d = c.describe_share_group(proto::DescribeShareGroupRequest { group: "g".into() }).await.unwrap().into_inner();
+    assert_eq!(d.config["ack.wait.ms"], "500", "the config survived too");
+    server.shutdown().await.unwrap();
+}
