@@ -94,8 +94,9 @@ fn readme_tour_works_as_written() {
     let (ok, stdout, stderr) = run(dir.path(), &server, "strata log verify ./data");
     assert!(ok, "{stdout}{stderr}");
     assert!(
-        // Three partitions of payments.sent plus the committed-offsets log.
-        stdout.contains("OK: no problems found") && stdout.contains("4 partition(s)"),
+        // Three partitions of payments.sent plus the committed-offsets log
+        // and the share group journal.
+        stdout.contains("OK: no problems found") && stdout.contains("5 partition(s)"),
         "{stdout}"
     );
     let dumps: Vec<String> = (0..3)

@@ -36,6 +36,19 @@ pub struct ConsumeArgs {
     /// (--from applies where nothing is committed) and commit as it goes.
     #[arg(long, short = 'G')]
     pub group: Option<String>,
+    /// Consume as a member of this share group: records are shared one at a
+    /// time with its other members, and each one printed is accepted. A new
+    /// group starts at --from (earliest, latest or a time).
+    #[arg(long, conflicts_with_all = ["group", "partition", "to"])]
+    pub share: Option<String>,
+    /// With --share: reject (dead-letter at once) records whose value
+    /// matches this regular expression, instead of printing them.
+    #[arg(long, requires = "share", value_name = "REGEX")]
+    pub reject_if: Option<String>,
+    /// With --share: release (deliver again after the group's backoff)
+    /// records whose value matches this regular expression.
+    #[arg(long, requires = "share", value_name = "REGEX")]
+    pub release_if: Option<String>,
     /// Print each record by this template instead of the text or JSON line,
     /// as kcat's -f: %t topic, %p partition, %o offset, %k key, %s value,
     /// %T timestamp (ms), %h headers (k=v,...), %S value size, \n \t \\ %%.
@@ -125,6 +138,9 @@ pub async fn run(args: ConsumeArgs, client_args: &ClientArgs) -> anyhow::Result<
     }
     let to = args.to.as_deref().map(parse_to).transpose()?;
     let out = Printer { format: client_args.format, template: args.template.clone(), bytes: args.value_format };
+    if let Some(group) = &args.share {
+        return super::share::consume(&mut client, &args, group, &out).await;
+    }
     if let Some(group) = &args.group {
         if args.partition.is_some() || to.is_some() || matches!(from, Start::BeforeEnd(_)) {
             anyhow::bail!(

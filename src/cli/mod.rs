@@ -7,6 +7,7 @@ pub mod log;
 pub mod offsets;
 pub mod produce;
 pub mod serve;
+pub mod share;
 pub mod time;
 pub mod top;
 pub mod topic;
@@ -85,6 +86,13 @@ pub enum Command {
     Group {
         #[command(subcommand)]
         command: group::GroupCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List, describe, alter, delete share groups and redrive their dead letters.
+    Share {
+        #[command(subcommand)]
+        command: share::ShareCommand,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -281,6 +289,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce { args, client } => produce::run(args, &client).await,
         Command::Consume { args, client } => consume::run(args, &client).await,
         Command::Group { command, client } => group::run(command, &client).await,
+        Command::Share { command, client } => share::run(command, &client).await,
         Command::Offsets { args, client } => offsets::run(args, &client).await,
         Command::Log { command } => log::run(command),
         Command::Top(args) => top::run(args).await,
