@@ -101,6 +101,10 @@ async fn records_are_shared_one_at_a_time_and_accepted_ones_never_return() {
     let acquired: u64 = d.partitions.iter().map(|p| p.acquired).sum();
     assert_eq!((d.partitions.len(), acquired), (2, 1));
     assert_eq!(d.members.len(), 1);
+    // Prometheus sees the same: one record held, none other pending.
+    let samples = strata::metrics::scrape::scrape(&server.http_addr().unwrap().to_string()).await.unwrap();
+    let of = |name: &str| strata::metrics::scrape::sum(&samples, name, &[("group", "workers")]) as u64;
+    assert_eq!((of("strata_share_group_acquired"), of("strata_share_group_lag")), (1, 1));
     server.shutdown().await.unwrap();
 }
 
@@ -191,6 +195,10 @@ async fn a_rejected_record_is_dead_lettered_with_its_headers_and_redrive_brings_
         .into_inner();
     assert_eq!((d.partitions[0].dead_lettered_total, d.partitions[0].start_offset), (1, 1));
     assert!(share_fetch(&mut c, "billing", "payments.sent", 10, 0).await.is_empty(), "a dead letter is done");
+    let samples = strata::metrics::scrape::scrape(&server.http_addr().unwrap().to_string()).await.unwrap();
+    let dead =
+        strata::metrics::scrape::sum(&samples, "strata_share_group_dead_lettered_total", &[("group", "billing")]);
+    assert_eq!(dead as u64, 1);
 
     let moved = c
         .redrive_dead_letters(proto::RedriveDeadLettersRequest { group: "billing".into(), max_records: 0 })

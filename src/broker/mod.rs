@@ -234,6 +234,24 @@ impl Broker {
             }
             snapshot.lag.push(l);
         }
+        self.share_groups.store().read(|groups| {
+            for (group, g) in groups {
+                for ((topic, partition), state) in &g.partitions {
+                    let Some(&(hw, _)) = high_watermarks.get(topic.as_str()).and_then(|h| h.get(*partition as usize))
+                    else {
+                        continue;
+                    };
+                    let summary = state.summary();
+                    snapshot.share.push(crate::metrics::state::ShareState {
+                        group: group.clone(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                        acquired: summary.acquired,
+                        lag: hw.saturating_sub(summary.start_offset),
+                    });
+                }
+            }
+        });
         let mut out = String::with_capacity(256 + snapshot.partitions.len() * 200 + snapshot.lag.len() * 80);
         // Writing into a String cannot fail.
         let _ = self.metrics.encode_into(&mut out);

@@ -23,11 +23,24 @@ pub struct LagState {
     pub partitions: Vec<(u32, u64)>,
 }
 
+/// A share group's records on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareState {
+    pub group: String,
+    pub topic: String,
+    pub partition: u32,
+    /// Records handed out and not yet acknowledged.
+    pub acquired: u64,
+    /// Records not done yet: the high watermark minus the start offset.
+    pub lag: u64,
+}
+
 /// What one scrape reports of the broker's state.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub partitions: Vec<PartitionState>,
     pub lag: Vec<LagState>,
+    pub share: Vec<ShareState>,
 }
 
 /// Appends `v` to a label value, escaped as the text format asks.
@@ -102,6 +115,32 @@ impl Snapshot {
                 out.push('\n');
             }
         }
+        type ShareOf = fn(&ShareState) -> u64;
+        let per_share: [(&str, &str, ShareOf); 2] = [
+            ("strata_share_group_acquired", "Records a share group has handed out and not yet acknowledged", |s| {
+                s.acquired
+            }),
+            (
+                "strata_share_group_lag",
+                "Records a share group is not done with (high watermark minus start offset)",
+                |s| s.lag,
+            ),
+        ];
+        for (name, help, of) in per_share {
+            push_header(out, name, help);
+            for s in &self.share {
+                out.push_str(name);
+                out.push_str("{group=\"");
+                push_label(out, &s.group);
+                out.push_str("\",topic=\"");
+                push_label(out, &s.topic);
+                out.push_str("\",partition=\"");
+                out.push_str(number.format(s.partition));
+                out.push_str("\"} ");
+                out.push_str(number.format(of(s)));
+                out.push('\n');
+            }
+        }
     }
 }
 
@@ -127,6 +166,7 @@ mod tests {
                 size_bytes: 700,
             }],
             lag: vec![LagState { group: "g".into(), topic: "a.b".into(), partitions: vec![(2, 4)] }],
+            share: vec![ShareState { group: "s".into(), topic: "a.b".into(), partition: 2, acquired: 5, lag: 6 }],
         };
         let mut text = String::new();
         snapshot.encode_into(&mut text);
@@ -135,6 +175,8 @@ mod tests {
             "strata_partition_log_start_offset{topic=\"a.b\",partition=\"2\"} 3",
             "strata_partition_size_bytes{topic=\"a.b\",partition=\"2\"} 700",
             "strata_consumer_group_lag{group=\"g\",topic=\"a.b\",partition=\"2\"} 4",
+            "strata_share_group_acquired{group=\"s\",topic=\"a.b\",partition=\"2\"} 5",
+            "strata_share_group_lag{group=\"s\",topic=\"a.b\",partition=\"2\"} 6",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
         }
