@@ -332,3 +332,61 @@ async fn after_a_crash_accepted_records_stay_done_and_held_ones_return_with_thei
     assert_eq!(d.config["ack.wait.ms"], "500", "the config survived too");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_push_form_delivers_within_its_in_flight_limit_and_releases_what_it_held_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "afrh.capacity.low", 1).await;
+    alter(&mut c, "staffing", &[("auto.offset.reset", "earliest")]).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(proto::ShareSubscribeRequest {
+        group: "staffing".into(),
+        topic_pattern: "afrh.*".into(),
+        max_in_flight: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut stream = c.share_subscribe(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    // Records produced after the stream opened are pushed as they arrive.
+    produce_values(&mut c, "afrh.capacity.low", (0..5).map(|i| format!("low-{i}"))).await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+        got.extend(m.records);
+    }
+    assert_eq!(got.iter().map(value).collect::<Vec<_>>(), ["low-0", "low-1", "low-2"]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), stream.message()).await.is_err(),
+        "no more than max_in_flight held at once"
+    );
+    let acks = got[..2].iter().map(|r| ack_of(r, proto::AckType::Accept, "")).collect();
+    tx.send(proto::ShareSubscribeRequest { acknowledgements: acks, ..Default::default() }).await.unwrap();
+    let mut results = Vec::new();
+    let mut more = Vec::new();
+    while results.is_empty() || more.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+        results.extend(m.results);
+        more.extend(m.records);
+    }
+    assert!(results.iter().all(|r| r.ok) && results.len() == 2, "{results:?}");
+    assert_eq!(more.iter().map(value).collect::<Vec<_>>(), ["low-3", "low-4"]);
+
+    // The member goes away holding three records: they go back at once.
+    drop(tx);
+    drop(stream);
+    let mut other = c.clone();
+    let started = Instant::now();
+    let mut back = Vec::new();
+    while back.len() < 3 && started.elapsed() < Duration::from_secs(5) {
+        back.extend(share_fetch(&mut other, "staffing", "afrh.*", 10, 1000).await);
+    }
+    let mut values: Vec<String> = back.iter().map(value).collect();
+    values.sort();
+    assert_eq!(values, ["low-2", "low-3", "low-4"]);
+    assert!(back.iter().all(|r| r.delivery_count == 2));
+    assert!(started.elapsed() < Duration::from_secs(5), "released on close, not after ack.wait.ms (30 s)");
+    server.shutdown().await.unwrap();
+}

@@ -783,3 +783,145 @@ impl Broker {
             .map_err(storage_error)
     }
 }
+
+/// The push form of a share group member: records as they arrive, within
+/// the member's in-flight limit; acknowledgements come in on the same stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareSubscribeRequest {
+    pub group: String,
+    pub topic_pattern: String,
+    /// Records the member may hold unacknowledged; 0: the default.
+    pub max_in_flight: usize,
+    pub member_id: String,
+}
+
+/// One message to a push stream's member.
+#[derive(Debug)]
+pub enum ShareStreamMessage {
+    Records(Vec<ShareRecord>),
+    /// The results of one inbound message's acknowledgements, in order.
+    AckResults(Vec<std::result::Result<(), BrokerError>>),
+}
+
+/// Inbound acknowledgements of a push stream, one message at a time.
+pub type ShareAcks = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Vec<AckEntry>>> + Send>>;
+
+/// Records a push member holds by default, and at most.
+const PUSH_IN_FLIGHT_DEFAULT: usize = 100;
+/// How long one fetch of a push stream waits before it looks again.
+const PUSH_FETCH_WAIT: Duration = Duration::from_secs(1);
+
+impl Broker {
+    /// Starts a push stream: hands the member records as they arrive, as
+    /// long as it holds fewer than `max_in_flight` unacknowledged, and
+    /// applies the acknowledgements it sends. Records it still holds when
+    /// the stream ends are released at once (not a failed delivery: they
+    /// go to the next member without a backoff).
+    pub fn share_subscribe(
+        self: &Arc<Self>,
+        caller: &Caller,
+        request: ShareSubscribeRequest,
+        mut inbound: ShareAcks,
+    ) -> Result<tokio_stream::wrappers::ReceiverStream<Result<ShareStreamMessage>>> {
+        use futures::StreamExt;
+        self.check_running()?;
+        names::validate("group", &request.group, false)?;
+        if request.topic_pattern.is_empty() {
+            return Err(BrokerError::InvalidRequest("ShareSubscribe needs a topic_pattern".into()));
+        }
+        let max_in_flight = match request.max_in_flight {
+            0 => PUSH_IN_FLIGHT_DEFAULT,
+            n => n.min(FETCH_RECORDS_MAX),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (broker, caller) = (self.clone(), caller.clone());
+        tokio::spawn(async move {
+            let mut stopping = broker.watch_stopping();
+            // What this member holds: record -> when its lock runs out.
+            let mut held: HashMap<(String, u32, u64), tokio::time::Instant> = HashMap::new();
+            let mut fetch: Option<tokio::task::JoinHandle<Result<Vec<ShareRecord>>>> = None;
+            loop {
+                let now = tokio::time::Instant::now();
+                held.retain(|_, until| *until > now);
+                if fetch.is_none() && held.len() < max_in_flight {
+                    let (b, c) = (broker.clone(), caller.clone());
+                    let fetch_request = ShareFetchRequest {
+                        group: request.group.clone(),
+                        topic_pattern: request.topic_pattern.clone(),
+                        records_max: max_in_flight - held.len(),
+                        bytes_max: 0,
+                        wait: PUSH_FETCH_WAIT,
+                        member_id: request.member_id.clone(),
+                    };
+                    fetch = Some(tokio::spawn(async move { b.share_fetch(&c, fetch_request).await }));
+                }
+                tokio::select! {
+                    acks = inbound.next() => {
+                        let Some(acks) = acks else { break };
+                        let acks = match acks {
+                            Ok(acks) => acks,
+                            Err(e) => { let _ = tx.send(Err(e)).await; break; }
+                        };
+                        let keys: Vec<(String, u32, u64)> =
+                            acks.iter().map(|a| (a.topic.clone(), a.partition, a.offset)).collect();
+                        match broker.acknowledge(&caller, &request.group, acks).await {
+                            Ok(results) => {
+                                for (key, r) in keys.iter().zip(&results) {
+                                    if r.is_ok() {
+                                        held.remove(key);
+                                    }
+                                }
+                                if tx.send(Ok(ShareStreamMessage::AckResults(results))).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Err(e) => { let _ = tx.send(Err(e)).await; break; }
+                        }
+                    }
+                    done = async { fetch.as_mut().expect("guarded").await }, if fetch.is_some() => {
+                        fetch = None;
+                        let records = match done {
+                            Ok(Ok(records)) => records,
+                            Ok(Err(e)) => { let _ = tx.send(Err(e)).await; break; }
+                            Err(e) => { let _ = tx.send(Err(BrokerError::Internal(format!("share fetch task failed: {e}")))).await; break; }
+                        };
+                        if records.is_empty() {
+                            continue;
+                        }
+                        let ack_wait = broker.share().store.read(|g| g.get(&request.group).map(|g| g.config.ack_wait));
+                        let until = tokio::time::Instant::now() + ack_wait.unwrap_or_default();
+                        for r in &records {
+                            held.insert((r.topic.clone(), r.partition, r.record.offset), until);
+                        }
+                        if tx.send(Ok(ShareStreamMessage::Records(records))).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Full, and a held record's lock runs out: room again.
+                    _ = tokio::time::sleep_until(held.values().min().copied().unwrap_or(now)), if fetch.is_none() && !held.is_empty() => {}
+                    _ = super::stopped(&mut stopping) => break,
+                }
+            }
+            // The member is gone: what it fetched meanwhile and what it
+            // holds go back to the group now.
+            if let Some(f) = fetch {
+                if let Ok(Ok(records)) = f.await {
+                    for r in records {
+                        held.insert((r.topic, r.partition, r.record.offset), tokio::time::Instant::now());
+                    }
+                }
+            }
+            if !held.is_empty() && broker.is_running() {
+                let release = Ack { kind: AckKind::Release, delay: Some(Duration::ZERO), reason: None };
+                let acks = held
+                    .into_keys()
+                    .map(|(topic, partition, offset)| AckEntry { topic, partition, offset, ack: release.clone() })
+                    .collect();
+                if let Err(e) = broker.acknowledge(&caller, &request.group, acks).await {
+                    tracing::debug!(group = request.group, error = %e, "releasing a closed push stream's records");
+                }
+            }
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+}

@@ -8,7 +8,9 @@ use crate::broker::delivery::state::Ack;
 use crate::broker::fetch::Fetched;
 use crate::broker::groups::GroupInfo;
 use crate::broker::partition::ReadRecords;
-use crate::broker::share_groups::{AckEntry, AckKind, ShareFetchRequest, ShareGroupInfo, ShareRecord};
+use crate::broker::share_groups::{
+    AckEntry, AckKind, ShareFetchRequest, ShareGroupInfo, ShareRecord, ShareStreamMessage, ShareSubscribeRequest,
+};
 use crate::broker::subscription::{Delivery, StreamMessage, SubscriptionEvent};
 use crate::broker::{
     BrokerError, CommitOffsets, CreateTopic, FetchRequest, JoinGroup, PartitionInfo, Position, ProduceRequest,
@@ -338,5 +340,37 @@ pub fn share_group_description(g: ShareGroupInfo) -> proto::ShareGroupDescriptio
             .into_iter()
             .map(|(member_id, last_seen_ms)| proto::ShareMember { member_id, last_seen_ms })
             .collect(),
+    }
+}
+
+pub fn share_subscribe_request(r: &proto::ShareSubscribeRequest) -> ShareSubscribeRequest {
+    ShareSubscribeRequest {
+        group: r.group.clone(),
+        topic_pattern: r.topic_pattern.clone(),
+        max_in_flight: r.max_in_flight as usize,
+        member_id: r.member_id.clone(),
+    }
+}
+
+pub fn ack_result(r: Result<()>) -> proto::AcknowledgeResult {
+    match r {
+        Ok(()) => proto::AcknowledgeResult { ok: true, ..Default::default() },
+        Err(e) => {
+            let s = super::status::to_status(e);
+            proto::AcknowledgeResult { ok: false, error_code: s.code() as i32, error_message: s.message().to_string() }
+        }
+    }
+}
+
+pub fn share_stream_message(m: ShareStreamMessage) -> proto::ShareSubscribeResponse {
+    match m {
+        ShareStreamMessage::Records(records) => proto::ShareSubscribeResponse {
+            records: records.into_iter().map(share_record).collect(),
+            results: Vec::new(),
+        },
+        ShareStreamMessage::AckResults(results) => proto::ShareSubscribeResponse {
+            records: Vec::new(),
+            results: results.into_iter().map(ack_result).collect(),
+        },
     }
 }

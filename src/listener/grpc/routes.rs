@@ -65,6 +65,7 @@ pub const SUBSCRIBE_PATH: &str = "/strata.v1.Broker/Subscribe";
 pub const FETCH_PATH: &str = "/strata.v1.Broker/Fetch";
 pub const PRODUCE_PATH: &str = "/strata.v1.Broker/Produce";
 pub const PRODUCE_STREAM_PATH: &str = "/strata.v1.Broker/ProduceStream";
+pub const SHARE_SUBSCRIBE_PATH: &str = "/strata.v1.Broker/ShareSubscribe";
 
 /// The unary methods of `strata.v1.Broker`, whose durations are kept in
 /// `strata_request_duration_seconds` (a test checks the list against the
@@ -199,11 +200,17 @@ where
             FETCH_PATH => Box::pin(async move { Ok(respond(fetch(service, request, limits).await)) }),
             PRODUCE_PATH => Box::pin(async move { Ok(respond(produce(service, request, limits).await)) }),
             PRODUCE_STREAM_PATH => Box::pin(async move { Ok(respond(Ok(produce_stream(service, request, limits)))) }),
-            _ => {
+            path => {
                 // The generated service is always ready; take the one that
                 // was polled and leave a clone in its place.
                 let ready = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, ready);
+                let mut inner = std::mem::replace(&mut self.inner, ready);
+                if path == SHARE_SUBSCRIBE_PATH {
+                    // A stream of small acknowledgements that lasts as long
+                    // as the member: tonic decodes it message by message,
+                    // each under max_request_bytes.
+                    return Box::pin(async move { inner.call(request).await });
+                }
                 Box::pin(buffered(inner, request, limits))
             }
         }

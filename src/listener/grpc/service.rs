@@ -384,21 +384,35 @@ impl proto::broker_server::Broker for BrokerService {
             .collect::<Result<Vec<_>, _>>()
             .map_err(to_status)?;
         let results = self.broker.acknowledge(&caller, &r.group, entries).await.map_err(to_status)?;
-        let results = results
-            .into_iter()
-            .map(|r| match r {
-                Ok(()) => proto::AcknowledgeResult { ok: true, ..Default::default() },
-                Err(e) => {
-                    let s = to_status(e);
-                    proto::AcknowledgeResult {
-                        ok: false,
-                        error_code: s.code() as i32,
-                        error_message: s.message().to_string(),
-                    }
-                }
-            })
-            .collect();
+        let results = results.into_iter().map(convert::ack_result).collect();
         Ok(Response::new(proto::AcknowledgeResponse { results }))
+    }
+
+    type ShareSubscribeStream = BoxStream<proto::ShareSubscribeResponse>;
+
+    async fn share_subscribe(
+        &self,
+        request: Request<Streaming<proto::ShareSubscribeRequest>>,
+    ) -> Result<Response<Self::ShareSubscribeStream>, Status> {
+        let caller = caller_of(&request);
+        let mut inbound = request.into_inner();
+        let first = match inbound.message().await? {
+            Some(first) => first,
+            None => return Err(Status::invalid_argument("ShareSubscribe: the first message names the group")),
+        };
+        let subscription = convert::share_subscribe_request(&first);
+        let first_acks = first.acknowledgements;
+        let acks = futures::stream::iter([Ok(first_acks)])
+            .chain(inbound.map(|m| m.map(|m| m.acknowledgements)))
+            .filter(|m| std::future::ready(!matches!(m, Ok(a) if a.is_empty())))
+            .map(|m| match m {
+                Ok(acks) => acks.into_iter().map(convert::acknowledgement).collect(),
+                Err(s) => {
+                    Err(BrokerError::MalformedRequest { what: "ShareSubscribe".into(), why: s.message().to_string() })
+                }
+            });
+        let messages = self.broker.share_subscribe(&caller, subscription, Box::pin(acks)).map_err(to_status)?;
+        Ok(Response::new(Box::pin(messages.map(|m| m.map(convert::share_stream_message).map_err(to_status)))))
     }
 
     async fn alter_share_group(
