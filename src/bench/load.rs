@@ -111,7 +111,7 @@ pub(super) fn claim(budget: &AtomicI64, n: usize) -> usize {
 
 /// Runs `producers` loops that send batches until the budget, deadline or
 /// `stop` ends them. `value` makes each record's value.
-async fn run_producers(
+pub(super) async fn run_producers(
     url: &str,
     args: &BenchArgs,
     meter: &Arc<Meter>,

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod load;
 pub mod report;
 pub mod rskafka;
+pub mod share;
 
 use std::time::Duration;
 
@@ -28,6 +29,9 @@ pub enum BenchCommand {
     Consume(BenchArgs),
     /// Producers at a rate and subscribers; latency is send -> received by a subscriber.
     E2e(BenchArgs),
+    /// Share group workers fetching and acknowledging (drain a filled topic,
+    /// or with --rate keep up with producers); records/s acknowledged.
+    Share(share::ShareArgs),
     /// Baselines of this machine and strata's figures as ratios of them.
     Limits(LimitsArgs),
 }
@@ -164,6 +168,7 @@ pub async fn run(mut command: BenchCommand) -> anyhow::Result<()> {
     match &mut command {
         BenchCommand::Produce(a) | BenchCommand::Consume(a) | BenchCommand::E2e(a) => a.json |= a.format == json,
         BenchCommand::Limits(a) => a.json |= a.format == json,
+        BenchCommand::Share(a) => a.bench.json |= a.bench.format == json,
     }
     match command {
         BenchCommand::Produce(a) if a.protocol == Protocol::Kafka => report::print(&kafka::produce(&a).await?, a.json),
@@ -175,5 +180,6 @@ pub async fn run(mut command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Consume(a) => report::print(&load::consume(&a).await?, a.json),
         BenchCommand::E2e(a) => report::print(&load::e2e(&a).await?, a.json),
         BenchCommand::Limits(a) => limits::run(&a).await,
+        BenchCommand::Share(a) => report::print(&share::run(&a).await?, a.bench.json),
     }
 }

@@ -122,7 +122,23 @@ impl Meter {
                 _ => None,
             },
             config,
+            extra: serde_json::Map::new(),
         }
+    }
+
+    /// A latency quantile in ms (0 with no samples).
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        let h = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        if h.is_empty() {
+            0.0
+        } else {
+            h.value_at_quantile(q) as f64 / 1000.0
+        }
+    }
+
+    /// Latency samples recorded.
+    pub fn count(&self) -> u64 {
+        self.latency.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
@@ -152,6 +168,9 @@ pub struct Summary {
     /// fsync covers.
     pub requests_per_fsync: Option<f64>,
     pub config: serde_json::Value,
+    /// Figures of one mode only (e.g. `bench share`'s delivery latency).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 pub fn print(s: &Summary, json: bool) -> anyhow::Result<()> {
@@ -174,6 +193,9 @@ pub fn print(s: &Summary, json: bool) -> anyhow::Result<()> {
             ),
             (Some(f), _) => println!("fsyncs: {f}"),
             _ => {}
+        }
+        for (k, v) in &s.extra {
+            println!("{k}: {v}");
         }
         println!("config: {}", s.config);
     }
