@@ -236,7 +236,24 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     eprintln!("[limits] disk: 10 KiB append+fdatasync p50 {fsync_p50:.2} ms, p99 {fsync_p99:.2} ms");
     eprintln!("[limits] 5. end to end at 10,000 records/s, flush always");
     let e5 = load::e2e(&BenchArgs { rate: 10_000, producers: 1, batch: 10, ..on("limits.e2e") }).await?;
+    let share = |topic: &str, push: bool, bench: BenchArgs| super::share::ShareArgs {
+        bench: BenchArgs { topic: topic.into(), ..bench },
+        workers: 8,
+        ack_every: 100,
+        push,
+        release_every: 0,
+        release_delay: Duration::from_millis(100),
+    };
+    let drain = BenchArgs { records: Some(200_000), duration: None, producers: 4, ..on("") };
+    eprintln!("[limits] 8. share group: 8 workers drain 200,000 x 1 KiB, acks fsynced (ShareFetch + Acknowledge)");
+    let s8 = super::share::run(&share("limits.share", false, drain.clone())).await?;
+    eprintln!("[limits] 8p. same, pushed (ShareSubscribe)");
+    let s8p = super::share::run(&share("limits.share.push", true, drain)).await?;
+    eprintln!("[limits] 9. share group pushed at 10,000 records/s (send -> delivered), as step 5");
+    let paced = BenchArgs { rate: 10_000, producers: 1, batch: 10, ..on("") };
+    let s9 = super::share::run(&share("limits.share.e2e", true, paced)).await?;
     target.stop().await?;
+    let delivery_p99 = s9.extra.get("delivery_p99_ms").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
 
     let rows = serde_json::json!({
         "baselines_mb_per_s": {"append_fdatasync_64k": sync_64k, "append_fdatasync_1m": sync_1m, "buffered_write": buffered, "buffered_write_first_touch": fresh, "loopback_tcp": tcp, "loopback_tcp_each": tcp_all, "buffered_write_before_3b": fresh_b, "buffered_write_before_3c": fresh_c, "fdatasync_10k_p50_ms": fsync_p50, "fdatasync_10k_p99_ms": fsync_p99, "buffered_write_cpu_s_per_gb": buffered_cpu},
@@ -256,6 +273,9 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         "consume_page_cache_kafka": {"cpu_s_per_gb": c4k.cpu_s_per_gb, "mb_per_s": c4k.mb_per_s, "records": c4k.records, "client": "librdkafka", "ratio_to_grpc_raw_subscribe": c4k.mb_per_s / c4s.mb_per_s},
         "consume_page_cache_rskafka": {"cpu_s_per_gb": c4kr.cpu_s_per_gb, "mb_per_s": c4kr.mb_per_s, "records": c4kr.records, "client": "rskafka", "ratio_to_grpc_raw_subscribe": c4kr.mb_per_s / c4s.mb_per_s},
         "e2e_10k_always": {"cpu_s_per_gb": e5.cpu_s_per_gb, "p50_ms": e5.p50_ms, "p99_ms": e5.p99_ms, "p999_ms": e5.p999_ms, "max_ms": e5.max_ms, "records_per_s": e5.records_per_s},
+        "share_drain_8_workers": {"cpu_s_per_gb": s8.cpu_s_per_gb, "records_per_s": s8.records_per_s, "fsyncs": s8.fsyncs},
+        "share_drain_8_workers_push": {"cpu_s_per_gb": s8p.cpu_s_per_gb, "records_per_s": s8p.records_per_s, "fsyncs": s8p.fsyncs},
+        "share_push_10k": {"delivery_p99_ms": delivery_p99, "ack_p99_ms": s9.p99_ms, "ratio_to_e2e_p99": delivery_p99 / e5.p99_ms},
     });
     if args.json {
         println!("{rows}");
@@ -298,5 +318,16 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         "5. e2e latency at 10k rec/s, always (send -> received)", e5.p99_ms, e5.p999_ms
     );
     println!("{:<62} p50 {fsync_p50:.2} ms, p99 {fsync_p99:.2} ms", "   the disk just before: 10 KiB append+fdatasync");
+    let share_row = |label: &str, s: &super::report::Summary| {
+        let cpu = s.cpu_s_per_gb.map_or("-".to_string(), |c| format!("{c:.2}"));
+        println!("{label:<62} {:>8.0} rec/s {:>22} {cpu:>8}", s.records_per_s, "(>= 100000 rec/s)");
+    };
+    share_row("8. share group, 8 workers, 1 KiB, acks fsynced, acknowledged", &s8);
+    share_row("8p. same, pushed (ShareSubscribe)", &s8p);
+    println!(
+        "{:<62} p99 {delivery_p99:.2} ms {:>10.2} (<= 2x step 5)",
+        "9. share push at 10k rec/s (send -> delivered) vs step 5",
+        delivery_p99 / e5.p99_ms
+    );
     Ok(())
 }
