@@ -390,3 +390,46 @@ async fn the_push_form_delivers_within_its_in_flight_limit_and_releases_what_it_
     assert!(started.elapsed() < Duration::from_secs(5), "released on close, not after ack.wait.ms (30 s)");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_retention_deletes_while_held_are_dropped_and_counted_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = strata::config::BrokerConfig {
+        retention_check_interval: Duration::from_millis(100),
+        ..common::config(dir.path())
+    };
+    let server = strata::server::start(config).await.unwrap();
+    let mut c = client(&server).await;
+    let config = [("segment.bytes", "1024"), ("retention.bytes", "1024")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    c.create_topic(proto::CreateTopicRequest { name: "events".into(), partitions: 1, config }).await.unwrap();
+    alter(&mut c, "g", &[("auto.offset.reset", "earliest")]).await;
+    let padded = |i: usize| format!("{i:04}-{}", "x".repeat(200));
+    produce_values(&mut c, "events", (0..5).map(padded)).await;
+    let held = share_fetch(&mut c, "g", "events", 2, 0).await;
+    assert_eq!(held.len(), 2);
+    produce_values(&mut c, "events", (5..60).map(padded)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log_start = loop {
+        let d = c.describe_topic(proto::DescribeTopicRequest { name: "events".into() }).await.unwrap().into_inner();
+        let start = d.partition_descriptions[0].log_start_offset;
+        if start > 5 || Instant::now() > deadline {
+            break start;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(log_start > 5, "retention ran: log start {log_start}");
+    // The next fetch forgets what retention took and goes on from the log start.
+    let next = share_fetch(&mut c, "g", "events", 1, 0).await;
+    assert_eq!(next[0].record.as_ref().unwrap().offset, log_start);
+    let d = c.describe_share_group(proto::DescribeShareGroupRequest { group: "g".into() }).await.unwrap().into_inner();
+    assert_eq!((d.partitions[0].dropped_total, d.partitions[0].start_offset), (2, log_start));
+    let late = ack(&mut c, "g", vec![ack_of(&held[0], proto::AckType::Accept, "")]).await;
+    assert_eq!(late[0].error_code, Code::FailedPrecondition as i32);
+    let samples = strata::metrics::scrape::scrape(&server.http_addr().unwrap().to_string()).await.unwrap();
+    let dropped = strata::metrics::scrape::sum(&samples, "strata_share_group_dropped_total", &[("group", "g")]);
+    assert_eq!(dropped as u64, 2);
+    server.shutdown().await.unwrap();
+}
