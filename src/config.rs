@@ -114,6 +114,8 @@ pub const SHARE_MAX_IN_FLIGHT_MAX: u32 = 100_000;
 /// Entries of `backoff.ms`, and the longest one (a week).
 pub const SHARE_BACKOFF_STEPS_MAX: usize = 32;
 pub const SHARE_BACKOFF_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Share groups one broker keeps by default (`share_groups_max`).
+pub const SHARE_GROUPS_MAX: usize = 10_000;
 /// Longest `dlq.reason` kept (longer reasons are cut at a char boundary).
 pub const SHARE_REASON_BYTES_MAX: usize = 1024;
 
@@ -368,6 +370,10 @@ pub struct BrokerConfig {
     /// Bytes a push stream (Subscribe) may read ahead of its client: what a
     /// subscriber that stops reading holds, however many partitions it follows.
     pub stream_buffer_bytes_max: usize,
+    /// Share groups the broker keeps: a client cannot create them without
+    /// end (each holds memory and journal space); one more is refused
+    /// with RESOURCE_EXHAUSTED.
+    pub share_groups_max: usize,
     /// How often a log that an I/O error poisoned (it refuses writes) is
     /// tried again: reopened in place once the fault has cleared.
     pub poisoned_log_retry: Duration,
@@ -396,6 +402,7 @@ impl Default for BrokerConfig {
             request_read_timeout: Duration::from_secs(30),
             produce_records_max: 200_000,
             stream_buffer_bytes_max: 2 << 20,
+            share_groups_max: SHARE_GROUPS_MAX,
             poisoned_log_retry: Duration::from_secs(5),
             offset_metadata_bytes_max: 4096,
             topic_defaults: TopicConfig::default(),
@@ -430,6 +437,7 @@ pub struct ConfigFile {
     pub poisoned_log_retry_ms: Option<u64>,
     pub produce_records_max: Option<usize>,
     pub stream_buffer_bytes_max: Option<usize>,
+    pub share_groups_max: Option<usize>,
     #[serde(default)]
     pub topic_defaults: BTreeMap<String, toml::Value>,
 }
@@ -540,6 +548,9 @@ impl ConfigFile {
         }
         if let Some(v) = self.stream_buffer_bytes_max {
             config.stream_buffer_bytes_max = v.max(64 << 10);
+        }
+        if let Some(v) = self.share_groups_max {
+            config.share_groups_max = v;
         }
         for (k, v) in &self.topic_defaults {
             let text = match v {

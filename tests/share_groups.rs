@@ -433,3 +433,25 @@ async fn records_retention_deletes_while_held_are_dropped_and_counted_not_an_err
     assert_eq!(dropped as u64, 2);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_groups_past_the_limit_are_refused_and_existing_ones_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = strata::config::BrokerConfig { share_groups_max: 2, ..common::config(dir.path()) };
+    let server = strata::server::start(config).await.unwrap();
+    let mut c = client(&server).await;
+    create(&mut c, "jobs", 1).await;
+    share_fetch(&mut c, "a", "jobs", 1, 0).await;
+    alter(&mut c, "b", &[("max.deliveries", "3")]).await;
+    let request = proto::ShareFetchRequest { group: "c".into(), topic_pattern: "jobs".into(), ..Default::default() };
+    let refused = c.share_fetch(request).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(refused.message().contains("share_groups_max"), "{}", refused.message());
+    let config = HashMap::from([("max.deliveries".to_string(), "3".to_string())]);
+    let refused = c.alter_share_group(proto::AlterShareGroupRequest { group: "c".into(), config }).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(share_fetch(&mut c, "a", "jobs", 1, 0).await.is_empty(), "an existing group still fetches");
+    c.delete_share_group(proto::DeleteShareGroupRequest { group: "b".into() }).await.unwrap();
+    share_fetch(&mut c, "c", "jobs", 1, 0).await;
+    server.shutdown().await.unwrap();
+}

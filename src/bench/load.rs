@@ -535,12 +535,7 @@ pub async fn e2e(args: &BenchArgs) -> anyhow::Result<Summary> {
     }
     let done = Arc::new(AtomicBool::new(false));
     meter.spawn_progress("e2e".into(), done.clone());
-    let record_bytes = args.record_bytes.max(8);
-    let value: Arc<dyn Fn() -> Bytes + Send + Sync> = Arc::new(move || {
-        let mut v = vec![b'x'; record_bytes];
-        v[..8].copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_le_bytes());
-        Bytes::from(v)
-    });
+    let value = stamped_values(args.record_bytes, epoch);
     let producers_meter = Meter::new();
     let cpu = CpuMeter::begin(args.server.as_deref());
     let started = Instant::now();
@@ -554,6 +549,17 @@ pub async fn e2e(args: &BenchArgs) -> anyhow::Result<Summary> {
     tokio::time::sleep(Duration::from_millis(20)).await;
     target.stop().await?;
     Ok(meter.summary("e2e", elapsed, config_json(args), &cpu))
+}
+
+/// Record values of `record_bytes` (at least 8) whose first 8 bytes are
+/// the nanoseconds since `epoch` when made: their send time.
+pub(super) fn stamped_values(record_bytes: usize, epoch: Instant) -> Arc<dyn Fn() -> Bytes + Send + Sync> {
+    let record_bytes = record_bytes.max(8);
+    Arc::new(move || {
+        let mut v = vec![b'x'; record_bytes];
+        v[..8].copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_le_bytes());
+        Bytes::from(v)
+    })
 }
 
 /// Decodes raw batches as a client would: records at or after `from`, and

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use clap::Args;
 use tokio_stream::StreamExt;
 
@@ -209,12 +208,7 @@ pub async fn run(args: &ShareArgs) -> anyhow::Result<Summary> {
     let config = [("auto.offset.reset".to_string(), "earliest".to_string())].into();
     c.alter_share_group(proto::AlterShareGroupRequest { group: GROUP.into(), config }).await?;
     let epoch = Instant::now();
-    let record_bytes = b.record_bytes.max(8);
-    let value: Arc<dyn Fn() -> Bytes + Send + Sync> = Arc::new(move || {
-        let mut v = vec![b'x'; record_bytes];
-        v[..8].copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_le_bytes());
-        Bytes::from(v)
-    });
+    let value = super::load::stamped_values(b.record_bytes, epoch);
     let produced = Meter::new();
     if !concurrent {
         eprintln!("[bench share] writing {} records first", b.record_budget());

@@ -348,6 +348,9 @@ impl Broker {
         if exists && missing.is_empty() && truncated.is_empty() {
             return Ok(());
         }
+        if !exists {
+            self.check_share_group_room()?;
+        }
         let mut starts = Vec::with_capacity(missing.len());
         for p in &missing {
             let start = match config.start_from {
@@ -605,6 +608,18 @@ impl Broker {
         }
     }
 
+    /// Refuses to create a share group past `share_groups_max`.
+    fn check_share_group_room(&self) -> Result<()> {
+        let count = self.share().store.read(|groups| groups.len());
+        if count >= self.config.share_groups_max {
+            return Err(BrokerError::Busy(format!(
+                "{count} share groups exist, the most this broker keeps (share_groups_max); \
+                 delete unused ones (strata share delete G)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Changes a share group's config (creating the group if needed).
     pub async fn alter_share_group(
         self: &Arc<Self>,
@@ -614,6 +629,9 @@ impl Broker {
     ) -> Result<ShareGroupInfo> {
         self.check_running()?;
         names::validate("group", group, false)?;
+        if self.share().store.read(|groups| !groups.contains_key(group)) {
+            self.check_share_group_room()?;
+        }
         let (this, name) = (self.clone(), group.to_string());
         blocking(move || {
             let refused = this.share().store.update(|groups| {

@@ -17,13 +17,12 @@ use bytes::Bytes;
 
 use crate::storage::batch::{self, Record};
 use crate::storage::fs::FileSystem;
-use crate::storage::{Clock, FlushPolicy, Log, LogConfig, Result, StorageError};
+use crate::storage::{Clock, Log, LogConfig, Result};
 
 /// Directory name under the data dir.
 pub const DIR_NAME: &str = "__consumer_offsets";
 use crate::config::{
-    OFFSETS_COMPACT_SEGMENTS as COMPACT_SEGMENTS, OFFSETS_SEGMENT_BYTES,
-    OFFSETS_SNAPSHOT_BATCH_BYTES_MAX as SNAPSHOT_BATCH_BYTES_MAX,
+    OFFSETS_COMPACT_SEGMENTS as COMPACT_SEGMENTS, OFFSETS_SNAPSHOT_BATCH_BYTES_MAX as SNAPSHOT_BATCH_BYTES_MAX,
     OFFSETS_SNAPSHOT_BATCH_RECORDS_MAX as SNAPSHOT_BATCH_RECORDS_MAX,
 };
 
@@ -70,35 +69,9 @@ fn decode_value(value: &[u8]) -> Option<Committed> {
 impl OffsetStore {
     /// Opens (recovering) the offsets log and replays it.
     pub fn open(data_dir: &Path, fs: Arc<dyn FileSystem>, clock: Arc<dyn Clock>) -> Result<OffsetStore> {
-        let config = LogConfig {
-            segment_bytes: OFFSETS_SEGMENT_BYTES,
-            segment_age: std::time::Duration::MAX,
-            retention_age: None,
-            retention_bytes: None,
-            flush: FlushPolicy::Always,
-            ..LogConfig::default()
-        };
-        let log = Log::open(&data_dir.join(DIR_NAME), fs, clock, config)?;
+        let log = Log::open(&data_dir.join(DIR_NAME), fs, clock, LogConfig::internal())?;
         let mut committed = BTreeMap::new();
-        let mut next = log.log_start_offset();
-        while next < log.high_watermark() {
-            let read = log.read(next, 1 << 20)?;
-            for b in &read.batches {
-                let records = batch::decode_records(b).map_err(|e| StorageError::Corrupt {
-                    path: log.dir().to_path_buf(),
-                    position: 0,
-                    first_offset: next,
-                    reason: e.to_string(),
-                })?;
-                for r in records {
-                    if r.offset < next {
-                        continue;
-                    }
-                    next = r.offset + 1;
-                    apply(&mut committed, &r.key, &r.value);
-                }
-            }
-        }
+        log.replay(|r| apply(&mut committed, &r.key, &r.value))?;
         tracing::debug!(keys = committed.len(), "committed offsets loaded");
         Ok(OffsetStore { log, committed: Mutex::new(committed) })
     }

@@ -20,12 +20,11 @@ use bytes::Bytes;
 use super::config::ShareConfig;
 use super::state::{Change, Entry, RecordState, Settled, SharePartition};
 use crate::config::{
-    OFFSETS_COMPACT_SEGMENTS as COMPACT_SEGMENTS, OFFSETS_SEGMENT_BYTES,
-    OFFSETS_SNAPSHOT_BATCH_RECORDS_MAX as SNAPSHOT_BATCH_RECORDS_MAX,
+    OFFSETS_COMPACT_SEGMENTS as COMPACT_SEGMENTS, OFFSETS_SNAPSHOT_BATCH_RECORDS_MAX as SNAPSHOT_BATCH_RECORDS_MAX,
 };
 use crate::storage::batch::{self, Record};
 use crate::storage::fs::FileSystem;
-use crate::storage::{Clock, FlushPolicy, Log, LogConfig, Result, StorageError};
+use crate::storage::{Clock, Log, LogConfig, Result};
 
 /// Directory name under the data dir.
 pub const DIR_NAME: &str = "__share_groups";
@@ -354,32 +353,11 @@ pub struct ShareStore {
 /// with a warning (a newer version's, say), a corrupt batch fails the open.
 fn replay(log: &Log) -> Result<BTreeMap<String, ShareGroup>> {
     let mut groups = BTreeMap::new();
-    let mut next = log.log_start_offset();
     let mut unreadable = 0u64;
-    while next < log.high_watermark() {
-        let read = log.read(next, 1 << 20)?;
-        if read.batches.is_empty() {
-            break;
-        }
-        for b in &read.batches {
-            let records = batch::decode_records(b).map_err(|e| StorageError::Corrupt {
-                path: log.dir().to_path_buf(),
-                position: 0,
-                first_offset: next,
-                reason: e.to_string(),
-            })?;
-            for r in records {
-                if r.offset < next {
-                    continue;
-                }
-                next = r.offset + 1;
-                match JournalEntry::from_record(&r.key, &r.value) {
-                    Some(entry) => entry.apply(&mut groups),
-                    None => unreadable += 1,
-                }
-            }
-        }
-    }
+    log.replay(|r| match JournalEntry::from_record(&r.key, &r.value) {
+        Some(entry) => entry.apply(&mut groups),
+        None => unreadable += 1,
+    })?;
     if unreadable > 0 {
         tracing::warn!(records = unreadable, dir = %log.dir().display(), "share group journal records skipped: not readable by this version");
     }
@@ -389,15 +367,7 @@ fn replay(log: &Log) -> Result<BTreeMap<String, ShareGroup>> {
 impl ShareStore {
     /// Opens (recovering) the journal and replays it.
     pub fn open(data_dir: &Path, fs: Arc<dyn FileSystem>, clock: Arc<dyn Clock>) -> Result<ShareStore> {
-        let config = LogConfig {
-            segment_bytes: OFFSETS_SEGMENT_BYTES,
-            segment_age: std::time::Duration::MAX,
-            retention_age: None,
-            retention_bytes: None,
-            flush: FlushPolicy::Always,
-            ..LogConfig::default()
-        };
-        let log = Log::open(&data_dir.join(DIR_NAME), fs, clock, config)?;
+        let log = Log::open(&data_dir.join(DIR_NAME), fs, clock, LogConfig::internal())?;
         let groups = replay(&log)?;
         tracing::debug!(groups = groups.len(), "share groups loaded");
         Ok(ShareStore { log, groups: Mutex::new(groups) })

@@ -133,6 +133,20 @@ impl Default for LogConfig {
 use crate::config::{INDEX_ENTRIES_MAX, INDEX_INTERVAL_BYTES};
 
 impl LogConfig {
+    /// An internal log's (committed offsets, share group state): fsynced
+    /// before every acknowledgement, small segments, nothing expires (the
+    /// owner compacts it by snapshot).
+    pub fn internal() -> LogConfig {
+        LogConfig {
+            segment_bytes: crate::config::OFFSETS_SEGMENT_BYTES,
+            segment_age: Duration::MAX,
+            retention_age: None,
+            retention_bytes: None,
+            flush: FlushPolicy::Always,
+            ..LogConfig::default()
+        }
+    }
+
     fn limits(&self) -> SegmentLimits {
         let entries = self.segment_bytes / self.index_interval_bytes.max(1) + 2;
         SegmentLimits {
@@ -467,6 +481,34 @@ impl Log {
             }
         }
         Ok(first.map(|f| (f, max)))
+    }
+
+    /// Calls `f` with every record from the log start to the high
+    /// watermark, in order: how internal logs rebuild their state on open.
+    /// A batch that does not decode is corruption (the open fails).
+    pub fn replay(&self, mut f: impl FnMut(crate::storage::batch::StoredRecord)) -> Result<()> {
+        let mut next = self.log_start_offset();
+        while next < self.high_watermark() {
+            let read = self.read(next, 1 << 20)?;
+            if read.batches.is_empty() {
+                break;
+            }
+            for b in &read.batches {
+                let records = crate::storage::batch::decode_records(b).map_err(|e| StorageError::Corrupt {
+                    path: self.dir().to_path_buf(),
+                    position: 0,
+                    first_offset: next,
+                    reason: e.to_string(),
+                })?;
+                for r in records {
+                    if r.offset >= next {
+                        next = r.offset + 1;
+                        f(r);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads whole batches from `from` on, up to about `bytes_max` (at least
