@@ -12,6 +12,7 @@
 //! - `subscription.rs`: push streams over topic patterns.
 //! - `groups.rs`: the consumer group coordinator.
 //! - `delivery/`: share groups (per-record acks, retries, dead letters).
+//! - `rules/`: alert rules (the pure matching and windows so far).
 //! - `background.rs`: retention, flushes, checkpoints, reopening.
 //! - `budget.rs`: the memory budgets that bound what a client may hold.
 //!
@@ -37,6 +38,7 @@ pub mod partitioner;
 pub mod produce;
 pub mod producer_ids;
 pub mod request;
+pub mod rules;
 pub mod share_groups;
 pub mod subscription;
 pub mod supervise;

@@ -1,0 +1,15 @@
+//! Alert rules: "5 `*.error` within 60 s -> `alerts.error_storm`", or
+//! "payments stopped". The pure parts first (issue 19 builds the engine,
+//! its storage and its API on them):
+//!
+//! - `rule.rs`: a rule as defined, checked field by field, and whether a
+//!   record matches it (topic pattern, JSON pointer or header filters, the
+//!   `group_by` value that picks its window).
+//! - `window.rs`: a rule's sliding windows with the clock passed in:
+//!   matches in, alerts out, BELOW rules on a timer; memory bounded by the
+//!   threshold and `GROUP_VALUES_MAX`; alert ids stable across a rebuild.
+//!
+//! Invariants: no I/O, no clock, no tokio here.
+
+pub mod rule;
+pub mod window;
