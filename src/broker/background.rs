@@ -22,8 +22,10 @@ impl Broker {
         supervise::spawn_supervised("retention", move || retention_loop(this.clone(), stop.clone()));
         let (this, stop) = (self.clone(), shutdown.clone());
         supervise::spawn_supervised("flush and checkpoints", move || tick_loop(this.clone(), stop.clone()));
-        let (this, stop) = (self.clone(), shutdown);
+        let (this, stop) = (self.clone(), shutdown.clone());
         supervise::spawn_supervised("share groups", move || share_loop(this.clone(), stop.clone()));
+        let (this, stop) = (self.clone(), shutdown);
+        supervise::spawn_supervised("alert rules", move || this.clone().alert_loop(stop.clone()));
     }
 }
 

@@ -91,6 +91,14 @@ pub enum BrokerError {
     #[error("share group {group:?}, {topic}/{partition}: {source}")]
     NotAcquired { group: String, topic: String, partition: u32, source: crate::broker::delivery::state::NotAcquired },
 
+    // ---- Alert rules ----
+    #[error("alert rule {0:?} does not exist")]
+    UnknownAlertRule(String),
+    #[error("alert rule {0:?} already exists (delete it first to change it)")]
+    AlertRuleExists(String),
+    #[error("alert rule field {field:?}: {why}")]
+    InvalidAlertRule { field: String, why: String },
+
     // ---- The broker and its storage ----
     #[error("the broker is shutting down")]
     ShuttingDown,

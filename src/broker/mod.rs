@@ -12,7 +12,7 @@
 //! - `subscription.rs`: push streams over topic patterns.
 //! - `groups.rs`: the consumer group coordinator.
 //! - `delivery/`: share groups (per-record acks, retries, dead letters).
-//! - `rules/`: alert rules (the pure matching and windows so far).
+//! - `rules/`: alert rules' pure matching and windows; `alerts.rs` the engine.
 //! - `background.rs`: retention, flushes, checkpoints, reopening.
 //! - `budget.rs`: the memory budgets that bound what a client may hold.
 //!
@@ -23,6 +23,7 @@
 //! Layout: `DATA/<topic>/topic.json` and `DATA/<topic>/<partition>/`; the
 //! broker's own entries are in `data_dir.rs`.
 
+pub mod alerts;
 pub(crate) mod background;
 pub mod budget;
 pub mod caller;
@@ -79,6 +80,8 @@ pub struct Broker {
     groups: groups::Coordinator,
     /// Share groups: per-record state, journaled.
     share_groups: share_groups::ShareGroups,
+    /// Alert rules and their windows.
+    alerts: alerts::Alerts,
     /// The data directory's lock, held while the broker is open.
     _lock: crate::storage::fs::DirLock,
     /// Request bytes being received or decoded, every listener together.
@@ -137,6 +140,7 @@ impl Broker {
         }
         let share_store = delivery::journal::ShareStore::open(&dir, fs.clone(), clock.clone())
             .map_err(|e| BrokerError::storage(share_groups::JOURNAL_NAME, 0, e))?;
+        let alerts = alerts::Alerts::open(fs.as_ref(), &dir)?;
         let producer_ids = ProducerIds::open(fs.clone(), dir.join(data_dir::PRODUCER_IDS_FILE))
             .map_err(|e| io("cannot read the producer ids in", e))?;
         tracing::info!(
@@ -155,6 +159,7 @@ impl Broker {
             stopping: watch::Sender::new(false),
             groups: groups::Coordinator::new(offsets),
             share_groups: share_groups::ShareGroups::new(share_store),
+            alerts,
             _lock: lock,
             request_budget: budget::RequestBudget::new(config.request_bytes_in_flight_max),
             metrics,

@@ -1,6 +1,7 @@
 //! The `strata` command line: one file per noun. Client commands talk gRPC
 //! to `--server`; `log dump|verify` read files directly (no server).
 
+pub mod alert;
 pub mod consume;
 pub mod group;
 pub mod log;
@@ -86,6 +87,13 @@ pub enum Command {
     Group {
         #[command(subcommand)]
         command: group::GroupCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Create, list, describe and delete alert rules.
+    Alert {
+        #[command(subcommand)]
+        command: alert::AlertCommand,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -290,6 +298,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume { args, client } => consume::run(args, &client).await,
         Command::Group { command, client } => group::run(command, &client).await,
         Command::Share { command, client } => share::run(command, &client).await,
+        Command::Alert { command, client } => alert::run(command, &client).await,
         Command::Offsets { args, client } => offsets::run(args, &client).await,
         Command::Log { command } => log::run(command),
         Command::Top(args) => top::run(args).await,

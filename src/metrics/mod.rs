@@ -47,6 +47,11 @@ pub struct TopicLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub rule: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupLabels {
     pub group: String,
 }
@@ -126,6 +131,7 @@ pub struct Metrics {
     connections_refused: Family<ListenerLabels, Counter>,
     share_dead_lettered: Family<GroupLabels, Counter>,
     share_dropped: Family<GroupLabels, Counter>,
+    alerts_fired: Family<RuleLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -146,6 +152,8 @@ impl Metrics {
         let connections_refused = Family::<ListenerLabels, Counter>::default();
         let share_dead_lettered = Family::<GroupLabels, Counter>::default();
         let share_dropped = Family::<GroupLabels, Counter>::default();
+        let alerts_fired = Family::<RuleLabels, Counter>::default();
+        registry.register("strata_alerts_fired", "Alerts published, per rule", alerts_fired.clone());
         registry.register(
             "strata_share_group_dead_lettered",
             "Records a share group moved to its dead-letter topic, per group",
@@ -195,7 +203,13 @@ impl Metrics {
             connections_refused,
             share_dead_lettered,
             share_dropped,
+            alerts_fired,
         }
+    }
+
+    /// Counts an alert a rule published.
+    pub fn alert_fired(&self, rule: &str) {
+        self.alerts_fired.get_or_create(&RuleLabels { rule: rule.to_string() }).inc();
     }
 
     /// Counts records a share group dead-lettered.

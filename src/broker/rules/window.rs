@@ -133,7 +133,12 @@ impl RuleWindows {
         let (threshold, window_ms) = (self.rule.threshold as usize, self.rule.window_ms);
         let w =
             self.windows.entry(group.to_string()).or_insert_with(|| Window { since_ms: since, ..Window::default() });
-        if hit.timestamp_ms <= now_ms.saturating_sub(window_ms as i64) {
+        // Older than the window, or counted by (or older than) the last
+        // alert: a window rebuilt after a restart skips what that alert
+        // counted, as the live window did when it fired.
+        if hit.timestamp_ms <= now_ms.saturating_sub(window_ms as i64)
+            || w.last_fired_ms.is_some_and(|t| hit.timestamp_ms <= t)
+        {
             return (None, false);
         }
         let at = w.hits.partition_point(|h| h.timestamp_ms <= hit.timestamp_ms);

@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
+use crate::broker::alerts::AlertRuleInfo;
 use crate::broker::delivery::state::Ack;
 use crate::broker::fetch::Fetched;
 use crate::broker::groups::GroupInfo;
 use crate::broker::partition::ReadRecords;
+use crate::broker::rules::rule::{Condition, RuleRequest};
 use crate::broker::share_groups::{
     AckEntry, AckKind, ShareFetchRequest, ShareGroupInfo, ShareRecord, ShareStreamMessage, ShareSubscribeRequest,
 };
@@ -372,5 +374,46 @@ pub fn share_stream_message(m: ShareStreamMessage) -> proto::ShareSubscribeRespo
             records: Vec::new(),
             results: results.into_iter().map(ack_result).collect(),
         },
+    }
+}
+
+pub fn alert_rule_request(r: proto::CreateAlertRuleRequest) -> RuleRequest {
+    RuleRequest {
+        condition: Some(match proto::AlertCondition::try_from(r.condition) {
+            Ok(proto::AlertCondition::Below) => Condition::Below,
+            _ => Condition::AtLeast,
+        }),
+        name: r.name,
+        topic_pattern: r.topic_pattern,
+        filter: r.filter.into_iter().collect(),
+        threshold: r.threshold,
+        window_ms: r.window_ms,
+        alert_topic: r.alert_topic,
+        cooldown_ms: r.cooldown_ms,
+        group_by: r.group_by,
+    }
+}
+
+pub fn alert_rule_description(i: AlertRuleInfo) -> proto::AlertRuleDescription {
+    let r = i.rule;
+    let rule = proto::CreateAlertRuleRequest {
+        name: r.name,
+        topic_pattern: r.topic_pattern,
+        filter: r.filter.iter().map(|(s, v)| (s.text(), v.to_string())).collect(),
+        threshold: r.threshold,
+        window_ms: r.window_ms,
+        alert_topic: r.alert_topic,
+        cooldown_ms: Some(r.cooldown_ms),
+        condition: match r.condition {
+            Condition::AtLeast => proto::AlertCondition::AtLeast as i32,
+            Condition::Below => proto::AlertCondition::Below as i32,
+        },
+        group_by: r.group_by.map(|g| g.text()).unwrap_or_default(),
+    };
+    proto::AlertRuleDescription {
+        rule: Some(rule),
+        last_fired_ms: i.last_fired_ms,
+        fired_total: i.fired_total,
+        current_count: i.current_count,
     }
 }

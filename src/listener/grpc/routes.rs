@@ -98,6 +98,10 @@ pub const UNARY_METHODS: &[&str] = &[
     "ListShareGroups",
     "DeleteShareGroup",
     "RedriveDeadLetters",
+    "CreateAlertRule",
+    "ListAlertRules",
+    "DescribeAlertRule",
+    "DeleteAlertRule",
 ];
 
 /// Field numbers of `record_batches` in the two responses.

@@ -465,4 +465,41 @@ impl proto::broker_server::Broker for BrokerService {
             self.broker.redrive_dead_letters(&caller, &r.group, r.max_records as usize).await.map_err(to_status)?;
         Ok(Response::new(proto::RedriveDeadLettersResponse { moved }))
     }
+
+    async fn create_alert_rule(
+        &self,
+        request: Request<proto::CreateAlertRuleRequest>,
+    ) -> Result<Response<proto::AlertRuleDescription>, Status> {
+        let caller = caller_of(&request);
+        let rule = convert::alert_rule_request(request.into_inner());
+        let info = self.broker.create_alert_rule(&caller, rule).await.map_err(to_status)?;
+        Ok(Response::new(convert::alert_rule_description(info)))
+    }
+
+    async fn list_alert_rules(
+        &self,
+        request: Request<proto::ListAlertRulesRequest>,
+    ) -> Result<Response<proto::ListAlertRulesResponse>, Status> {
+        let caller = caller_of(&request);
+        let rules = self.broker.list_alert_rules(&caller).into_iter().map(convert::alert_rule_description).collect();
+        Ok(Response::new(proto::ListAlertRulesResponse { rules }))
+    }
+
+    async fn describe_alert_rule(
+        &self,
+        request: Request<proto::DescribeAlertRuleRequest>,
+    ) -> Result<Response<proto::AlertRuleDescription>, Status> {
+        let caller = caller_of(&request);
+        let info = self.broker.describe_alert_rule(&caller, &request.into_inner().name).map_err(to_status)?;
+        Ok(Response::new(convert::alert_rule_description(info)))
+    }
+
+    async fn delete_alert_rule(
+        &self,
+        request: Request<proto::DeleteAlertRuleRequest>,
+    ) -> Result<Response<proto::DeleteAlertRuleResponse>, Status> {
+        let caller = caller_of(&request);
+        self.broker.delete_alert_rule(&caller, &request.into_inner().name).await.map_err(to_status)?;
+        Ok(Response::new(proto::DeleteAlertRuleResponse {}))
+    }
 }

@@ -17,8 +17,9 @@ fn code(e: &BrokerError) -> Code {
         BrokerError::UnknownTopic(_)
         | BrokerError::UnknownPartition { .. }
         | BrokerError::UnknownGroup(_)
-        | BrokerError::UnknownShareGroup(_) => Code::NotFound,
-        BrokerError::TopicExists(_) => Code::AlreadyExists,
+        | BrokerError::UnknownShareGroup(_)
+        | BrokerError::UnknownAlertRule(_) => Code::NotFound,
+        BrokerError::TopicExists(_) | BrokerError::AlertRuleExists(_) => Code::AlreadyExists,
         BrokerError::InvalidName { .. }
         | BrokerError::InvalidConfig { .. }
         | BrokerError::TooManyPartitions { .. }
@@ -31,7 +32,8 @@ fn code(e: &BrokerError) -> Code {
         | BrokerError::TooManyRecords { .. }
         | BrokerError::InvalidBatch { .. }
         | BrokerError::MetadataTooLarge { .. }
-        | BrokerError::InvalidShareConfig { .. } => Code::InvalidArgument,
+        | BrokerError::InvalidShareConfig { .. }
+        | BrokerError::InvalidAlertRule { .. } => Code::InvalidArgument,
         BrokerError::RequestTooLarge { .. } | BrokerError::Busy(_) => Code::ResourceExhausted,
         BrokerError::RequestTimeout { .. } => Code::DeadlineExceeded,
         BrokerError::Unsupported(_) => Code::Unimplemented,

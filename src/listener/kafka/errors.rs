@@ -55,6 +55,9 @@ pub fn of(e: &BrokerError) -> i16 {
     match e {
         BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } => UNKNOWN_TOPIC_OR_PARTITION,
         BrokerError::UnknownGroup(_) | BrokerError::UnknownShareGroup(_) => GROUP_ID_NOT_FOUND,
+        BrokerError::UnknownAlertRule(_) | BrokerError::AlertRuleExists(_) | BrokerError::InvalidAlertRule { .. } => {
+            INVALID_REQUEST
+        }
         BrokerError::TopicExists(_) => TOPIC_ALREADY_EXISTS,
         BrokerError::InvalidName { kind, .. } if kind.contains("group") => INVALID_GROUP_ID,
         BrokerError::InvalidName { .. } => INVALID_TOPIC_EXCEPTION,
