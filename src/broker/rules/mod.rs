@@ -1,6 +1,6 @@
-//! Alert rules: "5 `*.error` within 60 s -> `alerts.error_storm`", or
-//! "payments stopped". The pure parts first (issue 19 builds the engine,
-//! its storage and its API on them):
+//! Alert rules ("5 `*.error` within 60 s -> `alerts.error_storm`", or
+//! "payments stopped") and de-duplication by event id: the pure parts
+//! (`broker/alerts.rs` is the engine):
 //!
 //! - `rule.rs`: a rule as defined, checked field by field, and whether a
 //!   record matches it (topic pattern, JSON pointer or header filters, the
@@ -8,8 +8,12 @@
 //! - `window.rs`: a rule's sliding windows with the clock passed in:
 //!   matches in, alerts out, BELOW rules on a timer; memory bounded by the
 //!   threshold and `GROUP_VALUES_MAX`; alert ids stable across a rebuild.
+//! - `dedupe.rs`: one partition's window of event ids for de-duplication
+//!   (`dedupe.window.ms`), bounded by `dedupe.max.ids`; not wired into
+//!   produce yet.
 //!
 //! Invariants: no I/O, no clock, no tokio here.
 
+pub mod dedupe;
 pub mod rule;
 pub mod window;
