@@ -30,8 +30,10 @@ use crate::storage::batch::Record;
 pub const RULES_FILE: &str = "__alert_rules.json";
 /// How often BELOW rules and cooldowns are looked at.
 const TICK: Duration = Duration::from_millis(100);
-/// Records read from one partition per pass.
+/// Bytes of records read from one partition per read.
 const READ_BYTES: usize = 1 << 20;
+/// Bytes read from one partition per pass of the engine.
+const PASS_BYTES: usize = 64 << 20;
 /// Rules one broker keeps.
 pub const RULES_MAX: usize = 1000;
 
@@ -339,32 +341,41 @@ impl Broker {
                     c
                 }
             };
-            if from >= p.log.high_watermark() {
-                continue;
-            }
-            let read = p.read(from, 100_000, READ_BYTES).await?;
-            cursors.insert(key, read.next_offset.max(from));
-            let mut rules = self.alerts().running();
-            for r in read.records {
-                for running in rules.values_mut() {
-                    if r.timestamp_ms < running.stored.created_ms {
-                        continue;
+            // Up to PASS_BYTES per partition and pass: a backlog (the last
+            // window after a restart) is caught up in a few passes without
+            // starving the other partitions.
+            let mut from = from;
+            let mut budget = PASS_BYTES;
+            while from < p.log.high_watermark() && budget > 0 {
+                let read = p.read(from, 100_000, READ_BYTES.min(budget)).await?;
+                if read.records.is_empty() {
+                    break;
+                }
+                budget = budget.saturating_sub(read.batch_bytes.max(1) as usize);
+                from = read.next_offset.max(from);
+                cursors.insert(key.clone(), from);
+                let mut rules = self.alerts().running();
+                for r in read.records {
+                    for running in rules.values_mut() {
+                        if r.timestamp_ms < running.stored.created_ms {
+                            continue;
+                        }
+                        let Some(group) = running.windows.rule.matches(&p.topic, &r) else { continue };
+                        let hit = Hit {
+                            timestamp_ms: r.timestamp_ms,
+                            topic: p.topic.as_str().into(),
+                            partition: p.id,
+                            offset: r.offset,
+                        };
+                        let (alert, overflow) = running.windows.observe(&group, hit, now);
+                        if overflow {
+                            tracing::warn!(
+                                rule = running.stored.name,
+                                "group_by values over the limit: new values are not counted"
+                            );
+                        }
+                        alerts.extend(alert.map(|a| (running.stored.alert_topic.clone(), a)));
                     }
-                    let Some(group) = running.windows.rule.matches(&p.topic, &r) else { continue };
-                    let hit = Hit {
-                        timestamp_ms: r.timestamp_ms,
-                        topic: p.topic.as_str().into(),
-                        partition: p.id,
-                        offset: r.offset,
-                    };
-                    let (alert, overflow) = running.windows.observe(&group, hit, now);
-                    if overflow {
-                        tracing::warn!(
-                            rule = running.stored.name,
-                            "group_by values over the limit: new values are not counted"
-                        );
-                    }
-                    alerts.extend(alert.map(|a| (running.stored.alert_topic.clone(), a)));
                 }
             }
         }
@@ -426,9 +437,11 @@ impl Broker {
     /// alert with its id was published already.
     async fn publish_alert(&self, topic: &str, alert: Alert) -> Result<()> {
         {
-            let mut rules = self.alerts().running();
-            let Some(running) = rules.get_mut(&alert.rule) else { return Ok(()) };
-            if !running.published.insert(alert.id.clone()) {
+            // One engine task publishes, so nothing else can publish this
+            // id between the look here and the insert after the append.
+            let rules = self.alerts().running();
+            let Some(running) = rules.get(&alert.rule) else { return Ok(()) };
+            if running.published.contains(&alert.id) {
                 return Ok(());
             }
         }
@@ -462,7 +475,12 @@ impl Broker {
             producer: None,
             batch: None,
         };
+        // A failed append (a full disk, say) leaves the id unpublished: the
+        // error is logged by the pass, and a rebuild may still publish it.
         self.produce_internal("alert", request).await?;
+        if let Some(running) = self.alerts().running().get_mut(&alert.rule) {
+            running.published.insert(alert.id.clone());
+        }
         self.metrics.alert_fired(&alert.rule);
         tracing::info!(rule = alert.rule, count = alert.count, topic, "alert fired");
         Ok(())
