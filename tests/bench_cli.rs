@@ -31,6 +31,8 @@ fn bench_modes_print_a_json_summary() {
         "share --records 3000 --partitions 2 --workers 3 --ack-every 50",
         "share --records 3000 --workers 3 --push",
         "share --rate 2000 --batch 10 --duration 1s --workers 2 --release-every 10 --release-delay 20ms",
+        // An alert per record, with idle rules beside the matching one.
+        "alert --rate 200 --duration 1s --rules 5",
     ] {
         let (ok, out, err) = run(dir.path(), "http://unused", &format!("strata bench {mode} --embedded --json"));
         assert!(ok, "bench {mode}: {err}");
@@ -48,6 +50,10 @@ fn bench_modes_print_a_json_summary() {
         if mode.starts_with("share --records 3000") {
             assert_eq!(summary["records"].as_u64(), Some(3000), "every record acknowledged once: {summary}");
             assert!(summary["delivery_p99_ms"].is_number(), "{summary}");
+        }
+        if mode.starts_with("alert") {
+            let sent = summary["records_sent"].as_u64().unwrap();
+            assert_eq!(summary["records"].as_u64(), Some(sent), "one alert per record: {summary}");
         }
         if mode.contains("--release-every") {
             assert!(summary["redeliveries"].as_u64().unwrap() > 0, "released records came back: {summary}");

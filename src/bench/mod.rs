@@ -7,6 +7,7 @@
 //! baselines (append + fdatasync, buffered writes, loopback TCP) and prints
 //! strata's figures as ratios of them.
 
+pub mod alert;
 pub mod cpu;
 pub mod kafka;
 pub mod limits;
@@ -32,6 +33,10 @@ pub enum BenchCommand {
     /// Share group workers fetching and acknowledging (drain a filled topic,
     /// or with --rate keep up with producers); records/s acknowledged.
     Share(share::ShareArgs),
+    /// An alert rule that fires on every record: latency from the record's
+    /// append to its alert received by a subscriber (--rules N loads N-1
+    /// more that match nothing).
+    Alert(alert::AlertArgs),
     /// Baselines of this machine and strata's figures as ratios of them.
     Limits(LimitsArgs),
 }
@@ -169,6 +174,7 @@ pub async fn run(mut command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Produce(a) | BenchCommand::Consume(a) | BenchCommand::E2e(a) => a.json |= a.format == json,
         BenchCommand::Limits(a) => a.json |= a.format == json,
         BenchCommand::Share(a) => a.bench.json |= a.bench.format == json,
+        BenchCommand::Alert(a) => a.bench.json |= a.bench.format == json,
     }
     match command {
         BenchCommand::Produce(a) if a.protocol == Protocol::Kafka => report::print(&kafka::produce(&a).await?, a.json),
@@ -181,5 +187,6 @@ pub async fn run(mut command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::E2e(a) => report::print(&load::e2e(&a).await?, a.json),
         BenchCommand::Limits(a) => limits::run(&a).await,
         BenchCommand::Share(a) => report::print(&share::run(&a).await?, a.bench.json),
+        BenchCommand::Alert(a) => report::print(&alert::run(&a).await?, a.bench.json),
     }
 }

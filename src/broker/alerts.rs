@@ -314,8 +314,8 @@ impl Broker {
         for (name, alert_topic, since) in fresh {
             let (ids, fired) = self.published_alerts(&name, &alert_topic, since).await?;
             if let Some(running) = self.alerts().running().get_mut(&name) {
-                for (group, t) in fired {
-                    running.windows.restore_fired(&group, t);
+                for (group, (t, counted_until)) in fired {
+                    running.windows.restore_fired(&group, t, counted_until);
                 }
                 running.published.extend(ids);
             }
@@ -399,9 +399,10 @@ impl Broker {
         name: &str,
         alert_topic: &str,
         since: i64,
-    ) -> Result<(HashSet<String>, HashMap<String, i64>)> {
+    ) -> Result<(HashSet<String>, HashMap<String, (i64, i64)>)> {
         let mut ids = HashSet::new();
-        let mut fired: HashMap<String, i64> = HashMap::new();
+        // Per group: when it last fired, and the newest timestamp counted.
+        let mut fired: HashMap<String, (i64, i64)> = HashMap::new();
         let Ok(topic) = self.topic(alert_topic) else { return Ok((ids, fired)) };
         for p in &topic.partitions {
             let mut from = p.blocking(move |log| log.offset_for_timestamp(since)).await?;
@@ -424,8 +425,10 @@ impl Broker {
                         .strip_prefix(&format!("{name}/"))
                         .and_then(|rest| rest.rsplit_once('/'))
                         .map_or(String::new(), |(g, _)| g.to_string());
-                    let t = fired.entry(group).or_insert(r.timestamp_ms);
-                    *t = (*t).max(r.timestamp_ms);
+                    let value: serde_json::Value = serde_json::from_slice(&r.value).unwrap_or_default();
+                    let counted = value["last_timestamp_ms"].as_i64().unwrap_or(r.timestamp_ms);
+                    let t = fired.entry(group).or_insert((r.timestamp_ms, counted));
+                    *t = (t.0.max(r.timestamp_ms), t.1.max(counted));
                     ids.insert(id);
                 }
             }

@@ -74,6 +74,9 @@ struct Window {
     /// The newest hits, at most `threshold`, oldest first.
     hits: VecDeque<Hit>,
     last_fired_ms: Option<i64>,
+    /// The newest timestamp the last alert counted: hits up to it are not
+    /// counted again (a window rebuilt after a restart meets them again).
+    counted_until_ms: Option<i64>,
     /// When counting began: a BELOW rule fires only on a full window.
     since_ms: i64,
 }
@@ -108,15 +111,17 @@ impl RuleWindows {
         RuleWindows { rule, windows: BTreeMap::new(), since_ms, overflowed: false, fired_total: 0 }
     }
 
-    /// Restores when the rule last fired for `group` (read back from the
-    /// alert topic after a restart), so the cooldown holds across it.
-    pub fn restore_fired(&mut self, group: &str, fired_ms: i64) {
+    /// Restores when the rule last fired for `group` and the newest
+    /// timestamp that alert counted (read back from the alert topic after
+    /// a restart), so the cooldown holds across it and what it counted is
+    /// not counted again.
+    pub fn restore_fired(&mut self, group: &str, fired_ms: i64, counted_until_ms: i64) {
         let since = self.since_ms;
         let w =
             self.windows.entry(group.to_string()).or_insert_with(|| Window { since_ms: since, ..Window::default() });
         w.last_fired_ms = Some(w.last_fired_ms.map_or(fired_ms, |t| t.max(fired_ms)));
-        // What the alert counted must not count again.
-        w.hits.retain(|h| h.timestamp_ms > fired_ms);
+        w.counted_until_ms = Some(w.counted_until_ms.map_or(counted_until_ms, |t| t.max(counted_until_ms)));
+        w.hits.retain(|h| h.timestamp_ms > counted_until_ms);
     }
 
     /// Counts a matching record in `group`'s window; returns the alert if
@@ -137,7 +142,7 @@ impl RuleWindows {
         // alert: a window rebuilt after a restart skips what that alert
         // counted, as the live window did when it fired.
         if hit.timestamp_ms <= now_ms.saturating_sub(window_ms as i64)
-            || w.last_fired_ms.is_some_and(|t| hit.timestamp_ms <= t)
+            || w.counted_until_ms.is_some_and(|t| hit.timestamp_ms <= t)
         {
             return (None, false);
         }
@@ -220,6 +225,9 @@ fn fire(rule: &Rule, group: &str, w: &mut Window, now_ms: i64, count: u64) -> Al
         topics: topics.into_iter().collect(),
         samples,
     };
+    if rule.condition == Condition::AtLeast {
+        w.counted_until_ms = Some(last);
+    }
     w.hits.clear();
     w.last_fired_ms = Some(now_ms);
     w.since_ms = now_ms;
@@ -285,7 +293,7 @@ mod tests {
         let again = hits.iter().filter_map(|h| rebuilt.observe("", h.clone(), 300).0).next().unwrap();
         assert_eq!(again.id, first.id, "the engine can tell it was published");
         let mut restored = RuleWindows::new(rule(Condition::AtLeast, ""), 0);
-        restored.restore_fired("", 180);
+        restored.restore_fired("", 190, 180);
         assert!(hits.iter().all(|h| restored.observe("", h.clone(), 300).0.is_none()), "counted by the last alert");
     }
 
