@@ -200,3 +200,33 @@ async fn a_burst_spanning_a_restart_fires_exactly_once_and_is_not_published_agai
     assert_eq!(alerts(&mut c, "alerts.storm", 2).await.len(), 1);
     server.shutdown().await.unwrap();
 }
+
+/// The real binary killed with SIGKILL between the two halves of a burst,
+/// and again after the alert: one alert, never two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_and_after_a_burst_publishes_exactly_one_alert() {
+    use common::process::{kill9, serve};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut broker, url) = serve(dir.path());
+    let mut c = strata::proto::broker_client::BrokerClient::connect(url.clone()).await.unwrap();
+    create(&mut c, "card.error", 1).await;
+    c.create_alert_rule(rule("storm", "*.error", 4, 60_000)).await.unwrap();
+    errors(&mut c, "card.error", 2).await;
+    kill9(&mut broker);
+
+    let (mut broker, url) = serve(dir.path());
+    let mut c = strata::proto::broker_client::BrokerClient::connect(url.clone()).await.unwrap();
+    errors(&mut c, "card.error", 2).await;
+    let fired = alerts(&mut c, "alerts.storm", 1).await;
+    assert_eq!(fired.len(), 1, "two before the kill and two after are four");
+    assert_eq!(fired[0].1["count"].as_u64(), Some(4));
+    kill9(&mut broker);
+
+    let (mut broker, url) = serve(dir.path());
+    let mut c = strata::proto::broker_client::BrokerClient::connect(url.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(alerts(&mut c, "alerts.storm", 2).await.len(), 1, "not published again after the second kill");
+    let d = c.describe_alert_rule(proto::DescribeAlertRuleRequest { name: "storm".into() }).await.unwrap().into_inner();
+    assert!(d.last_fired_ms.is_some(), "the last firing is read back from the alert topic");
+    kill9(&mut broker);
+}
