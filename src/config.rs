@@ -116,6 +116,10 @@ pub const SHARE_BACKOFF_STEPS_MAX: usize = 32;
 pub const SHARE_BACKOFF_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Share groups one broker keeps by default (`share_groups_max`).
 pub const SHARE_GROUPS_MAX: usize = 10_000;
+/// Members DescribeShareGroup remembers per group, and the longest member
+/// id kept (longer ones are cut at a char boundary).
+pub const SHARE_MEMBERS_MAX: usize = 1000;
+pub const SHARE_MEMBER_ID_BYTES_MAX: usize = 255;
 /// Longest `dlq.reason` kept (longer reasons are cut at a char boundary).
 pub const SHARE_REASON_BYTES_MAX: usize = 1024;
 

@@ -4,24 +4,15 @@
 
 mod common;
 
-use common::process::{run, serve};
-use common::readme_block;
+use common::process::{run_readme_block, serve};
 
 #[test]
 fn readme_alert_block_works_as_written() {
     let dir = tempfile::tempdir().unwrap();
     let (mut broker, server) = serve(dir.path());
-    let lines: Vec<String> =
-        readme_block("alerts").lines().filter(|l| l.contains("strata ")).map(|l| l.trim().to_string()).collect();
-    assert_eq!(lines.len(), 5, "{lines:?}");
-    let mut outputs = Vec::new();
-    for line in &lines {
-        // A broker that never fired would leave `consume --follow` waiting.
-        let guarded = if line.starts_with("strata consume") { format!("timeout 20 {line}") } else { line.clone() };
-        let (ok, stdout, stderr) = run(dir.path(), &server, &guarded);
-        assert!(ok, "`{line}` failed: {stderr}");
-        outputs.push(stdout);
-    }
+    let outputs: Vec<String> =
+        run_readme_block(dir.path(), &server, "alerts").into_iter().map(|(out, _)| out).collect();
+    assert_eq!(outputs.len(), 5);
     assert!(outputs[0].contains("created alert rule error_storm: >= 5 in 60000 ms on *.error"), "{}", outputs[0]);
     let consumed: serde_json::Value = serde_json::from_str(outputs[3].trim()).unwrap();
     let alert: serde_json::Value = serde_json::from_str(consumed["value"].as_str().unwrap()).unwrap();

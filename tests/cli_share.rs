@@ -4,22 +4,14 @@
 
 mod common;
 
-use common::process::{run, serve};
-use common::readme_block;
+use common::process::{run, run_readme_block, serve};
 
 #[test]
 fn readme_share_group_block_works_as_written() {
     let dir = tempfile::tempdir().unwrap();
     let (mut broker, server) = serve(dir.path());
-    let lines: Vec<String> =
-        readme_block("share").lines().filter(|l| l.contains("strata ")).map(|l| l.trim().to_string()).collect();
-    assert_eq!(lines.len(), 7, "{lines:?}");
-    let mut outputs = Vec::new();
-    for line in &lines {
-        let (ok, stdout, stderr) = run(dir.path(), &server, line);
-        assert!(ok, "`{line}` failed: {stderr}");
-        outputs.push((stdout, stderr));
-    }
+    let outputs = run_readme_block(dir.path(), &server, "share");
+    assert_eq!(outputs.len(), 7);
     let (consumed, notes) = &outputs[3];
     let values: Vec<&str> = consumed.lines().map(|l| l.rsplit("  ").next().unwrap()).collect();
     assert_eq!(values, ["charge ok-1", "charge ok-3"], "{consumed}");

@@ -276,6 +276,29 @@ async fn acks_of_records_not_held_fail_one_by_one_and_bad_requests_name_the_fiel
     let twice = ack(&mut c, "g", vec![ack_of(&got[0], proto::AckType::Accept, "")]).await;
     assert_eq!(twice[0].error_code, Code::FailedPrecondition as i32, "already acknowledged");
 
+    // A release for longer than a week is refused on its own.
+    produce_values(&mut c, "jobs", ["b".to_string()]).await;
+    let request = proto::ShareFetchRequest {
+        group: "g".into(),
+        topic_pattern: "jobs".into(),
+        member_id: "m".repeat(1000),
+        ..Default::default()
+    };
+    let b = c.share_fetch(request).await.unwrap().into_inner().records;
+    let mut forever = ack_of(&b[0], proto::AckType::Release, "");
+    forever.delay_ms = Some(u64::MAX);
+    let refused = ack(&mut c, "g", vec![forever]).await;
+    assert_eq!(refused[0].error_code, Code::InvalidArgument as i32, "{refused:?}");
+    assert!(refused[0].error_message.contains("delay_ms"), "{refused:?}");
+    let d = c.describe_share_group(proto::DescribeShareGroupRequest { group: "g".into() }).await.unwrap().into_inner();
+    assert!(d.members.iter().all(|m| m.member_id.len() <= 255), "member ids are cut");
+    // A group whose default dead-letter topic could not exist is refused.
+    let long = "g".repeat(246);
+    let request = proto::ShareFetchRequest { group: long, topic_pattern: "jobs".into(), ..Default::default() };
+    let refused = c.share_fetch(request).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("dead.letter.topic"), "{}", refused.message());
+
     let config = HashMap::from([("max.deliveries".to_string(), "0".to_string())]);
     let bad = c.alter_share_group(proto::AlterShareGroupRequest { group: "g".into(), config }).await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);

@@ -130,15 +130,7 @@ impl Partition {
         }
         if pending.needs_sync() {
             // The syncer covers it even if the caller stops waiting.
-            {
-                let mut syncer = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
-                syncer.appended += 1;
-                if syncer.expected != 0 && syncer.appended >= syncer.expected {
-                    syncer.expected = 0;
-                    self.syncer_more.notify_one();
-                }
-            }
-            self.start_syncer(pending.outcome.last_offset + 1);
+            self.start_syncer(pending.outcome.last_offset + 1, true);
         }
         Ok(pending)
     }
@@ -149,10 +141,19 @@ impl Partition {
     /// queued meanwhile is written when it returns), and after each wakes
     /// every waiter at once through `sync_rounds`. A request waits on that
     /// without a thread of its own: no hand-off per request, one per group.
-    fn start_syncer(self: &Arc<Self>, wanted: u64) {
+    /// `appended`: a new append asks (counted for the syncer's linger),
+    /// not a waiter looking again.
+    fn start_syncer(self: &Arc<Self>, wanted: u64, appended: bool) {
         {
             let mut syncer = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
             syncer.wanted = syncer.wanted.max(wanted);
+            if appended {
+                syncer.appended += 1;
+                if syncer.expected != 0 && syncer.appended >= syncer.expected {
+                    syncer.expected = 0;
+                    self.syncer_more.notify_one();
+                }
+            }
             if syncer.running {
                 return;
             }
@@ -256,7 +257,7 @@ impl Partition {
                     done.map_err(|e| self.error(e))?;
                     break;
                 }
-                self.start_syncer(pending.outcome.last_offset + 1);
+                self.start_syncer(pending.outcome.last_offset + 1, false);
                 if rounds.changed().await.is_err() {
                     return Err(BrokerError::Internal("the partition closed during a group commit".into()));
                 }

@@ -20,13 +20,16 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::delivery::config::{ShareConfig, StartFrom};
+use super::delivery::config::{ConfigError, ShareConfig, StartFrom};
 use super::delivery::dead_letter;
 use super::delivery::journal::{JournalEntry, ShareGroup, ShareStore, TopicPartition};
 use super::delivery::state::{Ack, Delivery, SharePartition, Summary};
 use super::partition::Partition;
 use super::{names, Broker, BrokerError, Caller, CreateTopic, ProduceRequest, Result};
-use crate::config::{FETCH_BYTES_DEFAULT, FETCH_RECORDS_DEFAULT, FETCH_RECORDS_MAX, FETCH_WAIT_MAX};
+use crate::config::{
+    FETCH_BYTES_DEFAULT, FETCH_RECORDS_DEFAULT, FETCH_RECORDS_MAX, FETCH_WAIT_MAX, SHARE_BACKOFF_MAX,
+    SHARE_MEMBERS_MAX, SHARE_MEMBER_ID_BYTES_MAX,
+};
 use crate::storage::batch::{Record, StoredRecord};
 
 pub use super::delivery::state::AckKind;
@@ -121,16 +124,35 @@ impl ShareGroups {
         locks.entry(group.to_string()).or_default().clone()
     }
 
-    fn seen(&self, group: &str, member: String, now_ms: i64) {
+    /// Remembers a member of an existing group: at most
+    /// `SHARE_MEMBERS_MAX` per group, ids cut to `SHARE_MEMBER_ID_BYTES_MAX`.
+    fn seen(&self, group: &str, member: &str, now_ms: i64) {
+        let mut end = member.len().min(SHARE_MEMBER_ID_BYTES_MAX);
+        while !member.is_char_boundary(end) {
+            end -= 1;
+        }
+        let member = &member[..end];
         let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
         let group = members.entry(group.to_string()).or_default();
         group.retain(|_, seen| now_ms - *seen < MEMBER_SEEN_WINDOW_MS);
-        group.insert(member, now_ms);
+        if group.len() < SHARE_MEMBERS_MAX || group.contains_key(member) {
+            group.insert(member.to_string(), now_ms);
+        }
     }
 
     fn wake(&self) {
         self.released.send_modify(|n| *n = n.wrapping_add(1));
     }
+}
+
+/// The group's dead-letter topic must be a name a topic can have: the
+/// default `<group>.dlq` of a 246-character group is not.
+fn check_dead_letter_name(group: &str, config: &ShareConfig) -> std::result::Result<(), ConfigError> {
+    let topic = config.dead_letter_topic(group);
+    names::validate("topic", &topic, false).map_err(|e| ConfigError {
+        key: "dead.letter.topic".into(),
+        why: format!("{e}; set dead.letter.topic to a shorter name"),
+    })
 }
 
 fn storage_error(e: crate::storage::StorageError) -> BrokerError {
@@ -180,7 +202,10 @@ impl Broker {
             (true, Some(peer)) => peer.to_string(),
             (true, None) => "unknown".to_string(),
         };
-        self.share().seen(&request.group, member, self.clock.now_ms());
+        if self.share().store.read(|groups| !groups.contains_key(&request.group)) {
+            // Before anything is kept for the name (its fetch lock, its members).
+            self.check_share_group_room()?;
+        }
         let deadline = tokio::time::Instant::now() + request.wait.min(FETCH_WAIT_MAX);
         let mut released = self.share().released.subscribe();
         let mut topics = self.watch_topics();
@@ -193,6 +218,9 @@ impl Broker {
             released.borrow_and_update();
             topics.borrow_and_update();
             let got = self.share_fetch_once(&request.group, &partitions, records_max, bytes_max).await?;
+            // The group exists now (the fetch creates it): only then is its
+            // member remembered, so refused names cost no memory.
+            self.share().seen(&request.group, &member, self.clock.now_ms());
             if !got.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(got);
             }
@@ -350,6 +378,8 @@ impl Broker {
         }
         if !exists {
             self.check_share_group_room()?;
+            check_dead_letter_name(group, &ShareConfig::default())
+                .map_err(|e| BrokerError::InvalidShareConfig { group: group.to_string(), why: e.to_string() })?;
         }
         let mut starts = Vec::with_capacity(missing.len());
         for p in &missing {
@@ -445,6 +475,17 @@ impl Broker {
                             }));
                             continue;
                         };
+                        if e.ack.delay.is_some_and(|d| d > SHARE_BACKOFF_MAX) {
+                            let why = format!(
+                                "{}/{} offset {}: delay_ms over the limit of {} ms (a week)",
+                                e.topic,
+                                e.partition,
+                                e.offset,
+                                SHARE_BACKOFF_MAX.as_millis()
+                            );
+                            results.push(Err(BrokerError::InvalidRequest(why)));
+                            continue;
+                        }
                         match state.acknowledge(e.offset, &e.ack, now, &config) {
                             Ok(change) => {
                                 use super::delivery::state::{Change, Settled};
@@ -636,7 +677,7 @@ impl Broker {
         blocking(move || {
             let refused = this.share().store.update(|groups| {
                 let current = groups.get(&name).map(|g| g.config.clone()).unwrap_or_default();
-                match current.with(&changes) {
+                match current.with(&changes).and_then(|c| check_dead_letter_name(&name, &c).map(|()| c)) {
                     Ok(config) => {
                         groups.entry(name.clone()).or_default().config = config.clone();
                         (vec![JournalEntry::Config { group: name.clone(), config }], None)
@@ -705,6 +746,7 @@ impl Broker {
             return Err(BrokerError::UnknownShareGroup(group.to_string()));
         }
         self.share().members.lock().unwrap_or_else(|e| e.into_inner()).remove(group);
+        self.share().locks.lock().unwrap_or_else(|e| e.into_inner()).remove(group);
         tracing::info!(group, by = %caller, "deleted share group");
         Ok(())
     }

@@ -96,3 +96,22 @@ pub fn kill9(child: &mut Child) {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Runs the `strata ...` lines of the README block `name` in order against
+/// `server`; each must succeed. A `strata consume` line gets a 20 s
+/// timeout, so a broker that never sends fails the test instead of hanging
+/// it. Returns each line's stdout and stderr.
+pub fn run_readme_block(cwd: &Path, server: &str, name: &str) -> Vec<(String, String)> {
+    let lines: Vec<String> =
+        super::readme_block(name).lines().filter(|l| l.contains("strata ")).map(|l| l.trim().to_string()).collect();
+    assert!(!lines.is_empty(), "README block {name} has commands");
+    lines
+        .iter()
+        .map(|line| {
+            let guarded = if line.starts_with("strata consume") { format!("timeout 20 {line}") } else { line.clone() };
+            let (ok, stdout, stderr) = run(cwd, server, &guarded);
+            assert!(ok, "`{line}` failed: {stderr}");
+            (stdout, stderr)
+        })
+        .collect()
+}

@@ -19,6 +19,9 @@ pub const WINDOW_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
 pub const THRESHOLD_MAX: u64 = 1_000_000;
 /// Filter entries per rule.
 pub const FILTERS_MAX: usize = 32;
+/// The longest topic pattern, selector (JSON pointer or header name) and
+/// filter value a rule may hold: rules are kept in memory and on disk.
+pub const TEXT_BYTES_MAX: usize = 1024;
 
 /// When a rule fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +145,15 @@ impl Rule {
         if r.topic_pattern.is_empty() {
             return Err(refuse("topic_pattern", "a rule needs a topic or pattern (e.g. *.error)"));
         }
+        let long = |field: &str, text: &str| {
+            (text.len() > TEXT_BYTES_MAX)
+                .then(|| refuse(field, format!("{} bytes; at most {TEXT_BYTES_MAX}", text.len())))
+        };
+        let texts = [("topic_pattern", &r.topic_pattern), ("group_by", &r.group_by)];
+        let filters = r.filter.iter().flat_map(|(k, v)| [("filter", k), ("filter", v)]);
+        if let Some(e) = texts.into_iter().chain(filters).find_map(|(f, t)| long(f, t)) {
+            return Err(e);
+        }
         if r.filter.len() > FILTERS_MAX {
             return Err(refuse("filter", format!("{} entries; at most {FILTERS_MAX}", r.filter.len())));
         }
@@ -245,7 +257,10 @@ mod tests {
     #[test]
     fn bad_rules_name_the_field() {
         type Spoil = fn(&mut RuleRequest);
-        let cases: [(&str, Spoil); 9] = [
+        let cases: [(&str, Spoil); 12] = [
+            ("topic_pattern", |r| r.topic_pattern = "x".repeat(TEXT_BYTES_MAX + 1)),
+            ("filter", |r| r.filter = [("/a".to_string(), "v".repeat(TEXT_BYTES_MAX + 1))].into()),
+            ("group_by", |r| r.group_by = format!("/{}", "g".repeat(TEXT_BYTES_MAX))),
             ("name", |r| r.name = "bad name".into()),
             ("topic_pattern", |r| r.topic_pattern.clear()),
             ("threshold", |r| r.threshold = 0),
