@@ -6,7 +6,8 @@
 //!
 //! Topic config keys (spec names): `retention.ms`, `retention.bytes`,
 //! `segment.bytes`, `segment.ms`, `max.record.bytes`, `timestamp.type`,
-//! `cleanup.policy`, `flush.policy`. Broker defaults apply to every topic
+//! `cleanup.policy`, `flush.policy`, and de-duplication by event id:
+//! `dedupe.window.ms`, `dedupe.header`, `dedupe.max.ids`. Broker defaults apply to every topic
 //! that does not override them. The keys keep Kafka's -1 for "no limit";
 //! inside the code that is `None`.
 
@@ -33,6 +34,14 @@ pub const HEADERS_PER_RECORD_MAX: usize = 256;
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
 /// Longest topic or group name (Kafka's).
 pub const NAME_BYTES_MAX: usize = 249;
+/// Longest `dedupe.window.ms`: a week (the ids of a week of records are
+/// what `dedupe.max.ids` bounds; longer windows are a database's job).
+pub const DEDUPE_WINDOW_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+/// Largest `dedupe.max.ids` (ids per partition): at about 120 bytes per
+/// id plus the id itself, 10 million ids are about 1.5 GB.
+pub const DEDUPE_MAX_IDS_LIMIT: usize = 10_000_000;
+/// Longest event id (longer: INVALID_ARGUMENT), and header name.
+pub const DEDUPE_ID_BYTES_MAX: usize = 256;
 
 // ---- Fetch and push ----
 
@@ -202,6 +211,12 @@ pub struct TopicConfig {
     pub record_bytes_max: usize,
     pub timestamp_type: TimestampType,
     pub flush: FlushPolicy,
+    /// `dedupe.window.ms`: how long an event id is remembered; 0 = off.
+    pub dedupe_window_ms: u64,
+    /// `dedupe.header`: the header carrying the event id.
+    pub dedupe_header: String,
+    /// `dedupe.max.ids`: most ids remembered per partition (the oldest go first).
+    pub dedupe_max_ids: usize,
 }
 
 impl Default for TopicConfig {
@@ -215,6 +230,9 @@ impl Default for TopicConfig {
             record_bytes_max: 1 << 20,
             timestamp_type: TimestampType::Create,
             flush: FlushPolicy::Always,
+            dedupe_window_ms: 0,
+            dedupe_header: "id".to_string(),
+            dedupe_max_ids: 1_000_000,
         }
     }
 }
@@ -222,6 +240,9 @@ impl Default for TopicConfig {
 /// Every key a topic config accepts.
 pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "cleanup.policy",
+    "dedupe.header",
+    "dedupe.max.ids",
+    "dedupe.window.ms",
     "flush.policy",
     "max.record.bytes",
     "retention.bytes",
@@ -282,6 +303,26 @@ impl TopicConfig {
                 }
             }
             "flush.policy" => self.flush = value.parse().map_err(|e| format!("config {key}: {e}"))?,
+            "dedupe.window.ms" => {
+                let v = int(0)? as u64;
+                if v > DEDUPE_WINDOW_MS_MAX {
+                    return Err(format!("config {key}={value:?}: at most {DEDUPE_WINDOW_MS_MAX} ms (a week)"));
+                }
+                self.dedupe_window_ms = v;
+            }
+            "dedupe.max.ids" => {
+                let v = int(1)? as usize;
+                if v > DEDUPE_MAX_IDS_LIMIT {
+                    return Err(format!("config {key}={value:?}: at most {DEDUPE_MAX_IDS_LIMIT} ids per partition"));
+                }
+                self.dedupe_max_ids = v;
+            }
+            "dedupe.header" => {
+                if value.is_empty() || value.len() > DEDUPE_ID_BYTES_MAX {
+                    return Err(format!("config {key}={value:?}: a header name of 1 to {DEDUPE_ID_BYTES_MAX} bytes"));
+                }
+                self.dedupe_header = value.to_string();
+            }
             _ => return Err(format!("unknown config key {key:?}; known keys: {}", TOPIC_CONFIG_KEYS.join(", "))),
         }
         Ok(())
@@ -300,6 +341,9 @@ impl TopicConfig {
     pub fn to_map(&self) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
         m.insert("cleanup.policy".into(), "delete".into());
+        m.insert("dedupe.header".into(), self.dedupe_header.clone());
+        m.insert("dedupe.max.ids".into(), self.dedupe_max_ids.to_string());
+        m.insert("dedupe.window.ms".into(), self.dedupe_window_ms.to_string());
         m.insert("flush.policy".into(), self.flush.to_string());
         m.insert("max.record.bytes".into(), self.record_bytes_max.to_string());
         m.insert("retention.bytes".into(), self.retention_bytes.map_or("-1".into(), |b| b.to_string()));

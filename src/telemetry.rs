@@ -137,7 +137,7 @@ pub fn publish_span(topic: &str, partition: Option<u32>, parent: Option<&TraceCo
 /// Records where a produce went (or why it failed) on its publish span.
 pub fn record_published<E: std::fmt::Display>(
     span: &tracing::Span,
-    results: &Result<Vec<crate::broker::ProduceResult>, E>,
+    results: &Result<&[crate::broker::ProduceResult], E>,
 ) {
     if span.is_disabled() {
         return;

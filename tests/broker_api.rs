@@ -116,7 +116,7 @@ async fn internal_produce_takes_the_same_checks_and_subscribe_refuses_a_bad_fall
     assert!(matches!(unknown, BrokerError::UnknownTopic(_)), "{unknown}");
     create(&broker, "alerts", "always").await;
     let r = broker.produce_internal("alerts", request("alerts", "fired")).await.unwrap();
-    assert_eq!(r[0].base_offset, 0);
+    assert_eq!(r.results[0].base_offset, 0);
     let bad = SubscribeRequest {
         pattern: "alerts".into(),
         group: None,

@@ -160,7 +160,7 @@ async fn workload(broker: &Arc<Broker>, fs: &SimFs, clock: &ManualClock, seed: u
                 let Ok(pending) = broker.produce_pending(&caller(), request).await else { continue };
                 let produced = ledger.produced.entry((name.clone(), generation)).or_default();
                 match pending.wait().await {
-                    Ok(results) => produced.push((partition, results[0].base_offset, values, true)),
+                    Ok(results) => produced.push((partition, results.results[0].base_offset, values, true)),
                     // Written, maybe: its offsets are not known, its values are.
                     Err(_) => produced.push((partition, u64::MAX, values, false)),
                 }

@@ -138,6 +138,8 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         raw: false,
         in_flight: 1,
         subscribe: false,
+        ids: false,
+        dedupe: false,
         protocol: super::Protocol::Grpc,
         kafka_property: Vec::new(),
         client: super::KafkaClient::Librdkafka,

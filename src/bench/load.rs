@@ -82,12 +82,15 @@ pub async fn channel(url: &str) -> anyhow::Result<Channel> {
 
 /// Creates the bench topic (or reuses it) with the bench's flush policy.
 pub(super) async fn ensure_topic(c: &mut Client, args: &BenchArgs) -> anyhow::Result<()> {
-    let config = [("flush.policy".to_string(), args.flush.to_string())].into();
-    let req = proto::CreateTopicRequest { name: args.topic.clone(), partitions: args.partitions, config };
+    let window = if args.dedupe { "120000" } else { "0" };
+    let config: std::collections::HashMap<String, String> =
+        [("flush.policy".to_string(), args.flush.to_string()), ("dedupe.window.ms".to_string(), window.to_string())]
+            .into();
+    let req =
+        proto::CreateTopicRequest { name: args.topic.clone(), partitions: args.partitions, config: config.clone() };
     match c.create_topic(req).await {
         Ok(_) => Ok(()),
         Err(s) if s.code() == tonic::Code::AlreadyExists => {
-            let config = [("flush.policy".to_string(), args.flush.to_string())].into();
             c.alter_topic_config(proto::AlterTopicConfigRequest { name: args.topic.clone(), config }).await?;
             Ok(())
         }
@@ -100,6 +103,7 @@ pub(super) fn config_json(args: &BenchArgs) -> serde_json::Value {
         "topic": args.topic, "partitions": args.partitions, "record_bytes": args.record_bytes,
         "batch": args.batch, "producers": args.producers, "consumers": args.consumers,
         "rate": args.rate, "flush": args.flush.to_string(), "embedded": args.server.is_none(),
+        "ids": args.ids, "dedupe": args.dedupe,
     })
 }
 
@@ -126,6 +130,11 @@ pub(super) async fn run_producers(
         let (c, meter, stop, budget, value) =
             (channel(url).await?, meter.clone(), stop.clone(), budget.clone(), value.clone());
         let (topic, batch, partitions, raw) = (args.topic.clone(), args.batch.max(1), args.partitions.max(1), args.raw);
+        // --ids: this producer's next event id number.
+        let (ids, next_id) = (args.ids, std::sync::atomic::AtomicU64::new(0));
+        let id = move || {
+            ids.then(|| Bytes::from(format!("evt-{p}-{}", next_id.fetch_add(1, Ordering::Relaxed)).into_bytes()))
+        };
         let mut sent = 0u64;
         let started = Instant::now();
         // When and where this producer's next request goes, or None to stop.
@@ -156,6 +165,7 @@ pub(super) async fn run_producers(
                     .map(|value| crate::storage::batch::Record {
                         value,
                         timestamp_ms: now.as_millis() as i64,
+                        headers: id().map(|id| vec![("id".to_string(), id)]).unwrap_or_default(),
                         ..Default::default()
                     })
                     .collect();
@@ -167,7 +177,14 @@ pub(super) async fn run_producers(
                     ..Default::default()
                 }
             } else {
-                let records = values.into_iter().map(|value| proto::Record { value, ..Default::default() }).collect();
+                let records = values
+                    .into_iter()
+                    .map(|value| proto::Record {
+                        value,
+                        headers: id().map(|id| [("id".to_string(), id)].into()).unwrap_or_default(),
+                        ..Default::default()
+                    })
+                    .collect();
                 proto::ProduceRequest { topic: topic.clone(), partition, records, ..Default::default() }
             };
             (req, plan.records as u64, bytes)

@@ -121,6 +121,14 @@ pub struct BenchArgs {
     /// consumer they share the partitions as one consumer group.
     #[arg(long)]
     pub subscribe: bool,
+    /// produce: every record carries a unique event id header (`id:
+    /// evt-<producer>-<n>`, about 12 bytes).
+    #[arg(long)]
+    pub ids: bool,
+    /// The topic the bench creates de-duplicates by event id
+    /// (`dedupe.window.ms` = 120000, NATS's default window).
+    #[arg(long)]
+    pub dedupe: bool,
     /// --protocol kafka: a librdkafka property for every producer and
     /// consumer the bench makes, as kcat's -X (repeatable), e.g.
     /// `-X enable.idempotence=true` or `-X compression.type=lz4`. Set after

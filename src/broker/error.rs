@@ -64,6 +64,10 @@ pub enum BrokerError {
         /// The bytes are damaged (CRC, lengths, magic), not just refused.
         corrupt: bool,
     },
+    #[error(
+        "record {index} for {topic:?}: its {header:?} header (the event id) is {size} bytes, over the limit of {max}"
+    )]
+    EventIdTooLong { topic: String, index: usize, header: String, size: usize, max: usize },
     #[error("unknown producer id {producer_id}: it was never handed out by InitProducer; call InitProducer for one")]
     UnknownProducer { producer_id: i64 },
 

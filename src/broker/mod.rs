@@ -29,6 +29,7 @@ pub mod budget;
 pub mod caller;
 pub mod classic_groups;
 pub mod data_dir;
+pub mod dedupe;
 pub mod delivery;
 pub mod error;
 pub mod fetch;
@@ -55,7 +56,7 @@ pub use self::caller::{Caller, Via};
 pub use self::error::{BrokerError, Result};
 pub use self::fetch::Fetched;
 use self::partition::Partition;
-pub use self::produce::{PendingProduce, PipelineItem, Pipelined};
+pub use self::produce::{PendingProduce, PipelineItem, Pipelined, Produced};
 use self::producer_ids::ProducerIds;
 pub use self::request::*;
 use self::topic::{Topic, TopicMetadata};
@@ -125,7 +126,8 @@ impl Broker {
             if (i + 1) % 100 == 0 {
                 tracing::info!(opened = i + 1, of = total, "opening topics");
             }
-            let t = Topic::new(topic_dir, metadata, topic_config, partitions);
+            let dedupe = Arc::new(dedupe::Dedupe::open(&metadata.name, &partitions, &topic_config, clock.now_ms())?);
+            let t = Topic::new(topic_dir, metadata, topic_config, partitions, dedupe);
             topics.insert(t.name.clone(), Arc::new(t));
         }
         let offsets = crate::group::offsets::OffsetStore::open(&dir, fs.clone(), clock.clone())

@@ -8,7 +8,7 @@
 //! written in arrival order, so a partition sees a stream's batches in the
 //! order they were sent, while their fsync waits overlap.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,7 +16,9 @@ use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::budget::BudgetPermit;
+use super::dedupe::{self, Dedupe, Duplicate};
 use super::partition::{AppendBytes, Partition};
+use super::rules::dedupe::Seen;
 use super::topic::Topic;
 use super::{partitioner, Broker, BrokerError, Caller, ProduceRequest, ProduceResult, Result};
 use crate::config::{
@@ -32,37 +34,91 @@ pub struct PendingProduce {
     /// A partition whose write failed fails the whole reply (after the
     /// others are durable, so nothing is left half-waited).
     first_error: Option<BrokerError>,
+    /// Records not appended: their event ids were (de-dup).
+    duplicates: Vec<Duplicate>,
+    /// The appends those duplicate, which the reply waits for too (they
+    /// may be another request's, still waiting for their fsync).
+    originals: Vec<(Arc<Partition>, crate::storage::PendingAppend)>,
+    /// The topic's de-dup table, told of writes a failed fsync discarded.
+    dedupe: Option<Arc<Dedupe>>,
+}
+
+/// What a produce did: the batches appended (in partition order) and the
+/// records not appended because their event ids were (de-dup).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Produced {
+    pub results: Vec<ProduceResult>,
+    pub duplicates: Vec<Duplicate>,
 }
 
 impl PendingProduce {
     /// Whether [`PendingProduce::wait`] has an fsync to wait for (else it
     /// completes at once).
     pub fn needs_sync(&self) -> bool {
-        self.parts.iter().any(|(_, p)| p.needs_sync())
+        self.parts.iter().chain(&self.originals).any(|(_, p)| p.needs_sync())
     }
 
     /// A produce that failed before writing anything: `wait` returns the error.
     pub fn failed(e: BrokerError) -> PendingProduce {
-        PendingProduce { parts: Vec::new(), now: 0, first_error: Some(e) }
+        PendingProduce::new(Vec::new(), 0, Some(e))
     }
 
-    /// Waits until every batch is durable; the results are in partition order.
-    pub async fn wait(self) -> Result<Vec<ProduceResult>> {
+    fn new(
+        parts: Vec<(Arc<Partition>, crate::storage::PendingAppend)>,
+        now: i64,
+        first_error: Option<BrokerError>,
+    ) -> PendingProduce {
+        PendingProduce { parts, now, first_error, duplicates: Vec::new(), originals: Vec::new(), dedupe: None }
+    }
+
+    /// Waits until every batch (and every original a duplicate names) is
+    /// durable; the results are in partition order.
+    pub async fn wait(self) -> Result<Produced> {
         let now = self.now;
-        let waits = self.parts.into_iter().map(|(partition, pending)| async move {
-            let out = partition.wait_durable(pending).await?;
-            Ok::<_, BrokerError>(ProduceResult {
-                partition: partition.id,
-                base_offset: out.base_offset,
-                last_offset: out.last_offset,
-                log_append_time_ms: now,
-            })
+        let dedupe = self.dedupe.clone();
+        let waits = self.parts.into_iter().map(|(partition, pending)| {
+            let dedupe = dedupe.clone();
+            async move {
+                let base_offset = pending.outcome.base_offset;
+                let out = match partition.wait_durable(pending).await {
+                    Ok(out) => out,
+                    Err(e) => {
+                        // Its ids were remembered: the write is gone, so a
+                        // retry must be appended, not called a duplicate.
+                        if let Some(d) = &dedupe {
+                            d.forget_from(partition.id, base_offset).await;
+                        }
+                        return Err(e);
+                    }
+                };
+                Ok::<_, BrokerError>(ProduceResult {
+                    partition: partition.id,
+                    base_offset: out.base_offset,
+                    last_offset: out.last_offset,
+                    log_append_time_ms: now,
+                })
+            }
         });
-        let results: Vec<_> = futures::future::join_all(waits).await;
+        let originals = self.originals.into_iter().map(|(partition, pending)| {
+            let dedupe = dedupe.clone();
+            async move {
+                let offset = pending.outcome.base_offset;
+                let done = partition.wait_durable(pending).await;
+                if done.is_err() {
+                    if let Some(d) = &dedupe {
+                        d.forget_from(partition.id, offset).await;
+                    }
+                }
+                done.map(|_| ())
+            }
+        });
+        let (results, originals) =
+            futures::future::join(futures::future::join_all(waits), futures::future::join_all(originals)).await;
         if let Some(e) = self.first_error {
             return Err(e);
         }
-        results.into_iter().collect()
+        originals.into_iter().collect::<Result<Vec<()>>>()?;
+        Ok(Produced { results: results.into_iter().collect::<Result<_>>()?, duplicates: self.duplicates })
     }
 }
 
@@ -83,7 +139,7 @@ pub struct PipelineItem<T> {
 #[derive(Debug)]
 pub struct Pipelined<T> {
     pub tag: T,
-    pub result: Result<Vec<ProduceResult>>,
+    pub result: Result<Produced>,
 }
 
 /// Runs `f`, which may take a while, without holding up the async worker's
@@ -98,13 +154,13 @@ pub fn in_place<T>(f: impl FnOnce() -> T) -> T {
 impl Broker {
     /// Appends records; each partition's share is one atomic batch. Returns
     /// once every batch is durable per the topic's flush policy.
-    pub async fn produce(&self, caller: &Caller, request: ProduceRequest) -> Result<Vec<ProduceResult>> {
+    pub async fn produce(&self, caller: &Caller, request: ProduceRequest) -> Result<Produced> {
         self.produce_pending(caller, request).await?.wait().await
     }
 
     /// Produce from the broker itself (dead letters, alerts): the same
     /// checks and durability as a client's.
-    pub async fn produce_internal(&self, what: &'static str, request: ProduceRequest) -> Result<Vec<ProduceResult>> {
+    pub async fn produce_internal(&self, what: &'static str, request: ProduceRequest) -> Result<Produced> {
         self.produce(&Caller::internal(what), request).await
     }
 
@@ -131,21 +187,48 @@ impl Broker {
             None => topic.next_keyless_partition(),
         };
         let partitions = topic.partitions.len() as u32;
+        // De-dup on: the table stays locked from the check to `remember`.
+        let mut ids_guard = if topic.dedupe.is_on() { Some(topic.dedupe.lock().await) } else { None };
+        let mut ids = ids_guard.as_mut().and_then(|g| g.as_mut());
+        if let Some(ids) = ids.as_mut() {
+            ids.table.expire(now);
+        }
         let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
+        // With de-dup: the ids to remember, (partition, position, id), and
+        // records repeating an id earlier in this request, (index, first's
+        // partition and position).
+        let mut fresh: Vec<(u32, usize, Bytes)> = Vec::new();
+        let mut repeated: Vec<(u32, u32, usize)> = Vec::new();
+        let mut dedupe = Dedupes::default();
         let mut bytes = 0;
         for (i, mut record) in request.records.into_iter().enumerate() {
             let size = record_size(&record.key, &record.value, &record.headers);
             check_record_limits(&topic.name, &config, i, size, record.headers.len())?;
-            bytes += size;
-            if let Some(trace) = &caller.trace {
-                trace.stamp(&mut record.headers);
-            }
-            record.timestamp_ms = record_timestamp(&config, now, record.timestamp_ms);
             let partition = match request.partition {
                 Some(p) => p,
                 None if !record.key.is_empty() => partitioner::partition_for_key(&record.key, partitions),
                 None => keyless,
             };
+            if let Some(ids) = ids.as_deref() {
+                if let Some(id) = dedupe::event_id(&topic.name, &ids.header, i, &record.headers)? {
+                    if let Some(seen) = ids.table.check(id) {
+                        dedupe.original(&topic, i, seen)?;
+                        continue;
+                    }
+                    if let Some(&(p, pos)) = dedupe.in_request.get(id.as_ref()) {
+                        repeated.push((i as u32, p, pos));
+                        continue;
+                    }
+                    let pos = by_partition.get(&partition).map_or(0, Vec::len);
+                    dedupe.in_request.insert(id.clone(), (partition, pos));
+                    fresh.push((partition, pos, Bytes::copy_from_slice(id)));
+                }
+            }
+            bytes += size;
+            if let Some(trace) = &caller.trace {
+                trace.stamp(&mut record.headers);
+            }
+            record.timestamp_ms = record_timestamp(&config, now, record.timestamp_ms);
             by_partition.entry(partition).or_default().push(record);
         }
         let producer = request.producer;
@@ -169,7 +252,25 @@ impl Broker {
                 Err(e) => first_error = first_error.or(Some(e)),
             }
         }
-        Ok(PendingProduce { parts, now, first_error })
+        let Some(ids) = ids else {
+            return Ok(PendingProduce::new(parts, now, first_error));
+        };
+        // Where each partition's batch went.
+        let appended: BTreeMap<u32, (u64, u64)> =
+            parts.iter().map(|(p, pending)| (p.id, (pending.outcome.base_offset, pending.epoch()))).collect();
+        for (partition, pos, id) in fresh {
+            if let Some(&(base, epoch)) = appended.get(&partition) {
+                let seen = Seen { partition, offset: base + pos as u64, epoch, at_ms: now };
+                ids.table.remember(id, seen);
+            }
+        }
+        for (index, partition, pos) in repeated {
+            if let Some(&(base, _)) = appended.get(&partition) {
+                dedupe.duplicates.push(Duplicate { index, partition, offset: base + pos as u64 });
+            }
+        }
+        drop(ids_guard);
+        Ok(dedupe.into_pending(parts, now, first_error, &topic))
     }
 
     /// [`Broker::produce_pending`] of a batch the client encoded: validated,
@@ -198,44 +299,128 @@ impl Broker {
             check_record_limits(&topic.name, &config, i, record_size(&r.key, &r.value, &r.headers), r.headers.len())?;
         }
         let now = self.clock.now_ms();
-        let encoded = if config.timestamp_type == TimestampType::Append {
-            // Kafka's way: the batch says "append time" and carries it; the
-            // records, compressed or not, are stored as the client sent them.
-            drop(records);
-            let mut stamped = bytes.to_vec();
-            batch::set_log_append_time(&mut stamped, now);
-            AppendBytes::Encoded(stamped)
-        } else if records.iter().any(|r| r.timestamp_ms == 0) {
-            // strata's "0 = now": only by re-encoding.
-            let records: Vec<Record> = records
-                .into_iter()
-                .map(|r| Record {
-                    timestamp_ms: record_timestamp(&config, now, r.timestamp_ms),
-                    key: r.key,
-                    value: r.value,
-                    headers: r.headers,
-                })
-                .collect();
-            AppendBytes::Encoded(batch::encode(&records, header.producer()))
-        } else {
-            let max = records.iter().map(|r| r.timestamp_ms).max().unwrap_or(header.max_timestamp);
-            drop(records);
-            if max != header.max_timestamp && !header.is_log_append_time() {
-                // The time index trusts max_timestamp: set it right, as
-                // Kafka does, rather than refuse the batch.
-                let mut fixed = bytes.to_vec();
-                batch::set_max_timestamp(&mut fixed, max);
-                AppendBytes::Encoded(fixed)
-            } else {
-                AppendBytes::Client(bytes)
-            }
-        };
+        if topic.dedupe.is_on() {
+            return self.produce_batch_deduped(topic, partition, header, bytes, records, now).await;
+        }
+        let encoded = client_batch_bytes(&config, header, bytes, records, now);
         let pending = partition.append_pending(encoded).await;
         let (parts, first_error) = match pending {
             Ok(p) => (vec![(partition, p)], None),
             Err(e) => (Vec::new(), Some(e)),
         };
-        Ok(PendingProduce { parts, now, first_error })
+        Ok(PendingProduce::new(parts, now, first_error))
+    }
+
+    /// [`Broker::produce_batch_pending`] on a topic with de-dup on: a batch
+    /// without duplicates is written as it came; one with some is
+    /// re-encoded without them; one of only duplicates is not written. An
+    /// idempotent producer's sequence moves past the dropped records
+    /// ([`crate::storage::Log::skip_sequences`]), so its next batch is not
+    /// refused as out of order.
+    async fn produce_batch_deduped(
+        &self,
+        topic: &Arc<Topic>,
+        partition: Arc<Partition>,
+        header: batch::BatchHeader,
+        bytes: Bytes,
+        records: Vec<batch::StoredRecord>,
+        now: i64,
+    ) -> Result<PendingProduce> {
+        let config = topic.config();
+        let mut guard = topic.dedupe.lock().await;
+        let Some(ids) = guard.as_mut() else {
+            drop(guard);
+            let encoded = client_batch_bytes(&config, header, bytes, records, now);
+            let pending = partition.append_pending(encoded).await;
+            let (parts, first_error) = match pending {
+                Ok(p) => (vec![(partition, p)], None),
+                Err(e) => (Vec::new(), Some(e)),
+            };
+            return Ok(PendingProduce::new(parts, now, first_error));
+        };
+        ids.table.expire(now);
+        let mut dedupe = Dedupes::default();
+        let mut keep = Vec::with_capacity(records.len());
+        // (position among the kept records, id)
+        let mut fresh: Vec<(usize, Bytes)> = Vec::new();
+        let mut repeated: Vec<(u32, usize)> = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            if let Some(id) = dedupe::event_id(&topic.name, &ids.header, i, &r.headers)? {
+                if let Some(seen) = ids.table.check(id) {
+                    dedupe.original(topic, i, seen)?;
+                    continue;
+                }
+                if let Some(&(_, pos)) = dedupe.in_request.get(id.as_ref()) {
+                    repeated.push((i as u32, pos));
+                    continue;
+                }
+                dedupe.in_request.insert(id.clone(), (partition.id, keep.len()));
+                fresh.push((keep.len(), Bytes::copy_from_slice(id)));
+            }
+            keep.push(i);
+        }
+        let dropped = records.len() - keep.len();
+        let producer = header.producer();
+        let (parts, first_error) = if keep.is_empty() {
+            // Nothing to write; an idempotent producer's sequence moves on.
+            let skipped = match producer {
+                Some(p) => {
+                    let count = header.record_count;
+                    partition.blocking(move |log| log.skip_sequences(p, count)).await
+                }
+                None => Ok(()),
+            };
+            (Vec::new(), skipped.err())
+        } else {
+            let encoded = if dropped == 0 {
+                client_batch_bytes(&config, header, bytes, records, now)
+            } else {
+                // An idempotent producer's sequences: the dropped records'
+                // count is skipped first, then the rest follow it, so the
+                // batch's last sequence and the next batch's first still meet.
+                let producer = match producer {
+                    Some(p) => {
+                        partition.blocking(move |log| log.skip_sequences(p, dropped as u32)).await?;
+                        Some(batch::ProducerStamp {
+                            first_sequence: crate::storage::producer::sequence_add(p.first_sequence, dropped as i64),
+                            ..p
+                        })
+                    }
+                    None => None,
+                };
+                let mut records = records;
+                let kept: Vec<Record> = keep
+                    .iter()
+                    .map(|&i| {
+                        let r = std::mem::take(&mut records[i]);
+                        Record {
+                            timestamp_ms: record_timestamp(&config, now, r.timestamp_ms),
+                            key: r.key,
+                            value: r.value,
+                            headers: r.headers,
+                        }
+                    })
+                    .collect();
+                let codec = header.compression().unwrap_or(crate::storage::compression::Compression::None);
+                AppendBytes::Encoded(batch::encode_compressed(&kept, producer, codec))
+            };
+            match partition.append_pending(encoded).await {
+                Ok(pending) => {
+                    let (base, epoch) = (pending.outcome.base_offset, pending.epoch());
+                    for (pos, id) in fresh {
+                        let seen = Seen { partition: partition.id, offset: base + pos as u64, epoch, at_ms: now };
+                        ids.table.remember(id, seen);
+                    }
+                    for (index, pos) in repeated {
+                        dedupe.duplicates.push(Duplicate { index, partition: partition.id, offset: base + pos as u64 });
+                    }
+                    (vec![(partition, pending)], None)
+                }
+                Err(e) => (Vec::new(), Some(e)),
+            }
+        };
+        drop(guard);
+        Ok(dedupe.into_pending(parts, now, first_error, topic))
     }
 
     /// Refuses a producer id that InitProducer never handed out (Kafka's
@@ -343,6 +528,86 @@ impl Broker {
             }
         });
         rx
+    }
+}
+
+/// What de-dup found in one produce request.
+#[derive(Debug, Default)]
+struct Dedupes {
+    /// Ids appended by this request so far: (partition, position in its batch).
+    in_request: HashMap<Bytes, (u32, usize)>,
+    duplicates: Vec<Duplicate>,
+    originals: Vec<(Arc<Partition>, crate::storage::PendingAppend)>,
+}
+
+impl Dedupes {
+    /// Record `index` duplicates the append `seen`.
+    fn original(&mut self, topic: &Topic, index: usize, seen: Seen) -> Result<()> {
+        let partition = topic.partition(seen.partition)?.clone();
+        let pending = partition.log.pending_at(seen.offset, seen.epoch);
+        self.duplicates.push(Duplicate { index: index as u32, partition: seen.partition, offset: seen.offset });
+        self.originals.push((partition, pending));
+        Ok(())
+    }
+
+    fn into_pending(
+        mut self,
+        parts: Vec<(Arc<Partition>, crate::storage::PendingAppend)>,
+        now: i64,
+        first_error: Option<BrokerError>,
+        topic: &Topic,
+    ) -> PendingProduce {
+        self.duplicates.sort_by_key(|d| d.index);
+        let mut pending = PendingProduce::new(parts, now, first_error);
+        pending.duplicates = self.duplicates;
+        pending.originals = self.originals;
+        pending.dedupe = Some(topic.dedupe.clone());
+        pending
+    }
+}
+
+/// A validated client batch as it is appended: as it came; on a
+/// LogAppendTime topic with the append time stamped in its header;
+/// re-encoded for strata's "timestamp 0 = now"; with its max timestamp set
+/// right when it was wrong.
+fn client_batch_bytes(
+    config: &TopicConfig,
+    header: batch::BatchHeader,
+    bytes: Bytes,
+    records: Vec<batch::StoredRecord>,
+    now: i64,
+) -> AppendBytes {
+    if config.timestamp_type == TimestampType::Append {
+        // Kafka's way: the batch says "append time" and carries it; the
+        // records, compressed or not, are stored as the client sent them.
+        drop(records);
+        let mut stamped = bytes.to_vec();
+        batch::set_log_append_time(&mut stamped, now);
+        AppendBytes::Encoded(stamped)
+    } else if records.iter().any(|r| r.timestamp_ms == 0) {
+        // strata's "0 = now": only by re-encoding.
+        let records: Vec<Record> = records
+            .into_iter()
+            .map(|r| Record {
+                timestamp_ms: record_timestamp(config, now, r.timestamp_ms),
+                key: r.key,
+                value: r.value,
+                headers: r.headers,
+            })
+            .collect();
+        AppendBytes::Encoded(batch::encode(&records, header.producer()))
+    } else {
+        let max = records.iter().map(|r| r.timestamp_ms).max().unwrap_or(header.max_timestamp);
+        drop(records);
+        if max != header.max_timestamp && !header.is_log_append_time() {
+            // The time index trusts max_timestamp: set it right, as
+            // Kafka does, rather than refuse the batch.
+            let mut fixed = bytes.to_vec();
+            batch::set_max_timestamp(&mut fixed, max);
+            AppendBytes::Encoded(fixed)
+        } else {
+            AppendBytes::Client(bytes)
+        }
     }
 }
 

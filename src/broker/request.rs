@@ -121,6 +121,8 @@ pub struct PartitionInfo {
     pub segments: u32,
     pub first_timestamp_ms: Option<i64>,
     pub last_timestamp_ms: Option<i64>,
+    /// De-dup: ids remembered and about their memory (0 when off).
+    pub dedupe: crate::broker::rules::dedupe::IdStats,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
+use super::dedupe::Dedupe;
 use super::error::{BrokerError, Result};
 use super::partition::Partition;
 use crate::config::TopicConfig;
@@ -51,10 +52,19 @@ pub struct Topic {
     config: RwLock<TopicConfig>,
     /// Round-robin cursor for records without a key.
     keyless_next: AtomicU32,
+    /// Event ids for de-duplication (shared with the topic value a
+    /// partition count change replaces this one with).
+    pub dedupe: Arc<Dedupe>,
 }
 
 impl Topic {
-    pub fn new(dir: PathBuf, metadata: TopicMetadata, config: TopicConfig, partitions: Vec<Arc<Partition>>) -> Topic {
+    pub fn new(
+        dir: PathBuf,
+        metadata: TopicMetadata,
+        config: TopicConfig,
+        partitions: Vec<Arc<Partition>>,
+        dedupe: Arc<Dedupe>,
+    ) -> Topic {
         Topic {
             name: metadata.name.clone(),
             dir,
@@ -62,6 +72,7 @@ impl Topic {
             metadata: RwLock::new(metadata),
             config: RwLock::new(config),
             keyless_next: AtomicU32::new(0),
+            dedupe,
         }
     }
 

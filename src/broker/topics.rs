@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::dedupe::Dedupe;
 use super::partition::Partition;
 use super::topic::{Topic, TopicMetadata};
 use super::{data_dir, names, Broker, BrokerError, Caller, CreateTopic, PartitionInfo, Result, TopicInfo};
@@ -61,7 +62,8 @@ impl Broker {
                 return Err(e);
             }
         };
-        let topic = Arc::new(Topic::new(dir, metadata, topic_config, created));
+        let dedupe = Arc::new(Dedupe::open(&name, &created, &topic_config, self.clock.now_ms())?);
+        let topic = Arc::new(Topic::new(dir, metadata, topic_config, created, dedupe));
         self.topics.write().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), topic.clone());
         self.topics_version.send_modify(|v| *v += 1);
         tracing::info!(topic = %name, partitions, by = %caller, "created topic");
@@ -138,6 +140,10 @@ impl Broker {
             .topic_defaults
             .with(&metadata.config)
             .map_err(|why| BrokerError::InvalidConfig { topic: name.to_string(), why })?;
+        // De-dup turned on, off or changed: its table first (turning it on
+        // reads the last window of the log).
+        let (t, c, now) = (topic.clone(), config.clone(), self.clock.now_ms());
+        blocking("set up de-dup for", move || t.dedupe.reconfigure(&t.name, &t.partitions, &c, now)).await?;
         let (fs, dir, meta) = (self.fs.clone(), topic.dir.clone(), metadata.clone());
         blocking("alter", move || meta.write(fs.as_ref(), &dir).map_err(|e| io_error(&dir, e))).await?;
         topic.set_config(metadata, config, self.config.request_bytes_max);
@@ -187,7 +193,7 @@ impl Broker {
         })
         .await?;
         let all = topic.partitions.iter().cloned().chain(added).collect();
-        let grown = Arc::new(Topic::new(topic.dir.clone(), metadata, config, all));
+        let grown = Arc::new(Topic::new(topic.dir.clone(), metadata, config, all, topic.dedupe.clone()));
         self.topics.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), grown.clone());
         self.topics_version.send_modify(|v| *v += 1);
         tracing::info!(topic = name, from = have, to = partitions, by = %caller, "added partitions");
@@ -219,6 +225,7 @@ impl Broker {
                 segments: p.log.segment_count() as u32,
                 first_timestamp_ms: times.map(|t| t.0),
                 last_timestamp_ms: times.map(|t| t.1),
+                dedupe: topic.dedupe.stats(p.id).await,
             });
         }
         Ok(TopicInfo { name: topic.name.clone(), partitions, config: topic.config().to_map() })

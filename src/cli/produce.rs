@@ -59,7 +59,7 @@ pub async fn run(args: ProduceArgs, client_args: &ClientArgs) -> anyhow::Result<
     };
     let mut summary = Summary::default();
     let mut send = async |records: Vec<proto::Record>| -> anyhow::Result<()> {
-        let results = client
+        let response = client
             .produce(proto::ProduceRequest {
                 topic: args.topic.clone(),
                 partition: args.partition,
@@ -68,11 +68,11 @@ pub async fn run(args: ProduceArgs, client_args: &ClientArgs) -> anyhow::Result<
             })
             .await
             .map_err(status_error)?
-            .into_inner()
-            .results;
-        for r in results {
+            .into_inner();
+        for r in response.results {
             summary.add(r.partition, r.base_offset, r.last_offset);
         }
+        summary.duplicates.extend(response.duplicates.into_iter().map(|d| (d.partition, d.offset)));
         Ok(())
     };
     match &args.value {
@@ -139,31 +139,43 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Records written, per partition: (count, first offset, last offset).
+/// Records written, per partition: (count, first offset, last offset), and
+/// records not written as duplicates (de-dup): (partition, offset of the
+/// record appended first).
 #[derive(Default)]
-struct Summary(BTreeMap<u32, (u64, u64, u64)>);
+struct Summary {
+    written: BTreeMap<u32, (u64, u64, u64)>,
+    duplicates: Vec<(u32, u64)>,
+}
 
 impl Summary {
     fn add(&mut self, partition: u32, base: u64, last: u64) {
-        let e = self.0.entry(partition).or_insert((0, base, last));
+        let e = self.written.entry(partition).or_insert((0, base, last));
         e.0 += last - base + 1;
         e.1 = e.1.min(base);
         e.2 = e.2.max(last);
     }
 
     fn print(&self, topic: &str, format: Format) {
-        let total: u64 = self.0.values().map(|e| e.0).sum();
+        let total: u64 = self.written.values().map(|e| e.0).sum();
         match format {
             Format::Json => {
                 let partitions: Vec<_> = self
-                    .0
+                    .written
                     .iter()
                     .map(|(p, (n, first, last))| {
                         serde_json::json!({"partition": p, "records": n, "base_offset": first, "last_offset": last})
                     })
                     .collect();
-                let mut out = serde_json::json!({"topic": topic, "records": total, "partitions": partitions});
-                if let [(p, (_, first, last))] = self.0.iter().collect::<Vec<_>>()[..] {
+                let duplicates: Vec<_> = self
+                    .duplicates
+                    .iter()
+                    .map(|(p, offset)| serde_json::json!({"partition": p, "duplicate_of": offset}))
+                    .collect();
+                let mut out = serde_json::json!({
+                    "topic": topic, "records": total, "partitions": partitions, "duplicates": duplicates
+                });
+                if let [(p, (_, first, last))] = self.written.iter().collect::<Vec<_>>()[..] {
                     // One partition: its fields at the top too, as for one record.
                     out["partition"] = (*p).into();
                     out["base_offset"] = (*first).into();
@@ -173,7 +185,7 @@ impl Summary {
             }
             Format::Text => {
                 let parts: Vec<String> = self
-                    .0
+                    .written
                     .iter()
                     .map(|(p, (n, first, last))| {
                         if *n == last - first + 1 {
@@ -183,8 +195,19 @@ impl Summary {
                         }
                     })
                     .collect();
+                if let [(p, offset)] = self.duplicates[..] {
+                    println!("duplicate of offset {offset} ({topic}[{p}]): not appended again");
+                } else if !self.duplicates.is_empty() {
+                    let n = self.duplicates.len();
+                    let first: Vec<String> =
+                        self.duplicates.iter().take(5).map(|(p, o)| format!("offset {o} ({topic}[{p}])")).collect();
+                    let more = if n > 5 { ", ..." } else { "" };
+                    println!("{n} duplicate(s), not appended again: of {}{more}", first.join(", "));
+                }
                 if parts.is_empty() {
-                    println!("0 records (stdin was empty)");
+                    if self.duplicates.is_empty() {
+                        println!("0 records (stdin was empty)");
+                    }
                 } else {
                     println!("{total} record(s) -> {}", parts.join(", "));
                 }

@@ -160,6 +160,11 @@ fn print_description(t: &proto::TopicDescription) {
             p.last_timestamp_ms.map(format_ms).unwrap_or_else(|| "-".into()),
         );
     }
+    if t.config.get("dedupe.window.ms").is_some_and(|w| w != "0") {
+        let ids: u64 = t.partition_descriptions.iter().map(|p| p.dedupe_ids).sum();
+        let bytes: u64 = t.partition_descriptions.iter().map(|p| p.dedupe_memory_bytes).sum();
+        println!("de-dup: {ids} event id(s) remembered, about {}", human_bytes(bytes));
+    }
     println!("config:");
     let mut keys: Vec<_> = t.config.iter().collect();
     keys.sort();
@@ -181,6 +186,8 @@ pub fn topic_json(t: &proto::TopicDescription) -> serde_json::Value {
             "segments": p.segments,
             "first_timestamp_ms": p.first_timestamp_ms,
             "last_timestamp_ms": p.last_timestamp_ms,
+            "dedupe_ids": p.dedupe_ids,
+            "dedupe_memory_bytes": p.dedupe_memory_bytes,
         })).collect::<Vec<_>>(),
         "config": config,
     })

@@ -77,7 +77,7 @@ pub struct Record {
 }
 
 /// A record read back from the log, with its offset.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredRecord {
     pub offset: u64,
     pub timestamp_ms: i64,

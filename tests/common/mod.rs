@@ -108,3 +108,14 @@ pub fn readme_block(name: &str) -> String {
     let end = readme.find(&format!("<!-- {name}:end -->")).expect("end marker");
     readme[start..end].lines().skip(1).filter(|l| !l.starts_with("```")).collect::<Vec<_>>().join("\n")
 }
+
+/// A client of a broker process that just said it listens (retried for 2 s).
+pub async fn process_client(url: &str) -> Client {
+    for _ in 0..100 {
+        if let Ok(c) = BrokerClient::connect(url.to_string()).await {
+            return c.max_decoding_message_size(64 << 20);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("cannot connect to {url}");
+}

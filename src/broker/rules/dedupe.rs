@@ -1,80 +1,143 @@
-//! The de-duplication window of one partition, as pure code with the clock
-//! passed in: event ids appended within the last `dedupe.window.ms`, each
-//! with the offset it was first appended at. Issue 19's produce path asks
-//! it before an append (`check`) and tells it after (`remember`); on open
-//! it is rebuilt from the log's last window.
+//! A topic's table of event ids for de-duplication, as pure code with the
+//! clock passed in: the ids appended within the last `dedupe.window.ms`,
+//! each with the partition and offset it was first appended at (and the
+//! writer epoch of that append, so a duplicate can wait for the original
+//! to be durable). The produce path (`broker/dedupe.rs`) asks it before an
+//! append ([`IdTable::check`]) and tells it after ([`IdTable::remember`]);
+//! on open it is rebuilt from the log's last window.
 //!
-//! Bounded: at most `max_ids` ids (the oldest are forgotten first, so a
-//! full table shortens the effective window instead of growing), and ids
-//! longer than [`ID_BYTES_MAX`] are refused before they get here.
+//! One table per topic (an id is a duplicate whichever partition it went
+//! to), bounded per partition: at most `max_ids` ids each, the oldest
+//! forgotten first, so a full table shortens the effective window instead
+//! of growing. Ids of a partition are kept in append order, so the ids of
+//! writes a failed fsync discarded are dropped from the back
+//! ([`IdTable::forget_from`]).
 
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
-/// The longest id a record may carry (longer: INVALID_ARGUMENT).
-pub const ID_BYTES_MAX: usize = 256;
+/// Where an id was first appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub partition: u32,
+    pub offset: u64,
+    /// The log's writer epoch at that append.
+    pub epoch: u64,
+    /// When it was appended (broker clock; on a rebuild, the log's
+    /// running maximum record timestamp), for the window.
+    pub at_ms: i64,
+}
 
-/// Event ids seen in the window.
-#[derive(Debug, Clone)]
-pub struct IdWindow {
-    window_ms: i64,
-    max_ids: usize,
-    /// id -> (offset first appended at, its timestamp).
-    ids: HashMap<Bytes, (u64, i64)>,
-    /// Ids in the order they were remembered, with their timestamps.
-    order: VecDeque<(i64, Bytes)>,
-    /// Bytes of the ids held (for DescribeTopic).
+/// About what one remembered id costs besides its bytes: its map entry
+/// (key, value, hash slot) and its queue entry.
+pub const ID_OVERHEAD_BYTES: usize = 120;
+
+#[derive(Debug, Clone, Default)]
+struct PartitionIds {
+    /// (time, offset, id) in append order.
+    order: VecDeque<(i64, u64, Bytes)>,
+    /// Bytes of the ids held.
     bytes: usize,
 }
 
-impl IdWindow {
-    pub fn new(window_ms: u64, max_ids: usize) -> IdWindow {
-        IdWindow {
+/// What DescribeTopic reports for one partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IdStats {
+    pub ids: u64,
+    pub memory_bytes: u64,
+}
+
+/// Event ids seen within the window, per topic.
+#[derive(Debug, Clone)]
+pub struct IdTable {
+    window_ms: i64,
+    max_ids: usize,
+    ids: HashMap<Bytes, Seen>,
+    partitions: Vec<PartitionIds>,
+}
+
+impl IdTable {
+    pub fn new(window_ms: u64, max_ids: usize) -> IdTable {
+        IdTable {
             window_ms: i64::try_from(window_ms).unwrap_or(i64::MAX),
             max_ids: max_ids.max(1),
             ids: HashMap::new(),
-            order: VecDeque::new(),
-            bytes: 0,
+            partitions: Vec::new(),
         }
+    }
+
+    /// Whether this table was built for these settings.
+    pub fn has_settings(&self, window_ms: u64, max_ids: usize) -> bool {
+        self.window_ms == i64::try_from(window_ms).unwrap_or(i64::MAX) && self.max_ids == max_ids.max(1)
+    }
+
+    fn part(&mut self, partition: u32) -> &mut PartitionIds {
+        let p = partition as usize;
+        if self.partitions.len() <= p {
+            self.partitions.resize_with(p + 1, PartitionIds::default);
+        }
+        &mut self.partitions[p]
     }
 
     /// Forgets ids older than the window at `now_ms`.
     pub fn expire(&mut self, now_ms: i64) {
         let floor = now_ms.saturating_sub(self.window_ms);
-        while self.order.front().is_some_and(|(t, _)| *t <= floor) {
-            self.pop_oldest();
-        }
-    }
-
-    fn pop_oldest(&mut self) {
-        if let Some((t, id)) = self.order.pop_front() {
-            // Only if the table still holds this entry (it may have been
-            // remembered again later, with a newer time).
-            if self.ids.get(&id).is_some_and(|&(_, at)| at == t) {
-                self.ids.remove(&id);
-                self.bytes -= id.len();
+        for p in 0..self.partitions.len() {
+            while self.partitions[p].order.front().is_some_and(|(t, _, _)| *t <= floor) {
+                self.pop_front(p);
             }
         }
     }
 
-    /// The offset `id` was appended at, if within the window at `now_ms`.
-    pub fn check(&mut self, id: &[u8], now_ms: i64) -> Option<u64> {
-        self.expire(now_ms);
-        self.ids.get(id).map(|&(offset, _)| offset)
+    fn pop_front(&mut self, p: usize) {
+        if let Some((_, offset, id)) = self.partitions[p].order.pop_front() {
+            self.partitions[p].bytes -= id.len();
+            self.drop_entry(p as u32, offset, &id);
+        }
     }
 
-    /// Records that `id` was appended at `offset` at `timestamp_ms`.
-    pub fn remember(&mut self, id: Bytes, offset: u64, timestamp_ms: i64) {
+    fn drop_entry(&mut self, partition: u32, offset: u64, id: &Bytes) {
+        if self.ids.get(id).is_some_and(|s| s.partition == partition && s.offset == offset) {
+            self.ids.remove(id);
+        }
+    }
+
+    /// Where `id` was first appended, if it is still remembered (call
+    /// [`IdTable::expire`] first).
+    pub fn check(&self, id: &[u8]) -> Option<Seen> {
+        self.ids.get(id).copied()
+    }
+
+    /// Records that `id` was appended; an id already remembered keeps its
+    /// first append.
+    pub fn remember(&mut self, id: Bytes, seen: Seen) {
         if self.ids.contains_key(&id) {
             return;
         }
-        while self.ids.len() >= self.max_ids {
-            self.pop_oldest();
+        let p = seen.partition as usize;
+        self.part(seen.partition);
+        while self.partitions[p].order.len() >= self.max_ids {
+            self.pop_front(p);
         }
-        self.bytes += id.len();
-        self.ids.insert(id.clone(), (offset, timestamp_ms));
-        self.order.push_back((timestamp_ms, id));
+        let part = &mut self.partitions[p];
+        part.bytes += id.len();
+        part.order.push_back((seen.at_ms, seen.offset, id.clone()));
+        self.ids.insert(id, seen);
+    }
+
+    /// Forgets the ids of `partition` appended at `offset` or later (a
+    /// failed fsync discarded those writes).
+    pub fn forget_from(&mut self, partition: u32, offset: u64) {
+        let p = partition as usize;
+        while let Some((_, o, _)) = self.partitions.get(p).and_then(|part| part.order.back()) {
+            if *o < offset {
+                break;
+            }
+            let (_, o, id) = self.partitions[p].order.pop_back().expect("checked above");
+            self.partitions[p].bytes -= id.len();
+            self.drop_entry(partition, o, &id);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -85,41 +148,120 @@ impl IdWindow {
         self.ids.is_empty()
     }
 
-    /// Memory held, about: ids, map and queue entries.
-    pub fn memory_bytes(&self) -> usize {
-        2 * self.bytes + self.ids.len() * 64
+    /// Ids held for `partition` and about the memory they take.
+    pub fn stats(&self, partition: u32) -> IdStats {
+        self.partitions.get(partition as usize).map_or(IdStats::default(), |p| IdStats {
+            ids: p.order.len() as u64,
+            memory_bytes: (2 * p.bytes + p.order.len() * ID_OVERHEAD_BYTES) as u64,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn id(s: &str) -> Bytes {
         Bytes::from(s.to_string())
     }
 
-    #[test]
-    fn a_repeated_id_within_the_window_names_the_first_offset() {
-        let mut w = IdWindow::new(1000, 100);
-        assert_eq!(w.check(b"evt-1", 0), None);
-        w.remember(id("evt-1"), 7, 0);
-        assert_eq!(w.check(b"evt-1", 999), Some(7));
-        w.remember(id("evt-1"), 9, 999);
-        assert_eq!(w.check(b"evt-1", 999), Some(7), "the first append is the one that counts");
-        assert_eq!(w.check(b"evt-1", 1000), None, "out of the window");
-        assert!(w.is_empty());
+    fn seen(partition: u32, offset: u64, at_ms: i64) -> Seen {
+        Seen { partition, offset, epoch: 0, at_ms }
     }
 
     #[test]
-    fn a_full_table_forgets_the_oldest_first() {
-        let mut w = IdWindow::new(60_000, 3);
+    fn a_repeated_id_within_the_window_names_the_first_append() {
+        let mut w = IdTable::new(1000, 100);
+        assert_eq!(w.check(b"evt-1"), None);
+        w.remember(id("evt-1"), seen(0, 7, 0));
+        w.expire(999);
+        assert_eq!(w.check(b"evt-1"), Some(seen(0, 7, 0)));
+        w.remember(id("evt-1"), seen(1, 9, 999));
+        assert_eq!(w.check(b"evt-1").map(|s| (s.partition, s.offset)), Some((0, 7)), "the first append counts");
+        w.expire(1000);
+        assert_eq!(w.check(b"evt-1"), None, "out of the window");
+        assert!(w.is_empty());
+        assert_eq!(w.stats(0), IdStats::default());
+    }
+
+    #[test]
+    fn an_id_is_a_duplicate_whichever_partition_it_goes_to() {
+        let mut w = IdTable::new(60_000, 10);
+        w.remember(id("a"), seen(3, 5, 0));
+        assert_eq!(w.check(b"a").map(|s| s.partition), Some(3));
+        assert_eq!(w.stats(3).ids, 1);
+        assert_eq!(w.stats(0).ids, 0);
+    }
+
+    #[test]
+    fn a_full_partition_forgets_its_oldest_first_and_leaves_the_others() {
+        let mut w = IdTable::new(60_000, 3);
+        w.remember(id("other"), seen(1, 0, 0));
         for (i, s) in ["a", "b", "c", "d"].iter().enumerate() {
-            w.remember(id(s), i as u64, i as i64);
+            w.remember(id(s), seen(0, i as u64, i as i64));
         }
-        assert_eq!(w.len(), 3);
-        assert_eq!(w.check(b"a", 10), None);
-        assert_eq!(w.check(b"d", 10), Some(3));
-        assert!(w.memory_bytes() > 0);
+        assert_eq!(w.stats(0).ids, 3);
+        assert_eq!(w.check(b"a"), None);
+        assert_eq!(w.check(b"d").map(|s| s.offset), Some(3));
+        assert!(w.check(b"other").is_some());
+        assert!(w.stats(0).memory_bytes >= 3 * ID_OVERHEAD_BYTES as u64);
+    }
+
+    #[test]
+    fn forgetting_a_discarded_tail_keeps_what_came_before() {
+        let mut w = IdTable::new(60_000, 100);
+        for i in 0..5u64 {
+            w.remember(Bytes::from(format!("id{i}")), seen(0, i, 0));
+        }
+        w.remember(id("p1"), seen(1, 3, 0));
+        w.forget_from(0, 3);
+        assert_eq!(w.stats(0).ids, 3);
+        assert!(w.check(b"id2").is_some());
+        assert!(w.check(b"id3").is_none() && w.check(b"id4").is_none());
+        assert!(w.check(b"p1").is_some(), "another partition's offsets are not touched");
+        // The discarded id may be appended again, and is then remembered.
+        w.remember(id("id3"), seen(0, 3, 1));
+        assert_eq!(w.check(b"id3").map(|s| s.at_ms), Some(1));
+    }
+
+    proptest! {
+        /// Against a model (a list of every append): an id is reported iff
+        /// it was appended within the window and is among the newest
+        /// `max_ids` of its partition, and then with its first append.
+        #[test]
+        fn matches_a_model(ops in proptest::collection::vec((0u8..6, 0u32..2, 0i64..50), 1..200)) {
+            let (window, max) = (100u64, 4usize);
+            let mut w = IdTable::new(window, max);
+            let mut log: Vec<(u8, u32, u64, i64)> = Vec::new();
+            let mut now = 0;
+            let mut next = [0u64; 2];
+            for (i, p, dt) in ops {
+                now += dt;
+                w.expire(now);
+                let key = [b'k', i];
+                // The model: ids of p's newest `max` appends in the window.
+                let live = |log: &Vec<(u8, u32, u64, i64)>| {
+                    let mut found = None;
+                    for part in 0..2u32 {
+                        let mine: Vec<_> = log.iter().filter(|e| e.1 == part).collect();
+                        let newest = &mine[mine.len().saturating_sub(max)..];
+                        for e in newest {
+                            if e.0 == i && e.3 > now - window as i64 {
+                                found = Some((e.1, e.2));
+                            }
+                        }
+                    }
+                    found
+                };
+                let expected = live(&log);
+                prop_assert_eq!(w.check(&key).map(|s| (s.partition, s.offset)), expected);
+                if expected.is_none() {
+                    w.remember(Bytes::copy_from_slice(&key), seen(p, next[p as usize], now));
+                    log.push((i, p, next[p as usize], now));
+                    next[p as usize] += 1;
+                }
+            }
+        }
     }
 }

@@ -8,9 +8,9 @@
 //! - `window.rs`: a rule's sliding windows with the clock passed in:
 //!   matches in, alerts out, BELOW rules on a timer; memory bounded by the
 //!   threshold and `GROUP_VALUES_MAX`; alert ids stable across a rebuild.
-//! - `dedupe.rs`: one partition's window of event ids for de-duplication
-//!   (`dedupe.window.ms`), bounded by `dedupe.max.ids`; not wired into
-//!   produce yet.
+//! - `dedupe.rs`: a topic's table of event ids for de-duplication
+//!   (`dedupe.window.ms`), bounded per partition by `dedupe.max.ids`
+//!   (`broker/dedupe.rs` puts it on the produce path).
 //!
 //! Invariants: no I/O, no clock, no tokio here.
 

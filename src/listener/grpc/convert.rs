@@ -9,6 +9,7 @@ use crate::broker::delivery::state::Ack;
 use crate::broker::fetch::Fetched;
 use crate::broker::groups::GroupInfo;
 use crate::broker::partition::ReadRecords;
+use crate::broker::produce::Produced;
 use crate::broker::rules::rule::{Condition, RuleRequest};
 use crate::broker::share_groups::{
     AckEntry, AckKind, ShareFetchRequest, ShareGroupInfo, ShareRecord, ShareStreamMessage, ShareSubscribeRequest,
@@ -134,6 +135,19 @@ pub fn reset_offsets(r: proto::ResetGroupOffsetsRequest) -> Result<ResetOffsets>
     })
 }
 
+/// A produce's results and duplicates into a response (request id 0).
+pub fn produce_response(produced: Produced) -> proto::ProduceResponse {
+    proto::ProduceResponse {
+        results: produce_results(produced.results),
+        duplicates: produced
+            .duplicates
+            .into_iter()
+            .map(|d| proto::Duplicate { index: d.index, partition: d.partition, offset: d.offset })
+            .collect(),
+        ..Default::default()
+    }
+}
+
 pub fn produce_results(results: Vec<ProduceResult>) -> Vec<proto::ProduceResult> {
     results
         .into_iter()
@@ -232,6 +246,8 @@ fn partition_description(p: PartitionInfo) -> proto::PartitionDescription {
         size_bytes: p.size_bytes,
         segments: p.segments,
         first_timestamp_ms: p.first_timestamp_ms,
+        dedupe_ids: p.dedupe.ids,
+        dedupe_memory_bytes: p.dedupe.memory_bytes,
         last_timestamp_ms: p.last_timestamp_ms,
     }
 }

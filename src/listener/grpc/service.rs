@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convert;
 use super::status::to_status;
 use crate::broker::budget::BudgetPermit;
-use crate::broker::{Broker, BrokerError, Caller, PipelineItem, Pipelined, Position, ProduceResult, Via};
+use crate::broker::{Broker, BrokerError, Caller, PipelineItem, Pipelined, Position, Produced, Via};
 use crate::proto;
 use crate::telemetry;
 use tracing::Instrument as _;
@@ -72,11 +72,9 @@ impl BrokerService {
 }
 
 /// A ProduceStream response: the results, or the error in its fields.
-fn produce_response(request_id: u64, result: Result<Vec<ProduceResult>, BrokerError>) -> proto::ProduceResponse {
+fn produce_response(request_id: u64, result: Result<Produced, BrokerError>) -> proto::ProduceResponse {
     match result {
-        Ok(results) => {
-            proto::ProduceResponse { results: convert::produce_results(results), request_id, ..Default::default() }
-        }
+        Ok(produced) => proto::ProduceResponse { request_id, ..convert::produce_response(produced) },
         Err(e) => {
             let s = to_status(e);
             proto::ProduceResponse {
@@ -174,13 +172,9 @@ impl proto::broker_server::Broker for BrokerService {
         let request = convert::produce_request(r).map_err(to_status)?;
         let span = telemetry::publish_span(&request.topic, request.partition, caller.trace.as_ref());
         let results = self.broker.produce(&caller, request).instrument(span.clone()).await;
-        telemetry::record_published(&span, &results);
-        let results = results.map_err(to_status)?;
-        Ok(Response::new(proto::ProduceResponse {
-            results: convert::produce_results(results),
-            request_id,
-            ..Default::default()
-        }))
+        telemetry::record_published(&span, &results.as_ref().map(|p| &p.results[..]));
+        let produced = results.map_err(to_status)?;
+        Ok(Response::new(proto::ProduceResponse { request_id, ..convert::produce_response(produced) }))
     }
 
     type ProduceStreamStream = BoxStream<proto::ProduceResponse>;

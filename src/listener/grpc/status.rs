@@ -29,6 +29,7 @@ fn code(e: &BrokerError) -> Code {
         | BrokerError::EmptyProduce { .. }
         | BrokerError::RecordTooLarge { .. }
         | BrokerError::TooManyHeaders { .. }
+        | BrokerError::EventIdTooLong { .. }
         | BrokerError::TooManyRecords { .. }
         | BrokerError::InvalidBatch { .. }
         | BrokerError::MetadataTooLarge { .. }

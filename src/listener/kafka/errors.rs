@@ -73,6 +73,7 @@ pub fn of(e: &BrokerError) -> i16 {
         BrokerError::Busy(_) => THROTTLING_QUOTA_EXCEEDED,
         BrokerError::RecordTooLarge { .. } => MESSAGE_TOO_LARGE,
         BrokerError::TooManyHeaders { .. } => INVALID_RECORD,
+        BrokerError::EventIdTooLong { .. } => INVALID_RECORD,
         BrokerError::TooManyRecords { .. } => RECORD_LIST_TOO_LARGE,
         BrokerError::InvalidBatch { corrupt: true, .. } => CORRUPT_MESSAGE,
         BrokerError::InvalidBatch { corrupt: false, .. } => INVALID_RECORD,

@@ -11,7 +11,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::conn::{encode, Ctx, Reply};
 use super::errors::{self, code};
 use crate::broker::produce::PendingProduce;
-use crate::broker::{BrokerError, ProduceRequest as Produce};
+use crate::broker::{BrokerError, ProduceRequest as Produce, ProduceResult};
 use crate::config::TimestampType;
 
 enum Outcome {
@@ -101,9 +101,17 @@ pub(super) async fn produce(ctx: &Ctx, request: ProduceRequest, version: i16) ->
                     let mut failure = None;
                     for p in pending {
                         match p.wait().await {
-                            Ok(results) => {
+                            Ok(produced) => {
+                                // A batch of only duplicates (de-dup) appended
+                                // nothing: its base offset is the first original's.
+                                let dup = produced.duplicates.first().map(|d| ProduceResult {
+                                    partition: d.partition,
+                                    base_offset: d.offset,
+                                    last_offset: d.offset,
+                                    log_append_time_ms: -1,
+                                });
                                 if first.is_none() {
-                                    first = results.first().copied();
+                                    first = produced.results.first().copied().or(dup);
                                 }
                             }
                             Err(e) => {

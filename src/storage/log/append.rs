@@ -66,6 +66,79 @@ impl Log {
         }
     }
 
+    /// A pending append for records already written at `offset` in writer
+    /// epoch `epoch` (as an earlier append reported them): waiting for it
+    /// waits until they are durable per the current flush policy, or fails
+    /// if a failed fsync discarded them.
+    pub fn pending_at(&self, offset: u64, epoch: u64) -> PendingAppend {
+        let needs_sync = self.config().flush == FlushPolicy::Always;
+        PendingAppend {
+            outcome: AppendOutcome { base_offset: offset, last_offset: offset, duplicate: true },
+            epoch,
+            needs_sync,
+        }
+    }
+
+    /// The writer's epoch now (it moves when a failed fsync discards writes).
+    pub fn writer_epoch(&self) -> u64 {
+        self.writer().epoch
+    }
+
+    /// Moves an idempotent producer's sequence past `record_count` records
+    /// that are not appended (duplicates by event id), so what it sends
+    /// next follows on without a gap. Kept with the producer state: in the
+    /// recovery checkpoint, which is written (as a hint) before this
+    /// returns. A fenced producer or a gap is refused as an append would
+    /// be; a retry of sequences already in the log is no change.
+    pub fn skip_sequences(&self, producer: crate::storage::batch::ProducerStamp, record_count: u32) -> Result<()> {
+        let cp = {
+            let mut w = self.writer();
+            if let Some(refused) = self.refused(&w) {
+                return Err(refused);
+            }
+            let p = producer;
+            match w.producers.check(p.producer_id, p.producer_epoch, p.first_sequence) {
+                SequenceCheck::New => {}
+                // A retry of what was appended or skipped already (its
+                // records are in the log): nothing to move.
+                SequenceCheck::Duplicate { .. } | SequenceCheck::TooOld { .. } | SequenceCheck::Overlaps { .. } => {
+                    return Ok(())
+                }
+                SequenceCheck::Fenced { epoch } => {
+                    return Err(StorageError::ProducerFenced {
+                        producer_id: p.producer_id,
+                        epoch: p.producer_epoch,
+                        current: epoch,
+                    })
+                }
+                SequenceCheck::OutOfOrder { expected } => {
+                    return Err(StorageError::SequenceOutOfOrder {
+                        producer_id: p.producer_id,
+                        sequence: p.first_sequence,
+                        expected,
+                    })
+                }
+            }
+            // Pinned to the last record in the log, so a cut there (a
+            // discarded write) forgets it with the records before.
+            let last = w.next_offset.saturating_sub(1);
+            let batch = ProducerBatch {
+                first_sequence: p.first_sequence,
+                record_count: record_count.max(1),
+                base_offset: last,
+                last_offset: last,
+            };
+            w.producers.record(p.producer_id, p.producer_epoch, batch);
+            if w.durable.offset < w.next_offset {
+                // Not durable up to there yet: the next checkpoint after the
+                // fsync carries it.
+                return Ok(());
+            }
+            self.checkpoint_of(&mut w)
+        };
+        self.write_checkpoint(cp)
+    }
+
     fn check_batch(&self, config: &LogConfig, batch: &[u8]) -> Result<BatchHeader> {
         if batch.len() > config.batch_bytes_max {
             return Err(StorageError::BatchTooLarge { size: batch.len(), limit: config.batch_bytes_max });

@@ -182,6 +182,11 @@ pub struct PendingAppend {
 }
 
 impl PendingAppend {
+    /// The writer epoch the batch was written in.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Whether [`Log::wait_durable`] has anything to wait for.
     pub fn needs_sync(&self) -> bool {
         self.needs_sync
