@@ -94,11 +94,25 @@ async fn a_repeated_id_is_not_appended_and_the_reply_names_the_first_append() {
     assert_eq!(all.duplicates.iter().map(|d| d.index).collect::<Vec<_>>(), [0, 1]);
     assert_eq!(all.duplicates[1], dup(1, p1, o1));
 
+    // A duplicate ahead of a new id in one partition's batch: the new one's
+    // offset (and its repeat's) is where it went, not where it stood.
+    let mixed = produce(
+        &mut c,
+        "payments",
+        Some(0),
+        vec![with_id("", "x", "evt-1"), with_id("", "charge-3", "evt-3"), with_id("", "y", "evt-3")],
+    )
+    .await;
+    let r = &mixed.results[0];
+    assert_eq!(r.base_offset, r.last_offset, "one record appended: {mixed:?}");
+    assert_eq!(mixed.duplicates, [dup(0, p1, o1), dup(2, 0, r.base_offset)]);
+    assert_eq!(&fetch_all(&mut c, "payments", 0, r.base_offset).await[0].value[..], b"charge-3");
+
     // DescribeTopic reports the table.
     let t = c.describe_topic(proto::DescribeTopicRequest { name: "payments".into() }).await.unwrap().into_inner();
     let ids: u64 = t.partition_descriptions.iter().map(|p| p.dedupe_ids).sum();
     let bytes: u64 = t.partition_descriptions.iter().map(|p| p.dedupe_memory_bytes).sum();
-    assert_eq!(ids, 2);
+    assert_eq!(ids, 3);
     assert!(bytes > 0);
     assert_eq!(t.config["dedupe.header"], "id");
     assert_eq!(t.config["dedupe.max.ids"], "1000000");

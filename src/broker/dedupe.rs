@@ -176,7 +176,7 @@ fn build(topic: &str, partitions: &[Arc<Partition>], config: &TopicConfig, now_m
                         if id.len() <= DEDUPE_ID_BYTES_MAX {
                             let seen =
                                 Seen { partition: p.id, offset: r.offset, epoch, at_ms: running_max.min(now_ms) };
-                            table.remember(Bytes::copy_from_slice(id), seen);
+                            table.remember(id, seen);
                         }
                     }
                 }

@@ -187,19 +187,16 @@ impl Broker {
             None => topic.next_keyless_partition(),
         };
         let partitions = topic.partitions.len() as u32;
-        // De-dup on: the table stays locked from the check to `remember`.
-        let mut ids_guard = if topic.dedupe.is_on() { Some(topic.dedupe.lock().await) } else { None };
-        let mut ids = ids_guard.as_mut().and_then(|g| g.as_mut());
-        if let Some(ids) = ids.as_mut() {
-            ids.table.expire(now);
-        }
+        // De-dup on: ids repeated inside the request are found here, those
+        // appended before under the table's lock, after the encoding.
+        let dedupe_header = topic.dedupe.is_on().then(|| config.dedupe_header.clone());
+        let mut fresh: Vec<Fresh> = Vec::new();
+        let mut repeated: Vec<(u32, usize)> = Vec::new();
+        let mut in_request: HashMap<Bytes, usize, foldhash::fast::RandomState> = HashMap::with_capacity_and_hasher(
+            if dedupe_header.is_some() { request.records.len() } else { 0 },
+            Default::default(),
+        );
         let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
-        // With de-dup: the ids to remember, (partition, position, id), and
-        // records repeating an id earlier in this request, (index, first's
-        // partition and position).
-        let mut fresh: Vec<(u32, usize, Bytes)> = Vec::new();
-        let mut repeated: Vec<(u32, u32, usize)> = Vec::new();
-        let mut dedupe = Dedupes::default();
         let mut bytes = 0;
         for (i, mut record) in request.records.into_iter().enumerate() {
             let size = record_size(&record.key, &record.value, &record.headers);
@@ -209,19 +206,15 @@ impl Broker {
                 None if !record.key.is_empty() => partitioner::partition_for_key(&record.key, partitions),
                 None => keyless,
             };
-            if let Some(ids) = ids.as_deref() {
-                if let Some(id) = dedupe::event_id(&topic.name, &ids.header, i, &record.headers)? {
-                    if let Some(seen) = ids.table.check(id) {
-                        dedupe.original(&topic, i, seen)?;
+            if let Some(header) = &dedupe_header {
+                if let Some(id) = dedupe::event_id(&topic.name, header, i, &record.headers)? {
+                    if let Some(&first) = in_request.get(id.as_ref()) {
+                        repeated.push((i as u32, first));
                         continue;
                     }
-                    if let Some(&(p, pos)) = dedupe.in_request.get(id.as_ref()) {
-                        repeated.push((i as u32, p, pos));
-                        continue;
-                    }
+                    in_request.insert(id.clone(), fresh.len());
                     let pos = by_partition.get(&partition).map_or(0, Vec::len);
-                    dedupe.in_request.insert(id.clone(), (partition, pos));
-                    fresh.push((partition, pos, Bytes::copy_from_slice(id)));
+                    fresh.push(Fresh { index: i as u32, partition, pos, id: id.clone() });
                 }
             }
             bytes += size;
@@ -231,45 +224,82 @@ impl Broker {
             record.timestamp_ms = record_timestamp(&config, now, record.timestamp_ms);
             by_partition.entry(partition).or_default().push(record);
         }
+        drop(in_request);
         let producer = request.producer;
         let encode = || {
             by_partition
                 .into_iter()
-                .map(|(p, records)| (topic.partitions[p as usize].clone(), batch::encode(&records, producer)))
+                .map(|(p, records)| {
+                    let encoded = batch::encode(&records, producer);
+                    (p, records, encoded)
+                })
                 .collect::<Vec<_>>()
         };
         // A large request is encoded where blocking is fine.
-        let batches = if bytes >= DECODE_INLINE_BYTES_MAX { in_place(encode) } else { encode() };
-        let writes = batches.into_iter().map(|(partition, encoded)| async move {
-            let pending = partition.append_pending(AppendBytes::Encoded(encoded)).await?;
-            Ok::<_, BrokerError>((partition, pending))
-        });
-        let mut parts = Vec::new();
-        let mut first_error = None;
-        for r in futures::future::join_all(writes).await {
-            match r {
-                Ok(part) => parts.push(part),
-                Err(e) => first_error = first_error.or(Some(e)),
-            }
+        let mut batches = if bytes >= DECODE_INLINE_BYTES_MAX { in_place(encode) } else { encode() };
+        if dedupe_header.is_none() {
+            let (parts, first_error) = append_all(&topic, batches).await;
+            return Ok(PendingProduce::new(parts, now, first_error));
         }
-        let Some(ids) = ids else {
+        // The table stays locked from the check through the pwrites to
+        // `remember`, so two requests cannot both append one id.
+        let mut guard = topic.dedupe.lock().await;
+        let Some(ids) = guard.as_mut() else {
+            drop(guard);
+            let (parts, first_error) = append_all(&topic, batches).await;
             return Ok(PendingProduce::new(parts, now, first_error));
         };
-        // Where each partition's batch went.
+        ids.table.expire(now);
+        let seen: Vec<Option<Seen>> = fresh.iter().map(|f| ids.table.check(&f.id)).collect();
+        if seen.iter().any(Option::is_some) {
+            // Some were appended before: those partitions' batches again,
+            // without them (rare: retries).
+            for (p, records, encoded) in &mut batches {
+                let dropped: Vec<usize> = fresh
+                    .iter()
+                    .zip(&seen)
+                    .filter(|(f, s)| f.partition == *p && s.is_some())
+                    .map(|(f, _)| f.pos)
+                    .collect();
+                if dropped.is_empty() {
+                    continue;
+                }
+                let mut pos = 0;
+                records.retain(|_| {
+                    pos += 1;
+                    !dropped.contains(&(pos - 1))
+                });
+                for f in fresh.iter_mut().filter(|f| f.partition == *p) {
+                    f.pos -= dropped.iter().filter(|&&d| d < f.pos).count();
+                }
+                *encoded = if records.is_empty() { Vec::new() } else { batch::encode(records, producer) };
+            }
+            batches.retain(|(_, records, _)| !records.is_empty());
+        }
+        let (parts, first_error) = append_all(&topic, batches).await;
         let appended: BTreeMap<u32, (u64, u64)> =
             parts.iter().map(|(p, pending)| (p.id, (pending.outcome.base_offset, pending.epoch()))).collect();
-        for (partition, pos, id) in fresh {
-            if let Some(&(base, epoch)) = appended.get(&partition) {
-                let seen = Seen { partition, offset: base + pos as u64, epoch, at_ms: now };
-                ids.table.remember(id, seen);
+        let mut dedupe = Dedupes::default();
+        // Where each id of the request went: its original, or its new offset.
+        let mut went: Vec<Option<(u32, u64)>> = Vec::with_capacity(fresh.len());
+        for (f, s) in fresh.iter().zip(&seen) {
+            if let Some(s) = s {
+                dedupe.original(&topic, f.index as usize, *s)?;
+                went.push(Some((s.partition, s.offset)));
+            } else if let Some(&(base, epoch)) = appended.get(&f.partition) {
+                let offset = base + f.pos as u64;
+                ids.table.remember(&f.id, Seen { partition: f.partition, offset, epoch, at_ms: now });
+                went.push(Some((f.partition, offset)));
+            } else {
+                went.push(None);
             }
         }
-        for (index, partition, pos) in repeated {
-            if let Some(&(base, _)) = appended.get(&partition) {
-                dedupe.duplicates.push(Duplicate { index, partition, offset: base + pos as u64 });
+        for (index, first) in repeated {
+            if let Some((partition, offset)) = went[first] {
+                dedupe.duplicates.push(Duplicate { index, partition, offset });
             }
         }
-        drop(ids_guard);
+        drop(guard);
         Ok(dedupe.into_pending(parts, now, first_error, &topic))
     }
 
@@ -355,7 +385,7 @@ impl Broker {
                     continue;
                 }
                 dedupe.in_request.insert(id.clone(), (partition.id, keep.len()));
-                fresh.push((keep.len(), Bytes::copy_from_slice(id)));
+                fresh.push((keep.len(), id.clone()));
             }
             keep.push(i);
         }
@@ -409,7 +439,7 @@ impl Broker {
                     let (base, epoch) = (pending.outcome.base_offset, pending.epoch());
                     for (pos, id) in fresh {
                         let seen = Seen { partition: partition.id, offset: base + pos as u64, epoch, at_ms: now };
-                        ids.table.remember(id, seen);
+                        ids.table.remember(&id, seen);
                     }
                     for (index, pos) in repeated {
                         dedupe.duplicates.push(Duplicate { index, partition: partition.id, offset: base + pos as u64 });
@@ -531,11 +561,47 @@ impl Broker {
     }
 }
 
+/// A record of a produce request carrying an event id not seen before in
+/// the request.
+#[derive(Debug)]
+struct Fresh {
+    index: u32,
+    partition: u32,
+    /// Its position in its partition's batch.
+    pos: usize,
+    id: Bytes,
+}
+
+/// Appends each partition's batch (concurrently: each is one pwrite, or
+/// queued for its group commit); the ones written, and the first error.
+async fn append_all(
+    topic: &Topic,
+    batches: Vec<(u32, Vec<Record>, Vec<u8>)>,
+) -> (Vec<(Arc<Partition>, crate::storage::PendingAppend)>, Option<BrokerError>) {
+    let writes = batches.into_iter().map(|(p, records, encoded)| {
+        drop(records);
+        let partition = topic.partitions[p as usize].clone();
+        async move {
+            let pending = partition.append_pending(AppendBytes::Encoded(encoded)).await?;
+            Ok::<_, BrokerError>((partition, pending))
+        }
+    });
+    let mut parts = Vec::new();
+    let mut first_error = None;
+    for r in futures::future::join_all(writes).await {
+        match r {
+            Ok(part) => parts.push(part),
+            Err(e) => first_error = first_error.or(Some(e)),
+        }
+    }
+    (parts, first_error)
+}
+
 /// What de-dup found in one produce request.
 #[derive(Debug, Default)]
 struct Dedupes {
     /// Ids appended by this request so far: (partition, position in its batch).
-    in_request: HashMap<Bytes, (u32, usize)>,
+    in_request: HashMap<Bytes, (u32, usize), foldhash::fast::RandomState>,
     duplicates: Vec<Duplicate>,
     originals: Vec<(Arc<Partition>, crate::storage::PendingAppend)>,
 }

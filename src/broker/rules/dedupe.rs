@@ -13,9 +13,10 @@
 //! writes a failed fsync discarded are dropped from the back
 //! ([`IdTable::forget_from`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 
-use bytes::Bytes;
+use hashbrown::HashTable;
 
 /// Where an id was first appended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,14 +30,26 @@ pub struct Seen {
     pub at_ms: i64,
 }
 
-/// About what one remembered id costs besides its bytes: its map entry
-/// (key, value, hash slot) and its queue entry.
-pub const ID_OVERHEAD_BYTES: usize = 120;
+/// About what one remembered id costs besides its bytes: its table slot
+/// (pointer, length, `Seen`, control byte, load factor), its allocation's
+/// header and its queue entry.
+pub const ID_OVERHEAD_BYTES: usize = 112;
+
+/// One remembered id: the table holds the only copy of its bytes.
+#[derive(Debug, Clone)]
+struct Entry {
+    id: Box<[u8]>,
+    seen: Seen,
+}
+
+/// An id's place in its partition's queue: (time, offset, hash of the id).
+type Queued = (i64, u64, u64);
 
 #[derive(Debug, Clone, Default)]
 struct PartitionIds {
-    /// (time, offset, id) in append order.
-    order: VecDeque<(i64, u64, Bytes)>,
+    /// In append order, so the oldest expire first and a discarded tail
+    /// goes from the back.
+    order: VecDeque<Queued>,
     /// Bytes of the ids held.
     bytes: usize,
 }
@@ -53,7 +66,10 @@ pub struct IdStats {
 pub struct IdTable {
     window_ms: i64,
     max_ids: usize,
-    ids: HashMap<Bytes, Seen>,
+    /// Randomly seeded per table, so ids chosen to collide cannot be
+    /// precomputed.
+    hasher: foldhash::fast::RandomState,
+    ids: HashTable<Entry>,
     partitions: Vec<PartitionIds>,
 }
 
@@ -62,7 +78,8 @@ impl IdTable {
         IdTable {
             window_ms: i64::try_from(window_ms).unwrap_or(i64::MAX),
             max_ids: max_ids.max(1),
-            ids: HashMap::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            ids: HashTable::new(),
             partitions: Vec::new(),
         }
     }
@@ -70,6 +87,10 @@ impl IdTable {
     /// Whether this table was built for these settings.
     pub fn has_settings(&self, window_ms: u64, max_ids: usize) -> bool {
         self.window_ms == i64::try_from(window_ms).unwrap_or(i64::MAX) && self.max_ids == max_ids.max(1)
+    }
+
+    fn hash(&self, id: &[u8]) -> u64 {
+        self.hasher.hash_one(id)
     }
 
     fn part(&mut self, partition: u32) -> &mut PartitionIds {
@@ -85,58 +106,57 @@ impl IdTable {
         let floor = now_ms.saturating_sub(self.window_ms);
         for p in 0..self.partitions.len() {
             while self.partitions[p].order.front().is_some_and(|(t, _, _)| *t <= floor) {
-                self.pop_front(p);
+                let queued = self.partitions[p].order.pop_front().expect("checked above");
+                self.drop_entry(p as u32, queued);
             }
         }
     }
 
-    fn pop_front(&mut self, p: usize) {
-        if let Some((_, offset, id)) = self.partitions[p].order.pop_front() {
-            self.partitions[p].bytes -= id.len();
-            self.drop_entry(p as u32, offset, &id);
-        }
-    }
-
-    fn drop_entry(&mut self, partition: u32, offset: u64, id: &Bytes) {
-        if self.ids.get(id).is_some_and(|s| s.partition == partition && s.offset == offset) {
-            self.ids.remove(id);
+    /// Removes the table entry a queue entry stands for.
+    fn drop_entry(&mut self, partition: u32, (_, offset, hash): Queued) {
+        let found = self.ids.find_entry(hash, |e| e.seen.partition == partition && e.seen.offset == offset);
+        if let Ok(entry) = found {
+            let (removed, _) = entry.remove();
+            self.partitions[partition as usize].bytes -= removed.id.len();
         }
     }
 
     /// Where `id` was first appended, if it is still remembered (call
     /// [`IdTable::expire`] first).
     pub fn check(&self, id: &[u8]) -> Option<Seen> {
-        self.ids.get(id).copied()
+        self.ids.find(self.hash(id), |e| *e.id == *id).map(|e| e.seen)
     }
 
     /// Records that `id` was appended; an id already remembered keeps its
     /// first append.
-    pub fn remember(&mut self, id: Bytes, seen: Seen) {
-        if self.ids.contains_key(&id) {
+    pub fn remember(&mut self, id: &[u8], seen: Seen) {
+        let hash = self.hash(id);
+        if self.ids.find(hash, |e| *e.id == *id).is_some() {
             return;
         }
         let p = seen.partition as usize;
         self.part(seen.partition);
         while self.partitions[p].order.len() >= self.max_ids {
-            self.pop_front(p);
+            let queued = self.partitions[p].order.pop_front().expect("at least one");
+            self.drop_entry(seen.partition, queued);
         }
         let part = &mut self.partitions[p];
         part.bytes += id.len();
-        part.order.push_back((seen.at_ms, seen.offset, id.clone()));
-        self.ids.insert(id, seen);
+        part.order.push_back((seen.at_ms, seen.offset, hash));
+        let hasher = &self.hasher;
+        self.ids.insert_unique(hash, Entry { id: id.into(), seen }, |e| hasher.hash_one(&*e.id));
     }
 
     /// Forgets the ids of `partition` appended at `offset` or later (a
     /// failed fsync discarded those writes).
     pub fn forget_from(&mut self, partition: u32, offset: u64) {
         let p = partition as usize;
-        while let Some((_, o, _)) = self.partitions.get(p).and_then(|part| part.order.back()) {
-            if *o < offset {
+        while let Some(&queued) = self.partitions.get(p).and_then(|part| part.order.back()) {
+            if queued.1 < offset {
                 break;
             }
-            let (_, o, id) = self.partitions[p].order.pop_back().expect("checked above");
-            self.partitions[p].bytes -= id.len();
-            self.drop_entry(partition, o, &id);
+            self.partitions[p].order.pop_back();
+            self.drop_entry(partition, queued);
         }
     }
 
@@ -152,7 +172,7 @@ impl IdTable {
     pub fn stats(&self, partition: u32) -> IdStats {
         self.partitions.get(partition as usize).map_or(IdStats::default(), |p| IdStats {
             ids: p.order.len() as u64,
-            memory_bytes: (2 * p.bytes + p.order.len() * ID_OVERHEAD_BYTES) as u64,
+            memory_bytes: (p.bytes + p.order.len() * ID_OVERHEAD_BYTES) as u64,
         })
     }
 }
@@ -162,8 +182,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn id(s: &str) -> Bytes {
-        Bytes::from(s.to_string())
+    fn id(s: &str) -> Vec<u8> {
+        s.as_bytes().to_vec()
     }
 
     fn seen(partition: u32, offset: u64, at_ms: i64) -> Seen {
@@ -174,10 +194,10 @@ mod tests {
     fn a_repeated_id_within_the_window_names_the_first_append() {
         let mut w = IdTable::new(1000, 100);
         assert_eq!(w.check(b"evt-1"), None);
-        w.remember(id("evt-1"), seen(0, 7, 0));
+        w.remember(&id("evt-1"), seen(0, 7, 0));
         w.expire(999);
         assert_eq!(w.check(b"evt-1"), Some(seen(0, 7, 0)));
-        w.remember(id("evt-1"), seen(1, 9, 999));
+        w.remember(&id("evt-1"), seen(1, 9, 999));
         assert_eq!(w.check(b"evt-1").map(|s| (s.partition, s.offset)), Some((0, 7)), "the first append counts");
         w.expire(1000);
         assert_eq!(w.check(b"evt-1"), None, "out of the window");
@@ -188,7 +208,7 @@ mod tests {
     #[test]
     fn an_id_is_a_duplicate_whichever_partition_it_goes_to() {
         let mut w = IdTable::new(60_000, 10);
-        w.remember(id("a"), seen(3, 5, 0));
+        w.remember(&id("a"), seen(3, 5, 0));
         assert_eq!(w.check(b"a").map(|s| s.partition), Some(3));
         assert_eq!(w.stats(3).ids, 1);
         assert_eq!(w.stats(0).ids, 0);
@@ -197,9 +217,9 @@ mod tests {
     #[test]
     fn a_full_partition_forgets_its_oldest_first_and_leaves_the_others() {
         let mut w = IdTable::new(60_000, 3);
-        w.remember(id("other"), seen(1, 0, 0));
+        w.remember(&id("other"), seen(1, 0, 0));
         for (i, s) in ["a", "b", "c", "d"].iter().enumerate() {
-            w.remember(id(s), seen(0, i as u64, i as i64));
+            w.remember(&id(s), seen(0, i as u64, i as i64));
         }
         assert_eq!(w.stats(0).ids, 3);
         assert_eq!(w.check(b"a"), None);
@@ -212,16 +232,16 @@ mod tests {
     fn forgetting_a_discarded_tail_keeps_what_came_before() {
         let mut w = IdTable::new(60_000, 100);
         for i in 0..5u64 {
-            w.remember(Bytes::from(format!("id{i}")), seen(0, i, 0));
+            w.remember(format!("id{i}").as_bytes(), seen(0, i, 0));
         }
-        w.remember(id("p1"), seen(1, 3, 0));
+        w.remember(&id("p1"), seen(1, 3, 0));
         w.forget_from(0, 3);
         assert_eq!(w.stats(0).ids, 3);
         assert!(w.check(b"id2").is_some());
         assert!(w.check(b"id3").is_none() && w.check(b"id4").is_none());
         assert!(w.check(b"p1").is_some(), "another partition's offsets are not touched");
         // The discarded id may be appended again, and is then remembered.
-        w.remember(id("id3"), seen(0, 3, 1));
+        w.remember(&id("id3"), seen(0, 3, 1));
         assert_eq!(w.check(b"id3").map(|s| s.at_ms), Some(1));
     }
 
@@ -257,7 +277,7 @@ mod tests {
                 let expected = live(&log);
                 prop_assert_eq!(w.check(&key).map(|s| (s.partition, s.offset)), expected);
                 if expected.is_none() {
-                    w.remember(Bytes::copy_from_slice(&key), seen(p, next[p as usize], now));
+                    w.remember(&key, seen(p, next[p as usize], now));
                     log.push((i, p, next[p as usize], now));
                     next[p as usize] += 1;
                 }
