@@ -26,6 +26,28 @@ pub struct AlertArgs {
     pub rules: usize,
 }
 
+/// Loads `n` alert rules that match no topic (pattern
+/// `bench.nothing.<i>.*`, threshold 1, no cooldown): what rules cost a
+/// produce path they do not watch.
+pub(super) async fn load_idle_rules(c: &mut crate::bench::load::Client, n: usize) -> anyhow::Result<()> {
+    for i in 0..n {
+        let rule = proto::CreateAlertRuleRequest {
+            name: format!("bench_idle_{i}"),
+            topic_pattern: format!("bench.nothing.{i}.*"),
+            threshold: 1,
+            window_ms: 60_000,
+            cooldown_ms: Some(0),
+            ..Default::default()
+        };
+        match c.create_alert_rule(rule).await {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+            Err(s) => anyhow::bail!("cannot create an idle alert rule: {}", s.message()),
+        }
+    }
+    Ok(())
+}
+
 fn wall_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -55,9 +77,7 @@ pub async fn run(args: &AlertArgs) -> anyhow::Result<Summary> {
         cooldown_ms: Some(0),
         ..Default::default()
     };
-    for i in 1..args.rules.max(1) {
-        c.create_alert_rule(rule(format!("bench_idle_{i}"), format!("bench.nothing.{i}.*"))).await?;
-    }
+    load_idle_rules(&mut c, args.rules.max(1) - 1).await?;
     c.create_alert_rule(rule("bench_alert".into(), b.topic.clone())).await?;
     // The alert topic exists before the first alert, so the subscriber is live.
     let create = proto::CreateTopicRequest { name: alert_topic.into(), partitions: 1, config: Default::default() };

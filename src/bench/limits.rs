@@ -140,11 +140,16 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         subscribe: false,
         ids: false,
         dedupe: false,
+        idle_rules: 0,
         protocol: super::Protocol::Grpc,
         kafka_property: Vec::new(),
         client: super::KafkaClient::Librdkafka,
     };
     let target = load::Target::start(&base).await?;
+    if args.idle_rules > 0 {
+        eprintln!("[limits] loading {} alert rules that match nothing", args.idle_rules);
+        super::alert::load_idle_rules(&mut load::client(&target.url).await?, args.idle_rules).await?;
+    }
     let on = |topic: &str| BenchArgs { server: Some(target.url.clone()), topic: topic.into(), ..base.clone() };
     eprintln!("[limits] 1. produce 1 KiB x 100, 8 producers, flush always");
     let p1 = load::produce(&on("limits.always.1k")).await?;

@@ -16,7 +16,7 @@ use crate::proto::broker_client::BrokerClient;
 use crate::proto::{self, position::Position as P};
 use crate::server::RunningServer;
 
-type Client = BrokerClient<Channel>;
+pub(super) type Client = BrokerClient<Channel>;
 
 /// The broker under test: a URL, and the in-process broker when embedded.
 pub struct Target {
@@ -103,7 +103,7 @@ pub(super) fn config_json(args: &BenchArgs) -> serde_json::Value {
         "topic": args.topic, "partitions": args.partitions, "record_bytes": args.record_bytes,
         "batch": args.batch, "producers": args.producers, "consumers": args.consumers,
         "rate": args.rate, "flush": args.flush.to_string(), "embedded": args.server.is_none(),
-        "ids": args.ids, "dedupe": args.dedupe,
+        "ids": args.ids, "dedupe": args.dedupe, "idle_rules": args.idle_rules,
     })
 }
 
@@ -295,7 +295,9 @@ pub async fn settle(url: &str, topic: &str) -> anyhow::Result<()> {
 
 pub async fn produce(args: &BenchArgs) -> anyhow::Result<Summary> {
     let target = Target::start(args).await?;
-    ensure_topic(&mut client(&target.url).await?, args).await?;
+    let mut c = client(&target.url).await?;
+    ensure_topic(&mut c, args).await?;
+    super::alert::load_idle_rules(&mut c, args.idle_rules).await?;
     let meter = Meter::new();
     let done = Arc::new(AtomicBool::new(false));
     meter.spawn_progress("produce".into(), done.clone());

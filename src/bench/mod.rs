@@ -129,6 +129,10 @@ pub struct BenchArgs {
     /// (`dedupe.window.ms` = 120000, NATS's default window).
     #[arg(long)]
     pub dedupe: bool,
+    /// Alert rules matching nothing, loaded on the broker first (what rules
+    /// cost a produce path they do not watch).
+    #[arg(long, default_value_t = 0)]
+    pub idle_rules: usize,
     /// --protocol kafka: a librdkafka property for every producer and
     /// consumer the bench makes, as kcat's -X (repeatable), e.g.
     /// `-X enable.idempotence=true` or `-X compression.type=lz4`. Set after
@@ -168,6 +172,9 @@ pub struct LimitsArgs {
     /// Seconds per strata measurement.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
+    /// Alert rules matching nothing, loaded on the broker before the rows.
+    #[arg(long, default_value_t = 0)]
+    pub idle_rules: usize,
     /// Print one JSON object on stdout (as `--format json`).
     #[arg(long)]
     pub json: bool,
