@@ -172,6 +172,8 @@ pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 windows the broker grants: per stream and per connection.
+/// Concurrent HTTP/2 streams (calls) per gRPC connection.
+pub const HTTP2_STREAMS_PER_CONNECTION_MAX: u32 = 1000;
 pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 1 << 20;
 pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
 /// Largest HTTP/2 frame: a 1 MiB produce or fetch is a few frames, not 64.
@@ -429,6 +431,18 @@ pub struct BrokerConfig {
     /// `offset.metadata.max.bytes`); every commit is kept in memory and
     /// restated by each snapshot of the offsets log.
     pub offset_metadata_bytes_max: usize,
+    /// `[tls]`: TLS on every listener (paths resolved against the config file).
+    pub tls: Option<crate::security::tls::TlsFiles>,
+    /// `[security]`: users and ACLs; `None` = security off.
+    pub security: Option<crate::security::SecurityFile>,
+    /// The TOML file this came from, re-read on SIGHUP or when it changes
+    /// (users and ACLs).
+    pub config_file: Option<PathBuf>,
+    /// Open connections over every listener, and per client IP.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout: Duration,
     /// Defaults for every topic.
     pub topic_defaults: TopicConfig,
 }
@@ -453,6 +467,12 @@ impl Default for BrokerConfig {
             share_groups_max: SHARE_GROUPS_MAX,
             poisoned_log_retry: Duration::from_secs(5),
             offset_metadata_bytes_max: 4096,
+            tls: None,
+            security: None,
+            config_file: None,
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            idle_timeout: Duration::from_secs(600),
             topic_defaults: TopicConfig::default(),
         }
     }
@@ -486,8 +506,13 @@ pub struct ConfigFile {
     pub produce_records_max: Option<usize>,
     pub stream_buffer_bytes_max: Option<usize>,
     pub share_groups_max: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub idle_timeout_ms: Option<u64>,
     #[serde(default)]
     pub topic_defaults: BTreeMap<String, toml::Value>,
+    pub tls: Option<crate::security::tls::TlsFiles>,
+    pub security: Option<crate::security::SecurityFile>,
 }
 
 /// A listener's address, or `none` to have no such listener.
@@ -599,6 +624,22 @@ impl ConfigFile {
         }
         if let Some(v) = self.share_groups_max {
             config.share_groups_max = v;
+        }
+        if let Some(v) = self.max_connections {
+            config.max_connections = v.max(1);
+        }
+        if let Some(v) = self.max_connections_per_ip {
+            config.max_connections_per_ip = v.max(1);
+        }
+        if let Some(v) = self.idle_timeout_ms {
+            config.idle_timeout = ms(v);
+        }
+        if let Some(tls) = &self.tls {
+            config.tls = Some(tls.clone());
+        }
+        if let Some(security) = &self.security {
+            crate::security::Rules::compile(security)?;
+            config.security = Some(security.clone());
         }
         for (k, v) in &self.topic_defaults {
             let text = match v {

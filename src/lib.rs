@@ -9,6 +9,7 @@
 //! - [`storage`]: the synchronous log engine (segments, indexes, recovery);
 //!   no tokio, no tonic, no prost.
 //! - [`config`]: every limit, with units in the names.
+//! - [`security`]: authentication, ACLs and TLS, asked by every listener.
 //!
 //! - [`group`]: consumer groups as pure state machines, committed offsets.
 //!
@@ -23,6 +24,7 @@ pub mod config;
 pub mod group;
 pub mod listener;
 pub mod metrics;
+pub mod security;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

@@ -120,14 +120,28 @@ pub async fn start_with(
         None => None,
     };
     let http_addr = http.as_ref().map(|h| h.local_addr()).transpose()?;
+    let tls = match &config.tls {
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(crate::security::tls::server_config(files)?)),
+        None => None,
+    };
+    let listening = listener::accept::Listening {
+        tls,
+        limits: Arc::new(listener::accept::ConnectionLimits::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+        )),
+        handshake_timeout: config.request_read_timeout,
+        idle_timeout: config.idle_timeout,
+    };
     let broker = tokio::task::spawn_blocking(move || Broker::open(config, fs, clock)).await??;
     broker.spawn_background(broker.watch_stopping());
-    let mut listeners = vec![listener::grpc::serve(broker.clone(), grpc).await?];
+    crate::security::reload::spawn(&broker);
+    let mut listeners = vec![listener::grpc::serve(broker.clone(), grpc, listening.clone()).await?];
     if let Some(kafka) = kafka {
-        listeners.push(listener::kafka::serve(broker.clone(), kafka)?);
+        listeners.push(listener::kafka::serve(broker.clone(), kafka, listening.clone())?);
     }
     if let Some(http) = http {
-        listeners.push(listener::http::serve(broker.clone(), http)?);
+        listeners.push(listener::http::serve(broker.clone(), http, listening)?);
     }
     tracing::info!(%addr, kafka = ?kafka_addr, http = ?http_addr, "strata is serving");
     Ok(RunningServer { addr, kafka_addr, http_addr, broker, listeners })

@@ -103,6 +103,13 @@ pub enum BrokerError {
     #[error("alert rule field {field:?}: {why}")]
     InvalidAlertRule { field: String, why: String },
 
+    // ---- Security ----
+    /// No credentials where they are required, or credentials of nobody.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    #[error("{principal:?} may not {operation} {resource} (no ACL entry grants it)")]
+    PermissionDenied { principal: String, operation: crate::security::Operation, resource: crate::security::Resource },
+
     // ---- The broker and its storage ----
     #[error("the broker is shutting down")]
     ShuttingDown,

@@ -67,6 +67,8 @@ use crate::storage::{Clock, Log};
 #[derive(Debug)]
 pub struct Broker {
     config: BrokerConfig,
+    /// Who may do what (`[security]`), for every listener.
+    authorizer: crate::security::Authorizer,
     fs: Arc<dyn FileSystem>,
     clock: Arc<dyn Clock>,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
@@ -151,7 +153,17 @@ impl Broker {
             data_dir = %dir.display(),
             "broker opened"
         );
+        let rules = config
+            .security
+            .as_ref()
+            .map(crate::security::Rules::compile)
+            .transpose()
+            .map_err(|e| BrokerError::Internal(format!("[security]: {e}")))?;
+        if let Some(r) = &rules {
+            tracing::info!(users = r.users(), acl_entries = r.entries(), "security on: deny by default");
+        }
         let broker = Arc::new(Broker {
+            authorizer: crate::security::Authorizer::new(rules),
             fs,
             clock,
             topics: RwLock::new(topics),
@@ -177,6 +189,11 @@ impl Broker {
 
     pub fn config(&self) -> &BrokerConfig {
         &self.config
+    }
+
+    /// Who may do what: every listener asks this one.
+    pub fn authorizer(&self) -> &crate::security::Authorizer {
+        &self.authorizer
     }
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {

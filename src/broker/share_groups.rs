@@ -211,8 +211,15 @@ impl Broker {
         let mut topics = self.watch_topics();
         let mut stopping = self.watch_stopping();
         loop {
-            let partitions: Vec<Arc<Partition>> =
-                self.matching_topics(&request.topic_pattern).iter().flat_map(|t| t.partitions.clone()).collect();
+            let partitions: Vec<Arc<Partition>> = self
+                .matching_topics(&request.topic_pattern)
+                .iter()
+                .filter(|t| {
+                    let topic = crate::security::Resource::Topic(t.name.clone());
+                    self.authorizer().allows(caller, crate::security::Operation::Consume, &topic)
+                })
+                .flat_map(|t| t.partitions.clone())
+                .collect();
             // Watched before the fetch looks, so an append in between wakes it.
             let mut watches: Vec<watch::Receiver<u64>> = partitions.iter().map(|p| p.watch()).collect();
             released.borrow_and_update();

@@ -30,6 +30,7 @@ use super::{Broker, BrokerError, Position};
 use super::{Caller, SubscribeRequest};
 use crate::config::{PUSH_BYTES_MAX, PUSH_RAW_BYTES_MAX, PUSH_RECORDS_MAX};
 use crate::group::TopicPartition;
+use crate::security::{Operation, Resource};
 use crate::storage::batch::StoredRecord;
 
 /// What a subscription stream carries.
@@ -153,7 +154,7 @@ impl Broker {
             Position::Committed => fallback,
             other => other,
         };
-        let events = self.subscribe_all(pattern, from, delivery);
+        let events = self.subscribe_all(caller.clone(), pattern, from, delivery);
         // Mapped, not forwarded by a task: when the listener drops the
         // stream (its client went away), the partition tasks see it at once.
         let messages = ReceiverStream::new(events).map(|event| {
@@ -176,6 +177,7 @@ impl Broker {
     /// at `from`; topics created later are streamed from their beginning.
     fn subscribe_all(
         self: &Arc<Self>,
+        caller: Caller,
         pattern: String,
         from: Position,
         delivery: Delivery,
@@ -185,11 +187,19 @@ impl Broker {
         let budget = self.stream_budget();
         tokio::spawn(async move {
             let mut version = broker.watch_topics();
+            let mut acl = broker.authorizer().watch();
             let mut streaming: HashMap<String, Arc<Topic>> = HashMap::new();
             let mut first = true;
             loop {
                 version.borrow_and_update();
-                let topics = broker.matching_topics(&pattern);
+                // Only topics the caller may consume (security on).
+                let topics: Vec<_> = broker
+                    .matching_topics(&pattern)
+                    .into_iter()
+                    .filter(|t| {
+                        broker.authorizer().allows(&caller, Operation::Consume, &Resource::Topic(t.name.clone()))
+                    })
+                    .collect();
                 let mut changed = first;
                 for topic in &topics {
                     let before = streaming.get(&topic.name);
@@ -219,6 +229,17 @@ impl Broker {
                 first = false;
                 tokio::select! {
                     r = version.changed() => if r.is_err() { return },
+                    _ = acl.changed() => {
+                        // Reloaded ACLs: a topic streamed but no longer
+                        // allowed ends the subscription.
+                        for name in streaming.keys() {
+                            let topic = Resource::Topic(name.clone());
+                            if let Err(e) = broker.authorizer().authorize(&caller, Operation::Consume, &topic) {
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                        }
+                    }
                     _ = tx.closed() => return,
                 }
             }

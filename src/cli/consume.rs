@@ -224,7 +224,7 @@ async fn list(client: &mut Client, pattern: &str) -> anyhow::Result<Vec<proto::T
         .topics)
 }
 
-type Client = crate::proto::broker_client::BrokerClient<tonic::transport::Channel>;
+type Client = super::Client;
 
 struct Read {
     topic: String,

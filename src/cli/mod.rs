@@ -50,6 +50,55 @@ pub struct ClientArgs {
     /// Output for people (text) or scripts (json).
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Bearer token for a broker with security on (sent as `authorization:
+    /// Bearer`).
+    #[arg(long, global = true, env = "STRATA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) to trust the broker's TLS certificate by; implies TLS.
+    #[arg(long, global = true, value_name = "PEM")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mTLS, with --tls-key.
+    #[arg(long, global = true, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+/// Adds the bearer token to every call.
+#[derive(Debug, Clone)]
+pub struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Auth {
+    pub fn bearer(token: Option<&str>) -> anyhow::Result<Auth> {
+        let value = token
+            .map(|t| format!("Bearer {}", t.trim()).parse())
+            .transpose()
+            .map_err(|_| anyhow::anyhow!("--token: not a valid header value"))?;
+        Ok(Auth(value))
+    }
+}
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The CLI's client: a channel, plus the token on every call.
+pub type Client = BrokerClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Print a new random bearer token and its sha256 (or the sha256 of
+    /// TOKEN), with the `[[security.users]]` entry that accepts it.
+    HashToken {
+        /// An existing token to hash instead of a new one.
+        token: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -62,6 +111,11 @@ pub enum Format {
 pub enum Command {
     /// Run the broker.
     Serve(serve::ServeArgs),
+    /// Tokens for a broker with security on.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
     /// Create, list, describe, alter and delete topics.
     Topic {
         #[command(subcommand)]
@@ -207,10 +261,27 @@ pub fn server_url(server: &str) -> String {
     }
 }
 
-pub async fn connect(args: &ClientArgs) -> anyhow::Result<BrokerClient<Channel>> {
-    let url = server_url(&args.server);
-    let channel = Channel::from_shared(url.clone())
-        .map_err(|e| anyhow::anyhow!("bad --server URL {:?}: {e}", args.server))?
+pub async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
+    let mut url = server_url(&args.server);
+    let tls = args.tls_ca.is_some() || args.tls_cert.is_some() || url.starts_with("https://");
+    if tls && url.starts_with("http://") && !args.server.contains("://") {
+        url = url.replacen("http://", "https://", 1);
+    }
+    let mut endpoint =
+        Channel::from_shared(url.clone()).map_err(|e| anyhow::anyhow!("bad --server URL {:?}: {e}", args.server))?;
+    if tls {
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()));
+        let mut config = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &args.tls_ca {
+            config = config.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+            config = config.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint.tls_config(config).map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .map_err(|e| {
@@ -226,7 +297,8 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<BrokerClient<Channel>>
             }
             failed(Failure::Unreachable, format!("cannot reach the broker at {url}: {why} (is `strata serve` running there? --server or STRATA_SERVER sets the address)"))
         })?;
-    Ok(BrokerClient::new(channel).max_decoding_message_size(64 << 20))
+    let auth = Auth::bearer(args.token.as_deref())?;
+    Ok(BrokerClient::with_interceptor(channel, auth).max_decoding_message_size(64 << 20))
 }
 
 /// The exit statuses, as `--help` gives them.
@@ -301,6 +373,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alert { command, client } => alert::run(command, &client).await,
         Command::Offsets { args, client } => offsets::run(args, &client).await,
         Command::Log { command } => log::run(command),
+        Command::Auth { command: AuthCommand::HashToken { token } } => {
+            let (token, hash) = match token {
+                Some(t) => (t.clone(), crate::security::acl::token_sha256(&t)),
+                None => crate::security::new_token()?,
+            };
+            println!("token:        {token}");
+            println!("token_sha256: {hash}");
+            println!();
+            println!("[[security.users]]");
+            println!("name = \"<user>\"");
+            println!("token_sha256 = \"{hash}\"");
+            Ok(())
+        }
         Command::Top(args) => top::run(args).await,
         Command::Bench { command } => crate::bench::run(command).await,
     }

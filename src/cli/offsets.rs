@@ -57,7 +57,7 @@ pub async fn run(args: OffsetsArgs, client_args: &ClientArgs) -> anyhow::Result<
 }
 
 async fn print_topic(
-    client: &mut crate::proto::broker_client::BrokerClient<tonic::transport::Channel>,
+    client: &mut super::Client,
     topic: &proto::TopicDescription,
     is_pattern: bool,
     at_ms: Option<i64>,

@@ -38,6 +38,9 @@ pub fn broker_config(args: &ServeArgs) -> anyhow::Result<BrokerConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         let file = ConfigFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         file.apply(&mut config).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        config.tls = config.tls.map(|t| t.relative_to(base));
+        config.config_file = Some(path.clone());
     }
     if let Some(d) = &args.data_dir {
         config.data_dir = d.clone();

@@ -9,7 +9,7 @@ use super::{connect, status_error, ClientArgs, Format};
 use crate::cli::time::format_ms;
 use crate::proto;
 
-type Client = crate::proto::broker_client::BrokerClient<tonic::transport::Channel>;
+type Client = super::Client;
 
 #[derive(Debug, Subcommand)]
 pub enum ShareCommand {

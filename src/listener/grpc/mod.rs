@@ -22,14 +22,18 @@ use tokio::task::JoinHandle;
 use crate::broker::Broker;
 use crate::config::{
     HTTP2_CONNECTION_WINDOW_BYTES, HTTP2_FRAME_BYTES_MAX, HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT,
-    HTTP2_STREAM_WINDOW_BYTES,
+    HTTP2_STREAMS_PER_CONNECTION_MAX, HTTP2_STREAM_WINDOW_BYTES,
 };
 use crate::listener::accept;
 use crate::proto;
 
 /// Serves `strata.v1.Broker` (and health, reflection) on `listener` until
 /// the broker begins to shut down.
-pub async fn serve(broker: Arc<Broker>, listener: TcpListener) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+pub async fn serve(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    listening: accept::Listening,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let config = broker.config();
     let request_bytes_max = config.request_bytes_max;
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -52,7 +56,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) -> anyhow::Result
         budget: broker.request_budget().clone(),
     };
     let service = routes::Routes::new(generated, handler, limits);
-    let incoming = accept::incoming(listener, "grpc", broker.metrics());
+    let incoming = accept::incoming(listener, "grpc", broker.metrics(), listening);
     let mut stopping = broker.watch_stopping();
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -61,6 +65,9 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) -> anyhow::Result
         .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW_BYTES))
         .max_frame_size(Some(HTTP2_FRAME_BYTES_MAX))
+        // Streams per connection: one client cannot open unbounded
+        // subscriptions on one connection.
+        .max_concurrent_streams(Some(HTTP2_STREAMS_PER_CONNECTION_MAX))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)

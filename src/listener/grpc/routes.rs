@@ -57,6 +57,7 @@ use crate::config::{
     DECODED_HEADER_BYTES, DECODED_RECORD_BYTES, DECODE_BUDGET_WAIT, DECODE_INLINE_BYTES_MAX, DECODE_INLINE_RECORDS_MAX,
     HEADERS_PER_RECORD_MAX, PUSH_CHUNK_BYTES_MAX,
 };
+use crate::listener::accept::PeerInfo;
 use crate::proto;
 use crate::proto::broker_server::Broker as _;
 
@@ -149,10 +150,24 @@ impl<S> Routes<S> {
     }
 }
 
-/// The caller of a request, from the connection info tonic put in it.
-fn caller_of(extensions: &http::Extensions) -> Caller {
-    let peer = extensions.get::<tonic::transport::server::TcpConnectInfo>().and_then(|i| i.remote_addr());
-    Caller::anonymous(Via::Grpc, peer)
+/// The principal [`Routes`] authenticated a request as.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Option<String>);
+
+/// The caller of a request, from the connection info tonic put in it and
+/// the principal authenticated here.
+pub fn caller_of(extensions: &http::Extensions) -> Caller {
+    let peer = extensions.get::<PeerInfo>().and_then(|i| i.remote);
+    let mut caller = Caller::anonymous(Via::Grpc, peer);
+    caller.principal = extensions.get::<Authenticated>().and_then(|a| a.0.clone());
+    caller
+}
+
+/// The bearer token of `authorization: Bearer <token>`.
+fn bearer(headers: &http::HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(http::header::AUTHORIZATION)?.as_bytes();
+    let token = value.strip_prefix(b"Bearer ").or_else(|| value.strip_prefix(b"bearer "))?;
+    Some(token.trim_ascii())
 }
 
 impl<S: NamedService> NamedService for Routes<S> {
@@ -175,7 +190,19 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        // Who is calling, before anything is read: no or bad credentials
+        // (with security on) are refused here, for every method.
+        let cn = request.extensions().get::<PeerInfo>().and_then(|i| i.cn.clone());
+        match self.service.broker.authorizer().authenticate(bearer(request.headers()), cn.as_deref()) {
+            Ok(principal) => {
+                request.extensions_mut().insert(Authenticated(principal));
+            }
+            Err(e) => {
+                tracing::info!(path = request.uri().path(), error = %e, "refused an unauthenticated call");
+                return Box::pin(std::future::ready(Ok(to_status(e).into_http())));
+            }
+        }
         let timer = self.durations.get(request.uri().path()).cloned().map(crate::metrics::Timer::start);
         let answer = self.route(request);
         match timer {

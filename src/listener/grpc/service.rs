@@ -12,8 +12,9 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convert;
 use super::status::to_status;
 use crate::broker::budget::BudgetPermit;
-use crate::broker::{Broker, BrokerError, Caller, PipelineItem, Pipelined, Position, Produced, Via};
+use crate::broker::{Broker, BrokerError, Caller, PipelineItem, Pipelined, Position, Produced};
 use crate::proto;
+use crate::security::{Operation, Resource};
 use crate::telemetry;
 use tracing::Instrument as _;
 
@@ -32,7 +33,7 @@ pub type BudgetedStream = Pin<Box<dyn Stream<Item = Result<(proto::SubscribeResp
 /// peer, with the trace context of its metadata.
 pub fn caller_of<T>(request: &Request<T>) -> Caller {
     let trace = crate::telemetry::TraceContext::from_headers(request.metadata().as_ref());
-    Caller::anonymous(Via::Grpc, request.remote_addr()).with_trace(trace)
+    super::routes::caller_of(request.extensions()).with_trace(trace)
 }
 
 /// A ProduceStream's requests as its reader produced them.
@@ -51,6 +52,18 @@ impl BrokerService {
         caller: Caller,
         inbound: ProduceStreamInbound,
     ) -> BoxStream<proto::ProduceResponse> {
+        // Each request is checked against its own topic.
+        let (broker, who) = (self.broker.clone(), caller.clone());
+        let inbound = Box::pin(inbound.map(move |item| {
+            item.map(|mut item| {
+                if let Ok(r) = &item.request {
+                    if let Err(e) = broker.authorizer().authorize(&who, Operation::Produce, &topic(&r.topic)) {
+                        item.request = Err(e);
+                    }
+                }
+                item
+            })
+        }));
         let completions = self.broker.produce_pipeline(caller, inbound, false);
         Box::pin(tokio_stream::wrappers::ReceiverStream::new(completions).map(|c| match c {
             Ok(Pipelined { tag, result }) => Ok(produce_response(tag, result)),
@@ -60,6 +73,13 @@ impl BrokerService {
 
     /// Subscribe, with or without a group.
     pub fn subscribe_budgeted(&self, caller: &Caller, r: proto::SubscribeRequest) -> Result<BudgetedStream, Status> {
+        // A group's members need the group; the topics are those of the
+        // pattern the caller may consume (the broker filters them).
+        if let Some(g) = &r.group {
+            self.allow(caller, "Subscribe", group(g))?;
+        } else if !r.topic_pattern.contains(['*', '?']) {
+            self.allow(caller, "Subscribe", topic(&r.topic_pattern))?;
+        }
         let request = convert::subscribe_request(r).map_err(to_status)?;
         let messages = self.broker.subscribe(caller, request).map_err(to_status)?;
         Ok(Box::pin(messages.map(|m| {
@@ -68,6 +88,94 @@ impl BrokerService {
                 (convert::subscribe_message(m), permit)
             })
         })))
+    }
+}
+
+/// The operation each method of `strata.v1.Broker` needs on its resource:
+/// every method is here (a test checks the list against the proto), and
+/// each handler asks [`BrokerService::allow`] with its own name, so one
+/// without an entry fails closed. List methods show only what the caller
+/// may describe; pattern subscriptions only topics it may consume.
+pub const METHOD_OPERATIONS: &[(&str, Operation)] = &[
+    ("CreateTopic", Operation::Admin),
+    ("DeleteTopic", Operation::Admin),
+    ("ListTopics", Operation::Describe),
+    ("DescribeTopic", Operation::Describe),
+    ("AlterTopicConfig", Operation::Admin),
+    ("CreatePartitions", Operation::Admin),
+    ("InitProducer", Operation::Produce),
+    ("Produce", Operation::Produce),
+    ("ProduceStream", Operation::Produce),
+    ("Fetch", Operation::Consume),
+    ("Subscribe", Operation::Consume),
+    ("ListOffsets", Operation::Describe),
+    ("JoinGroup", Operation::Group),
+    ("Heartbeat", Operation::Group),
+    ("LeaveGroup", Operation::Group),
+    ("CommitOffsets", Operation::Group),
+    ("FetchCommittedOffsets", Operation::Group),
+    ("ListGroups", Operation::Describe),
+    ("DescribeGroup", Operation::Describe),
+    ("ResetGroupOffsets", Operation::Admin),
+    ("DeleteGroup", Operation::Admin),
+    ("ShareFetch", Operation::Group),
+    ("Acknowledge", Operation::Group),
+    ("ShareSubscribe", Operation::Group),
+    ("AlterShareGroup", Operation::Admin),
+    ("DescribeShareGroup", Operation::Describe),
+    ("ListShareGroups", Operation::Describe),
+    ("DeleteShareGroup", Operation::Admin),
+    ("RedriveDeadLetters", Operation::Admin),
+    ("CreateAlertRule", Operation::Admin),
+    ("ListAlertRules", Operation::Describe),
+    ("DescribeAlertRule", Operation::Describe),
+    ("DeleteAlertRule", Operation::Admin),
+];
+
+fn topic(name: &str) -> Resource {
+    Resource::Topic(name.to_string())
+}
+
+fn group(name: &str) -> Resource {
+    Resource::Group(name.to_string())
+}
+
+/// The topic an alert rule request publishes to (its default included).
+fn alert_topic_of(r: &proto::CreateAlertRuleRequest) -> String {
+    if r.alert_topic.is_empty() {
+        format!("alerts.{}", r.name)
+    } else {
+        r.alert_topic.clone()
+    }
+}
+
+impl BrokerService {
+    /// The check of `method` on `resource` (its operation from the table).
+    pub fn allow(&self, caller: &Caller, method: &str, resource: Resource) -> Result<(), Status> {
+        let Some((_, op)) = METHOD_OPERATIONS.iter().find(|(m, _)| *m == method) else {
+            return Err(Status::internal(format!("{method} has no entry in the authorization table")));
+        };
+        self.allow_also(caller, *op, resource)
+    }
+
+    /// A second check a method needs (a commit consumes its topics too).
+    fn allow_also(&self, caller: &Caller, op: Operation, resource: Resource) -> Result<(), Status> {
+        self.broker.authorizer().authorize(caller, op, &resource).map_err(to_status)
+    }
+
+    fn may(&self, caller: &Caller, op: Operation, resource: Resource) -> bool {
+        self.broker.authorizer().allows(caller, op, &resource)
+    }
+
+    /// An alert rule's methods act on its alert topic.
+    fn allow_rule(&self, caller: &Caller, method: &str, name: &str) -> Result<(), Status> {
+        let internal = Caller::internal("authorization");
+        match self.broker.describe_alert_rule(&internal, name) {
+            Ok(info) => self.allow(caller, method, topic(&info.rule.alert_topic)),
+            // Unknown: checked against the default topic, so a caller
+            // without rights learns nothing of which rules exist.
+            Err(_) => self.allow(caller, method, topic(&format!("alerts.{name}"))),
+        }
     }
 }
 
@@ -99,6 +207,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::CreateTopicRequest>,
     ) -> Result<Response<proto::TopicDescription>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "CreateTopic", topic(&request.get_ref().name))?;
         let info = self.broker.create_topic(&caller, convert::create_topic(request.into_inner())).await;
         Ok(Response::new(convert::topic_description(info.map_err(to_status)?)))
     }
@@ -108,6 +217,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::DeleteTopicRequest>,
     ) -> Result<Response<proto::DeleteTopicResponse>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "DeleteTopic", topic(&request.get_ref().name))?;
         self.broker.delete_topic(&caller, &request.into_inner().name).await.map_err(to_status)?;
         Ok(Response::new(proto::DeleteTopicResponse {}))
     }
@@ -117,7 +227,9 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::ListTopicsRequest>,
     ) -> Result<Response<proto::ListTopicsResponse>, Status> {
         let caller = caller_of(&request);
-        let topics = self.broker.list_topics(&caller, &request.into_inner().topic_pattern).await.map_err(to_status)?;
+        let mut topics =
+            self.broker.list_topics(&caller, &request.into_inner().topic_pattern).await.map_err(to_status)?;
+        topics.retain(|t| self.may(&caller, Operation::Describe, topic(&t.name)));
         Ok(Response::new(proto::ListTopicsResponse {
             topics: topics.into_iter().map(convert::topic_description).collect(),
         }))
@@ -128,6 +240,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::DescribeTopicRequest>,
     ) -> Result<Response<proto::TopicDescription>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "DescribeTopic", topic(&request.get_ref().name))?;
         let info = self.broker.describe_topic(&caller, &request.into_inner().name).await.map_err(to_status)?;
         Ok(Response::new(convert::topic_description(info)))
     }
@@ -137,6 +250,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::AlterTopicConfigRequest>,
     ) -> Result<Response<proto::TopicDescription>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "AlterTopicConfig", topic(&request.get_ref().name))?;
         let r = request.into_inner();
         let changes = r.config.into_iter().collect();
         let info = self.broker.alter_topic_config(&caller, &r.name, changes).await.map_err(to_status)?;
@@ -148,6 +262,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::CreatePartitionsRequest>,
     ) -> Result<Response<proto::TopicDescription>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "CreatePartitions", topic(&request.get_ref().name))?;
         let r = request.into_inner();
         let info = self.broker.add_partitions(&caller, &r.name, r.partitions).await.map_err(to_status)?;
         Ok(Response::new(convert::topic_description(info)))
@@ -158,6 +273,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::InitProducerRequest>,
     ) -> Result<Response<proto::InitProducerResponse>, Status> {
         let (broker, caller) = (self.broker.clone(), caller_of(&request));
+        broker.authorizer().authorize_some_topic(&caller, Operation::Produce).map_err(to_status)?;
         let producer_id = blocking(move || broker.init_producer(&caller)).await?;
         Ok(Response::new(proto::InitProducerResponse { producer_id }))
     }
@@ -167,6 +283,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::ProduceRequest>,
     ) -> Result<Response<proto::ProduceResponse>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "Produce", topic(&request.get_ref().topic))?;
         let r = request.into_inner();
         let request_id = r.request_id;
         let request = convert::produce_request(r).map_err(to_status)?;
@@ -197,6 +314,7 @@ impl proto::broker_server::Broker for BrokerService {
 
     async fn fetch(&self, request: Request<proto::FetchRequest>) -> Result<Response<proto::FetchResponse>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "Fetch", topic(&request.get_ref().topic))?;
         let r = request.into_inner();
         let (topic, partition) = (r.topic.clone(), r.partition);
         let request = convert::fetch_request(r).map_err(to_status)?;
@@ -228,6 +346,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::ListOffsetsRequest>,
     ) -> Result<Response<proto::ListOffsetsResponse>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "ListOffsets", topic(&request.get_ref().topic))?;
         let r = request.into_inner();
         let at = convert::position(r.at, Position::Latest).map_err(to_status)?;
         let found = self.broker.list_offsets(&caller, &r.topic, r.partition, at).await.map_err(to_status)?;
@@ -243,6 +362,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::JoinGroupRequest>,
     ) -> Result<Response<proto::JoinGroupResponse>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "JoinGroup", group(&request.get_ref().group))?;
         let m = self.broker.join_group(&caller, convert::join_group(request.into_inner())).map_err(to_status)?;
         Ok(Response::new(proto::JoinGroupResponse {
             member_id: m.member_id,
@@ -256,6 +376,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::HeartbeatResponse>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "Heartbeat", group(&request.get_ref().group))?;
         let r = request.into_inner();
         let m = self.broker.heartbeat(&caller, &r.group, &r.member_id).map_err(to_status)?;
         Ok(Response::new(proto::HeartbeatResponse {
@@ -269,6 +390,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::LeaveGroupRequest>,
     ) -> Result<Response<proto::LeaveGroupResponse>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "LeaveGroup", group(&request.get_ref().group))?;
         let r = request.into_inner();
         self.broker.leave_group(&caller, &r.group, &r.member_id).map_err(to_status)?;
         Ok(Response::new(proto::LeaveGroupResponse {}))
@@ -279,6 +401,10 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::CommitOffsetsRequest>,
     ) -> Result<Response<proto::CommitOffsetsResponse>, Status> {
         let (broker, caller) = (self.broker.clone(), caller_of(&request));
+        self.allow(&caller, "CommitOffsets", group(&request.get_ref().group))?;
+        for o in &request.get_ref().offsets {
+            self.allow_also(&caller, Operation::Consume, topic(&o.topic))?;
+        }
         let commit = convert::commit_offsets(request.into_inner());
         blocking(move || broker.commit_offsets(&caller, commit)).await?;
         Ok(Response::new(proto::CommitOffsetsResponse {}))
@@ -289,6 +415,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::FetchCommittedOffsetsRequest>,
     ) -> Result<Response<proto::FetchCommittedOffsetsResponse>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "FetchCommittedOffsets", group(&request.get_ref().group))?;
         let r = request.into_inner();
         let offsets = self.broker.committed_offsets(&caller, &r.group, r.topic.as_deref());
         Ok(Response::new(proto::FetchCommittedOffsetsResponse {
@@ -305,6 +432,7 @@ impl proto::broker_server::Broker for BrokerService {
             .broker
             .list_groups(&caller)
             .into_iter()
+            .filter(|(g, ..)| self.may(&caller, Operation::Describe, group(g)))
             .map(|(group, state, generation, members)| proto::GroupSummary {
                 group,
                 state: state.to_string(),
@@ -320,6 +448,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::DescribeGroupRequest>,
     ) -> Result<Response<proto::DescribeGroupResponse>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "DescribeGroup", group(&request.get_ref().group))?;
         let info = self.broker.describe_group(&caller, &request.into_inner().group).map_err(to_status)?;
         Ok(Response::new(convert::group_description(info)))
     }
@@ -329,6 +458,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::ResetGroupOffsetsRequest>,
     ) -> Result<Response<proto::ResetGroupOffsetsResponse>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "ResetGroupOffsets", group(&request.get_ref().group))?;
         let reset = convert::reset_offsets(request.into_inner()).map_err(to_status)?;
         let resets = self.broker.reset_group_offsets(&caller, reset).await.map_err(to_status)?;
         Ok(Response::new(proto::ResetGroupOffsetsResponse {
@@ -349,6 +479,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::DeleteGroupRequest>,
     ) -> Result<Response<proto::DeleteGroupResponse>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "DeleteGroup", group(&request.get_ref().group))?;
         self.broker.delete_group(&caller, &request.into_inner().group).await.map_err(to_status)?;
         Ok(Response::new(proto::DeleteGroupResponse {}))
     }
@@ -358,6 +489,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::ShareFetchRequest>,
     ) -> Result<Response<proto::ShareFetchResponse>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "ShareFetch", group(&request.get_ref().group))?;
         let request = convert::share_fetch_request(request.into_inner());
         let records = self.broker.share_fetch(&caller, request).await.map_err(to_status)?;
         Ok(Response::new(proto::ShareFetchResponse {
@@ -370,6 +502,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::AcknowledgeRequest>,
     ) -> Result<Response<proto::AcknowledgeResponse>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "Acknowledge", group(&request.get_ref().group))?;
         let r = request.into_inner();
         let entries = r
             .acknowledgements
@@ -394,6 +527,7 @@ impl proto::broker_server::Broker for BrokerService {
             Some(first) => first,
             None => return Err(Status::invalid_argument("ShareSubscribe: the first message names the group")),
         };
+        self.allow(&caller, "ShareSubscribe", group(&first.group))?;
         let subscription = convert::share_subscribe_request(&first);
         let first_acks = first.acknowledgements;
         let acks = futures::stream::iter([Ok(first_acks)])
@@ -414,6 +548,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::AlterShareGroupRequest>,
     ) -> Result<Response<proto::ShareGroupDescription>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "AlterShareGroup", group(&request.get_ref().group))?;
         let r = request.into_inner();
         let info = self
             .broker
@@ -428,6 +563,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::DescribeShareGroupRequest>,
     ) -> Result<Response<proto::ShareGroupDescription>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "DescribeShareGroup", group(&request.get_ref().group))?;
         let info = self.broker.describe_share_group(&caller, &request.into_inner().group).map_err(to_status)?;
         Ok(Response::new(convert::share_group_description(info)))
     }
@@ -437,7 +573,9 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::ListShareGroupsRequest>,
     ) -> Result<Response<proto::ListShareGroupsResponse>, Status> {
         let caller = caller_of(&request);
-        Ok(Response::new(proto::ListShareGroupsResponse { groups: self.broker.list_share_groups(&caller) }))
+        let mut groups = self.broker.list_share_groups(&caller);
+        groups.retain(|g| self.may(&caller, Operation::Describe, group(g)));
+        Ok(Response::new(proto::ListShareGroupsResponse { groups }))
     }
 
     async fn delete_share_group(
@@ -445,6 +583,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::DeleteShareGroupRequest>,
     ) -> Result<Response<proto::DeleteShareGroupResponse>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "DeleteShareGroup", group(&request.get_ref().group))?;
         self.broker.delete_share_group(&caller, &request.into_inner().group).await.map_err(to_status)?;
         Ok(Response::new(proto::DeleteShareGroupResponse {}))
     }
@@ -454,6 +593,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::RedriveDeadLettersRequest>,
     ) -> Result<Response<proto::RedriveDeadLettersResponse>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "RedriveDeadLetters", group(&request.get_ref().group))?;
         let r = request.into_inner();
         let moved =
             self.broker.redrive_dead_letters(&caller, &r.group, r.max_records as usize).await.map_err(to_status)?;
@@ -465,6 +605,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::CreateAlertRuleRequest>,
     ) -> Result<Response<proto::AlertRuleDescription>, Status> {
         let caller = caller_of(&request);
+        self.allow(&caller, "CreateAlertRule", topic(&alert_topic_of(request.get_ref())))?;
         let rule = convert::alert_rule_request(request.into_inner());
         let info = self.broker.create_alert_rule(&caller, rule).await.map_err(to_status)?;
         Ok(Response::new(convert::alert_rule_description(info)))
@@ -475,7 +616,13 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::ListAlertRulesRequest>,
     ) -> Result<Response<proto::ListAlertRulesResponse>, Status> {
         let caller = caller_of(&request);
-        let rules = self.broker.list_alert_rules(&caller).into_iter().map(convert::alert_rule_description).collect();
+        let rules = self
+            .broker
+            .list_alert_rules(&caller)
+            .into_iter()
+            .filter(|r| self.may(&caller, Operation::Describe, topic(&r.rule.alert_topic)))
+            .map(convert::alert_rule_description)
+            .collect();
         Ok(Response::new(proto::ListAlertRulesResponse { rules }))
     }
 
@@ -484,6 +631,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::DescribeAlertRuleRequest>,
     ) -> Result<Response<proto::AlertRuleDescription>, Status> {
         let caller = caller_of(&request);
+        self.allow_rule(&caller, "DescribeAlertRule", &request.get_ref().name)?;
         let info = self.broker.describe_alert_rule(&caller, &request.into_inner().name).map_err(to_status)?;
         Ok(Response::new(convert::alert_rule_description(info)))
     }
@@ -493,6 +641,7 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::DeleteAlertRuleRequest>,
     ) -> Result<Response<proto::DeleteAlertRuleResponse>, Status> {
         let caller = caller_of(&request);
+        self.allow_rule(&caller, "DeleteAlertRule", &request.get_ref().name)?;
         self.broker.delete_alert_rule(&caller, &request.into_inner().name).await.map_err(to_status)?;
         Ok(Response::new(proto::DeleteAlertRuleResponse {}))
     }

@@ -47,6 +47,8 @@ fn code(e: &BrokerError) -> Code {
         | BrokerError::NotAcquired { .. } => Code::FailedPrecondition,
         BrokerError::ShuttingDown | BrokerError::ConnectionFailed(_) => Code::Unavailable,
         BrokerError::Internal(_) => Code::Internal,
+        BrokerError::Unauthenticated(_) => Code::Unauthenticated,
+        BrokerError::PermissionDenied { .. } => Code::PermissionDenied,
         BrokerError::Io { .. } if e.is_disk_full() || e.is_out_of_files() => Code::ResourceExhausted,
         BrokerError::Io { .. } => Code::Internal,
         BrokerError::Storage { source, .. } => storage_code(source),

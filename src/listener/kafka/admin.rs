@@ -378,8 +378,9 @@ pub(super) fn sasl_handshake(request: SaslHandshakeRequest) -> SaslHandshakeResp
     r
 }
 
-/// SASL PLAIN. Until users are configured (the security issue), every
-/// caller is anonymous: the username is logged, not trusted.
+/// SASL PLAIN: username = a user's name, password = its token. With
+/// security off it is accepted and the caller stays anonymous (the name is
+/// logged, not trusted).
 pub(super) fn sasl_authenticate(ctx: &Ctx, request: SaslAuthenticateRequest) -> SaslAuthenticateResponse {
     let mut r = SaslAuthenticateResponse::default();
     let parts: Vec<&[u8]> = request.auth_bytes.split(|b| *b == 0).collect();
@@ -388,7 +389,18 @@ pub(super) fn sasl_authenticate(ctx: &Ctx, request: SaslAuthenticateRequest) -> 
         r.error_message = Some(text("SASL PLAIN expects authzid NUL username NUL password"));
         return r;
     }
-    let user = String::from_utf8_lossy(parts[1]);
-    tracing::debug!(user = %user, peer = ?ctx.caller.peer, "SASL PLAIN accepted: no users are configured, the caller stays anonymous");
+    let user = String::from_utf8_lossy(parts[1]).into_owned();
+    let Some(rules) = ctx.broker.authorizer().rules() else {
+        tracing::debug!(user = %user, peer = ?ctx.caller.peer, "SASL PLAIN accepted: security is off, the caller stays anonymous");
+        return r;
+    };
+    if rules.check_password(&user, parts[2]) {
+        tracing::debug!(user = %user, peer = ?ctx.caller.peer, "SASL PLAIN authenticated");
+        *ctx.sasl_principal.lock().unwrap_or_else(|e| e.into_inner()) = Some(user);
+    } else {
+        tracing::info!(user = %user, peer = ?ctx.caller.peer, "SASL PLAIN refused: wrong user or token");
+        r.error_code = code::SASL_AUTHENTICATION_FAILED;
+        r.error_message = Some(text("authentication failed: wrong user name or token"));
+    }
     r
 }

@@ -19,13 +19,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::listener::accept::Conn;
+use crate::security::{Operation, Resource};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+
+type OwnedReadHalf = tokio::io::ReadHalf<Conn>;
+type OwnedWriteHalf = tokio::io::WriteHalf<Conn>;
 use tokio::sync::mpsc;
 
 use super::versions;
@@ -47,6 +50,8 @@ pub(super) struct Ctx {
     pub caller: Caller,
     /// The address this connection came in on (advertised when no other is set).
     pub local: SocketAddr,
+    /// The principal SASL PLAIN authenticated (security on).
+    pub sasl_principal: std::sync::Mutex<Option<String>>,
     /// Request duration histograms by API key, looked up once per connection.
     pub durations: std::sync::Mutex<std::collections::HashMap<i16, prometheus_client::metrics::histogram::Histogram>>,
 }
@@ -211,13 +216,17 @@ struct Outgoing {
 
 pub(super) async fn serve_connection(
     broker: Arc<Broker>,
-    stream: TcpStream,
+    stream: Conn,
     peer: Option<SocketAddr>,
+    cn: Option<String>,
     local: SocketAddr,
 ) {
-    let caller = Caller::anonymous(Via::Kafka, peer);
-    let ctx = Ctx { broker, caller, local, durations: Default::default() };
-    let (rd, wr) = stream.into_split();
+    let mut caller = Caller::anonymous(Via::Kafka, peer);
+    // A client certificate's CN, else the anonymous principal (if any);
+    // SASL PLAIN may authenticate later.
+    caller.principal = broker.authorizer().authenticate(None, cn.as_deref()).ok().flatten();
+    let ctx = Ctx { broker, caller, local, sasl_principal: Default::default(), durations: Default::default() };
+    let (rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel(PIPELINE_MAX);
     let writer = tokio::spawn(write_loop(wr, rx));
     let peer_text = peer.map_or("unknown".to_string(), |p| p.to_string());
@@ -357,8 +366,37 @@ async fn handle_frame(ctx: &Ctx, frame: Bytes) -> Result<Option<Outgoing>, Strin
     })
 }
 
+/// With security on: what a Kafka client may do before and after it
+/// authenticates. Per-topic ACLs are not mapped onto each Kafka API yet:
+/// until they are, the listener serves only principals with every
+/// operation on every topic and group (`operations = ["all"]`, `topics =
+/// ["*"]`, `groups = ["*"]`), so deny-by-default holds here too.
+fn kafka_allowed(ctx: &Ctx, key: ApiKey) -> Result<(), String> {
+    let Some(rules) = ctx.broker.authorizer().rules() else { return Ok(()) };
+    if matches!(key, ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate) {
+        return Ok(());
+    }
+    let sasl = ctx.sasl_principal.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let Some(principal) = sasl.or_else(|| ctx.caller.principal.clone()) else {
+        return Err(format!(
+            "{key:?} before authenticating: this broker requires SASL PLAIN (username = user, password = token) or a client certificate"
+        ));
+    };
+    let everything = Operation::ALL.iter().all(|&op| {
+        rules.allows(&principal, op, &Resource::Cluster) && rules.allows(&principal, op, &Resource::Group("*".into()))
+    });
+    if !everything {
+        tracing::info!(principal, api = ?key, "denied: the Kafka listener serves only principals granted all on every topic and group");
+        return Err(format!(
+            "{principal:?} may not use the Kafka listener: it serves principals granted operations [\"all\"] on topics [\"*\"] and groups [\"*\"]"
+        ));
+    }
+    Ok(())
+}
+
 async fn dispatch(ctx: &Ctx, key: ApiKey, version: i16, client: &str, mut body: Bytes) -> Result<Reply, String> {
     use super::{admin, fetch, groups, produce};
+    kafka_allowed(ctx, key)?;
     let b = &mut body;
     let now = |r: Result<Body, String>| r.map(Reply::Now);
     match key {

@@ -28,7 +28,11 @@ pub mod code {
     pub const UNKNOWN_MEMBER_ID: i16 = 25;
     pub const INVALID_SESSION_TIMEOUT: i16 = 26;
     pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
+    pub const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+    pub const CLUSTER_AUTHORIZATION_FAILED: i16 = 31;
     pub const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+    pub const SASL_AUTHENTICATION_FAILED: i16 = 58;
     pub const ILLEGAL_SASL_STATE: i16 = 34;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
@@ -88,6 +92,12 @@ pub fn of(e: &BrokerError) -> i16 {
         // Retriable: the client tries again (and finds the broker back, or gone).
         BrokerError::ShuttingDown => LEADER_NOT_AVAILABLE,
         BrokerError::Internal(_) => UNKNOWN_SERVER_ERROR,
+        BrokerError::Unauthenticated(_) => SASL_AUTHENTICATION_FAILED,
+        BrokerError::PermissionDenied { resource, .. } => match resource {
+            crate::security::Resource::Topic(_) => TOPIC_AUTHORIZATION_FAILED,
+            crate::security::Resource::Group(_) => GROUP_AUTHORIZATION_FAILED,
+            crate::security::Resource::Cluster => CLUSTER_AUTHORIZATION_FAILED,
+        },
         BrokerError::Io { .. } => KAFKA_STORAGE_ERROR,
         BrokerError::Storage { source, .. } => storage(source),
     }

@@ -35,9 +35,13 @@ pub const NODE_ID: i32 = 0;
 
 /// Serves the Kafka protocol on `listener` until the broker begins to shut
 /// down; each connection is its own task and ends with the broker.
-pub fn serve(broker: Arc<Broker>, listener: TcpListener) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+pub fn serve(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    listening: accept::Listening,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let local = listener.local_addr()?;
-    let mut incoming = Box::pin(accept::incoming(listener, "kafka", broker.metrics()));
+    let mut incoming = Box::pin(accept::incoming(listener, "kafka", broker.metrics(), listening));
     let mut stopping = broker.watch_stopping();
     let connections = tokio_util_tracker();
     Ok(tokio::spawn(async move {
@@ -49,14 +53,12 @@ pub fn serve(broker: Arc<Broker>, listener: TcpListener) -> anyhow::Result<JoinH
                 },
                 _ = crate::broker::stopped(&mut stopping) => break,
             };
-            let (stream, open) = stream.into_parts();
-            let peer = stream.peer_addr().ok();
-            let local = stream.local_addr().unwrap_or(local);
+            let (peer, cn) = (stream.peer, stream.cn.clone());
+            let local = stream.local.unwrap_or(local);
             let (broker, connections) = (broker.clone(), connections.clone());
             connections.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tokio::spawn(async move {
-                conn::serve_connection(broker, stream, peer, local).await;
-                drop(open);
+                conn::serve_connection(broker, stream, peer, cn, local).await;
                 connections.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 connections.1.notify_waiters();
             });
