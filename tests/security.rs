@@ -360,3 +360,51 @@ async fn a_reload_applies_to_the_next_call_and_a_bad_file_keeps_the_old_rules() 
     svc.fetch(fetch()).await.expect("the old rules stay");
     server.shutdown().await.unwrap();
 }
+
+/// librdkafka over SASL PLAIN (username = user, password = token): the
+/// grants of the gRPC tests hold for Kafka clients too, with Kafka's codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_clients_authenticate_with_sasl_plain_and_get_kafkas_authorization_codes() {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::ClientConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let config = strata::config::BrokerConfig { security: Some(security()), ..common::config(dir.path()) };
+    let server = strata::server::start(config).await.unwrap();
+    let mut admin = client(&server.url(), Some("admin-token")).await;
+    admin.create_topic(topic_req("payments.eu")).await.unwrap();
+    admin.create_topic(topic_req("secret")).await.unwrap();
+    let kafka = server.kafka_addr().unwrap().to_string();
+    let producer = |user: &str, password: &str| -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &kafka)
+            .set("security.protocol", "SASL_PLAINTEXT")
+            .set("sasl.mechanisms", "PLAIN")
+            .set("sasl.username", user)
+            .set("sasl.password", password)
+            .set("message.timeout.ms", "5000")
+            .create()
+            .unwrap()
+    };
+    let send = |p: FutureProducer, topic: &'static str| async move {
+        let record = FutureRecord::<(), _>::to(topic).payload("v").partition(0);
+        p.send(record, Duration::from_secs(10)).await.map(|d| d.offset).map_err(|(e, _)| e)
+    };
+    let svc = producer("payments-svc", "payments-svc-token");
+    assert_eq!(send(svc.clone(), "payments.eu").await.unwrap(), 0);
+    match send(svc, "secret").await {
+        Err(KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed)) => {}
+        other => panic!("produce to a topic not granted: {other:?}"),
+    }
+    match send(producer("payments-svc", "wrong"), "payments.eu").await {
+        Err(e) => assert!(!matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::NoError)), "{e:?}"),
+        Ok(o) => panic!("a wrong token produced at offset {o}"),
+    }
+    // Nothing but the granted record landed.
+    let fetch = |topic: &str| proto::FetchRequest { topic: topic.into(), ..Default::default() };
+    let eu = admin.fetch(fetch("payments.eu")).await.unwrap().into_inner();
+    assert_eq!(eu.records.len(), 1);
+    let secret = admin.fetch(fetch("secret")).await.unwrap().into_inner();
+    assert!(secret.records.is_empty());
+    server.shutdown().await.unwrap();
+}

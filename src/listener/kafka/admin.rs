@@ -18,6 +18,7 @@ use super::conn::Ctx;
 use super::errors::{self, code};
 use super::{advertised, NODE_ID};
 use crate::broker::{BrokerError, CreateTopic, Position};
+use crate::security::{Operation, Resource};
 
 /// The cluster id clients see.
 pub const CLUSTER_ID: &str = "strata";
@@ -42,7 +43,13 @@ pub(super) async fn metadata(ctx: &Ctx, request: MetadataRequest, version: i16) 
             t.iter().filter_map(|t| t.name.as_ref().map(|n| n.as_str().to_string())).collect()
         }
         _ => {
-            let mut all: Vec<String> = broker.matching_topics("*").iter().map(|t| t.name.clone()).collect();
+            // Only the topics the caller may describe.
+            let mut all: Vec<String> = broker
+                .matching_topics("*")
+                .iter()
+                .map(|t| t.name.clone())
+                .filter(|name| ctx.may(Operation::Describe, Resource::Topic(name.clone())))
+                .collect();
             all.sort();
             all
         }
@@ -51,6 +58,10 @@ pub(super) async fn metadata(ctx: &Ctx, request: MetadataRequest, version: i16) 
         .into_iter()
         .map(|name| {
             let mut t = MetadataResponseTopic::default().with_name(Some(topic_name(&name)));
+            if let Err((c, _)) = ctx.check(Operation::Describe, Resource::Topic(name.clone())) {
+                t.error_code = c;
+                return t;
+            }
             match broker.topic(&name) {
                 Ok(topic) => {
                     t.partitions = topic
@@ -116,6 +127,7 @@ async fn lookup(ctx: &Ctx, topic: &str, partition: i32, timestamp: i64) -> Resul
         t if t >= 0 => Position::Timestamp(t),
         _ => return Err(code::INVALID_REQUEST),
     };
+    ctx.check(Operation::Describe, Resource::Topic(topic.to_string())).map_err(|(c, _)| c)?;
     if partition < 0 {
         return Err(code::UNKNOWN_TOPIC_OR_PARTITION);
     }
@@ -162,7 +174,9 @@ pub(super) async fn create_partitions(ctx: &Ctx, request: CreatePartitionsReques
     let mut results = Vec::new();
     for t in request.topics {
         let mut r = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+        let allowed = ctx.check(Operation::Admin, Resource::Topic(t.name.to_string()));
         let outcome = match (t.count, &t.assignments) {
+            _ if allowed.is_err() => allowed,
             (_, Some(a)) if !a.is_empty() => Err((
                 code::INVALID_REPLICA_ASSIGNMENT,
                 "strata is one broker: give a partition count, not assignments".to_string(),
@@ -182,7 +196,7 @@ pub(super) async fn create_partitions(ctx: &Ctx, request: CreatePartitionsReques
             },
             (n, _) => ctx
                 .broker
-                .add_partitions(&ctx.caller, t.name.as_str(), n as u32)
+                .add_partitions(&ctx.caller(), t.name.as_str(), n as u32)
                 .await
                 .map(|_| ())
                 .map_err(|e| (errors::of(&e), e.to_string())),
@@ -203,6 +217,7 @@ async fn create_one(
     validate_only: bool,
 ) -> Result<u32, (i16, String)> {
     let fail = |e: BrokerError| (errors::of(&e), e.to_string());
+    ctx.check(Operation::Admin, Resource::Topic(t.name.to_string()))?;
     if !matches!(t.replication_factor, -1 | 1) {
         return Err((
             code::INVALID_REPLICATION_FACTOR,
@@ -241,7 +256,7 @@ async fn create_one(
             .map_err(|why| fail(BrokerError::InvalidConfig { topic: name.clone(), why }))?;
         return Ok(partitions.unwrap_or(broker.config().default_partitions));
     }
-    let info = broker.create_topic(&ctx.caller, CreateTopic { name, partitions, config }).await.map_err(fail)?;
+    let info = broker.create_topic(&ctx.caller(), CreateTopic { name, partitions, config }).await.map_err(fail)?;
     Ok(info.partitions.len() as u32)
 }
 
@@ -251,7 +266,12 @@ pub(super) async fn delete_topics(ctx: &Ctx, request: DeleteTopicsRequest, versi
     let mut responses = Vec::new();
     for name in names {
         let mut r = DeletableTopicResult::default().with_name(Some(name.clone()));
-        if let Err(e) = ctx.broker.delete_topic(&ctx.caller, name.as_str()).await {
+        if let Err((c, why)) = ctx.check(Operation::Admin, Resource::Topic(name.to_string())) {
+            r.error_code = c;
+            if version >= 5 {
+                r.error_message = Some(text(why));
+            }
+        } else if let Err(e) = ctx.broker.delete_topic(&ctx.caller(), name.as_str()).await {
             r.error_code = errors::of(&e);
             if version >= 5 {
                 r.error_message = Some(text(e.to_string()));
@@ -281,6 +301,14 @@ pub(super) async fn describe_configs(ctx: &Ctx, request: DescribeConfigsRequest)
             .with_resource_type(res.resource_type)
             .with_resource_name(res.resource_name.clone());
         let entries: Result<Vec<ConfigEntry>, (i16, String)> = match res.resource_type {
+            RESOURCE_TOPIC
+                if ctx.check(Operation::Describe, Resource::Topic(res.resource_name.to_string())).is_err() =>
+            {
+                ctx.check(Operation::Describe, Resource::Topic(res.resource_name.to_string())).map(|_| Vec::new())
+            }
+            RESOURCE_BROKER if ctx.check(Operation::Describe, Resource::Cluster).is_err() => {
+                ctx.check(Operation::Describe, Resource::Cluster).map(|_| Vec::new())
+            }
             RESOURCE_TOPIC => match broker.topic(res.resource_name.as_str()) {
                 Ok(topic) => {
                     let overrides = topic.metadata().config;
@@ -348,6 +376,10 @@ pub(super) async fn init_producer_id(ctx: &Ctx, request: InitProducerIdRequest) 
         r.error_code = code::INVALID_REQUEST;
         return r;
     }
+    if let Err(e) = ctx.broker.authorizer().authorize_some_topic(&ctx.caller(), Operation::Produce) {
+        r.error_code = errors::of(&e);
+        return r;
+    }
     let broker = ctx.broker.clone();
     // KIP-360: an idempotent producer bumps its epoch to start its
     // sequences over; a fresh id when it asks for the first time, when the
@@ -358,7 +390,7 @@ pub(super) async fn init_producer_id(ctx: &Ctx, request: InitProducerIdRequest) 
         r.producer_epoch = epoch + 1;
         return r;
     }
-    let caller = ctx.caller.clone();
+    let caller = ctx.caller();
     match tokio::task::spawn_blocking(move || broker.init_producer(&caller)).await {
         Ok(Ok(id)) => {
             r.producer_id = ProducerId(id);

@@ -366,32 +366,50 @@ async fn handle_frame(ctx: &Ctx, frame: Bytes) -> Result<Option<Outgoing>, Strin
     })
 }
 
-/// With security on: what a Kafka client may do before and after it
-/// authenticates. Per-topic ACLs are not mapped onto each Kafka API yet:
-/// until they are, the listener serves only principals with every
-/// operation on every topic and group (`operations = ["all"]`, `topics =
-/// ["*"]`, `groups = ["*"]`), so deny-by-default holds here too.
+/// With security on, a Kafka client must authenticate (SASL PLAIN, a
+/// client certificate, or the configured anonymous principal) before any
+/// API but ApiVersions and the SASL ones; each API then checks its own
+/// topics and groups through [`Ctx::check`].
 fn kafka_allowed(ctx: &Ctx, key: ApiKey) -> Result<(), String> {
-    let Some(rules) = ctx.broker.authorizer().rules() else { return Ok(()) };
-    if matches!(key, ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate) {
+    if !ctx.broker.authorizer().is_on()
+        || matches!(key, ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate)
+        || ctx.principal().is_some()
+    {
         return Ok(());
     }
-    let sasl = ctx.sasl_principal.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let Some(principal) = sasl.or_else(|| ctx.caller.principal.clone()) else {
-        return Err(format!(
-            "{key:?} before authenticating: this broker requires SASL PLAIN (username = user, password = token) or a client certificate"
-        ));
-    };
-    let everything = Operation::ALL.iter().all(|&op| {
-        rules.allows(&principal, op, &Resource::Cluster) && rules.allows(&principal, op, &Resource::Group("*".into()))
-    });
-    if !everything {
-        tracing::info!(principal, api = ?key, "denied: the Kafka listener serves only principals granted all on every topic and group");
-        return Err(format!(
-            "{principal:?} may not use the Kafka listener: it serves principals granted operations [\"all\"] on topics [\"*\"] and groups [\"*\"]"
-        ));
+    Err(format!(
+        "{key:?} before authenticating: this broker requires SASL PLAIN (username = user, password = token) or a client certificate"
+    ))
+}
+
+impl Ctx {
+    /// The principal: SASL PLAIN's, else the connection's (certificate CN
+    /// or anonymous).
+    pub fn principal(&self) -> Option<String> {
+        let sasl = self.sasl_principal.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        sasl.or_else(|| self.caller.principal.clone())
     }
-    Ok(())
+
+    /// The caller with its current principal.
+    pub fn caller(&self) -> Caller {
+        let mut caller = self.caller.clone();
+        caller.principal = self.principal();
+        caller
+    }
+
+    /// `op` on `resource` for this connection, or the Kafka error code
+    /// (TOPIC_, GROUP_ or CLUSTER_AUTHORIZATION_FAILED) and why.
+    pub fn check(&self, op: Operation, resource: Resource) -> Result<(), (i16, String)> {
+        self.broker
+            .authorizer()
+            .authorize(&self.caller(), op, &resource)
+            .map_err(|e| (super::errors::of(&e), e.to_string()))
+    }
+
+    /// Whether `op` on `resource` is allowed (for filtering lists).
+    pub fn may(&self, op: Operation, resource: Resource) -> bool {
+        self.broker.authorizer().allows(&self.caller(), op, &resource)
+    }
 }
 
 async fn dispatch(ctx: &Ctx, key: ApiKey, version: i16, client: &str, mut body: Bytes) -> Result<Reply, String> {

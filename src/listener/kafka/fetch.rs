@@ -27,6 +27,8 @@ struct Wanted {
 }
 
 /// The response, and the stored batches in it (to be sent as they are).
+use crate::security::{Operation, Resource};
+
 pub(super) async fn fetch(ctx: &Ctx, request: FetchRequest, _version: i16) -> (FetchResponse, Vec<Bytes>) {
     let broker = &ctx.broker;
     let limit = broker.config().request_bytes_max;
@@ -45,6 +47,8 @@ pub(super) async fn fetch(ctx: &Ctx, request: FetchRequest, _version: i16) -> (F
                 max_bytes: p.partition_max_bytes.max(0) as usize,
                 log: if p.partition < 0 {
                     Err(code::UNKNOWN_TOPIC_OR_PARTITION)
+                } else if let Err((c, _)) = ctx.check(Operation::Consume, Resource::Topic(t.topic.to_string())) {
+                    Err(c)
                 } else {
                     broker.partition(t.topic.as_str(), p.partition as u32).map_err(|e| errors::of(&e))
                 },

@@ -29,6 +29,8 @@ fn text(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
 
+use crate::security::{Operation, Resource};
+
 pub(super) fn find_coordinator(ctx: &Ctx, request: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
     let (host, port) = advertised(&ctx.broker, ctx.local);
     let mut r = FindCoordinatorResponse::default();
@@ -67,7 +69,11 @@ pub(super) async fn join_group(ctx: &Ctx, request: JoinGroupRequest, version: i1
         requires_known_member_id: version >= 4,
     };
     let mut r = JoinGroupResponse::default().with_generation_id(-1).with_protocol_name(Some(text("")));
-    match ctx.broker.classic_join(&ctx.caller, &group, join).await {
+    if let Err((c, _)) = ctx.check(Operation::Group, Resource::Group(group.clone())) {
+        r.error_code = c;
+        return r;
+    }
+    match ctx.broker.classic_join(&ctx.caller(), &group, join).await {
         Ok(j) => {
             r.generation_id = j.generation;
             r.protocol_name = Some(text(j.protocol));
@@ -111,7 +117,11 @@ pub(super) async fn sync_group(ctx: &Ctx, request: SyncGroupRequest, version: i1
     let assignments = request.assignments.into_iter().map(|a| (a.member_id.to_string(), a.assignment)).collect();
     let mut r = SyncGroupResponse::default();
     let member = request.member_id.to_string();
-    match ctx.broker.classic_sync(&ctx.caller, &group, &member, request.generation_id, assignments).await {
+    if let Err((c, _)) = ctx.check(Operation::Group, Resource::Group(group.clone())) {
+        r.error_code = c;
+        return r;
+    }
+    match ctx.broker.classic_sync(&ctx.caller(), &group, &member, request.generation_id, assignments).await {
         Ok(a) => {
             r.assignment = a;
             if version >= 5 {
@@ -130,6 +140,10 @@ pub(super) async fn sync_group(ctx: &Ctx, request: SyncGroupRequest, version: i1
 pub(super) fn heartbeat(ctx: &Ctx, request: HeartbeatRequest) -> HeartbeatResponse {
     let group = request.group_id.0.to_string();
     let mut r = HeartbeatResponse::default();
+    if let Err((c, _)) = ctx.check(Operation::Group, Resource::Group(group.clone())) {
+        r.error_code = c;
+        return r;
+    }
     if let Err(e) = ctx.broker.classic_heartbeat(&group, request.member_id.as_str(), request.generation_id) {
         log_refusal("Heartbeat", &group, &e);
         r.error_code = errors::of_group(&e);
@@ -140,8 +154,12 @@ pub(super) fn heartbeat(ctx: &Ctx, request: HeartbeatRequest) -> HeartbeatRespon
 pub(super) fn leave_group(ctx: &Ctx, request: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
     let group = request.group_id.0.to_string();
     let mut r = LeaveGroupResponse::default();
+    if let Err((c, _)) = ctx.check(Operation::Group, Resource::Group(group.clone())) {
+        r.error_code = c;
+        return r;
+    }
     if version < 3 {
-        if let Err(e) = ctx.broker.classic_leave(&ctx.caller, &group, request.member_id.as_str()) {
+        if let Err(e) = ctx.broker.classic_leave(&ctx.caller(), &group, request.member_id.as_str()) {
             r.error_code = errors::of_group(&e);
         }
         return r;
@@ -152,7 +170,7 @@ pub(super) fn leave_group(ctx: &Ctx, request: LeaveGroupRequest, version: i16) -
         .map(|m| {
             let mut out = MemberResponse::default().with_member_id(m.member_id.clone());
             out.group_instance_id = m.group_instance_id;
-            if let Err(e) = ctx.broker.classic_leave(&ctx.caller, &group, m.member_id.as_str()) {
+            if let Err(e) = ctx.broker.classic_leave(&ctx.caller(), &group, m.member_id.as_str()) {
                 out.error_code = errors::of_group(&e);
             }
             out
@@ -168,10 +186,16 @@ pub(super) async fn offset_commit(ctx: &Ctx, request: OffsetCommitRequest) -> Of
     let mut results: Vec<(usize, i32, i16)> = Vec::new();
     let mut offsets = Vec::new();
     let metadata_max = broker.config().offset_metadata_bytes_max;
+    // Committing needs the group, and consume on each topic (as in Kafka).
+    let group_refused = ctx.check(Operation::Group, Resource::Group(group.clone())).err().map(|(c, _)| c);
     for (t, topic) in request.topics.iter().enumerate() {
+        let topic_refused =
+            ctx.check(Operation::Consume, Resource::Topic(topic.name.to_string())).err().map(|(c, _)| c);
         for p in &topic.partitions {
             let metadata = p.committed_metadata.as_ref().map_or(String::new(), |m| m.to_string());
             let code = match broker.partition(topic.name.as_str(), p.partition_index.max(0) as u32) {
+                _ if group_refused.is_some() => group_refused.unwrap_or(code::NONE),
+                _ if topic_refused.is_some() => topic_refused.unwrap_or(code::NONE),
                 _ if p.partition_index < 0 => code::UNKNOWN_TOPIC_OR_PARTITION,
                 Err(e) => errors::of(&e),
                 Ok(_) if p.committed_offset < 0 => code::INVALID_REQUEST,
@@ -190,7 +214,7 @@ pub(super) async fn offset_commit(ctx: &Ctx, request: OffsetCommitRequest) -> Of
     let shared = if offsets.is_empty() {
         code::NONE
     } else {
-        let (caller, group) = (ctx.caller.clone(), group.clone());
+        let (caller, group) = (ctx.caller(), group.clone());
         let committed =
             tokio::task::spawn_blocking(move || broker.classic_commit(&caller, &group, &member, generation, offsets))
                 .await;
@@ -227,7 +251,7 @@ pub(super) async fn offset_commit(ctx: &Ctx, request: OffsetCommitRequest) -> Of
 type Fetched = Vec<(TopicName, Vec<(i32, i64, String)>)>;
 
 fn committed_of(ctx: &Ctx, group: &str, topics: Option<Vec<(TopicName, Vec<i32>)>>) -> Fetched {
-    let all = ctx.broker.committed_offsets(&ctx.caller, group, None);
+    let all = ctx.broker.committed_offsets(&ctx.caller(), group, None);
     match topics {
         Some(topics) => topics
             .into_iter()
@@ -263,6 +287,9 @@ pub(super) fn offset_fetch(ctx: &Ctx, request: OffsetFetchRequest, version: i16)
             .groups
             .into_iter()
             .map(|g| {
+                if let Err((c, _)) = ctx.check(Operation::Group, Resource::Group(g.group_id.0.to_string())) {
+                    return OffsetFetchResponseGroup::default().with_group_id(g.group_id).with_error_code(c);
+                }
                 let topics = g.topics.map(|ts| ts.into_iter().map(|t| (t.name, t.partition_indexes)).collect());
                 let fetched = committed_of(ctx, &g.group_id.0, topics);
                 let topics = fetched
@@ -283,6 +310,10 @@ pub(super) fn offset_fetch(ctx: &Ctx, request: OffsetFetchRequest, version: i16)
                 OffsetFetchResponseGroup::default().with_group_id(g.group_id).with_topics(topics)
             })
             .collect();
+        return r;
+    }
+    if let Err((c, _)) = ctx.check(Operation::Group, Resource::Group(request.group_id.0.to_string())) {
+        r.error_code = c;
         return r;
     }
     let topics = request.topics.map(|ts| ts.into_iter().map(|t| (t.name, t.partition_indexes)).collect());
@@ -317,8 +348,9 @@ fn protocol_type_of(ctx: &Ctx, group: &str) -> String {
 pub(super) fn list_groups(ctx: &Ctx, request: ListGroupsRequest, version: i16) -> ListGroupsResponse {
     let groups = ctx
         .broker
-        .list_groups(&ctx.caller)
+        .list_groups(&ctx.caller())
         .into_iter()
+        .filter(|(name, ..)| ctx.may(Operation::Describe, Resource::Group(name.clone())))
         .filter(|(_, state, _, _)| {
             request.states_filter.is_empty() || request.states_filter.iter().any(|s| s.as_str() == *state)
         })
@@ -363,6 +395,10 @@ pub(super) fn describe_groups(ctx: &Ctx, request: DescribeGroupsRequest) -> Desc
         .map(|id| {
             let name = id.0.to_string();
             let mut g = DescribedGroup::default().with_group_id(id);
+            if let Err((c, _)) = ctx.check(Operation::Describe, Resource::Group(name.clone())) {
+                g.error_code = c;
+                return g;
+            }
             if let Some(info) = broker.describe_classic_group(&name) {
                 g.group_state = text(info.state);
                 g.protocol_type = text(info.protocol_type);
@@ -381,7 +417,7 @@ pub(super) fn describe_groups(ctx: &Ctx, request: DescribeGroupsRequest) -> Desc
                     .collect();
                 return g;
             }
-            match broker.describe_group(&ctx.caller, &name) {
+            match broker.describe_group(&ctx.caller(), &name) {
                 Ok(info) => {
                     g.group_state = text(info.state);
                     g.protocol_type = text(if info.members.is_empty() { "consumer" } else { "strata" });

@@ -13,6 +13,7 @@ use super::errors::{self, code};
 use crate::broker::produce::PendingProduce;
 use crate::broker::{BrokerError, ProduceRequest as Produce, ProduceResult};
 use crate::config::TimestampType;
+use crate::security::{Operation, Resource};
 
 enum Outcome {
     Written { pending: Vec<PendingProduce>, append_time: bool },
@@ -157,6 +158,9 @@ async fn write_partition(ctx: &Ctx, topic: &str, partition: i32, records: Bytes)
     if records.is_empty() {
         return Outcome::Failed(code::INVALID_RECORD, "the partition's records are empty".into());
     }
+    if let Err((c, why)) = ctx.check(Operation::Produce, Resource::Topic(topic.to_string())) {
+        return Outcome::Failed(c, why);
+    }
     let append_time = match ctx.broker.topic(topic) {
         Ok(t) => t.config().timestamp_type == TimestampType::Append,
         Err(e) => return fail(e),
@@ -170,7 +174,7 @@ async fn write_partition(ctx: &Ctx, topic: &str, partition: i32, records: Bytes)
             producer: None,
             batch: Some(batch),
         };
-        match ctx.broker.produce_pending(&ctx.caller, request).await {
+        match ctx.broker.produce_pending(&ctx.caller(), request).await {
             Ok(p) => pending.push(p),
             Err(e) => {
                 if pending.is_empty() {
