@@ -33,6 +33,12 @@ fn bench_modes_print_a_json_summary() {
         "share --rate 2000 --batch 10 --duration 1s --workers 2 --release-every 10 --release-delay 20ms",
         // An alert per record, with idle rules beside the matching one.
         "alert --rate 200 --duration 1s --rules 5",
+        // Over TLS, with security on (1,000 ACL entries), with unique event
+        // ids into a de-dup topic, and with idle alert rules.
+        "produce --records 3000 --producers 2 --tls",
+        "consume --records 3000 --raw --subscribe --tls",
+        "produce --records 3000 --producers 2 --acl-rules 1000",
+        "produce --records 3000 --producers 2 --ids --dedupe --idle-rules 10",
     ] {
         let (ok, out, err) = run(dir.path(), "http://unused", &format!("strata bench {mode} --embedded --json"));
         assert!(ok, "bench {mode}: {err}");
@@ -41,6 +47,9 @@ fn bench_modes_print_a_json_summary() {
             assert!(summary[key].is_number(), "bench {mode}: {key} in {summary}");
         }
         assert!(summary["records"].as_u64().unwrap() > 0, "bench {mode} moved records: {summary}");
+        if mode.starts_with("produce --records 3000") && mode.contains("--dedupe") {
+            assert_eq!(summary["config"]["dedupe"], true, "{summary}");
+        }
         if mode.starts_with("produce --records 3000")
             || mode.starts_with("consume --records 3000 --partitions 2 --consumers 2 --protocol")
             || mode.contains("enable.idempotence")

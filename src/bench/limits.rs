@@ -141,6 +141,8 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         ids: false,
         dedupe: false,
         idle_rules: 0,
+        tls: false,
+        acl_rules: 0,
         protocol: super::Protocol::Grpc,
         kafka_property: Vec::new(),
         client: super::KafkaClient::Librdkafka,
@@ -174,6 +176,36 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     eprintln!("[limits] 1r. same, rskafka");
     let p1r =
         super::kafka::produce_on(&kafka, &through(KafkaClient::Rskafka, "limits.always.1k.rskafka", &stream4)).await?;
+    // Security: the same load through a broker serving TLS, and through one
+    // with security on and 1,000 ACL entries, each against 1b.
+    let tls_target =
+        load::Target::start(&BenchArgs { tls: true, data_dir: Some(dir.path().join("broker-tls")), ..base.clone() })
+            .await?;
+    let on_tls = |topic: &str| BenchArgs { server: Some(tls_target.url.clone()), topic: topic.into(), ..base.clone() };
+    let acl_target = load::Target::start(&BenchArgs {
+        acl_rules: 1000,
+        data_dir: Some(dir.path().join("broker-acl")),
+        ..base.clone()
+    })
+    .await?;
+    let on_acl = |topic: &str| BenchArgs { server: Some(acl_target.url.clone()), topic: topic.into(), ..base.clone() };
+    // Alternated twice, plaintext first, each against the plaintext run
+    // beside it: by now the disk is writing back what 1-1r wrote, and a
+    // row run after another measures that.
+    let (mut p1p, mut p1t, mut p1a) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..2 {
+        eprintln!("[limits] 1p. same as 1b again, plaintext (round {round})");
+        p1p.push(load::produce(&BenchArgs { in_flight: 4, ..on(&format!("limits.always.1k.plain{round}")) }).await?);
+        eprintln!("[limits] 1t. same over TLS (rustls, ring, AES-128-GCM)");
+        p1t.push(load::produce(&BenchArgs { in_flight: 4, ..on_tls(&format!("limits.always.1k.tls{round}")) }).await?);
+        eprintln!("[limits] 1a. same, security on with 1,000 ACL entries");
+        p1a.push(load::produce(&BenchArgs { in_flight: 4, ..on_acl(&format!("limits.acl{round}")) }).await?);
+    }
+    acl_target.stop().await?;
+    let mean = |v: &[super::report::Summary]| v.iter().map(|s| s.mb_per_s).sum::<f64>() / v.len() as f64;
+    let (p1p_mb, p1t_mb, p1a_mb) = (mean(&p1p), mean(&p1t), mean(&p1a));
+    let cpu = |v: &[super::report::Summary]| v.iter().filter_map(|s| s.cpu_s_per_gb).sum::<f64>() / v.len() as f64;
+    let (p1p_cpu, p1t_cpu, p1a_cpu) = (cpu(&p1p), cpu(&p1t), cpu(&p1a));
     eprintln!("[limits] 2. produce 100 B x 100, 8 producers, flush always");
     let p2 = load::produce(&BenchArgs { record_bytes: 100, ..on("limits.always.100b") }).await?;
     // A fixed 1 GB per flush-never step, not a duration: what fits in the
@@ -237,6 +269,14 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     let c4k = super::kafka::consume_on(&kafka, &through(KafkaClient::Librdkafka, &never.topic, &never)).await?;
     eprintln!("[limits] 4r. same, rskafka");
     let c4kr = super::kafka::consume_on(&kafka, &through(KafkaClient::Rskafka, &never.topic, &never)).await?;
+    // 300 MB written with flush never to each broker, then read back raw over
+    // Subscribe: plaintext and TLS side by side.
+    let fill = |a: BenchArgs| BenchArgs { flush: FlushPolicy::Never, records: Some(300_000), duration: None, ..a };
+    eprintln!("[limits] 4p. consume 300 MB raw over Subscribe (plaintext, for 4t)");
+    let c4p = load::consume(&BenchArgs { raw: true, subscribe: true, ..fill(on("limits.consume.plain")) }).await?;
+    eprintln!("[limits] 4t. the same over TLS");
+    let c4t = load::consume(&BenchArgs { raw: true, subscribe: true, ..fill(on_tls("limits.consume.tls")) }).await?;
+    tls_target.stop().await?;
     // Last: right after the fsync-heavy steps 1 and 2 this VM's disk is
     // still busy, and p99 measured 3-5 ms instead of 1.1 ms.
     let (fsync_p50, fsync_p99) = wait_for_quiet_disk(dir.path())?;
@@ -268,6 +308,11 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         "produce_always_1k_stream4": {"cpu_s_per_gb": p1s.cpu_s_per_gb, "requests_per_fsync": p1s.requests_per_fsync, "fsyncs": p1s.fsyncs, "mb_per_s": p1s.mb_per_s, "records_per_s": p1s.records_per_s, "p99_ms": p1s.p99_ms, "ratio_to_fdatasync_1m": p1s.mb_per_s / sync_1m},
         "produce_always_1k_kafka": {"cpu_s_per_gb": p1k.cpu_s_per_gb, "mb_per_s": p1k.mb_per_s, "records_per_s": p1k.records_per_s, "p99_ms": p1k.p99_ms, "client": "librdkafka", "ratio_to_grpc": p1k.mb_per_s / p1s.mb_per_s},
         "produce_always_1k_rskafka": {"cpu_s_per_gb": p1r.cpu_s_per_gb, "requests_per_fsync": p1r.requests_per_fsync, "fsyncs": p1r.fsyncs, "mb_per_s": p1r.mb_per_s, "records_per_s": p1r.records_per_s, "p99_ms": p1r.p99_ms, "client": "rskafka", "ratio_to_grpc": p1r.mb_per_s / p1s.mb_per_s},
+        "produce_always_1k_plain_beside": {"cpu_s_per_gb": p1p_cpu, "mb_per_s": p1p_mb, "each": p1p.iter().map(|s| s.mb_per_s).collect::<Vec<_>>()},
+        "produce_always_1k_tls": {"cpu_s_per_gb": p1t_cpu, "mb_per_s": p1t_mb, "each": p1t.iter().map(|s| s.mb_per_s).collect::<Vec<_>>(), "ratio_to_plain": p1t_mb / p1p_mb},
+        "produce_always_1k_acl1000": {"cpu_s_per_gb": p1a_cpu, "mb_per_s": p1a_mb, "each": p1a.iter().map(|s| s.mb_per_s).collect::<Vec<_>>(), "ratio_to_plain": p1a_mb / p1p_mb},
+        "consume_raw_subscribe_300mb_plain": {"cpu_s_per_gb": c4p.cpu_s_per_gb, "mb_per_s": c4p.mb_per_s},
+        "consume_raw_subscribe_300mb_tls": {"cpu_s_per_gb": c4t.cpu_s_per_gb, "mb_per_s": c4t.mb_per_s, "ratio_to_plain": c4t.mb_per_s / c4p.mb_per_s},
         "produce_always_100b": {"cpu_s_per_gb": p2.cpu_s_per_gb, "requests_per_fsync": p2.requests_per_fsync, "fsyncs": p2.fsyncs, "records_per_s": p2.records_per_s, "mb_per_s": p2.mb_per_s, "p99_ms": p2.p99_ms},
         "produce_never_1k": {"cpu_s_per_gb": p3.cpu_s_per_gb, "mb_per_s": p3.mb_per_s, "ratio_to_tcp": p3.mb_per_s / tcp, "ratio_to_buffered_write_before": p3.mb_per_s / fresh},
         "produce_never_1k_stream4": {"cpu_s_per_gb": p3s.cpu_s_per_gb, "mb_per_s": p3s.mb_per_s, "ratio_to_tcp": p3s.mb_per_s / tcp, "ratio_to_buffered_write_before": p3s.mb_per_s / fresh_b},
@@ -299,6 +344,12 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     ratio("1b. same, 4 in flight per producer (ProduceStream)", &p1s, sync_1m, ">= 0.50");
     ratio("1k. same as 1b, Kafka protocol (librdkafka) vs 1b", &p1k, p1s.mb_per_s, ">= 0.9");
     ratio("1r. same, Kafka protocol (rskafka) vs 1b", &p1r, p1s.mb_per_s, ">= 0.9");
+    let beside = |label: &str, mb: f64, cpu: f64, goal: &str| {
+        println!("{label:<62} {mb:>9.1} MB/s {:>10.2} ({goal}) {cpu:>8.2}", mb / p1p_mb);
+    };
+    beside("1p. same as 1b again, plaintext (2 rounds, mean)", p1p_mb, p1p_cpu, "1.00");
+    beside("1t. same over TLS vs 1p (alternated)", p1t_mb, p1t_cpu, ">= 0.7");
+    beside("1a. same, security on, 1,000 ACL entries vs 1p", p1a_mb, p1a_cpu, "noise");
     println!(
         "{:<62} {:>8.0} rec/s {:>22} {:>8} {:>10}",
         "2. produce 100 B x100, 8 producers, always",
@@ -319,6 +370,7 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     ratio("4b. same, raw batches", &c4r, tcp, ">= 0.50");
     ratio("4c. same, raw batches over Subscribe", &c4s, tcp, ">= 0.50");
     ratio("4k. same, Kafka Fetch (librdkafka) vs 4c", &c4k, c4s.mb_per_s, ">= 0.9");
+    ratio("4t. consume 300 MB raw over Subscribe, TLS vs plaintext (4p)", &c4t, c4p.mb_per_s, ">= 0.7");
     ratio("4r. same, Kafka Fetch (rskafka) vs 4c", &c4kr, c4s.mb_per_s, ">= 0.9");
     println!(
         "{:<62} p99 {:.2} ms, p99.9 {:.2} ms (< 2, < 10)",

@@ -38,15 +38,28 @@ impl Target {
                 (Some(d), p)
             }
         };
+        std::fs::create_dir_all(&path)?;
+        let tls = if args.tls {
+            let certs = bench_certs()?;
+            let (cert, key) = (path.join("bench-server.pem"), path.join("bench-server.key"));
+            std::fs::write(&cert, &certs.server_pem)?;
+            std::fs::write(&key, &certs.server_key)?;
+            Some(crate::security::tls::TlsFiles { cert, key, client_ca: None })
+        } else {
+            None
+        };
         let config = BrokerConfig {
             data_dir: path,
             listen: "127.0.0.1:0".parse()?,
             kafka_listen: Some("127.0.0.1:0".parse()?),
             http_listen: Some("127.0.0.1:0".parse()?),
+            tls,
+            security: (args.acl_rules > 0).then(|| bench_acl(args.acl_rules)),
             ..BrokerConfig::default()
         };
         let server = crate::server::start(config).await?;
-        Ok(Target { url: server.url(), server: Some(server), _dir: dir })
+        let url = if args.tls { server.url().replacen("http://", "https://", 1) } else { server.url() };
+        Ok(Target { url, server: Some(server), _dir: dir })
     }
 
     /// The embedded broker's Kafka listener.
@@ -67,9 +80,65 @@ pub async fn client(url: &str) -> anyhow::Result<Client> {
     Ok(BrokerClient::new(channel).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
 }
 
-/// A connection with the HTTP/2 settings the bench measured best.
+/// The CA and server certificate of `--tls` runs (one per process).
+pub(super) struct BenchCerts {
+    ca_pem: String,
+    server_pem: String,
+    server_key: String,
+}
+
+static BENCH_CERTS: std::sync::OnceLock<BenchCerts> = std::sync::OnceLock::new();
+
+fn bench_certs() -> anyhow::Result<&'static BenchCerts> {
+    if let Some(c) = BENCH_CERTS.get() {
+        return Ok(c);
+    }
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "strata bench CA");
+    let ca = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate()?;
+    let server = CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&key, &issuer)?;
+    let certs = BenchCerts { ca_pem: ca.pem(), server_pem: server.pem(), server_key: key.serialize_pem() };
+    Ok(BENCH_CERTS.get_or_init(|| certs))
+}
+
+/// `n` ACL entries for the anonymous principal `bench`, all globs (so each
+/// check runs the compiled set), the last granting every bench topic.
+fn bench_acl(n: usize) -> crate::security::SecurityFile {
+    use crate::security::acl::AclEntry;
+    let mut acl: Vec<AclEntry> = (1..n)
+        .map(|i| AclEntry {
+            principal: "bench".into(),
+            operations: vec!["produce".into(), "consume".into()],
+            topics: vec![format!("team{i}.*")],
+            groups: vec![format!("team{i}-*")],
+        })
+        .collect();
+    acl.push(AclEntry {
+        principal: "bench".into(),
+        operations: vec!["all".into()],
+        topics: vec!["*bench*".into(), "limits*".into()],
+        groups: vec!["*bench*".into()],
+    });
+    crate::security::SecurityFile { anonymous: Some("bench".into()), users: Vec::new(), acl }
+}
+
+/// A connection with the HTTP/2 settings the bench measured best (TLS for
+/// an `https://` URL, trusting the `--tls` run's CA).
 pub async fn channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(url.to_string())?
+    let mut endpoint = Channel::from_shared(url.to_string())?;
+    if url.starts_with("https://") {
+        let ca = BENCH_CERTS.get().map(|c| c.ca_pem.clone()).unwrap_or_default();
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .domain_name("localhost");
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint
         // A stream window above the 8 MiB fetch size, so a response is never
         // stalled waiting for a window update (measured: +15% raw fetch).
         .initial_stream_window_size(Some(16 << 20))
@@ -104,6 +173,7 @@ pub(super) fn config_json(args: &BenchArgs) -> serde_json::Value {
         "batch": args.batch, "producers": args.producers, "consumers": args.consumers,
         "rate": args.rate, "flush": args.flush.to_string(), "embedded": args.server.is_none(),
         "ids": args.ids, "dedupe": args.dedupe, "idle_rules": args.idle_rules,
+        "tls": args.tls, "acl_rules": args.acl_rules,
     })
 }
 

@@ -133,6 +133,15 @@ pub struct BenchArgs {
     /// cost a produce path they do not watch).
     #[arg(long, default_value_t = 0)]
     pub idle_rules: usize,
+    /// --embedded: the broker serves TLS on every listener, with a CA and
+    /// certificate made for this run; the bench's gRPC clients use it.
+    #[arg(long)]
+    pub tls: bool,
+    /// --embedded: security on, with this many ACL entries for the bench's
+    /// (anonymous) principal, all globs, one of which grants the bench
+    /// topics: what authorization costs with that many rules.
+    #[arg(long, default_value_t = 0)]
+    pub acl_rules: usize,
     /// --protocol kafka: a librdkafka property for every producer and
     /// consumer the bench makes, as kcat's -X (repeatable), e.g.
     /// `-X enable.idempotence=true` or `-X compression.type=lz4`. Set after

@@ -627,6 +627,14 @@ async fn run_group_stream(
                 if tasks.contains_key(tp) {
                     continue;
                 }
+                // A member may be assigned topics of its pattern it may not
+                // read (security on): it leaves with PERMISSION_DENIED, and
+                // the group's other members take them over.
+                let topic = crate::security::Resource::Topic(tp.0.clone());
+                if let Err(e) = broker.authorizer().authorize(caller, crate::security::Operation::Consume, &topic) {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
                 let Ok(partition) = broker.partition(&tp.0, tp.1) else {
                     continue;
                 };

@@ -1,0 +1,49 @@
+//! The CLI against `strata serve --config` with security on: without a
+//! token a command is refused (exit 4) with what to do; `--token` and
+//! `STRATA_TOKEN` work; `strata auth hash-token` prints a token whose
+//! sha256 the broker accepts.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::process::{listening, run_code, BIN};
+
+#[test]
+fn tokens_from_hash_token_open_a_secured_broker_and_nothing_else_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN).args(["auth", "hash-token"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).expect(name);
+    let (token, hash) = (field("token:"), field("token_sha256:"));
+    assert_eq!(hash, strata::security::acl::token_sha256(&token));
+    let config = format!(
+        "[security]\n[[security.users]]\nname = \"ops\"\ntoken_sha256 = \"{hash}\"\n[[security.acl]]\nprincipal = \"ops\"\noperations = [\"all\"]\ntopics = [\"*\"]\ngroups = [\"*\"]\n"
+    );
+    std::fs::write(dir.path().join("strata.toml"), config).unwrap();
+    let mut broker = Command::new(BIN)
+        .args(["serve", "--config", "strata.toml", "--listen", "127.0.0.1:0", "--kafka-listen", "none"])
+        .args(["--http-listen", "none"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = format!("http://{}", listening(&mut broker));
+    let (code, _, err) = run_code(dir.path(), &server, "strata topic create payments");
+    assert_eq!(code, Some(4), "refused: {err}");
+    assert!(err.contains("--token") && err.contains("STRATA_TOKEN"), "says what to do: {err}");
+    let (code, _, err) = run_code(dir.path(), &server, "strata topic list --token wrong");
+    assert_eq!(code, Some(4), "{err}");
+    let (code, out, err) = run_code(dir.path(), &server, &format!("strata topic create payments --token {token}"));
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, err) =
+        run_code(dir.path(), &server, &format!("STRATA_TOKEN={token} strata produce payments hello"));
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, err) = run_code(dir.path(), &server, &format!("STRATA_TOKEN={token} strata topic list"));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("payments"), "{out}");
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+}
