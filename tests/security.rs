@@ -358,6 +358,25 @@ async fn a_reload_applies_to_the_next_call_and_a_bad_file_keeps_the_old_rules() 
     write(false, true);
     tokio::time::sleep(Duration::from_secs(4)).await;
     svc.fetch(fetch()).await.expect("the old rules stay");
+    // An open subscription is checked again on a reload: revoked, it ends
+    // with PERMISSION_DENIED.
+    let request = proto::SubscribeRequest { topic_pattern: "payments".into(), ..Default::default() };
+    let mut stream = svc.subscribe(request).await.unwrap().into_inner();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    write(false, false);
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the subscription ends after the reload");
+    let status = ended.expect("with an error, not a clean end");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     server.shutdown().await.unwrap();
 }
 
@@ -406,5 +425,37 @@ async fn kafka_clients_authenticate_with_sasl_plain_and_get_kafkas_authorization
     assert_eq!(eu.records.len(), 1);
     let secret = admin.fetch(fetch("secret")).await.unwrap().into_inner();
     assert!(secret.records.is_empty());
+    server.shutdown().await.unwrap();
+}
+
+/// max_connections_per_ip: connections past it are closed at once and
+/// counted as refused; once one closes, a new one is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_per_ip_limit_are_refused_and_counted() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = strata::config::BrokerConfig { max_connections_per_ip: 2, ..common::config(dir.path()) };
+    let server = strata::server::start(config).await.unwrap();
+    let kafka = server.kafka_addr().unwrap();
+    let first = tokio::net::TcpStream::connect(kafka).await.unwrap();
+    let _second = tokio::net::TcpStream::connect(kafka).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = tokio::net::TcpStream::connect(kafka).await.unwrap();
+    let mut buf = [0u8; 8];
+    let closed = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the third connection is closed: {closed:?}");
+    let metrics = server.broker().metrics_text();
+    let refused = metrics
+        .lines()
+        .find(|l| l.starts_with("strata_connections_refused_total{listener=\"kafka\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(refused >= 1.0, "{metrics}");
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut fourth = tokio::net::TcpStream::connect(kafka).await.unwrap();
+    let open = tokio::time::timeout(Duration::from_millis(500), fourth.read(&mut buf)).await;
+    assert!(open.is_err(), "a slot came free, so the fourth stays open: {open:?}");
     server.shutdown().await.unwrap();
 }

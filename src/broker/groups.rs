@@ -604,6 +604,7 @@ async fn run_group_stream(
     // the same in DescribeGroup.
     let mut heartbeat = tokio::time::interval(STREAM_HEARTBEAT_INTERVAL);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut acl = broker.authorizer().watch();
     loop {
         generation.borrow_and_update();
         let current = match broker.heartbeat(caller, group, member) {
@@ -681,6 +682,20 @@ async fn run_group_stream(
         tokio::select! {
             _ = heartbeat.tick() => {}
             r = generation.changed() => if r.is_err() { break },
+            _ = acl.changed() => {
+                // Reloaded ACLs: the group and every assigned topic again.
+                use crate::security::{Operation, Resource};
+                let authorizer = broker.authorizer();
+                let denied = authorizer.authorize(caller, Operation::Group, &Resource::Group(group.to_string())).err().or_else(|| {
+                    m.assignment.iter().find_map(|tp| {
+                        authorizer.authorize(caller, Operation::Consume, &Resource::Topic(tp.0.clone())).err()
+                    })
+                });
+                if let Some(e) = denied {
+                    let _ = tx.send(Err(e)).await;
+                    break;
+                }
+            }
             item = records_rx.recv() => match item {
                 Some(Ok((SubscriptionEvent::Assigned(_), _))) => {}
                 Some(Ok((delivered, permit))) => {

@@ -911,6 +911,14 @@ impl Broker {
                 let now = tokio::time::Instant::now();
                 held.retain(|_, until| *until > now);
                 if fetch.is_none() && held.len() < max_in_flight {
+                    // Checked again before each fetch, so a reload that
+                    // takes the group away ends the stream (the topics are
+                    // filtered by the fetch itself).
+                    let group = crate::security::Resource::Group(request.group.clone());
+                    if let Err(e) = broker.authorizer().authorize(&caller, crate::security::Operation::Group, &group) {
+                        let _ = tx.send(Err(e)).await;
+                        break;
+                    }
                     let (b, c) = (broker.clone(), caller.clone());
                     let fetch_request = ShareFetchRequest {
                         group: request.group.clone(),

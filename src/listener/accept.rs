@@ -241,6 +241,11 @@ pub struct PeerInfo {
 }
 
 impl Conn {
+    /// Whether the connection is TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.io, Io::Tls(_))
+    }
+
     fn active(&mut self) {
         let next = tokio::time::Instant::now() + self.idle_timeout;
         // Moving the deadline costs a timer update: only when it moved enough.

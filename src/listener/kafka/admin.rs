@@ -427,7 +427,11 @@ pub(super) fn sasl_authenticate(ctx: &Ctx, request: SaslAuthenticateRequest) -> 
         return r;
     };
     if rules.check_password(&user, parts[2]) {
-        tracing::debug!(user = %user, peer = ?ctx.caller.peer, "SASL PLAIN authenticated");
+        if ctx.tls {
+            tracing::debug!(user = %user, peer = ?ctx.caller.peer, "SASL PLAIN authenticated");
+        } else {
+            tracing::warn!(user = %user, peer = ?ctx.caller.peer, "SASL PLAIN over plaintext: the token crossed the network unencrypted; configure [tls]");
+        }
         *ctx.sasl_principal.lock().unwrap_or_else(|e| e.into_inner()) = Some(user);
     } else {
         tracing::info!(user = %user, peer = ?ctx.caller.peer, "SASL PLAIN refused: wrong user or token");

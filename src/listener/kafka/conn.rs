@@ -50,6 +50,9 @@ pub(super) struct Ctx {
     pub caller: Caller,
     /// The address this connection came in on (advertised when no other is set).
     pub local: SocketAddr,
+    /// Whether the connection is TLS (SASL PLAIN without it sends the token
+    /// in the clear: allowed, with a warning).
+    pub tls: bool,
     /// The principal SASL PLAIN authenticated (security on).
     pub sasl_principal: std::sync::Mutex<Option<String>>,
     /// Request duration histograms by API key, looked up once per connection.
@@ -217,15 +220,14 @@ struct Outgoing {
 pub(super) async fn serve_connection(
     broker: Arc<Broker>,
     stream: Conn,
-    peer: Option<SocketAddr>,
-    cn: Option<String>,
+    (peer, cn, tls): (Option<SocketAddr>, Option<String>, bool),
     local: SocketAddr,
 ) {
     let mut caller = Caller::anonymous(Via::Kafka, peer);
     // A client certificate's CN, else the anonymous principal (if any);
     // SASL PLAIN may authenticate later.
     caller.principal = broker.authorizer().authenticate(None, cn.as_deref()).ok().flatten();
-    let ctx = Ctx { broker, caller, local, sasl_principal: Default::default(), durations: Default::default() };
+    let ctx = Ctx { broker, caller, local, tls, sasl_principal: Default::default(), durations: Default::default() };
     let (rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel(PIPELINE_MAX);
     let writer = tokio::spawn(write_loop(wr, rx));
@@ -366,15 +368,48 @@ async fn handle_frame(ctx: &Ctx, frame: Bytes) -> Result<Option<Outgoing>, Strin
     })
 }
 
+/// What each served Kafka API asks of the authorizer, checked by its
+/// handler on each topic or group it names ([`Ctx::check`]); `None`: served
+/// before authentication. A test checks that every API in
+/// `versions::SERVED` is here, and with security on an API missing from
+/// the table is refused, so a new one cannot be left unchecked.
+pub const KAFKA_API_OPERATIONS: &[(ApiKey, Option<Operation>)] = &[
+    (ApiKey::ApiVersions, None),
+    (ApiKey::SaslHandshake, None),
+    (ApiKey::SaslAuthenticate, None),
+    (ApiKey::Produce, Some(Operation::Produce)),
+    (ApiKey::Fetch, Some(Operation::Consume)),
+    (ApiKey::ListOffsets, Some(Operation::Describe)),
+    (ApiKey::Metadata, Some(Operation::Describe)),
+    (ApiKey::DescribeConfigs, Some(Operation::Describe)),
+    (ApiKey::CreateTopics, Some(Operation::Admin)),
+    (ApiKey::DeleteTopics, Some(Operation::Admin)),
+    (ApiKey::CreatePartitions, Some(Operation::Admin)),
+    (ApiKey::InitProducerId, Some(Operation::Produce)),
+    // The coordinator's address is no secret: any authenticated caller.
+    (ApiKey::FindCoordinator, Some(Operation::Describe)),
+    (ApiKey::JoinGroup, Some(Operation::Group)),
+    (ApiKey::SyncGroup, Some(Operation::Group)),
+    (ApiKey::Heartbeat, Some(Operation::Group)),
+    (ApiKey::LeaveGroup, Some(Operation::Group)),
+    (ApiKey::OffsetCommit, Some(Operation::Group)),
+    (ApiKey::OffsetFetch, Some(Operation::Group)),
+    (ApiKey::ListGroups, Some(Operation::Describe)),
+    (ApiKey::DescribeGroups, Some(Operation::Describe)),
+];
+
 /// With security on, a Kafka client must authenticate (SASL PLAIN, a
 /// client certificate, or the configured anonymous principal) before any
 /// API but ApiVersions and the SASL ones; each API then checks its own
 /// topics and groups through [`Ctx::check`].
 fn kafka_allowed(ctx: &Ctx, key: ApiKey) -> Result<(), String> {
-    if !ctx.broker.authorizer().is_on()
-        || matches!(key, ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate)
-        || ctx.principal().is_some()
-    {
+    if !ctx.broker.authorizer().is_on() {
+        return Ok(());
+    }
+    let Some((_, op)) = KAFKA_API_OPERATIONS.iter().find(|(k, _)| *k == key) else {
+        return Err(format!("{key:?} has no entry in the authorization table"));
+    };
+    if op.is_none() || ctx.principal().is_some() {
         return Ok(());
     }
     Err(format!(
@@ -490,6 +525,17 @@ async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>) -> Res
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_served_kafka_api_is_in_the_authorization_table() {
+        for (key, _, _) in super::versions::SERVED {
+            assert!(
+                super::KAFKA_API_OPERATIONS.iter().any(|(k, _)| k == key),
+                "{key:?} is served but not in KAFKA_API_OPERATIONS"
+            );
+        }
+        assert_eq!(super::KAFKA_API_OPERATIONS.len(), super::versions::SERVED.len());
+    }
+
     use super::*;
     use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
     use kafka_protocol::messages::{FetchResponse, TopicName};

@@ -53,12 +53,12 @@ pub fn serve(
                 },
                 _ = crate::broker::stopped(&mut stopping) => break,
             };
-            let (peer, cn) = (stream.peer, stream.cn.clone());
+            let (peer, cn, tls) = (stream.peer, stream.cn.clone(), stream.is_tls());
             let local = stream.local.unwrap_or(local);
             let (broker, connections) = (broker.clone(), connections.clone());
             connections.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tokio::spawn(async move {
-                conn::serve_connection(broker, stream, peer, cn, local).await;
+                conn::serve_connection(broker, stream, (peer, cn, tls), local).await;
                 connections.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 connections.1.notify_waiters();
             });
