@@ -104,19 +104,10 @@ impl Log {
                 SequenceCheck::Duplicate { .. } | SequenceCheck::TooOld { .. } | SequenceCheck::Overlaps { .. } => {
                     return Ok(())
                 }
-                SequenceCheck::Fenced { epoch } => {
-                    return Err(StorageError::ProducerFenced {
-                        producer_id: p.producer_id,
-                        epoch: p.producer_epoch,
-                        current: epoch,
-                    })
-                }
-                SequenceCheck::OutOfOrder { expected } => {
-                    return Err(StorageError::SequenceOutOfOrder {
-                        producer_id: p.producer_id,
-                        sequence: p.first_sequence,
-                        expected,
-                    })
+                refused => {
+                    if let Some(e) = sequence_refusal(p, refused) {
+                        return Err(e);
+                    }
                 }
             }
             // Pinned to the last record in the log, so a cut there (a
@@ -174,34 +165,10 @@ impl Log {
                     let outcome = AppendOutcome { base_offset, last_offset, duplicate: true };
                     return Ok(PendingAppend { outcome, epoch: w.epoch, needs_sync });
                 }
-                SequenceCheck::TooOld { last_sequence } => {
-                    return Err(StorageError::SequenceTooOld {
-                        producer_id: p.producer_id,
-                        sequence: p.first_sequence,
-                        last_sequence,
-                    })
-                }
-                SequenceCheck::Fenced { epoch } => {
-                    return Err(StorageError::ProducerFenced {
-                        producer_id: p.producer_id,
-                        epoch: p.producer_epoch,
-                        current: epoch,
-                    })
-                }
-                SequenceCheck::OutOfOrder { expected } => {
-                    return Err(StorageError::SequenceOutOfOrder {
-                        producer_id: p.producer_id,
-                        sequence: p.first_sequence,
-                        expected,
-                    })
-                }
-                SequenceCheck::Overlaps { first_sequence, last_sequence } => {
-                    return Err(StorageError::SequenceOverlaps {
-                        producer_id: p.producer_id,
-                        sequence: p.first_sequence,
-                        first_sequence,
-                        last_sequence,
-                    })
+                refused => {
+                    if let Some(e) = sequence_refusal(p, refused) {
+                        return Err(e);
+                    }
                 }
             }
         }
@@ -371,4 +338,23 @@ impl Log {
         self.finish_rolls()?;
         Ok(next)
     }
+}
+
+/// The error for a batch its producer's sequence state refuses (`None`
+/// for New and Duplicate, which are not refusals).
+fn sequence_refusal(p: crate::storage::batch::ProducerStamp, check: SequenceCheck) -> Option<StorageError> {
+    let (producer_id, sequence) = (p.producer_id, p.first_sequence);
+    Some(match check {
+        SequenceCheck::TooOld { last_sequence } => {
+            StorageError::SequenceTooOld { producer_id, sequence, last_sequence }
+        }
+        SequenceCheck::Fenced { epoch } => {
+            StorageError::ProducerFenced { producer_id, epoch: p.producer_epoch, current: epoch }
+        }
+        SequenceCheck::OutOfOrder { expected } => StorageError::SequenceOutOfOrder { producer_id, sequence, expected },
+        SequenceCheck::Overlaps { first_sequence, last_sequence } => {
+            StorageError::SequenceOverlaps { producer_id, sequence, first_sequence, last_sequence }
+        }
+        SequenceCheck::New | SequenceCheck::Duplicate { .. } => return None,
+    })
 }
