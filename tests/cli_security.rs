@@ -47,3 +47,53 @@ fn tokens_from_hash_token_open_a_secured_broker_and_nothing_else_does() {
     broker.kill().unwrap();
     broker.wait().unwrap();
 }
+
+/// SIGHUP reloads users and ACLs at once: a grant written to the file (its
+/// modification time put back, so the file watch cannot be what noticed)
+/// applies after `kill -HUP`, and not before.
+#[test]
+fn sighup_reloads_the_acls() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    let hash = strata::security::acl::token_sha256("svc-token");
+    let write = |grant: bool| {
+        let mut text = format!("[security]\n[[security.users]]\nname = \"svc\"\ntoken_sha256 = \"{hash}\"\n");
+        text.push_str("[[security.acl]]\nprincipal = \"svc\"\noperations = [\"admin\"]\ntopics = [\"orders\"]\n");
+        if grant {
+            text.push_str("[[security.acl]]\nprincipal = \"svc\"\noperations = [\"produce\"]\ntopics = [\"orders\"]\n");
+        }
+        std::fs::write(&path, text).unwrap();
+    };
+    write(false);
+    let written = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut broker = Command::new(BIN)
+        .args(["serve", "--config", "strata.toml", "--listen", "127.0.0.1:0", "--kafka-listen", "none"])
+        .args(["--http-listen", "none"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = format!("http://{}", listening(&mut broker));
+    let (code, _, err) = run_code(dir.path(), &server, "strata topic create orders --token svc-token");
+    assert_eq!(code, Some(0), "{err}");
+    let produce = "strata produce orders hello --token svc-token";
+    assert_eq!(run_code(dir.path(), &server, produce).0, Some(4), "not granted yet");
+    write(true);
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(written).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(run_code(dir.path(), &server, produce).0, Some(4), "the file watch did not reload it");
+    let hup = Command::new("kill").args(["-HUP", &broker.id().to_string()]).status().unwrap();
+    assert!(hup.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (code, out, err) = run_code(dir.path(), &server, produce);
+        if code == Some(0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "SIGHUP did not reload: {out}{err}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+}

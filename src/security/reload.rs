@@ -17,10 +17,12 @@ const POLL: Duration = Duration::from_secs(2);
 pub fn spawn(broker: &Arc<Broker>) {
     let (Some(path), true) = (broker.config().config_file.clone(), broker.authorizer().is_on()) else { return };
     let broker = broker.clone();
+    // Registered before the broker says it listens, so a SIGHUP from then
+    // on reloads instead of ending the process (its default action).
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     tokio::spawn(async move {
         let mut stopping = broker.watch_stopping();
-        #[cfg(unix)]
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         let mut seen: Option<SystemTime> = modified(&path);
         loop {
