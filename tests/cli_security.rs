@@ -9,6 +9,21 @@ use std::process::{Command, Stdio};
 
 use common::process::{listening, run_code, BIN};
 
+/// `strata serve --config strata.toml` in `cwd` (gRPC only); the process
+/// and its URL.
+fn serve_config(cwd: &std::path::Path) -> (std::process::Child, String) {
+    let mut broker = Command::new(BIN)
+        .args(["serve", "--config", "strata.toml", "--listen", "127.0.0.1:0", "--kafka-listen", "none"])
+        .args(["--http-listen", "none"])
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = format!("http://{}", listening(&mut broker));
+    (broker, server)
+}
+
 #[test]
 fn tokens_from_hash_token_open_a_secured_broker_and_nothing_else_does() {
     let dir = tempfile::tempdir().unwrap();
@@ -22,15 +37,7 @@ fn tokens_from_hash_token_open_a_secured_broker_and_nothing_else_does() {
         "[security]\n[[security.users]]\nname = \"ops\"\ntoken_sha256 = \"{hash}\"\n[[security.acl]]\nprincipal = \"ops\"\noperations = [\"all\"]\ntopics = [\"*\"]\ngroups = [\"*\"]\n"
     );
     std::fs::write(dir.path().join("strata.toml"), config).unwrap();
-    let mut broker = Command::new(BIN)
-        .args(["serve", "--config", "strata.toml", "--listen", "127.0.0.1:0", "--kafka-listen", "none"])
-        .args(["--http-listen", "none"])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = format!("http://{}", listening(&mut broker));
+    let (mut broker, server) = serve_config(dir.path());
     let (code, _, err) = run_code(dir.path(), &server, "strata topic create payments");
     assert_eq!(code, Some(4), "refused: {err}");
     assert!(err.contains("--token") && err.contains("STRATA_TOKEN"), "says what to do: {err}");
@@ -66,15 +73,7 @@ fn sighup_reloads_the_acls() {
     };
     write(false);
     let written = std::fs::metadata(&path).unwrap().modified().unwrap();
-    let mut broker = Command::new(BIN)
-        .args(["serve", "--config", "strata.toml", "--listen", "127.0.0.1:0", "--kafka-listen", "none"])
-        .args(["--http-listen", "none"])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = format!("http://{}", listening(&mut broker));
+    let (mut broker, server) = serve_config(dir.path());
     let (code, _, err) = run_code(dir.path(), &server, "strata topic create orders --token svc-token");
     assert_eq!(code, Some(0), "{err}");
     let produce = "strata produce orders hello --token svc-token";

@@ -105,7 +105,7 @@ pub enum BrokerError {
 
     // ---- Security ----
     /// No credentials where they are required, or credentials of nobody.
-    #[error("unauthenticated: {0}")]
+    #[error("{0}")]
     Unauthenticated(String),
     #[error("{principal:?} may not {operation} {resource} (no ACL entry grants it)")]
     PermissionDenied { principal: String, operation: crate::security::Operation, resource: crate::security::Resource },

@@ -333,12 +333,7 @@ impl Broker {
             return self.produce_batch_deduped(topic, partition, header, bytes, records, now).await;
         }
         let encoded = client_batch_bytes(&config, header, bytes, records, now);
-        let pending = partition.append_pending(encoded).await;
-        let (parts, first_error) = match pending {
-            Ok(p) => (vec![(partition, p)], None),
-            Err(e) => (Vec::new(), Some(e)),
-        };
-        Ok(PendingProduce::new(parts, now, first_error))
+        Ok(append_one(partition, encoded, now).await)
     }
 
     /// [`Broker::produce_batch_pending`] on a topic with de-dup on: a batch
@@ -361,12 +356,7 @@ impl Broker {
         let Some(ids) = guard.as_mut() else {
             drop(guard);
             let encoded = client_batch_bytes(&config, header, bytes, records, now);
-            let pending = partition.append_pending(encoded).await;
-            let (parts, first_error) = match pending {
-                Ok(p) => (vec![(partition, p)], None),
-                Err(e) => (Vec::new(), Some(e)),
-            };
-            return Ok(PendingProduce::new(parts, now, first_error));
+            return Ok(append_one(partition, encoded, now).await);
         };
         ids.table.expire(now);
         let mut dedupe = Dedupes::default();
@@ -570,6 +560,14 @@ struct Fresh {
     /// Its position in its partition's batch.
     pos: usize,
     id: Bytes,
+}
+
+/// Appends one batch to one partition, as a pending produce.
+async fn append_one(partition: Arc<Partition>, encoded: AppendBytes, now: i64) -> PendingProduce {
+    match partition.append_pending(encoded).await {
+        Ok(p) => PendingProduce::new(vec![(partition, p)], now, None),
+        Err(e) => PendingProduce::new(Vec::new(), now, Some(e)),
+    }
 }
 
 /// Appends each partition's batch (concurrently: each is one pwrite, or

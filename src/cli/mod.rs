@@ -279,7 +279,12 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
         if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
             config = config.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
         }
-        endpoint = endpoint.tls_config(config).map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?;
+        endpoint = endpoint.tls_config(config).map_err(|e| {
+            // tonic says only "transport error": the cause is in its source
+            // (an unusable certificate, say).
+            let why = std::error::Error::source(&e).map_or(String::new(), |s| format!(": {s:?}"));
+            anyhow::anyhow!("TLS settings (--tls-ca, --tls-cert, --tls-key): {e}{why}")
+        })?;
     }
     let channel = endpoint
         .connect()
