@@ -96,3 +96,82 @@ fn sighup_reloads_the_acls() {
     broker.kill().unwrap();
     broker.wait().unwrap();
 }
+
+/// openssl, installed from Debian's packages if missing (the test fails if
+/// it cannot be).
+fn openssl() {
+    let works = || Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success());
+    if works() {
+        return;
+    }
+    let install =
+        || Command::new("apt-get").args(["install", "-y", "-q", "openssl"]).status().is_ok_and(|s| s.success());
+    if !install() {
+        let updated = Command::new("apt-get").args(["update", "-q"]).status().is_ok_and(|s| s.success());
+        assert!(
+            updated && install(),
+            "openssl is needed: `apt-get install openssl` failed (run the tests as root, or install openssl)"
+        );
+    }
+    assert!(works(), "openssl installed but `openssl version` fails");
+}
+
+/// The README's "Securing strata" as a new user follows it: its openssl
+/// lines make the CA and certificates, its config (with the hash `strata
+/// auth hash-token` printed) starts a broker with mTLS and ACLs, and its
+/// commands create, produce (certificate + token) and consume (certificate)
+/// over TLS. A client without a certificate, and the auditor producing, are
+/// refused.
+#[test]
+fn readme_security_section_works_as_written() {
+    openssl();
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let sh = |line: &str| {
+        let out = Command::new("sh").args(["-c", line]).current_dir(cwd).output().unwrap();
+        assert!(out.status.success(), "`{line}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let mut token = None;
+    let mut broker = None;
+    let mut port = String::new();
+    let mut consumed = String::new();
+    for line in common::readme_block("security").lines().map(str::trim) {
+        if line.starts_with("strata auth hash-token") {
+            let out = Command::new(BIN).args(["auth", "hash-token"]).output().unwrap();
+            assert!(out.status.success());
+            let text = String::from_utf8(out.stdout).unwrap();
+            let field =
+                |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).expect(name);
+            let config = common::readme_block("security-config")
+                .replace("<strata auth hash-token prints it>", &field("token_sha256:"));
+            std::fs::write(cwd.join("strata.toml"), config).unwrap();
+            token = Some(field("token:"));
+        } else if line.starts_with("strata serve") {
+            assert_eq!(line, "strata serve --config strata.toml");
+            let (child, url) = serve_config(cwd);
+            port = url.rsplit(':').next().unwrap().to_string();
+            broker = Some(child);
+        } else if line.starts_with("strata ") {
+            let line = line.replace("localhost:50051", &format!("localhost:{port}"));
+            let line = line.replace("\"$TOKEN\"", token.as_deref().expect("hash-token ran before"));
+            let (code, out, err) = run_code(cwd, "", &format!("timeout 20 {line}"));
+            assert_eq!(code, Some(0), "`{line}` failed: {out}{err}");
+            if line.starts_with("strata consume") {
+                consumed = out;
+            }
+        } else if !line.is_empty() {
+            sh(line);
+        }
+    }
+    assert!(consumed.contains("paid-42"), "the auditor reads what payments-svc produced: {consumed}");
+    let server = format!("https://localhost:{port}");
+    let (code, _, err) = run_code(cwd, "", &format!("strata topic list --server {server} --tls-ca ca.pem"));
+    assert_ne!(code, Some(0), "no client certificate, refused: {err}");
+    let auditor = "--tls-ca ca.pem --tls-cert auditor.pem --tls-key auditor.key";
+    let (code, _, err) = run_code(cwd, "", &format!("strata produce payments.eu x --server {server} {auditor}"));
+    assert_eq!(code, Some(4), "the auditor may not produce: {err}");
+    assert!(err.contains("auditor") && err.contains("produce"), "{err}");
+    let mut broker = broker.expect("the block starts a broker");
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+}
