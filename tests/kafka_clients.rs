@@ -9,26 +9,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::python::{kafka_clients_python as python, run_kafka_script as run};
 use strata::proto;
-
-const CLIENTS: &[&str] = &["confluent-kafka==2.16.1", "kafka-python==3.0.12"];
-
-fn python() -> PathBuf {
-    common::python::python_with("confluent_kafka, kafka", CLIENTS)
-}
-
-/// Runs a mode of the script; returns its stdout once it printed `ok`.
-async fn run(mode: &str, bootstrap: &str, args: &[&str], ok: &str) -> String {
-    let python = tokio::task::spawn_blocking(python).await.unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/kafka_clients.py");
-    let mut cmd = Command::new(python);
-    cmd.arg(script).arg(mode).arg(bootstrap).args(args);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stdout.contains(ok), "{mode} failed:\n{stdout}\n{stderr}");
-    stdout
-}
 
 /// The JSON after `prefix` on its line of `stdout`.
 fn json_line(stdout: &str, prefix: &str) -> serde_json::Value {

@@ -252,6 +252,16 @@ fn make_certs(dir: &Path, cn: &str) -> TlsFiles {
 }
 
 async fn tls_client(url: &str, dir: &Path, with_cert: bool) -> Result<Client, tonic::transport::Error> {
+    tls_client_as(url, dir, with_cert, None).await
+}
+
+/// [`tls_client`] sending `token` too (the token names the principal).
+async fn tls_client_as(
+    url: &str,
+    dir: &Path,
+    with_cert: bool,
+    token: Option<&str>,
+) -> Result<Client, tonic::transport::Error> {
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
     let read = |n: &str| std::fs::read(dir.join(n)).unwrap();
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("ca.pem"))).domain_name("localhost");
@@ -260,7 +270,7 @@ async fn tls_client(url: &str, dir: &Path, with_cert: bool) -> Result<Client, to
     }
     let channel =
         Channel::from_shared(url.replace("http://", "https://")).unwrap().tls_config(tls).unwrap().connect().await?;
-    Ok(BrokerClient::with_interceptor(channel, strata::cli::Auth::bearer(None).unwrap()))
+    Ok(BrokerClient::with_interceptor(channel, strata::cli::Auth::bearer(token).unwrap()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,6 +435,35 @@ async fn kafka_clients_authenticate_with_sasl_plain_and_get_kafkas_authorization
     assert_eq!(eu.records.len(), 1);
     let secret = admin.fetch(fetch("secret")).await.unwrap().into_inner();
     assert!(secret.records.is_empty());
+    server.shutdown().await.unwrap();
+}
+
+/// The Kafka listener over TLS with real clients: librdkafka with SASL_SSL
+/// (and a client certificate, which the listener requires) is the SASL
+/// user; kafka-python with SSL alone is its certificate's CN. Grants and
+/// refusals as over gRPC, and only the granted records land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_clients_over_tls_authenticate_by_sasl_or_by_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = make_certs(dir.path(), "auditor");
+    let config = strata::config::BrokerConfig {
+        security: Some(security()),
+        tls: Some(tls),
+        ..common::config(&dir.path().join("data"))
+    };
+    let server = strata::server::start(config).await.unwrap();
+    let mut admin = tls_client_as(&server.url(), dir.path(), true, Some("admin-token")).await.unwrap();
+    admin.create_topic(topic_req("payments.eu")).await.unwrap();
+    admin.create_topic(topic_req("secret")).await.unwrap();
+    let kafka = server.kafka_addr().unwrap().to_string();
+    common::python::run_kafka_script("tls", &kafka, &[dir.path().to_str().unwrap()], "TLS OK").await;
+    let fetch = |topic: &str| proto::FetchRequest { topic: topic.into(), ..Default::default() };
+    let eu = admin.fetch(fetch("payments.eu")).await.unwrap().into_inner();
+    assert_eq!(eu.records.len(), 10);
+    let secret = admin.fetch(fetch("secret")).await.unwrap().into_inner();
+    assert!(secret.records.is_empty());
+    let group = admin.describe_group(proto::DescribeGroupRequest { group: "audit".into() }).await.unwrap().into_inner();
+    assert_eq!(group.partitions.iter().map(|p| p.committed_offset.unwrap_or(0)).sum::<u64>(), 10, "{group:?}");
     server.shutdown().await.unwrap();
 }
 

@@ -38,3 +38,26 @@ pub fn python_with(imports: &str, packages: &[&str]) -> PathBuf {
     assert!(ready(&python), "{check} still fails after installing {packages:?}");
     python
 }
+
+/// The Kafka client libraries `tests/python/kafka_clients.py` uses:
+/// librdkafka (confluent-kafka's wheel, with SSL and SASL) and kafka-python.
+const KAFKA_CLIENTS: &[&str] = &["confluent-kafka==2.16.1", "kafka-python==3.0.12"];
+
+/// The venv's python with the Kafka client libraries.
+pub fn kafka_clients_python() -> PathBuf {
+    python_with("confluent_kafka, kafka", KAFKA_CLIENTS)
+}
+
+/// Runs a mode of `tests/python/kafka_clients.py` against `bootstrap`;
+/// returns its stdout once it printed `ok`, fails the test otherwise.
+pub async fn run_kafka_script(mode: &str, bootstrap: &str, args: &[&str], ok: &str) -> String {
+    let python = tokio::task::spawn_blocking(kafka_clients_python).await.unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/kafka_clients.py");
+    let mut cmd = Command::new(python);
+    cmd.arg(script).arg(mode).arg(bootstrap).args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stdout.contains(ok), "{mode} failed:\n{stdout}\n{stderr}");
+    stdout
+}

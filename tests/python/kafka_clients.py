@@ -10,6 +10,11 @@ Usage: kafka_clients.py MODE BOOTSTRAP [ARGS]
   produce N     acks=all produce of N records to `durable`; prints the
                 acknowledged (partition, offset, value) as JSON
   verify        prints every record of `durable` as JSON
+  tls DIR       over TLS with client certificates (DIR/ca.pem, client.pem,
+                client.key; the certificate's CN is `auditor`): librdkafka
+                with SASL_SSL as payments-svc produces to payments.eu and is
+                refused `secret` and a wrong token; kafka-python with SSL as
+                the CN auditor consumes them in group `audit` and commits
 Each mode prints "<MODE> OK" last when every check held.
 """
 
@@ -264,6 +269,57 @@ def verify(bs):
     print("VERIFY OK", flush=True)
 
 
+def tls(bs, d):
+    from confluent_kafka import KafkaError, KafkaException, Producer
+    from kafka import KafkaConsumer, TopicPartition
+
+    ssl = {"ssl.ca.location": f"{d}/ca.pem", "ssl.certificate.location": f"{d}/client.pem",
+           "ssl.key.location": f"{d}/client.key"}
+
+    def producer(password):
+        return Producer({"bootstrap.servers": bs, "security.protocol": "SASL_SSL", "sasl.mechanisms": "PLAIN",
+                         "sasl.username": "payments-svc", "sasl.password": password, "acks": "all",
+                         "message.timeout.ms": 10000, **ssl})
+
+    def send(p, topic, n):
+        outcomes = []
+        for i in range(n):
+            p.produce(topic, value=f"tls-{i}".encode(), partition=0,
+                      on_delivery=lambda err, msg: outcomes.append(err))
+        p.flush(15)
+        return outcomes
+
+    p = producer("payments-svc-token")
+    outcomes = send(p, "payments.eu", 10)
+    check(outcomes == [None] * 10, f"10 produced over SASL_SSL: {outcomes}")
+    refused = send(p, "secret", 1)
+    check(len(refused) == 1 and refused[0] is not None
+          and refused[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, f"secret refused: {refused}")
+    # A wrong token: the SASL handshake fails, nothing is delivered.
+    errors = []
+    bad = Producer({"bootstrap.servers": bs, "security.protocol": "SASL_SSL", "sasl.mechanisms": "PLAIN",
+                    "sasl.username": "payments-svc", "sasl.password": "wrong", "message.timeout.ms": 5000,
+                    "error_cb": lambda e: errors.append(e), **ssl})
+    wrong = send(bad, "payments.eu", 1)
+    check(len(wrong) == 1 and wrong[0] is not None, f"a wrong token delivered: {wrong}")
+    check(any(e.code() == KafkaError._AUTHENTICATION for e in errors), f"authentication error reported: {errors}")
+
+    consumer = KafkaConsumer(bootstrap_servers=bs, security_protocol="SSL", ssl_cafile=f"{d}/ca.pem",
+                             ssl_certfile=f"{d}/client.pem", ssl_keyfile=f"{d}/client.key",
+                             group_id="audit", auto_offset_reset="earliest", enable_auto_commit=False,
+                             consumer_timeout_ms=10000)
+    consumer.assign([TopicPartition("payments.eu", 0)])
+    got = []
+    for m in consumer:
+        got.append(m.value.decode())
+        if len(got) == 10:
+            break
+    check(got == [f"tls-{i}" for i in range(10)], f"consumed over mTLS: {got}")
+    consumer.commit()
+    consumer.close()
+    print("TLS OK", flush=True)
+
+
 if __name__ == "__main__":
     mode, bs = sys.argv[1], sys.argv[2]
     if mode == "librdkafka":
@@ -276,5 +332,7 @@ if __name__ == "__main__":
         produce(bs, int(sys.argv[3]))
     elif mode == "verify":
         verify(bs)
+    elif mode == "tls":
+        tls(bs, sys.argv[3])
     else:
         fail(f"unknown mode {mode}")
