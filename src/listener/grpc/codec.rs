@@ -78,18 +78,34 @@ pub fn frame_message<M: Message>(head: &M, batches: Vec<Bytes>, field: u8) -> Ve
     let head_len = head.encoded_len();
     let batches_len: usize =
         batches.iter().map(|b| 1 + prost::encoding::encoded_len_varint(b.len() as u64) + b.len()).sum();
-    let mut chunk = BytesMut::with_capacity(GRPC_PREFIX + head_len + 16);
+    // Small batches are copied into chunks of at most about 64 KiB; the
+    // first is sized to what it will hold, so it never grows.
+    let inline: usize = batches
+        .iter()
+        .map(|b| {
+            1 + prost::encoding::encoded_len_varint(b.len() as u64) + if b.len() < CHUNK_MIN { b.len() } else { 0 }
+        })
+        .sum();
+    let mut chunk = BytesMut::with_capacity(GRPC_PREFIX + head_len + inline.min(RECORD_CHUNK_BYTES));
     chunk.put_u8(0);
     chunk.put_u32((head_len + batches_len) as u32);
     head.encode(&mut chunk).expect("the buffer grows as needed");
     for batch in batches {
+        let shared = batch.len() >= CHUNK_MIN;
+        let need = 1 + prost::encoding::encoded_len_varint(batch.len() as u64) + if shared { 0 } else { batch.len() };
+        if chunk.capacity() - chunk.len() < need {
+            if !chunk.is_empty() {
+                out.push_back(chunk.split().freeze());
+            }
+            chunk = BytesMut::with_capacity(RECORD_CHUNK_BYTES.max(need));
+        }
         chunk.put_u8(key);
         prost::encoding::encode_varint(batch.len() as u64, &mut chunk);
-        if batch.len() < CHUNK_MIN {
-            chunk.extend_from_slice(&batch);
-        } else {
+        if shared {
             out.push_back(chunk.split().freeze());
             out.push_back(batch);
+        } else {
+            chunk.extend_from_slice(&batch);
         }
     }
     if !chunk.is_empty() {
@@ -98,7 +114,8 @@ pub fn frame_message<M: Message>(head: &M, batches: Vec<Bytes>, field: u8) -> Ve
     out
 }
 
-/// Bytes at which [`frame_records`] starts a new chunk: small enough for
+/// Bytes at which [`frame_message`] and [`frame_records`] start a new
+/// chunk: small enough for
 /// the allocator to recycle (a whole-response buffer of 8 MiB came back as
 /// freshly faulted, zeroed pages each time: `clear_page_erms`).
 const RECORD_CHUNK_BYTES: usize = 64 << 10;
@@ -134,24 +151,31 @@ pub fn frame_records<M: Message>(
     let total = u32::from_be_bytes(first[1..GRPC_PREFIX].try_into().expect("4 bytes")) as usize + records_len;
     first[1..GRPC_PREFIX].copy_from_slice(&(total as u32).to_be_bytes());
     out.push_front(first.freeze());
-    let mut chunk = BytesMut::with_capacity(RECORD_CHUNK_BYTES + 256);
+    let mut chunk = BytesMut::with_capacity(RECORD_CHUNK_BYTES);
     for ((record, value), len) in records.iter().zip(values).zip(lens) {
+        let shared = value.len() >= CHUNK_MIN;
+        // What this record writes into the chunk (a shared value does not).
+        let inline = 1 + prost::encoding::encoded_len_varint(len as u64) + len - if shared { value.len() } else { 0 };
+        if chunk.capacity() - chunk.len() < inline {
+            // Full: a new buffer rather than growing this one (growing
+            // copied the chunk, and its realloc faulted in zeroed pages).
+            if !chunk.is_empty() {
+                out.push_back(chunk.split().freeze());
+            }
+            chunk = BytesMut::with_capacity(RECORD_CHUNK_BYTES.max(inline));
+        }
         chunk.put_u8((1 << 3) | 2);
         prost::encoding::encode_varint(len as u64, &mut chunk);
         record.encode_raw(&mut chunk);
         if !value.is_empty() {
             chunk.put_u8((VALUE_FIELD << 3) | 2);
             prost::encoding::encode_varint(value.len() as u64, &mut chunk);
-            if value.len() < CHUNK_MIN {
-                chunk.extend_from_slice(&value);
-            } else {
+            if shared {
                 out.push_back(chunk.split().freeze());
                 out.push_back(value);
+            } else {
+                chunk.extend_from_slice(&value);
             }
-        }
-        if chunk.len() >= RECORD_CHUNK_BYTES {
-            out.push_back(chunk.split().freeze());
-            chunk.reserve(RECORD_CHUNK_BYTES + 256);
         }
     }
     if !chunk.is_empty() {

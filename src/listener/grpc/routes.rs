@@ -725,6 +725,7 @@ pub fn frame_subscribe_response(mut message: proto::SubscribeResponse) -> VecDeq
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::listener::grpc::codec::frame_message;
 
     fn joined(chunks: &VecDeque<Bytes>) -> Vec<u8> {
         chunks.iter().flat_map(|c| c.iter().copied()).collect()
@@ -762,7 +763,11 @@ mod tests {
                 partition: 2,
                 offset: i,
                 timestamp_ms: 1_700_000_000_000 + i as i64,
-                key: if i % 3 == 0 { Bytes::new() } else { Bytes::from(format!("k{i}")) },
+                key: match i {
+                    1500 => Bytes::from(vec![b'k'; 100_000]),
+                    _ if i % 3 == 0 => Bytes::new(),
+                    _ => Bytes::from(format!("k{i}")),
+                },
                 value: match i % 100 {
                     0 => Bytes::new(),
                     7 => big.clone(),
@@ -785,7 +790,11 @@ mod tests {
         assert_eq!(len, bytes.len() - GRPC_PREFIX);
         assert_eq!(len, fetch.encoded_len());
         assert_eq!(proto::FetchResponse::decode(&bytes[GRPC_PREFIX..]).unwrap(), fetch);
-        assert!(out.iter().all(|c| c.len() <= 64 * 1024 + 2048 || c.as_ptr() == big.as_ptr()), "bounded chunks");
+        // Chunks are filled up to 64 KiB and never grown (growing copied
+        // them); only the record with a 100 KB key needs a larger one.
+        let copied: Vec<usize> = out.iter().filter(|c| c.as_ptr() != big.as_ptr()).map(|c| c.len()).collect();
+        assert_eq!(copied.iter().filter(|&&l| l > 64 * 1024).count(), 1, "{copied:?}");
+        assert!(copied.iter().all(|&l| l <= 64 * 1024 || (100_000..101_000).contains(&l)), "{copied:?}");
         assert_eq!(out.iter().filter(|c| c.as_ptr() == big.as_ptr()).count(), 30, "big values shared, not copied");
         // With batches and no records, and in a SubscribeResponse.
         let message = proto::SubscribeResponse {
@@ -796,6 +805,17 @@ mod tests {
         };
         let bytes = joined(&frame_subscribe_response(message.clone()));
         assert_eq!(proto::SubscribeResponse::decode(&bytes[GRPC_PREFIX..]).unwrap(), message);
+        // Many small batches (copied) between large ones (shared).
+        let batches: Vec<Bytes> = (0..500u32)
+            .map(|i| if i % 50 == 0 { big.clone() } else { Bytes::from(vec![i as u8; 700 + i as usize]) })
+            .collect();
+        let message = proto::FetchResponse { record_batches: batches, next_offset: 9, ..Default::default() };
+        let mut head = message.clone();
+        let taken = std::mem::take(&mut head.record_batches);
+        let out = frame_message(&head, taken, FETCH_BATCHES_FIELD);
+        assert!(out.iter().all(|c| c.len() <= 64 * 1024 || c.as_ptr() == big.as_ptr()));
+        let bytes = joined(&out);
+        assert_eq!(proto::FetchResponse::decode(&bytes[GRPC_PREFIX..]).unwrap(), message);
     }
 
     #[test]
