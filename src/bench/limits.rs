@@ -276,6 +276,11 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     let c4p = load::consume(&BenchArgs { raw: true, subscribe: true, ..fill(on("limits.consume.plain")) }).await?;
     eprintln!("[limits] 4t. the same over TLS");
     let c4t = load::consume(&BenchArgs { raw: true, subscribe: true, ..fill(on_tls("limits.consume.tls")) }).await?;
+    // Per record (what the CLI and most gRPC consumers read), side by side.
+    eprintln!("[limits] 4q. consume 300 MB per record over Subscribe (plaintext, for 4u)");
+    let c4q = load::consume(&BenchArgs { subscribe: true, ..fill(on("limits.consume.plain")) }).await?;
+    eprintln!("[limits] 4u. the same over TLS");
+    let c4u = load::consume(&BenchArgs { subscribe: true, ..fill(on_tls("limits.consume.tls")) }).await?;
     tls_target.stop().await?;
     // Last: right after the fsync-heavy steps 1 and 2 this VM's disk is
     // still busy, and p99 measured 3-5 ms instead of 1.1 ms.
@@ -313,6 +318,8 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         "produce_always_1k_acl1000": {"cpu_s_per_gb": p1a_cpu, "mb_per_s": p1a_mb, "each": p1a.iter().map(|s| s.mb_per_s).collect::<Vec<_>>(), "ratio_to_plain": p1a_mb / p1p_mb},
         "consume_raw_subscribe_300mb_plain": {"cpu_s_per_gb": c4p.cpu_s_per_gb, "mb_per_s": c4p.mb_per_s},
         "consume_raw_subscribe_300mb_tls": {"cpu_s_per_gb": c4t.cpu_s_per_gb, "mb_per_s": c4t.mb_per_s, "ratio_to_plain": c4t.mb_per_s / c4p.mb_per_s},
+        "consume_subscribe_300mb_plain": {"cpu_s_per_gb": c4q.cpu_s_per_gb, "mb_per_s": c4q.mb_per_s},
+        "consume_subscribe_300mb_tls": {"cpu_s_per_gb": c4u.cpu_s_per_gb, "mb_per_s": c4u.mb_per_s, "ratio_to_plain": c4u.mb_per_s / c4q.mb_per_s},
         "produce_always_100b": {"cpu_s_per_gb": p2.cpu_s_per_gb, "requests_per_fsync": p2.requests_per_fsync, "fsyncs": p2.fsyncs, "records_per_s": p2.records_per_s, "mb_per_s": p2.mb_per_s, "p99_ms": p2.p99_ms},
         "produce_never_1k": {"cpu_s_per_gb": p3.cpu_s_per_gb, "mb_per_s": p3.mb_per_s, "ratio_to_tcp": p3.mb_per_s / tcp, "ratio_to_buffered_write_before": p3.mb_per_s / fresh},
         "produce_never_1k_stream4": {"cpu_s_per_gb": p3s.cpu_s_per_gb, "mb_per_s": p3s.mb_per_s, "ratio_to_tcp": p3s.mb_per_s / tcp, "ratio_to_buffered_write_before": p3s.mb_per_s / fresh_b},
@@ -371,6 +378,7 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     ratio("4c. same, raw batches over Subscribe", &c4s, tcp, ">= 0.50");
     ratio("4k. same, Kafka Fetch (librdkafka) vs 4c", &c4k, c4s.mb_per_s, ">= 0.9");
     ratio("4t. consume 300 MB raw over Subscribe, TLS vs plaintext (4p)", &c4t, c4p.mb_per_s, ">= 0.7");
+    ratio("4u. consume 300 MB per record over Subscribe, TLS vs 4q", &c4u, c4q.mb_per_s, ">= 0.7");
     ratio("4r. same, Kafka Fetch (rskafka) vs 4c", &c4kr, c4s.mb_per_s, ">= 0.9");
     println!(
         "{:<62} p99 {:.2} ms, p99.9 {:.2} ms (< 2, < 10)",
