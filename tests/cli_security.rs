@@ -97,25 +97,6 @@ fn sighup_reloads_the_acls() {
     broker.wait().unwrap();
 }
 
-/// openssl, installed from Debian's packages if missing (the test fails if
-/// it cannot be).
-fn openssl() {
-    let works = || Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success());
-    if works() {
-        return;
-    }
-    let install =
-        || Command::new("apt-get").args(["install", "-y", "-q", "openssl"]).status().is_ok_and(|s| s.success());
-    if !install() {
-        let updated = Command::new("apt-get").args(["update", "-q"]).status().is_ok_and(|s| s.success());
-        assert!(
-            updated && install(),
-            "openssl is needed: `apt-get install openssl` failed (run the tests as root, or install openssl)"
-        );
-    }
-    assert!(works(), "openssl installed but `openssl version` fails");
-}
-
 /// The README's "Securing strata" as a new user follows it: its openssl
 /// lines make the CA and certificates, its config (with the hash `strata
 /// auth hash-token` printed) starts a broker with mTLS and ACLs, and its
@@ -124,7 +105,7 @@ fn openssl() {
 /// refused.
 #[test]
 fn readme_security_section_works_as_written() {
-    openssl();
+    common::process::debian_tool("openssl", "version", "openssl");
     let dir = tempfile::tempdir().unwrap();
     let cwd = dir.path();
     let sh = |line: &str| {

@@ -131,26 +131,9 @@ async fn an_acks_all_produce_survives_sigkill() {
     common::process::kill9(&mut child);
 }
 
-/// Debian's kcat, installed if missing (the test fails if it cannot be).
-fn kcat() {
-    let works = || Command::new("kcat").arg("-V").output().is_ok_and(|o| o.status.success());
-    if works() {
-        return;
-    }
-    let install = || Command::new("apt-get").args(["install", "-y", "-q", "kcat"]).status().is_ok_and(|s| s.success());
-    if !install() {
-        let updated = Command::new("apt-get").args(["update", "-q"]).status().is_ok_and(|s| s.success());
-        assert!(
-            updated && install(),
-            "kcat is needed: `apt-get install kcat` failed (run the tests as root, or install kcat)"
-        );
-    }
-    assert!(works(), "kcat installed but `kcat -V` fails");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn readme_kcat_quick_check_works_as_written() {
-    tokio::task::spawn_blocking(kcat).await.unwrap();
+    tokio::task::spawn_blocking(|| common::process::debian_tool("kcat", "-V", "kcat")).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let server = common::start(dir.path()).await;
     let kafka = server.kafka_addr().unwrap().to_string();

@@ -115,3 +115,22 @@ pub fn run_readme_block(cwd: &Path, server: &str, name: &str) -> Vec<(String, St
         })
         .collect()
 }
+
+/// Makes sure `tool` runs (`tool check_arg` succeeds), installing Debian's
+/// `package` with apt-get if it does not; a test that needs it fails with
+/// the reason if it cannot be installed, never passes without it.
+pub fn debian_tool(tool: &str, check_arg: &str, package: &str) {
+    let works = || Command::new(tool).arg(check_arg).output().is_ok_and(|o| o.status.success());
+    if works() {
+        return;
+    }
+    let install = || Command::new("apt-get").args(["install", "-y", "-q", package]).status().is_ok_and(|s| s.success());
+    if !install() {
+        let updated = Command::new("apt-get").args(["update", "-q"]).status().is_ok_and(|s| s.success());
+        assert!(
+            updated && install(),
+            "{tool} is needed: `apt-get install {package}` failed (run the tests as root, or install {package})"
+        );
+    }
+    assert!(works(), "{package} installed but `{tool} {check_arg}` fails");
+}
