@@ -123,6 +123,147 @@ const RECORD_CHUNK_BYTES: usize = 64 << 10;
 /// Field number of `value` in `StoredRecord`.
 const VALUE_FIELD: u8 = 6;
 
+/// A record as `StoredRecord` (field 1 of FetchResponse and
+/// SubscribeResponse) on the wire, its value apart: the value is sent after
+/// the other fields (protobuf allows any order), shared when large.
+pub trait WireRecord {
+    /// Takes the value out (what is left is encoded by the other two).
+    fn take_value(&mut self) -> Bytes;
+    /// Encoded length of every field but the value.
+    fn len_without_value(&self) -> usize;
+    /// Encodes every field but the value.
+    fn encode_without_value(&self, buf: &mut BytesMut);
+}
+
+impl WireRecord for crate::proto::StoredRecord {
+    fn take_value(&mut self) -> Bytes {
+        std::mem::take(&mut self.value)
+    }
+
+    fn len_without_value(&self) -> usize {
+        debug_assert!(self.value.is_empty(), "taken");
+        self.encoded_len()
+    }
+
+    fn encode_without_value(&self, buf: &mut BytesMut) {
+        self.encode_raw(buf);
+    }
+}
+
+/// Stored records of one partition, encoded straight from storage: no
+/// prost `StoredRecord` per record (its topic `String` and header
+/// `HashMap` were an allocation or two per record).
+#[derive(Debug)]
+pub struct TopicRecords {
+    pub topic: String,
+    pub partition: u32,
+    pub records: Vec<crate::storage::batch::StoredRecord>,
+}
+
+impl TopicRecords {
+    /// The same records as prost messages (for tonic's own paths).
+    pub fn into_proto(self) -> Vec<crate::proto::StoredRecord> {
+        let (topic, partition) = (self.topic, self.partition);
+        self.records.into_iter().map(|r| super::convert::stored_record(&topic, partition, r)).collect()
+    }
+}
+
+/// A `StoredRecord` field by field as prost writes it: defaults (empty,
+/// zero) omitted; header entries in stored order (a repeated key decodes as
+/// its last value, as collecting them into the map did).
+struct StoredOf<'a> {
+    topic: &'a str,
+    partition: u32,
+    record: crate::storage::batch::StoredRecord,
+}
+
+fn len_delimited(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+fn varint_field(v: u64) -> usize {
+    if v == 0 {
+        0
+    } else {
+        1 + prost::encoding::encoded_len_varint(v)
+    }
+}
+
+fn bytes_field(b: &[u8]) -> usize {
+    if b.is_empty() {
+        0
+    } else {
+        len_delimited(b.len())
+    }
+}
+
+fn put_bytes_field(buf: &mut BytesMut, field: u8, b: &[u8]) {
+    if !b.is_empty() {
+        buf.put_u8((field << 3) | 2);
+        prost::encoding::encode_varint(b.len() as u64, buf);
+        buf.put_slice(b);
+    }
+}
+
+fn put_varint_field(buf: &mut BytesMut, field: u8, v: u64) {
+    if v != 0 {
+        buf.put_u8(field << 3);
+        prost::encoding::encode_varint(v, buf);
+    }
+}
+
+fn header_entry_len(k: &str, v: &[u8]) -> usize {
+    bytes_field(k.as_bytes()) + bytes_field(v)
+}
+
+impl WireRecord for StoredOf<'_> {
+    fn take_value(&mut self) -> Bytes {
+        std::mem::take(&mut self.record.value)
+    }
+
+    fn len_without_value(&self) -> usize {
+        let r = &self.record;
+        bytes_field(self.topic.as_bytes())
+            + varint_field(self.partition as u64)
+            + varint_field(r.offset)
+            + varint_field(r.timestamp_ms as u64)
+            + bytes_field(&r.key)
+            + r.headers.iter().map(|(k, v)| len_delimited(header_entry_len(k, v))).sum::<usize>()
+    }
+
+    fn encode_without_value(&self, buf: &mut BytesMut) {
+        let r = &self.record;
+        put_bytes_field(buf, 1, self.topic.as_bytes());
+        put_varint_field(buf, 2, self.partition as u64);
+        put_varint_field(buf, 3, r.offset);
+        put_varint_field(buf, 4, r.timestamp_ms as u64);
+        put_bytes_field(buf, 5, &r.key);
+        for (k, v) in &r.headers {
+            buf.put_u8((HEADERS_FIELD << 3) | 2);
+            prost::encoding::encode_varint(header_entry_len(k, v) as u64, buf);
+            put_bytes_field(buf, 1, k.as_bytes());
+            put_bytes_field(buf, 2, v);
+        }
+    }
+}
+
+/// Field number of `headers` in `StoredRecord`.
+const HEADERS_FIELD: u8 = 7;
+
+/// [`frame_records`] for records as stored (`None`: no records).
+pub fn frame_stored_records<M: Message>(
+    head: &M,
+    records: Option<TopicRecords>,
+    batches: Vec<Bytes>,
+    batch_field: u8,
+) -> VecDeque<Bytes> {
+    let Some(TopicRecords { topic, partition, records }) = records else {
+        return frame_message(head, batches, batch_field);
+    };
+    let wire = records.into_iter().map(|record| StoredOf { topic: &topic, partition, record }).collect();
+    frame_records(head, wire, batches, batch_field)
+}
+
 /// One gRPC message as body chunks, like [`frame_message`], for a
 /// FetchResponse or SubscribeResponse whose `records` (field 1) were taken
 /// out of `head`: each record's size is computed once (prost's `encode`
@@ -130,20 +271,19 @@ const VALUE_FIELD: u8 = 6;
 /// length and again for its own), the records go into chunks of about 64
 /// KiB rather than one buffer of the whole response, and a value of 16 KiB
 /// or more is sent as its own chunk, shared with the stored batch.
-pub fn frame_records<M: Message>(
+pub fn frame_records<M: Message, R: WireRecord>(
     head: &M,
-    mut records: Vec<crate::proto::StoredRecord>,
+    mut records: Vec<R>,
     batches: Vec<Bytes>,
     batch_field: u8,
 ) -> VecDeque<Bytes> {
     if records.is_empty() {
         return frame_message(head, batches, batch_field);
     }
-    let values: Vec<Bytes> = records.iter_mut().map(|r| std::mem::take(&mut r.value)).collect();
-    let value_len =
-        |v: &Bytes| if v.is_empty() { 0 } else { 1 + prost::encoding::encoded_len_varint(v.len() as u64) + v.len() };
-    let lens: Vec<usize> = records.iter().zip(&values).map(|(r, v)| r.encoded_len() + value_len(v)).collect();
-    let records_len: usize = lens.iter().map(|&l| 1 + prost::encoding::encoded_len_varint(l as u64) + l).sum();
+    let values: Vec<Bytes> = records.iter_mut().map(|r| r.take_value()).collect();
+    let value_len = |v: &Bytes| if v.is_empty() { 0 } else { len_delimited(v.len()) };
+    let lens: Vec<usize> = records.iter().zip(&values).map(|(r, v)| r.len_without_value() + value_len(v)).collect();
+    let records_len: usize = lens.iter().map(|&l| len_delimited(l)).sum();
     let mut out = frame_message(head, batches, batch_field);
     // The prefix's length covers the records too (fields may come in any
     // order): rewrite it, then append them.
@@ -166,7 +306,7 @@ pub fn frame_records<M: Message>(
         }
         chunk.put_u8((1 << 3) | 2);
         prost::encoding::encode_varint(len as u64, &mut chunk);
-        record.encode_raw(&mut chunk);
+        record.encode_without_value(&mut chunk);
         if !value.is_empty() {
             chunk.put_u8((VALUE_FIELD << 3) | 2);
             prost::encoding::encode_varint(value.len() as u64, &mut chunk);

@@ -20,6 +20,7 @@ use crate::broker::{
     ProduceResult, ResetOffsets, SubscribeRequest, TopicInfo,
 };
 use crate::group::offsets::Committed;
+use crate::listener::grpc::codec::TopicRecords;
 use crate::proto;
 use crate::storage::batch::{ProducerStamp, Record, StoredRecord};
 
@@ -172,53 +173,68 @@ pub fn stored_record(topic: &str, partition: u32, r: StoredRecord) -> proto::Sto
     }
 }
 
-fn records_response(topic: &str, partition: u32, read: ReadRecords) -> proto::FetchResponse {
-    proto::FetchResponse {
-        records: read.records.into_iter().map(|r| stored_record(topic, partition, r)).collect(),
+fn records_response(topic: &str, partition: u32, read: ReadRecords) -> (proto::FetchResponse, Option<TopicRecords>) {
+    let head = proto::FetchResponse {
+        records: vec![],
         next_offset: read.next_offset,
         high_watermark: read.high_watermark,
         log_start_offset: read.log_start_offset,
         record_batches: vec![],
-    }
+    };
+    (head, Some(TopicRecords { topic: topic.to_string(), partition, records: read.records }))
 }
 
 /// A Subscribe message carrying one delivery (records or stored batches).
-fn subscribe_response(delivered: Option<SubscriptionEvent>) -> proto::SubscribeResponse {
+fn subscribe_response(delivered: Option<SubscriptionEvent>) -> (proto::SubscribeResponse, Option<TopicRecords>) {
     match delivered {
-        Some(SubscriptionEvent::Records { topic, partition, records }) => proto::SubscribeResponse {
-            records: records.into_iter().map(|r| stored_record(&topic, partition, r)).collect(),
-            ..Default::default()
-        },
-        Some(SubscriptionEvent::Batches { topic, partition, from, next, batches }) => proto::SubscribeResponse {
-            topic,
-            partition,
-            first_offset: from,
-            next_offset: next,
-            record_batches: batches,
-            ..Default::default()
-        },
-        Some(SubscriptionEvent::Assigned(_)) | None => proto::SubscribeResponse::default(),
+        Some(SubscriptionEvent::Records { topic, partition, records }) => {
+            (proto::SubscribeResponse::default(), Some(TopicRecords { topic, partition, records }))
+        }
+        Some(SubscriptionEvent::Batches { topic, partition, from, next, batches }) => (
+            proto::SubscribeResponse {
+                topic,
+                partition,
+                first_offset: from,
+                next_offset: next,
+                record_batches: batches,
+                ..Default::default()
+            },
+            None,
+        ),
+        Some(SubscriptionEvent::Assigned(_)) | None => (proto::SubscribeResponse::default(), None),
     }
 }
 
-/// A fetch's answer: decoded records, or the stored batches as they are
-/// (next_offset is after the last, or `from` when there is none).
-pub fn fetch_response(topic: &str, partition: u32, fetched: Fetched) -> proto::FetchResponse {
+/// A fetch's answer: decoded records (kept as stored, to be framed by
+/// `codec::frame_stored_records` or made prost messages by
+/// [`fetch_response`]), or the stored batches as they are (next_offset is
+/// after the last, or `from` when there is none).
+pub fn fetch_parts(topic: &str, partition: u32, fetched: Fetched) -> (proto::FetchResponse, Option<TopicRecords>) {
     match fetched {
         Fetched::Records(read) => records_response(topic, partition, read),
-        Fetched::Batches { from, read } => proto::FetchResponse {
-            records: vec![],
-            next_offset: read.next_offset().unwrap_or(from),
-            high_watermark: read.high_watermark,
-            log_start_offset: read.log_start_offset,
-            record_batches: read.batches,
-        },
+        Fetched::Batches { from, read } => (
+            proto::FetchResponse {
+                records: vec![],
+                next_offset: read.next_offset().unwrap_or(from),
+                high_watermark: read.high_watermark,
+                log_start_offset: read.log_start_offset,
+                record_batches: read.batches,
+            },
+            None,
+        ),
     }
 }
 
-/// One Subscribe message.
-pub fn subscribe_message(m: StreamMessage) -> proto::SubscribeResponse {
-    let mut out = subscribe_response(m.delivery);
+/// [`fetch_parts`] as one prost message.
+pub fn fetch_response(topic: &str, partition: u32, fetched: Fetched) -> proto::FetchResponse {
+    let (mut head, records) = fetch_parts(topic, partition, fetched);
+    head.records = records.map(TopicRecords::into_proto).unwrap_or_default();
+    head
+}
+
+/// One Subscribe message, its records kept as stored (see [`fetch_parts`]).
+pub fn subscribe_parts(m: StreamMessage) -> (proto::SubscribeResponse, Option<TopicRecords>) {
+    let (mut out, records) = subscribe_response(m.delivery);
     if let Some(membership) = m.membership {
         out.assignments = assignments(&membership.assignment);
         out.member_id = membership.member_id;
@@ -226,7 +242,14 @@ pub fn subscribe_message(m: StreamMessage) -> proto::SubscribeResponse {
     } else if let Some(streaming) = m.streaming {
         out.assignments = assignments(&streaming);
     }
-    out
+    (out, records)
+}
+
+/// One Subscribe message as one prost message.
+pub fn subscribe_message(m: StreamMessage) -> proto::SubscribeResponse {
+    let (mut head, records) = subscribe_parts(m);
+    head.records = records.map(TopicRecords::into_proto).unwrap_or_default();
+    head
 }
 
 pub fn topic_description(t: TopicInfo) -> proto::TopicDescription {

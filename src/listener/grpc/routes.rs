@@ -46,7 +46,7 @@ use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::{Request, Status};
 
-use super::codec::{frame_plain, frame_records, Frames, GRPC_PREFIX};
+use super::codec::{frame_plain, frame_records, frame_stored_records, Frames, TopicRecords, GRPC_PREFIX};
 use super::convert;
 use super::service::BrokerService;
 use super::status::to_status;
@@ -279,16 +279,15 @@ async fn subscribe(
     let (request, _permit) = decode_request::<proto::SubscribeRequest>(request, limits).await?;
     let caller = caller_of(request.extensions());
     let stream = service.subscribe_budgeted(&caller, request.into_inner())?;
-    Ok(Box::pin(stream.map(|m| m.map(|(m, permit)| (frame_subscribe_response(m), permit)))))
+    Ok(Box::pin(stream.map(|m| m.map(|((head, records), permit)| (frame_subscribe_parts(head, records), permit)))))
 }
 
 /// Runs the Fetch handler: its one message, then the status.
 async fn fetch(service: BrokerService, request: http::Request<Body>, limits: RequestLimits) -> Result<Framed, Status> {
     let (request, _permit) = decode_request::<proto::FetchRequest>(request, limits).await?;
-    let mut m = service.fetch(request).await?.into_inner();
+    let (mut m, records) = service.fetch_parts(request).await?;
     let batches = std::mem::take(&mut m.record_batches);
-    let records = std::mem::take(&mut m.records);
-    let chunks = frame_records(&m, records, batches, FETCH_BATCHES_FIELD);
+    let chunks = frame_stored_records(&m, records, batches, FETCH_BATCHES_FIELD);
     Ok(Box::pin(futures::stream::once(futures::future::ready(Ok((chunks, BudgetPermit::none()))))))
 }
 
@@ -722,6 +721,12 @@ pub fn frame_subscribe_response(mut message: proto::SubscribeResponse) -> VecDeq
     frame_records(&message, records, batches, SUBSCRIBE_BATCHES_FIELD)
 }
 
+/// The frames of a SubscribeResponse whose records are still as stored.
+fn frame_subscribe_parts(mut head: proto::SubscribeResponse, records: Option<TopicRecords>) -> VecDeque<Bytes> {
+    let batches = std::mem::take(&mut head.record_batches);
+    frame_stored_records(&head, records, batches, SUBSCRIBE_BATCHES_FIELD)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -816,6 +821,59 @@ mod tests {
         assert!(out.iter().all(|c| c.len() <= 64 * 1024 || c.as_ptr() == big.as_ptr()));
         let bytes = joined(&out);
         assert_eq!(proto::FetchResponse::decode(&bytes[GRPC_PREFIX..]).unwrap(), message);
+    }
+
+    /// Records framed straight from storage decode as the prost messages
+    /// `convert::stored_record` makes of them: defaults omitted (partition 0,
+    /// empty key, empty header key or value), negative timestamps, a
+    /// repeated header key (its last value, as the map keeps), shared large
+    /// values; in Fetch and Subscribe responses.
+    #[test]
+    fn records_framed_from_storage_decode_as_their_prost_messages() {
+        use crate::storage::batch::StoredRecord;
+        let big = Bytes::from(vec![7u8; 20_000]);
+        let stored: Vec<StoredRecord> = (0..700u64)
+            .map(|i| StoredRecord {
+                offset: i,
+                timestamp_ms: if i % 5 == 0 { -(i as i64) - 1 } else { 1_700_000_000_000 + i as i64 },
+                key: if i % 4 == 0 { Bytes::new() } else { Bytes::from(format!("key-{i}")) },
+                value: match i % 50 {
+                    0 => Bytes::new(),
+                    9 => big.clone(),
+                    _ => Bytes::from(vec![(i % 251) as u8; 300 + i as usize]),
+                },
+                headers: match i % 4 {
+                    0 => vec![],
+                    1 => vec![("id".into(), Bytes::from(format!("evt-{i}")))],
+                    2 => vec![("".into(), Bytes::from_static(b"v")), ("k".into(), Bytes::new())],
+                    _ => {
+                        vec![("dup".into(), Bytes::from_static(b"first")), ("dup".into(), Bytes::from_static(b"last"))]
+                    }
+                },
+            })
+            .collect();
+        for partition in [0u32, 3] {
+            let records = TopicRecords { topic: "payments.eu".into(), partition, records: stored.clone() };
+            let head = proto::FetchResponse { next_offset: 700, high_watermark: 800, ..Default::default() };
+            let out = frame_stored_records(&head, Some(records), Vec::new(), FETCH_BATCHES_FIELD);
+            let bytes = joined(&out);
+            let want = proto::FetchResponse {
+                records: TopicRecords { topic: "payments.eu".into(), partition, records: stored.clone() }.into_proto(),
+                ..head.clone()
+            };
+            assert_eq!(u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize, bytes.len() - GRPC_PREFIX);
+            assert_eq!(proto::FetchResponse::decode(&bytes[GRPC_PREFIX..]).unwrap(), want);
+            assert_eq!(want.records[3].headers.get("dup").map(|v| &v[..]), Some(&b"last"[..]));
+            assert_eq!(out.iter().filter(|c| c.as_ptr() == big.as_ptr()).count(), 14, "large values shared");
+        }
+        let records = TopicRecords { topic: "t".into(), partition: 1, records: stored[..40].to_vec() };
+        let head = proto::SubscribeResponse { member_id: "m-1".into(), generation: 2, ..Default::default() };
+        let bytes = joined(&frame_subscribe_parts(head.clone(), Some(records)));
+        let want = proto::SubscribeResponse {
+            records: TopicRecords { topic: "t".into(), partition: 1, records: stored[..40].to_vec() }.into_proto(),
+            ..head
+        };
+        assert_eq!(proto::SubscribeResponse::decode(&bytes[GRPC_PREFIX..]).unwrap(), want);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::codec;
 use super::convert;
 use super::status::to_status;
 use crate::broker::budget::BudgetPermit;
@@ -27,7 +28,14 @@ pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 's
 
 /// Subscribe responses, each with its share of the stream's read-ahead
 /// budget, to drop once the connection has the bytes (`routes.rs`).
-pub type BudgetedStream = Pin<Box<dyn Stream<Item = Result<(proto::SubscribeResponse, BudgetPermit), Status>> + Send>>;
+/// Subscribe messages with their records as stored (see
+/// `convert::subscribe_parts`), each with its share of the stream's budget.
+pub type BudgetedStream = Pin<
+    Box<
+        dyn Stream<Item = Result<((proto::SubscribeResponse, Option<codec::TopicRecords>), BudgetPermit), Status>>
+            + Send,
+    >,
+>;
 
 /// The caller of a gRPC request: anonymous (until security), from its
 /// peer, with the trace context of its metadata.
@@ -85,9 +93,33 @@ impl BrokerService {
         Ok(Box::pin(messages.map(|m| {
             m.map_err(to_status).map(|mut m| {
                 let permit = std::mem::replace(&mut m.permit, BudgetPermit::none());
-                (convert::subscribe_message(m), permit)
+                (convert::subscribe_parts(m), permit)
             })
         })))
+    }
+
+    /// Fetch, its records kept as stored: the gRPC route frames them
+    /// straight from storage; the tonic trait's `fetch` makes them prost
+    /// messages.
+    pub async fn fetch_parts(
+        &self,
+        request: Request<proto::FetchRequest>,
+    ) -> Result<(proto::FetchResponse, Option<codec::TopicRecords>), Status> {
+        let caller = caller_of(&request);
+        self.allow(&caller, "Fetch", topic(&request.get_ref().topic))?;
+        let r = request.into_inner();
+        let (topic, partition) = (r.topic.clone(), r.partition);
+        let request = convert::fetch_request(r).map_err(to_status)?;
+        let span = match request.from {
+            Position::Offset(o) => telemetry::receive_span(&topic, partition, o),
+            _ => telemetry::receive_span(&topic, partition, 0),
+        };
+        let fetched = self.broker.fetch(&caller, request).instrument(span.clone()).await.map_err(to_status)?;
+        if let crate::broker::Fetched::Records(read) = &fetched {
+            span.record("messaging.batch.message_count", read.records.len());
+            telemetry::link_records(&span, read.records.iter().map(|r| &r.headers[..]));
+        }
+        Ok(convert::fetch_parts(&topic, partition, fetched))
     }
 }
 
@@ -313,21 +345,9 @@ impl proto::broker_server::Broker for BrokerService {
     }
 
     async fn fetch(&self, request: Request<proto::FetchRequest>) -> Result<Response<proto::FetchResponse>, Status> {
-        let caller = caller_of(&request);
-        self.allow(&caller, "Fetch", topic(&request.get_ref().topic))?;
-        let r = request.into_inner();
-        let (topic, partition) = (r.topic.clone(), r.partition);
-        let request = convert::fetch_request(r).map_err(to_status)?;
-        let span = match request.from {
-            Position::Offset(o) => telemetry::receive_span(&topic, partition, o),
-            _ => telemetry::receive_span(&topic, partition, 0),
-        };
-        let fetched = self.broker.fetch(&caller, request).instrument(span.clone()).await.map_err(to_status)?;
-        if let crate::broker::Fetched::Records(read) = &fetched {
-            span.record("messaging.batch.message_count", read.records.len());
-            telemetry::link_records(&span, read.records.iter().map(|r| &r.headers[..]));
-        }
-        Ok(Response::new(convert::fetch_response(&topic, partition, fetched)))
+        let (mut head, records) = self.fetch_parts(request).await?;
+        head.records = records.map(codec::TopicRecords::into_proto).unwrap_or_default();
+        Ok(Response::new(head))
     }
 
     type SubscribeStream = BoxStream<proto::SubscribeResponse>;
@@ -338,7 +358,12 @@ impl proto::broker_server::Broker for BrokerService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let caller = caller_of(&request);
         let messages = self.subscribe_budgeted(&caller, request.into_inner())?;
-        Ok(Response::new(Box::pin(messages.map(|m| m.map(|(m, _permit)| m)))))
+        Ok(Response::new(Box::pin(messages.map(|m| {
+            m.map(|((mut head, records), _permit)| {
+                head.records = records.map(codec::TopicRecords::into_proto).unwrap_or_default();
+                head
+            })
+        }))))
     }
 
     async fn list_offsets(
