@@ -299,6 +299,14 @@ impl Partition {
             if batches.is_empty() {
                 return Ok(out);
             }
+            // Sized once: grown by doubling, a 100,000-record read copied
+            // its records over and over into freshly zeroed pages.
+            let counted: u64 = batches
+                .iter()
+                .filter_map(|b| BatchHeader::parse(b, usize::MAX).ok())
+                .map(|h| h.next_offset().saturating_sub(h.base_offset))
+                .sum();
+            out.records.reserve((counted as usize).min(records_max.saturating_sub(out.records.len())));
             for batch in &batches {
                 let batch_end = BatchHeader::parse(batch, usize::MAX).map_or(u64::MAX, |h| h.next_offset());
                 let records = crate::storage::batch::decode_records(batch).map_err(|e| {
