@@ -251,6 +251,13 @@ fn make_certs(dir: &Path, cn: &str) -> TlsFiles {
     TlsFiles { cert: dir.join("server.pem"), key: dir.join("server.key"), client_ca: Some(dir.join("ca.pem")) }
 }
 
+/// A broker config with [`security`] and mTLS (certificates from
+/// [`make_certs`] in `dir`, the client's CN `auditor`), data in `dir/data`.
+fn tls_config(dir: &Path) -> strata::config::BrokerConfig {
+    let tls = make_certs(dir, "auditor");
+    strata::config::BrokerConfig { security: Some(security()), tls: Some(tls), ..common::config(&dir.join("data")) }
+}
+
 async fn tls_client(url: &str, dir: &Path, with_cert: bool) -> Result<Client, tonic::transport::Error> {
     tls_client_as(url, dir, with_cert, None).await
 }
@@ -277,13 +284,8 @@ async fn tls_client_as(
 async fn mtls_makes_the_certificate_cn_the_principal_and_hostile_tls_input_hurts_no_one() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let tls = make_certs(dir.path(), "auditor");
-    let config = strata::config::BrokerConfig {
-        security: Some(security()),
-        tls: Some(tls),
-        request_read_timeout: Duration::from_secs(2),
-        ..common::config(&dir.path().join("data"))
-    };
+    let config =
+        strata::config::BrokerConfig { request_read_timeout: Duration::from_secs(2), ..tls_config(dir.path()) };
     let server = strata::server::start(config).await.unwrap();
     let url = server.url();
 
@@ -445,13 +447,7 @@ async fn kafka_clients_authenticate_with_sasl_plain_and_get_kafkas_authorization
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_clients_over_tls_authenticate_by_sasl_or_by_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let tls = make_certs(dir.path(), "auditor");
-    let config = strata::config::BrokerConfig {
-        security: Some(security()),
-        tls: Some(tls),
-        ..common::config(&dir.path().join("data"))
-    };
-    let server = strata::server::start(config).await.unwrap();
+    let server = strata::server::start(tls_config(dir.path())).await.unwrap();
     let mut admin = tls_client_as(&server.url(), dir.path(), true, Some("admin-token")).await.unwrap();
     admin.create_topic(topic_req("payments.eu")).await.unwrap();
     admin.create_topic(topic_req("secret")).await.unwrap();

@@ -76,8 +76,7 @@ pub fn frame_message<M: Message>(head: &M, batches: Vec<Bytes>, field: u8) -> Ve
     let key = (field << 3) | 2;
     let mut out = VecDeque::new();
     let head_len = head.encoded_len();
-    let batches_len: usize =
-        batches.iter().map(|b| 1 + prost::encoding::encoded_len_varint(b.len() as u64) + b.len()).sum();
+    let batches_len: usize = batches.iter().map(|b| len_delimited(b.len())).sum();
     // Small batches are copied into chunks of at most about 64 KiB; the
     // first is sized to what it will hold, so it never grows.
     let inline: usize = batches
@@ -93,12 +92,7 @@ pub fn frame_message<M: Message>(head: &M, batches: Vec<Bytes>, field: u8) -> Ve
     for batch in batches {
         let shared = batch.len() >= CHUNK_MIN;
         let need = 1 + prost::encoding::encoded_len_varint(batch.len() as u64) + if shared { 0 } else { batch.len() };
-        if chunk.capacity() - chunk.len() < need {
-            if !chunk.is_empty() {
-                out.push_back(chunk.split().freeze());
-            }
-            chunk = BytesMut::with_capacity(RECORD_CHUNK_BYTES.max(need));
-        }
+        make_room(&mut chunk, &mut out, need);
         chunk.put_u8(key);
         prost::encoding::encode_varint(batch.len() as u64, &mut chunk);
         if shared {
@@ -119,6 +113,18 @@ pub fn frame_message<M: Message>(head: &M, batches: Vec<Bytes>, field: u8) -> Ve
 /// the allocator to recycle (a whole-response buffer of 8 MiB came back as
 /// freshly faulted, zeroed pages each time: `clear_page_erms`).
 const RECORD_CHUNK_BYTES: usize = 64 << 10;
+
+/// Makes room for `need` more bytes in `chunk`: when they do not fit, the
+/// chunk goes out as it is and a new one starts, rather than growing it
+/// (growing copied the chunk, and its realloc faulted in zeroed pages).
+fn make_room(chunk: &mut BytesMut, out: &mut VecDeque<Bytes>, need: usize) {
+    if chunk.capacity() - chunk.len() < need {
+        if !chunk.is_empty() {
+            out.push_back(chunk.split().freeze());
+        }
+        *chunk = BytesMut::with_capacity(RECORD_CHUNK_BYTES.max(need));
+    }
+}
 
 /// Field number of `value` in `StoredRecord`.
 const VALUE_FIELD: u8 = 6;
@@ -281,8 +287,7 @@ pub fn frame_records<M: Message, R: WireRecord>(
         return frame_message(head, batches, batch_field);
     }
     let values: Vec<Bytes> = records.iter_mut().map(|r| r.take_value()).collect();
-    let value_len = |v: &Bytes| if v.is_empty() { 0 } else { len_delimited(v.len()) };
-    let lens: Vec<usize> = records.iter().zip(&values).map(|(r, v)| r.len_without_value() + value_len(v)).collect();
+    let lens: Vec<usize> = records.iter().zip(&values).map(|(r, v)| r.len_without_value() + bytes_field(v)).collect();
     let records_len: usize = lens.iter().map(|&l| len_delimited(l)).sum();
     let mut out = frame_message(head, batches, batch_field);
     // The prefix's length covers the records too (fields may come in any
@@ -295,15 +300,8 @@ pub fn frame_records<M: Message, R: WireRecord>(
     for ((record, value), len) in records.iter().zip(values).zip(lens) {
         let shared = value.len() >= CHUNK_MIN;
         // What this record writes into the chunk (a shared value does not).
-        let inline = 1 + prost::encoding::encoded_len_varint(len as u64) + len - if shared { value.len() } else { 0 };
-        if chunk.capacity() - chunk.len() < inline {
-            // Full: a new buffer rather than growing this one (growing
-            // copied the chunk, and its realloc faulted in zeroed pages).
-            if !chunk.is_empty() {
-                out.push_back(chunk.split().freeze());
-            }
-            chunk = BytesMut::with_capacity(RECORD_CHUNK_BYTES.max(inline));
-        }
+        let inline = len_delimited(len) - if shared { value.len() } else { 0 };
+        make_room(&mut chunk, &mut out, inline);
         chunk.put_u8((1 << 3) | 2);
         prost::encoding::encode_varint(len as u64, &mut chunk);
         record.encode_without_value(&mut chunk);

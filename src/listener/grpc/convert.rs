@@ -206,9 +206,9 @@ fn subscribe_response(delivered: Option<SubscriptionEvent>) -> (proto::Subscribe
 }
 
 /// A fetch's answer: decoded records (kept as stored, to be framed by
-/// `codec::frame_stored_records` or made prost messages by
-/// [`fetch_response`]), or the stored batches as they are (next_offset is
-/// after the last, or `from` when there is none).
+/// `codec::frame_stored_records`, or made prost messages by
+/// `TopicRecords::into_proto`), or the stored batches as they are
+/// (next_offset is after the last, or `from` when there is none).
 pub fn fetch_parts(topic: &str, partition: u32, fetched: Fetched) -> (proto::FetchResponse, Option<TopicRecords>) {
     match fetched {
         Fetched::Records(read) => records_response(topic, partition, read),
@@ -225,13 +225,6 @@ pub fn fetch_parts(topic: &str, partition: u32, fetched: Fetched) -> (proto::Fet
     }
 }
 
-/// [`fetch_parts`] as one prost message.
-pub fn fetch_response(topic: &str, partition: u32, fetched: Fetched) -> proto::FetchResponse {
-    let (mut head, records) = fetch_parts(topic, partition, fetched);
-    head.records = records.map(TopicRecords::into_proto).unwrap_or_default();
-    head
-}
-
 /// One Subscribe message, its records kept as stored (see [`fetch_parts`]).
 pub fn subscribe_parts(m: StreamMessage) -> (proto::SubscribeResponse, Option<TopicRecords>) {
     let (mut out, records) = subscribe_response(m.delivery);
@@ -243,13 +236,6 @@ pub fn subscribe_parts(m: StreamMessage) -> (proto::SubscribeResponse, Option<To
         out.assignments = assignments(&streaming);
     }
     (out, records)
-}
-
-/// One Subscribe message as one prost message.
-pub fn subscribe_message(m: StreamMessage) -> proto::SubscribeResponse {
-    let (mut head, records) = subscribe_parts(m);
-    head.records = records.map(TopicRecords::into_proto).unwrap_or_default();
-    head
 }
 
 pub fn topic_description(t: TopicInfo) -> proto::TopicDescription {

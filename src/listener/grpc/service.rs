@@ -26,10 +26,9 @@ pub struct BrokerService {
 
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Subscribe responses, each with its share of the stream's read-ahead
-/// budget, to drop once the connection has the bytes (`routes.rs`).
-/// Subscribe messages with their records as stored (see
-/// `convert::subscribe_parts`), each with its share of the stream's budget.
+/// Subscribe messages, their records as stored (`convert::subscribe_parts`),
+/// each with its share of the stream's read-ahead budget, to drop once the
+/// connection has the bytes (`routes.rs`).
 pub type BudgetedStream = Pin<
     Box<
         dyn Stream<Item = Result<((proto::SubscribeResponse, Option<codec::TopicRecords>), BudgetPermit), Status>>
