@@ -138,15 +138,13 @@ pub async fn channel(url: &str) -> anyhow::Result<Channel> {
             .domain_name("localhost");
         endpoint = endpoint.tls_config(tls)?;
     }
-    Ok(endpoint
+    let endpoint = endpoint
         // A stream window above the 8 MiB fetch size, so a response is never
         // stalled waiting for a window update (measured: +15% raw fetch).
         .initial_stream_window_size(Some(16 << 20))
         .initial_connection_window_size(Some(64 << 20))
-        .max_frame_size(Some(1 << 20))
-        .tcp_nodelay(true)
-        .connect()
-        .await?)
+        .max_frame_size(Some(1 << 20));
+    Ok(crate::client::connect(endpoint, url.starts_with("https://")).await?)
 }
 
 /// Creates the bench topic (or reuses it) with the bench's flush policy.

@@ -286,8 +286,7 @@ pub async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
             anyhow::anyhow!("TLS settings (--tls-ca, --tls-cert, --tls-key): {e}{why}")
         })?;
     }
-    let channel = endpoint
-        .connect()
+    let channel = crate::client::connect(endpoint, tls)
         .await
         .map_err(|e| {
             // tonic's own message is only "transport error": say why.

@@ -164,7 +164,8 @@ pub fn incoming(
                             let pending = conn(Io::Handshaking, None);
                             tokio::spawn(async move {
                                 match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                                    Ok(Ok(tls)) => {
+                                    Ok(Ok(mut tls)) => {
+                                        tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER_BYTES));
                                         let cn = crate::security::tls::peer_cn(tls.get_ref().1);
                                         let conn = Conn { io: Io::Tls(Box::new(tls)), cn, ..pending };
                                         let _ = tx.send(Ok(conn)).await;
@@ -219,6 +220,13 @@ pub struct Conn {
     _open: ConnectionGuard,
     _slot: Slot,
 }
+
+/// How much encrypted output a TLS connection holds before a write waits
+/// for the socket. rustls' default, 64 KiB, cut each of HTTP/2's 1 MiB DATA
+/// frames into 16 writes (a syscall and often a wake-up of the reader
+/// each); 256 KiB sends such a frame in 4 and still bounds what a stalled
+/// client pins (beside the kernel's socket buffer and HTTP/2's window).
+const TLS_SEND_BUFFER_BYTES: usize = 256 << 10;
 
 enum Io {
     Plain(TcpStream),
