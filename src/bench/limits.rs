@@ -96,6 +96,12 @@ async fn loopback_tcp(time: Duration) -> anyhow::Result<f64> {
     Ok(total as f64 / started.elapsed().as_secs_f64() / 1e6)
 }
 
+/// The run with the median throughput.
+fn median_run(mut v: Vec<super::report::Summary>) -> super::report::Summary {
+    v.sort_by(|a, b| a.mb_per_s.total_cmp(&b.mb_per_s));
+    v.swap_remove(v.len() / 2)
+}
+
 fn median3(mut v: [f64; 3]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[1]
@@ -272,15 +278,21 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     // 300 MB written with flush never to each broker, then read back raw over
     // Subscribe: plaintext and TLS side by side.
     let fill = |a: BenchArgs| BenchArgs { flush: FlushPolicy::Never, records: Some(300_000), duration: None, ..a };
-    eprintln!("[limits] 4p. consume 300 MB raw over Subscribe (plaintext, for 4t)");
-    let c4p = load::consume(&BenchArgs { raw: true, subscribe: true, ..fill(on("limits.consume.plain")) }).await?;
-    eprintln!("[limits] 4t. the same over TLS");
-    let c4t = load::consume(&BenchArgs { raw: true, subscribe: true, ..fill(on_tls("limits.consume.tls")) }).await?;
-    // Per record (what the CLI and most gRPC consumers read), side by side.
-    eprintln!("[limits] 4q. consume 300 MB per record over Subscribe (plaintext, for 4u)");
-    let c4q = load::consume(&BenchArgs { subscribe: true, ..fill(on("limits.consume.plain")) }).await?;
-    eprintln!("[limits] 4u. the same over TLS");
-    let c4u = load::consume(&BenchArgs { subscribe: true, ..fill(on_tls("limits.consume.tls")) }).await?;
+    // Each read takes 0.15-0.4 s here, and single pairs ranged 0.42-0.81:
+    // three alternated rounds, each row's median.
+    let (mut c4p, mut c4t, mut c4q, mut c4u) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..3 {
+        eprintln!("[limits] 4p. consume 300 MB raw over Subscribe (plaintext, for 4t; round {round})");
+        c4p.push(load::consume(&BenchArgs { raw: true, subscribe: true, ..fill(on("limits.consume.plain")) }).await?);
+        eprintln!("[limits] 4t. the same over TLS");
+        c4t.push(load::consume(&BenchArgs { raw: true, subscribe: true, ..fill(on_tls("limits.consume.tls")) }).await?);
+        // Per record (what the CLI and most gRPC consumers read), side by side.
+        eprintln!("[limits] 4q. consume 300 MB per record over Subscribe (plaintext, for 4u)");
+        c4q.push(load::consume(&BenchArgs { subscribe: true, ..fill(on("limits.consume.plain")) }).await?);
+        eprintln!("[limits] 4u. the same over TLS");
+        c4u.push(load::consume(&BenchArgs { subscribe: true, ..fill(on_tls("limits.consume.tls")) }).await?);
+    }
+    let (c4p, c4t, c4q, c4u) = (median_run(c4p), median_run(c4t), median_run(c4q), median_run(c4u));
     tls_target.stop().await?;
     // Last: right after the fsync-heavy steps 1 and 2 this VM's disk is
     // still busy, and p99 measured 3-5 ms instead of 1.1 ms.
@@ -377,8 +389,8 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     ratio("4b. same, raw batches", &c4r, tcp, ">= 0.50");
     ratio("4c. same, raw batches over Subscribe", &c4s, tcp, ">= 0.50");
     ratio("4k. same, Kafka Fetch (librdkafka) vs 4c", &c4k, c4s.mb_per_s, ">= 0.9");
-    ratio("4t. consume 300 MB raw over Subscribe, TLS vs plaintext (4p)", &c4t, c4p.mb_per_s, ">= 0.7");
-    ratio("4u. consume 300 MB per record over Subscribe, TLS vs 4q", &c4u, c4q.mb_per_s, ">= 0.7");
+    ratio("4t. consume 300 MB raw, Subscribe, TLS vs 4p (median of 3)", &c4t, c4p.mb_per_s, ">= 0.7");
+    ratio("4u. same per record, TLS vs 4q (median of 3)", &c4u, c4q.mb_per_s, ">= 0.7");
     ratio("4r. same, Kafka Fetch (rskafka) vs 4c", &c4kr, c4s.mb_per_s, ">= 0.9");
     println!(
         "{:<62} p99 {:.2} ms, p99.9 {:.2} ms (< 2, < 10)",
