@@ -201,24 +201,35 @@ impl Partition {
 
     /// Before a group commit's fsync: waits until the requests the last
     /// fsync covered are back (their producers, acknowledged, send the next
-    /// ones), for at most half an fsync and never more than 2 ms, so that one
-    /// fsync covers every producer instead of two halves taking turns. A
-    /// syncer that starts from idle (`returning` 0) never waits, so a lone
-    /// request is fsynced at once. Returns the locked state.
+    /// ones), for at most as long as an fsync takes (its recent average) and
+    /// never more than 2 ms, so that one fsync covers every producer instead
+    /// of two halves taking turns. A syncer that starts from idle
+    /// (`returning` 0) never waits, so a lone request is fsynced at once,
+    /// and the wait ends as soon as the producers are back. Returns the
+    /// locked state.
     ///
     /// Measured (`strata bench produce --embedded --producers 8 --batch 100
-    /// --duration 5s`, old and new binaries alternated 3 times): 4.8-5.0
-    /// requests per fsync instead of 2.95-3.1, at the same MB/s and CPU per
-    /// GB (the two cores are the limit: encoding eight requests takes about
-    /// as long as their fsync), so 40% fewer fsyncs for a disk that counts
-    /// them; `bench e2e --rate 10000` p50/p99 within noise. Waiting longer
-    /// (a fixed 1 ms) reached 7.5 but cost 10-20% of the throughput.
+    /// --duration 5s`, old and new binaries alternated 3 times): waiting up
+    /// to half an fsync gave 4.8-5.0 requests per fsync instead of 2.95-3.1,
+    /// at the same MB/s and CPU per GB (the two cores are the limit:
+    /// encoding eight requests takes about as long as their fsync). Up to a
+    /// whole fsync (4 s runs, alternated 7x with half): 6.32-6.67 instead of
+    /// 4.73-5.03 requests per fsync, 436-494 vs 428-471 MB/s, 2.36-2.70 vs
+    /// 2.42-2.87 CPU-s/GB. Its cost: four producers at 10,000 records/s in
+    /// all (`bench e2e --producers 4`), whose appends come too far apart to
+    /// be back in time, wait for nothing: p99 median of 9 runs 2.07 vs 1.97
+    /// ms (one producer: within noise). Skipping the wait when producers
+    /// lately took longer than an fsync to come back kept that p99 but fell
+    /// to 4.0-4.5 requests per fsync under load (they take about that long
+    /// here), and so did a guess from the average gap between appends
+    /// (5.1-5.4). A fixed 1 ms reached 7.5 but cost 10-20% of the
+    /// throughput.
     fn linger(&self, returning: u64) -> std::sync::MutexGuard<'_, Syncer> {
         let mut s = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
         if returning == 0 {
             return s;
         }
-        let limit = std::time::Duration::from_micros((s.sync_us / 2).min(LINGER_US_MAX));
+        let limit = std::time::Duration::from_micros(s.sync_us.min(LINGER_US_MAX));
         let deadline = std::time::Instant::now() + limit;
         let expected = s.appended + returning;
         while s.appended < expected {
