@@ -222,12 +222,22 @@ impl BatchHeader {
     }
 }
 
+/// CRC-32C (Castagnoli, Kafka's batch checksum) of `bytes`: crc-fast's
+/// AVX-512 VPCLMULQDQ code where the CPU has it (PCLMULQDQ with SSE 4.2 or
+/// ARMv8's CRC and PMULL elsewhere, chosen at run time). Every per-record
+/// read checks each batch it decodes: the `crc32c` crate's SSE 4.2 loop
+/// was 7-8% of a page-cache per-record fetch's CPU, crc-fast's is 3-4%
+/// (in cache, 100 KiB: 28 -> 58 GB/s on this Zen 4; 1 KiB: 17 -> 26).
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes) as u32
+}
+
 /// Checks the CRC of a whole batch (`buf.len()` must equal the header's total length).
 pub fn verify_crc(header: &BatchHeader, buf: &[u8]) -> Result<(), BatchError> {
     if buf.len() != header.total_len {
         return Err(BatchError::Truncated { needed: header.total_len, available: buf.len() });
     }
-    let computed = crc32c::crc32c(&buf[CRC_START..]);
+    let computed = crc32c(&buf[CRC_START..]);
     if computed != header.crc {
         return Err(BatchError::BadCrc { stored: header.crc, computed });
     }
@@ -236,7 +246,7 @@ pub fn verify_crc(header: &BatchHeader, buf: &[u8]) -> Result<(), BatchError> {
 
 /// Recomputes and stores the CRC (after a change to the covered bytes).
 pub fn reseal(batch: &mut [u8]) {
-    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    let crc = crc32c(&batch[CRC_START..]);
     batch[17..21].copy_from_slice(&crc.to_be_bytes());
 }
 
@@ -574,6 +584,21 @@ mod tests {
         // "k", value length 5 "hello", no headers (zigzag varints).
         assert_eq!(&buf[61..], &[24, 0, 0, 0, 2, b'k', 10, b'h', b'e', b'l', b'l', b'o', 0][..]);
         assert_eq!(u32::from_be_bytes(buf[17..21].try_into().unwrap()), crc32c::crc32c(&buf[21..]));
+    }
+
+    /// crc-fast against the `crc32c` crate: every length up to 1 KiB and
+    /// some far beyond (its SIMD paths switch on length), at 16 start
+    /// alignments, plus the standard check value.
+    #[test]
+    fn crc32c_matches_an_independent_implementation() {
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for start in 0..16 {
+            for len in (0..1100).chain([4095, 4096, 4097, 16 << 10, 65_535, 65_536, 69_000]) {
+                let bytes = &data[start..(start + len).min(data.len())];
+                assert_eq!(crc32c(bytes), crc32c::crc32c(bytes), "start {start}, len {}", bytes.len());
+            }
+        }
     }
 
     #[test]
