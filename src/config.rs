@@ -52,6 +52,19 @@ pub const FETCH_RECORDS_DEFAULT: usize = 1000;
 pub const FETCH_BYTES_DEFAULT: usize = 1 << 20;
 /// Longest long poll.
 pub const FETCH_WAIT_MAX: Duration = Duration::from_secs(60);
+/// Bytes of gRPC fetch responses read ahead of their requests, broker
+/// wide: a consumer reading a partition through has its next response
+/// read and encoded while it decodes this one (`listener/grpc/ahead.rs`).
+/// Eight 8 MiB fetches; when it is taken, fetches are read when asked.
+pub const FETCH_AHEAD_BYTES_MAX: usize = 64 << 20;
+/// Responses read ahead per partition and consumer: two keep the broker
+/// reading while the client decodes and the next one is on its way.
+pub const FETCH_AHEAD_DEPTH: usize = 2;
+/// A response read ahead and not asked for within this long is dropped.
+pub const FETCH_AHEAD_KEEP: Duration = Duration::from_secs(5);
+/// Responses read ahead per connection (partitions fetched in turn over
+/// one connection each keep theirs).
+pub const FETCH_AHEAD_PER_CONNECTION: usize = 8;
 /// Records per push message of a per-record subscription.
 pub const PUSH_RECORDS_MAX: usize = 1000;
 /// Bytes per push message of a per-record subscription (about).

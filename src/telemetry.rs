@@ -30,7 +30,7 @@ pub const TARGET: &str = "strata::otel";
 /// 512 is what its implementations are asked to propagate at least).
 const TRACESTATE_BYTES_MAX: usize = 512;
 /// Links a receive span gets at most (one per record with a context).
-const RECEIVE_LINKS_MAX: usize = 32;
+pub const RECEIVE_LINKS_MAX: usize = 32;
 
 /// A caller's trace context, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]

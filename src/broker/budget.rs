@@ -74,6 +74,12 @@ impl RequestBudget {
         }
     }
 
+    /// `bytes` of the budget if they are free now.
+    pub fn try_acquire(&self, bytes: usize) -> Option<BudgetPermit> {
+        let n = u32::try_from(bytes.max(1)).ok()?;
+        self.permits.clone().try_acquire_many_owned(n).ok().map(|p| BudgetPermit(Some(p)))
+    }
+
     /// Waits for `bytes` of the budget. A request larger than the whole
     /// budget could never be served: RESOURCE_EXHAUSTED at once.
     pub async fn acquire(&self, bytes: usize) -> Result<BudgetPermit> {

@@ -37,7 +37,7 @@ impl Broker {
     /// there is none.
     pub async fn fetch(&self, _caller: &Caller, request: FetchRequest) -> Result<Fetched> {
         let FetchRequest { topic, partition, from, records_max, bytes_max, wait, raw } = request;
-        let bytes_max = if bytes_max == 0 { FETCH_BYTES_DEFAULT } else { bytes_max.min(self.config.request_bytes_max) };
+        let (records_max, bytes_max) = self.fetch_limits(records_max, bytes_max);
         let wait = wait.min(FETCH_WAIT_MAX);
         if raw {
             let (offset, read) = self
@@ -48,7 +48,6 @@ impl Broker {
                 .await?;
             return Ok(Fetched::Batches { from: offset, read });
         }
-        let records_max = if records_max == 0 { FETCH_RECORDS_DEFAULT } else { records_max.min(FETCH_RECORDS_MAX) };
         let (_, read) = self
             .long_poll(&topic, partition, from, wait, |p, offset| async move {
                 let read = p.read(offset, records_max, bytes_max).await?;
@@ -57,6 +56,32 @@ impl Broker {
             })
             .await?;
         Ok(Fetched::Records(read))
+    }
+
+    /// A fetch's record and byte limits as served: 0 means the default,
+    /// and neither goes above the broker's maximum.
+    pub fn fetch_limits(&self, records_max: usize, bytes_max: usize) -> (usize, usize) {
+        let records_max = if records_max == 0 { FETCH_RECORDS_DEFAULT } else { records_max.min(FETCH_RECORDS_MAX) };
+        let bytes_max = if bytes_max == 0 { FETCH_BYTES_DEFAULT } else { bytes_max.min(self.config.request_bytes_max) };
+        (records_max, bytes_max)
+    }
+
+    /// Reads records at `from` for a fetch expected next (see the gRPC
+    /// listener's read-ahead): no wait, and not counted as fetched until
+    /// it is served ([`Partition::count_fetched`]). The limits are as
+    /// [`Broker::fetch_limits`] returned them.
+    pub async fn read_ahead(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        records_max: usize,
+        bytes_max: usize,
+    ) -> Result<(Arc<Partition>, ReadRecords)> {
+        self.check_running()?;
+        let partition = self.partition(topic, partition)?;
+        let read = partition.read_uncounted(from, records_max, bytes_max).await?;
+        Ok((partition, read))
     }
 
     /// Calls `read` at the resolved offset until it finds data, an append

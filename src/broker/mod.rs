@@ -89,6 +89,9 @@ pub struct Broker {
     _lock: crate::storage::fs::DirLock,
     /// Request bytes being received or decoded, every listener together.
     request_budget: budget::RequestBudget,
+    /// Bytes of fetch responses read ahead of their requests, every
+    /// connection together (`FETCH_AHEAD_BYTES_MAX`).
+    fetch_ahead_budget: budget::RequestBudget,
     /// Counters and histograms every listener and partition reports to.
     metrics: crate::metrics::Metrics,
 }
@@ -176,6 +179,7 @@ impl Broker {
             alerts,
             _lock: lock,
             request_budget: budget::RequestBudget::new(config.request_bytes_in_flight_max),
+            fetch_ahead_budget: budget::RequestBudget::new(crate::config::FETCH_AHEAD_BYTES_MAX),
             metrics,
             config,
         });
@@ -288,6 +292,11 @@ impl Broker {
     /// The broker-wide budget of request bytes in flight.
     pub fn request_budget(&self) -> &budget::RequestBudget {
         &self.request_budget
+    }
+
+    /// Memory for fetch responses read ahead of their requests.
+    pub fn fetch_ahead_budget(&self) -> &budget::RequestBudget {
+        &self.fetch_ahead_budget
     }
 
     /// A fresh read-ahead budget for one push stream.

@@ -282,15 +282,31 @@ impl Partition {
     /// Reads records from `from` on: up to `records_max` records and about
     /// `bytes_max` bytes (always at least one record when any is there).
     pub async fn read(self: &Arc<Self>, from: u64, records_max: usize, bytes_max: usize) -> Result<ReadRecords> {
+        let read = self.read_uncounted(from, records_max, bytes_max).await?;
+        self.count_fetched(read.records.len() as u64, read.batch_bytes);
+        Ok(read)
+    }
+
+    /// [`Partition::read`] for a read that may never be served (a fetch
+    /// read ahead): the fetch counters count it when it is.
+    pub async fn read_uncounted(
+        self: &Arc<Self>,
+        from: u64,
+        records_max: usize,
+        bytes_max: usize,
+    ) -> Result<ReadRecords> {
         // Reads stay on the blocking pool: measured, running them in place
         // halved page-cache consume throughput (the decode competes with the
         // network tasks on the same worker).
         let this = self.clone();
-        let read = tokio::task::spawn_blocking(move || this.read_blocking(from, records_max, bytes_max))
+        tokio::task::spawn_blocking(move || this.read_blocking(from, records_max, bytes_max))
             .await
-            .map_err(|e| BrokerError::Internal(format!("read task failed: {e}")))??;
-        self.counters.fetched(read.records.len() as u64, read.batch_bytes);
-        Ok(read)
+            .map_err(|e| BrokerError::Internal(format!("read task failed: {e}")))?
+    }
+
+    /// Counts records read as fetched (`strata_fetch_*_total`).
+    pub fn count_fetched(&self, records: u64, batch_bytes: u64) {
+        self.counters.fetched(records, batch_bytes);
     }
 
     fn read_blocking(&self, from: u64, records_max: usize, bytes_max: usize) -> Result<ReadRecords> {

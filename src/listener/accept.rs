@@ -149,6 +149,7 @@ pub fn incoming(
                         cn,
                         idle_timeout: listening.idle_timeout,
                         idle: Box::pin(tokio::time::sleep(listening.idle_timeout)),
+                        fetch_ahead: Default::default(),
                         _open: guard,
                         _slot: slot,
                     };
@@ -217,6 +218,8 @@ pub struct Conn {
     pub cn: Option<String>,
     idle_timeout: Duration,
     idle: Pin<Box<tokio::time::Sleep>>,
+    /// gRPC Fetch responses read ahead for this connection.
+    fetch_ahead: Arc<crate::listener::grpc::ahead::FetchAhead>,
     _open: ConnectionGuard,
     _slot: Slot,
 }
@@ -246,6 +249,8 @@ impl std::fmt::Debug for Conn {
 pub struct PeerInfo {
     pub remote: Option<SocketAddr>,
     pub cn: Option<String>,
+    /// Fetch responses read ahead for this connection.
+    pub fetch_ahead: Arc<crate::listener::grpc::ahead::FetchAhead>,
 }
 
 impl Conn {
@@ -340,6 +345,6 @@ impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = PeerInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        PeerInfo { remote: self.peer, cn: self.cn.clone() }
+        PeerInfo { remote: self.peer, cn: self.cn.clone(), fetch_ahead: self.fetch_ahead.clone() }
     }
 }

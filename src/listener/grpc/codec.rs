@@ -289,45 +289,59 @@ pub fn frame_stored_records<M: Message>(
     batches: Vec<Bytes>,
     batch_field: u8,
 ) -> VecDeque<Bytes> {
-    let Some(TopicRecords { topic, partition, records }) = records else {
-        return frame_message(head, batches, batch_field);
-    };
-    let wire = records.into_iter().map(|record| StoredOf { topic: &topic, partition, record }).collect();
-    frame_records(head, wire, batches, batch_field)
+    match records {
+        None => frame_message(head, batches, batch_field),
+        Some(records) => frame_with_records(head, batches, batch_field, stored_record_chunks(records)),
+    }
 }
 
 /// One gRPC message as body chunks, like [`frame_message`], for a
 /// FetchResponse or SubscribeResponse whose `records` (field 1) were taken
-/// out of `head`: each record's size is computed once (prost's `encode`
-/// would size every record, headers map included, once for the message
-/// length and again for its own), the records go into chunks of about 64
-/// KiB rather than one buffer of the whole response, and a value of 16 KiB
-/// or more is sent as its own chunk, shared with the stored batch.
+/// out of `head` (see [`record_chunks`]).
 pub fn frame_records<M: Message, R: WireRecord>(
     head: &M,
-    mut records: Vec<R>,
+    records: Vec<R>,
     batches: Vec<Bytes>,
     batch_field: u8,
 ) -> VecDeque<Bytes> {
+    frame_with_records(head, batches, batch_field, record_chunks(records))
+}
+
+/// Records encoded as `records` entries (field 1) of a FetchResponse or
+/// SubscribeResponse: their length on the wire and the chunks that hold
+/// them, to follow the message's head ([`frame_with_records`]).
+#[derive(Debug, Default)]
+pub struct RecordChunks {
+    pub len: usize,
+    pub chunks: VecDeque<Bytes>,
+}
+
+/// [`record_chunks`] for records as stored.
+pub fn stored_record_chunks(records: TopicRecords) -> RecordChunks {
+    let TopicRecords { topic, partition, records } = records;
+    record_chunks(records.into_iter().map(|record| StoredOf { topic: &topic, partition, record }).collect())
+}
+
+/// `records` as `records` entries: each record's size is computed once
+/// (prost's `encode` would size every record, headers map included, once
+/// for the message length and again for its own), the records go into
+/// chunks of about 64 KiB rather than one buffer of the whole response,
+/// and a value of 16 KiB or more is sent as its own chunk, shared with the
+/// stored batch.
+pub fn record_chunks<R: WireRecord>(mut records: Vec<R>) -> RecordChunks {
+    let mut out = RecordChunks::default();
     if records.is_empty() {
-        return frame_message(head, batches, batch_field);
+        return out;
     }
     let values: Vec<Bytes> = records.iter_mut().map(|r| r.take_value()).collect();
     let lens: Vec<usize> = records.iter().zip(&values).map(|(r, v)| r.len_without_value() + bytes_field(v)).collect();
-    let records_len: usize = lens.iter().map(|&l| len_delimited(l)).sum();
-    let mut out = frame_message(head, batches, batch_field);
-    // The prefix's length covers the records too (fields may come in any
-    // order): rewrite it, then append them.
-    let mut first = BytesMut::from(out.pop_front().expect("a prefix chunk"));
-    let total = u32::from_be_bytes(first[1..GRPC_PREFIX].try_into().expect("4 bytes")) as usize + records_len;
-    first[1..GRPC_PREFIX].copy_from_slice(&(total as u32).to_be_bytes());
-    out.push_front(first.freeze());
+    out.len = lens.iter().map(|&l| len_delimited(l)).sum();
     let mut chunk = new_chunk(RECORD_CHUNK_BYTES);
     for ((record, value), len) in records.iter().zip(values).zip(lens) {
         let shared = value.len() >= CHUNK_MIN;
         // What this record writes into the chunk (a shared value does not).
         let inline = len_delimited(len) - if shared { value.len() } else { 0 };
-        make_room(&mut chunk, &mut out, inline);
+        make_room(&mut chunk, &mut out.chunks, inline);
         chunk.put_u8((1 << 3) | 2);
         prost::encoding::encode_varint(len as u64, &mut chunk);
         record.encode_without_value(&mut chunk);
@@ -335,16 +349,37 @@ pub fn frame_records<M: Message, R: WireRecord>(
             chunk.put_u8((VALUE_FIELD << 3) | 2);
             prost::encoding::encode_varint(value.len() as u64, &mut chunk);
             if shared {
-                out.push_back(chunk.split().freeze());
-                out.push_back(value);
+                out.chunks.push_back(chunk.split().freeze());
+                out.chunks.push_back(value);
             } else {
                 chunk.extend_from_slice(&value);
             }
         }
     }
     if !chunk.is_empty() {
-        out.push_back(chunk.freeze());
+        out.chunks.push_back(chunk.freeze());
     }
+    out
+}
+
+/// `head` framed by [`frame_message`] with its batches, followed by
+/// `records` (protobuf lets fields come in any order: the prefix's length
+/// covers them too).
+pub fn frame_with_records<M: Message>(
+    head: &M,
+    batches: Vec<Bytes>,
+    batch_field: u8,
+    records: RecordChunks,
+) -> VecDeque<Bytes> {
+    let mut out = frame_message(head, batches, batch_field);
+    if records.len == 0 {
+        return out;
+    }
+    let mut first = BytesMut::from(out.pop_front().expect("a prefix chunk"));
+    let total = u32::from_be_bytes(first[1..GRPC_PREFIX].try_into().expect("4 bytes")) as usize + records.len;
+    first[1..GRPC_PREFIX].copy_from_slice(&(total as u32).to_be_bytes());
+    out.push_front(first.freeze());
+    out.extend(records.chunks);
     out
 }
 

@@ -5,10 +5,12 @@
 //! - `service.rs`: the `strata.v1.Broker` methods, translated.
 //! - `routes.rs`: the methods answered beside tonic (zero-copy Subscribe,
 //!   Fetch, Produce, ProduceStream) and the limits every request is read under.
+//! - `ahead.rs`: Fetch responses read ahead of their requests.
 //! - `codec.rs`: the codec of every service and client, and message framing.
 //! - `convert.rs`: proto <-> broker types.
 //! - `status.rs`: broker errors -> gRPC statuses.
 
+pub mod ahead;
 pub mod codec;
 pub mod convert;
 pub mod routes;

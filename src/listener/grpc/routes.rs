@@ -107,7 +107,7 @@ pub const UNARY_METHODS: &[&str] = &[
 
 /// Field numbers of `record_batches` in the two responses.
 const SUBSCRIBE_BATCHES_FIELD: u8 = 9;
-const FETCH_BATCHES_FIELD: u8 = 5;
+pub(super) const FETCH_BATCHES_FIELD: u8 = 5;
 /// Field numbers in `ProduceRequest` and `Record`, for counting before decoding.
 const PRODUCE_RECORDS_FIELD: u64 = 3;
 const PRODUCE_BATCH_FIELD: u64 = 7;
@@ -284,10 +284,9 @@ async fn subscribe(
 
 /// Runs the Fetch handler: its one message, then the status.
 async fn fetch(service: BrokerService, request: http::Request<Body>, limits: RequestLimits) -> Result<Framed, Status> {
+    let ahead = request.extensions().get::<PeerInfo>().map(|i| i.fetch_ahead.clone());
     let (request, _permit) = decode_request::<proto::FetchRequest>(request, limits).await?;
-    let (mut m, records) = service.fetch_parts(request).await?;
-    let batches = std::mem::take(&mut m.record_batches);
-    let chunks = frame_stored_records(&m, records, batches, FETCH_BATCHES_FIELD);
+    let chunks = super::ahead::fetch(&service, request, ahead).await?;
     Ok(Box::pin(futures::stream::once(futures::future::ready(Ok((chunks, BudgetPermit::none()))))))
 }
 

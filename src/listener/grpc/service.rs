@@ -106,14 +106,22 @@ impl BrokerService {
     ) -> Result<(proto::FetchResponse, Option<codec::TopicRecords>), Status> {
         let caller = caller_of(&request);
         self.allow(&caller, "Fetch", topic(&request.get_ref().topic))?;
-        let r = request.into_inner();
+        self.fetch_allowed(&caller, request.into_inner()).await
+    }
+
+    /// [`BrokerService::fetch_parts`] for a caller already allowed to.
+    pub async fn fetch_allowed(
+        &self,
+        caller: &Caller,
+        r: proto::FetchRequest,
+    ) -> Result<(proto::FetchResponse, Option<codec::TopicRecords>), Status> {
         let (topic, partition) = (r.topic.clone(), r.partition);
         let request = convert::fetch_request(r).map_err(to_status)?;
         let span = match request.from {
             Position::Offset(o) => telemetry::receive_span(&topic, partition, o),
             _ => telemetry::receive_span(&topic, partition, 0),
         };
-        let fetched = self.broker.fetch(&caller, request).instrument(span.clone()).await.map_err(to_status)?;
+        let fetched = self.broker.fetch(caller, request).instrument(span.clone()).await.map_err(to_status)?;
         if let crate::broker::Fetched::Records(read) = &fetched {
             span.record("messaging.batch.message_count", read.records.len());
             telemetry::link_records(&span, read.records.iter().map(|r| &r.headers[..]));
@@ -163,7 +171,7 @@ pub const METHOD_OPERATIONS: &[(&str, Operation)] = &[
     ("DeleteAlertRule", Operation::Admin),
 ];
 
-fn topic(name: &str) -> Resource {
+pub fn topic(name: &str) -> Resource {
     Resource::Topic(name.to_string())
 }
 
