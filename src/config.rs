@@ -62,6 +62,9 @@ pub const FETCH_AHEAD_BYTES_MAX: usize = 64 << 20;
 pub const FETCH_AHEAD_DEPTH: usize = 2;
 /// A response read ahead and not asked for within this long is dropped.
 pub const FETCH_AHEAD_KEEP: Duration = Duration::from_secs(5);
+/// Bytes read ahead for one connection: no client takes more than a
+/// quarter of `FETCH_AHEAD_BYTES_MAX` (two 8 MiB responses).
+pub const FETCH_AHEAD_CONNECTION_BYTES_MAX: usize = FETCH_AHEAD_BYTES_MAX / 4;
 /// Responses read ahead per connection (partitions fetched in turn over
 /// one connection each keep theirs).
 pub const FETCH_AHEAD_PER_CONNECTION: usize = 8;

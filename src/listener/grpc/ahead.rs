@@ -22,9 +22,13 @@
 //!   would return more). Its high watermark and log start are the current
 //!   ones, and it is counted as fetched only when served.
 //! - Memory: at most `FETCH_AHEAD_BYTES_MAX` broker wide (when it is taken,
-//!   fetches are read when asked, as before), `FETCH_AHEAD_PER_CONNECTION`
-//!   responses per connection, each dropped `FETCH_AHEAD_KEEP` after it
-//!   was read or when its connection closes.
+//!   fetches are read when asked, as before), a quarter of that and
+//!   `FETCH_AHEAD_PER_CONNECTION` responses per connection, each dropped
+//!   `FETCH_AHEAD_KEEP` after it was read or when its connection closes.
+//! - Work: a fetch that was not read ahead (the first, or one that seeks)
+//!   starts one read ahead; only a consumer that took one (reading the
+//!   partition through) gets `FETCH_AHEAD_DEPTH`. A client that seeks at
+//!   random makes the broker read at most twice what it fetches.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -39,7 +43,9 @@ use super::service::{caller_of, topic, BrokerService};
 use crate::broker::budget::BudgetPermit;
 use crate::broker::partition::Partition;
 use crate::broker::Broker;
-use crate::config::{FETCH_AHEAD_DEPTH, FETCH_AHEAD_KEEP, FETCH_AHEAD_PER_CONNECTION};
+use crate::config::{
+    FETCH_AHEAD_CONNECTION_BYTES_MAX, FETCH_AHEAD_DEPTH, FETCH_AHEAD_KEEP, FETCH_AHEAD_PER_CONNECTION,
+};
 use crate::proto;
 use crate::telemetry;
 
@@ -110,14 +116,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl FetchAhead {
     /// The response read ahead for `key`, if there is one and a fetch now
     /// would return the same records. Waits for a read still under way.
-    /// What was read ahead for the same partition at or before `key`'s
-    /// offset is dropped (the consumer has moved on, or seeked).
+    /// What else was read ahead for the partition is dropped when there is
+    /// none for `key` (the consumer seeked), else what lies before `key`.
     async fn claim(&self, broker: &Broker, key: &Key) -> Option<(Prepared, u64, u64)> {
         let slot = {
             let mut slots = lock(&self.slots);
             let i = slots.iter().position(|s| &s.key == key);
             let slot = i.and_then(|i| slots.remove(i));
-            slots.retain(|s| !(s.key.same_partition(key) && s.key.from <= key.from));
+            let seeked = slot.is_none();
+            slots.retain(|s| !(s.key.same_partition(key) && (seeked || s.key.from <= key.from)));
             slot?
         };
         let mut ready = slot.ready.clone();
@@ -140,15 +147,22 @@ impl FetchAhead {
     }
 
     /// Starts reading the response for `key`, unless it is being read, the
-    /// partition already has `FETCH_AHEAD_DEPTH` read ahead, or the
-    /// broker's read-ahead budget is spent. When it stops at its limits
+    /// partition already has `FETCH_AHEAD_DEPTH` read ahead, the connection
+    /// holds its share of the budget, or the broker's read-ahead budget is
+    /// spent. With `chain` (the consumer just took a response read ahead:
+    /// it reads the partition through), when this one stops at its limits
     /// with more records behind them, the one after it is started too, so
-    /// the broker keeps reading while the client decodes. The oldest goes
-    /// when the connection has too many.
-    fn start(self: &Arc<Self>, broker: &Arc<Broker>, key: Key) {
+    /// the broker keeps reading while the client decodes; a consumer that
+    /// seeks costs at most one read ahead per fetch, never used. The oldest
+    /// goes when the connection has too many.
+    fn start(self: &Arc<Self>, broker: &Arc<Broker>, key: Key, chain: bool) {
         let mut slots = lock(&self.slots);
         let ahead = slots.iter().filter(|s| s.key.same_partition(&key)).count();
-        if ahead >= FETCH_AHEAD_DEPTH || slots.iter().any(|s| s.key == key) {
+        let held: usize = slots.iter().map(|s| s.key.bytes_max).sum();
+        if ahead >= FETCH_AHEAD_DEPTH
+            || slots.iter().any(|s| s.key == key)
+            || held + key.bytes_max > FETCH_AHEAD_CONNECTION_BYTES_MAX
+        {
             return;
         }
         let Some(permit) = broker.fetch_ahead_budget().try_acquire(key.bytes_max) else { return };
@@ -158,11 +172,12 @@ impl FetchAhead {
             let (broker, key, cell, connection) = (broker.clone(), key.clone(), cell.clone(), Arc::downgrade(self));
             async move {
                 let prepared = prepare(&broker, &key, permit).await;
-                let next = prepared.as_ref().filter(|p| p.next_offset < p.read_high_watermark).map(|p| p.next_offset);
+                let next =
+                    prepared.as_ref().filter(|p| chain && p.next_offset < p.read_high_watermark).map(|p| p.next_offset);
                 *lock(&cell) = prepared;
                 let _ = done.send(true);
                 if let (Some(next), Some(connection)) = (next, connection.upgrade()) {
-                    connection.start(&broker, Key { from: next, ..key });
+                    connection.start(&broker, Key { from: next, ..key }, true);
                 }
                 tokio::time::sleep(FETCH_AHEAD_KEEP).await;
                 lock(&cell).take();
@@ -250,7 +265,7 @@ pub async fn fetch(
                 ..Default::default()
             };
             if prepared.next_offset < high_watermark {
-                ahead.start(broker, key_at(prepared.next_offset));
+                ahead.start(broker, key_at(prepared.next_offset), true);
             }
             return Ok(codec::frame_with_records(&head, Vec::new(), FETCH_BATCHES_FIELD, prepared.encoded));
         }
@@ -260,9 +275,92 @@ pub async fn fetch(
     if let (Some(ahead), false) = (&ahead, raw) {
         let more = records.as_ref().is_some_and(|r| !r.records.is_empty()) && head.next_offset < head.high_watermark;
         if more {
-            ahead.start(broker, key_at(head.next_offset));
+            ahead.start(broker, key_at(head.next_offset), false);
         }
     }
     let batches = std::mem::take(&mut head.record_batches);
     Ok(codec::frame_stored_records(&head, records, batches, FETCH_BATCHES_FIELD))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::broker_client::BrokerClient;
+
+    /// What `ahead` holds once its reads are over: (responses, bytes they
+    /// may take).
+    async fn held(ahead: &FetchAhead) -> (usize, usize) {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let slots = lock(&ahead.slots);
+        (slots.len(), slots.iter().map(|s| s.key.bytes_max).sum())
+    }
+
+    fn request(from: u64, max_records: u32, max_bytes: u32) -> Request<proto::FetchRequest> {
+        Request::new(proto::FetchRequest {
+            topic: "t".into(),
+            partition: 0,
+            from: Some(proto::Position { position: Some(proto::position::Position::Offset(from)) }),
+            max_records,
+            max_bytes,
+            max_wait_ms: 0,
+            raw_batches: false,
+        })
+    }
+
+    /// A consumer that seeks gets one response read ahead, never a chain;
+    /// one that reads through gets two; a connection never holds more than
+    /// its share of bytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_ahead_is_bounded_by_what_the_consumer_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            kafka_listen: None,
+            http_listen: None,
+            ..Default::default()
+        };
+        let server = crate::server::start(config).await.unwrap();
+        let mut c = BrokerClient::connect(server.url()).await.unwrap();
+        c.create_topic(proto::CreateTopicRequest { name: "t".into(), partitions: 1, config: Default::default() })
+            .await
+            .unwrap();
+        // 500 records of 100 KiB: fetches of 100 fill 10 MiB.
+        let value = vec![7u8; 100 << 10];
+        for _ in 0..10 {
+            let records =
+                (0..50).map(|_| proto::Record { value: value.clone().into(), ..Default::default() }).collect();
+            c.produce(proto::ProduceRequest { topic: "t".into(), partition: Some(0), records, ..Default::default() })
+                .await
+                .unwrap();
+        }
+        let service = BrokerService { broker: server.broker().clone() };
+
+        // Seeking: each fetch starts one read ahead, for where it ended.
+        let seeker = Arc::new(FetchAhead::default());
+        for from in [0, 350, 40, 90] {
+            fetch(&service, request(from, 10, 0), Some(seeker.clone())).await.unwrap();
+            assert_eq!(held(&seeker).await.0, 1, "after a fetch from {from}");
+        }
+
+        // Reading through: the fetch that takes a response read ahead
+        // starts a chain two deep.
+        let reader = Arc::new(FetchAhead::default());
+        fetch(&service, request(0, 10, 0), Some(reader.clone())).await.unwrap();
+        assert_eq!(held(&reader).await.0, 1);
+        fetch(&service, request(10, 10, 0), Some(reader.clone())).await.unwrap();
+        assert_eq!(held(&reader).await.0, FETCH_AHEAD_DEPTH);
+
+        // Large fetches: two of 12 MiB would pass the connection's share.
+        let large = Arc::new(FetchAhead::default());
+        let (mut from, twelve) = (0, 12 << 20);
+        for _ in 0..3 {
+            let chunks = fetch(&service, request(from, 100, twelve), Some(large.clone())).await.unwrap();
+            assert!(!chunks.is_empty());
+            from += 100;
+            let (n, bytes) = held(&large).await;
+            assert!(n <= 1 && bytes <= FETCH_AHEAD_CONNECTION_BYTES_MAX, "{n} responses, {bytes} bytes");
+        }
+        server.shutdown().await.unwrap();
+    }
 }
