@@ -3,8 +3,10 @@
 //! in small steps on one connection gets every record once and in order;
 //! records appended after a response was read ahead are not missed; a
 //! topic deleted and created again is read from the new one; the fetch
-//! counters count records served, not read ahead; and a principal on the
-//! same connection without rights is refused, whatever was read ahead.
+//! counters count records served, not read ahead; a principal on the
+//! same connection without rights is refused, whatever was read ahead; and
+//! a response read ahead (encoded from the stored batches as they are read)
+//! is the very message a fetch on a fresh connection gets.
 
 mod common;
 
@@ -177,4 +179,61 @@ async fn a_principal_without_rights_is_refused_on_a_connection_that_read_ahead()
     // The admin still gets it.
     let r = admin.fetch(request("secret", 100, 100)).await.unwrap().into_inner();
     assert_eq!(r.records.first().map(|x| x.value.to_vec()), Some(b"s-100".to_vec()));
+}
+
+/// Records with every field set or left out (keys, headers with empty and
+/// repeated names, negative and zero timestamps, empty, small and large
+/// values): each step a consumer takes on one connection, served read
+/// ahead, equals the same fetch on a connection of its own (read then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_read_ahead_is_the_message_a_fetch_reads_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "fields", 1).await;
+    let records: Vec<proto::Record> = (0..400u32)
+        .map(|i| proto::Record {
+            key: if i % 3 == 0 { Default::default() } else { format!("k-{i}").into_bytes().into() },
+            value: match i % 40 {
+                0 => Default::default(),
+                7 => vec![b'L'; 20_000 + i as usize].into(),
+                _ => format!("v-{i}-{}", "x".repeat(i as usize % 90)).into_bytes().into(),
+            },
+            headers: match i % 4 {
+                0 => Default::default(),
+                1 => [("id".to_string(), format!("evt-{i}").into_bytes().into())].into(),
+                2 => [("".to_string(), b"v".to_vec().into()), ("k".to_string(), Default::default())].into(),
+                _ => [("trace".to_string(), vec![i as u8; 3].into())].into(),
+            },
+            timestamp_ms: match i % 5 {
+                0 => 1_700_000_000_000 + i as i64,
+                1 => -5 - i as i64,
+                _ => 1_600_000_000_000,
+            },
+        })
+        .collect();
+    for chunk in records.chunks(64) {
+        produce(&mut c, "fields", Some(0), chunk.to_vec()).await;
+    }
+    let mut next = 0;
+    let mut steps = 0;
+    while next < 400 {
+        let served = fetch(&mut c, "fields", next, 37).await;
+        let mut fresh = client(&server).await;
+        let read_now = fetch(&mut fresh, "fields", next, 37).await;
+        assert_eq!(served, read_now, "the step from {next}");
+        assert!(!served.records.is_empty());
+        next = served.next_offset;
+        steps += 1;
+    }
+    assert_eq!(steps, 11, "400 records in steps of 37");
+    let sent: Vec<(Vec<u8>, Vec<u8>)> = records.iter().map(|r| (r.key.to_vec(), r.value.to_vec())).collect();
+    let mut got = Vec::new();
+    let mut next = 0;
+    while next < 400 {
+        let r = fetch(&mut c, "fields", next, 37).await;
+        got.extend(r.records.iter().map(|x| (x.key.to_vec(), x.value.to_vec())));
+        next = r.next_offset;
+    }
+    assert_eq!(got, sent);
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::partition::{Partition, ReadRecords};
+use super::partition::{Partition, ReadInto, ReadRecords, ReadSink};
 use super::{Broker, BrokerError, Caller, FetchRequest, OffsetLookup, Position, Result};
 use crate::config::{FETCH_BYTES_DEFAULT, FETCH_RECORDS_DEFAULT, FETCH_RECORDS_MAX, FETCH_WAIT_MAX};
 use crate::storage::ReadBatches;
@@ -70,17 +70,18 @@ impl Broker {
     /// listener's read-ahead): no wait, and not counted as fetched until
     /// it is served ([`Partition::count_fetched`]). The limits are as
     /// [`Broker::fetch_limits`] returned them.
-    pub async fn read_ahead(
+    pub async fn read_ahead<S: ReadSink>(
         &self,
         topic: &str,
         partition: u32,
         from: u64,
         records_max: usize,
         bytes_max: usize,
-    ) -> Result<(Arc<Partition>, ReadRecords)> {
+        sink: S,
+    ) -> Result<(Arc<Partition>, ReadInto<S>)> {
         self.check_running()?;
         let partition = self.partition(topic, partition)?;
-        let read = partition.read_uncounted(from, records_max, bytes_max).await?;
+        let read = partition.read_into(from, records_max, bytes_max, sink).await?;
         Ok((partition, read))
     }
 

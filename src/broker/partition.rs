@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::error::{BrokerError, Result};
 use crate::metrics::TopicCounters;
-use crate::storage::batch::{BatchHeader, StoredRecord};
+use crate::storage::batch::{BatchHeader, RecordView, StoredRecord};
 use crate::storage::{AppendOutcome, BatchRef, Log, PendingAppend, ReadBatches};
 
 #[derive(Debug)]
@@ -71,9 +71,12 @@ impl AppendBytes {
 }
 
 /// Records read from a partition.
+pub type ReadRecords = ReadInto<Vec<StoredRecord>>;
+
+/// Records read from a partition into `records` (see [`ReadSink`]).
 #[derive(Debug, Clone, Default)]
-pub struct ReadRecords {
-    pub records: Vec<StoredRecord>,
+pub struct ReadInto<S> {
+    pub records: S,
     /// Offset after the last record returned (the `from` offset if none).
     pub next_offset: u64,
     pub high_watermark: u64,
@@ -82,6 +85,34 @@ pub struct ReadRecords {
     /// (what `strata_fetch_bytes_total` counts: a partition read record
     /// by record from start to end counts each batch once).
     pub batch_bytes: u64,
+}
+
+/// Where a read puts the records it takes: as [`StoredRecord`]s, or
+/// straight into a response's encoding, from the stored batch, with nothing
+/// built per record in between.
+pub trait ReadSink: Send + 'static {
+    /// Records taken so far.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Room for about `records` more.
+    fn reserve(&mut self, _records: usize) {}
+    fn push(&mut self, record: &RecordView<'_>);
+}
+
+impl ReadSink for Vec<StoredRecord> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+
+    fn reserve(&mut self, records: usize) {
+        Vec::reserve(self, records)
+    }
+
+    fn push(&mut self, record: &RecordView<'_>) {
+        Vec::push(self, record.to_stored())
+    }
 }
 
 impl Partition {
@@ -295,11 +326,22 @@ impl Partition {
         records_max: usize,
         bytes_max: usize,
     ) -> Result<ReadRecords> {
+        self.read_into(from, records_max, bytes_max, Vec::new()).await
+    }
+
+    /// [`Partition::read_uncounted`] into `sink`.
+    pub async fn read_into<S: ReadSink>(
+        self: &Arc<Self>,
+        from: u64,
+        records_max: usize,
+        bytes_max: usize,
+        sink: S,
+    ) -> Result<ReadInto<S>> {
         // Reads stay on the blocking pool: measured, running them in place
         // halved page-cache consume throughput (the decode competes with the
         // network tasks on the same worker).
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.read_blocking(from, records_max, bytes_max))
+        tokio::task::spawn_blocking(move || this.read_blocking(from, records_max, bytes_max, sink))
             .await
             .map_err(|e| BrokerError::Internal(format!("read task failed: {e}")))?
     }
@@ -309,8 +351,15 @@ impl Partition {
         self.counters.fetched(records, batch_bytes);
     }
 
-    fn read_blocking(&self, from: u64, records_max: usize, bytes_max: usize) -> Result<ReadRecords> {
-        let mut out = ReadRecords { next_offset: from, ..ReadRecords::default() };
+    fn read_blocking<S: ReadSink>(
+        &self,
+        from: u64,
+        records_max: usize,
+        bytes_max: usize,
+        sink: S,
+    ) -> Result<ReadInto<S>> {
+        let mut out =
+            ReadInto { records: sink, next_offset: from, high_watermark: 0, log_start_offset: 0, batch_bytes: 0 };
         let mut bytes = 0usize;
         loop {
             let read = self.log.read(out.next_offset, bytes_max.saturating_sub(bytes).max(1));
@@ -336,21 +385,18 @@ impl Partition {
             out.records.reserve((counted as usize).min(records_max.saturating_sub(out.records.len())));
             for batch in &batches {
                 let batch_end = BatchHeader::parse(batch, usize::MAX).map_or(u64::MAX, |h| h.next_offset());
-                let records = crate::storage::batch::decode_records(batch).map_err(|e| {
-                    self.error(crate::storage::StorageError::Corrupt {
-                        path: self.log.dir().to_path_buf(),
-                        position: 0,
-                        first_offset: out.next_offset,
-                        reason: e.to_string(),
-                    })
-                })?;
-                for r in records {
-                    if r.offset < out.next_offset || r.offset >= high_watermark {
-                        continue;
+                // Once the limits are reached, the rest of the batch is
+                // still checked (a malformed batch fails the whole read, as
+                // decoding it whole did).
+                let (mut full, before) = (false, out.next_offset);
+                crate::storage::batch::for_each_record(batch, |r| {
+                    if full || r.offset < out.next_offset || r.offset >= high_watermark {
+                        return;
                     }
-                    let size = r.key.len() + r.value.len() + 32;
+                    let size = r.key().len() + r.value().len() + 32;
                     if out.records.len() >= records_max || (bytes + size > bytes_max && !out.records.is_empty()) {
-                        return Ok(out);
+                        full = true;
+                        return;
                     }
                     bytes += size;
                     out.next_offset = r.offset + 1;
@@ -358,6 +404,17 @@ impl Partition {
                         out.batch_bytes += batch.len() as u64;
                     }
                     out.records.push(r);
+                })
+                .map_err(|e| {
+                    self.error(crate::storage::StorageError::Corrupt {
+                        path: self.log.dir().to_path_buf(),
+                        position: 0,
+                        first_offset: before,
+                        reason: e.to_string(),
+                    })
+                })?;
+                if full {
+                    return Ok(out);
                 }
             }
             if out.next_offset >= high_watermark || out.records.len() >= records_max || bytes >= bytes_max {

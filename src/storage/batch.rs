@@ -378,6 +378,88 @@ pub fn stamp(batch: &[u8], base_offset: u64) -> [u8; 16] {
 /// an uncompressed one, keys, values and header values are zero-copy
 /// slices of it.
 pub fn decode_records(batch: &Bytes) -> Result<Vec<StoredRecord>, BatchError> {
+    let count = BatchHeader::parse(batch, usize::MAX)?.record_count;
+    let mut records = Vec::with_capacity(count.min(1 << 16) as usize);
+    for_each_record(batch, |r| records.push(r.to_stored()))?;
+    Ok(records)
+}
+
+/// One record of a batch as [`for_each_record`] finds it: its fields are
+/// ranges of the batch's records (decompressed if the batch is), already
+/// checked, so a reader can copy them where it wants them without
+/// building a [`StoredRecord`].
+#[derive(Debug)]
+pub struct RecordView<'a> {
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    body: &'a Bytes,
+    key: std::ops::Range<usize>,
+    value: std::ops::Range<usize>,
+    /// The header entries as stored (names checked to be UTF-8).
+    headers: std::ops::Range<usize>,
+    header_count: usize,
+}
+
+impl<'a> RecordView<'a> {
+    pub fn key(&self) -> &'a [u8] {
+        &self.body[self.key.clone()]
+    }
+
+    pub fn value(&self) -> &'a [u8] {
+        &self.body[self.value.clone()]
+    }
+
+    /// The value, sharing the batch's bytes.
+    pub fn value_bytes(&self) -> Bytes {
+        if self.value.is_empty() {
+            Bytes::new()
+        } else {
+            self.body.slice(self.value.clone())
+        }
+    }
+
+    pub fn header_count(&self) -> usize {
+        self.header_count
+    }
+
+    /// The headers in stored order.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + Clone + 'a {
+        let (body, end) = (self.body, self.headers.end);
+        let mut pos = self.headers.start;
+        (0..self.header_count).map(move |_| {
+            // Checked by `for_each_record`: these cannot fail.
+            let name = read_range(body, &mut pos, end).unwrap_or_default();
+            let value = read_range(body, &mut pos, end).unwrap_or_default();
+            (std::str::from_utf8(&body[name]).unwrap_or_default(), &body[value])
+        })
+    }
+
+    /// The record as an owned [`StoredRecord`] (its bytes shared).
+    pub fn to_stored(&self) -> StoredRecord {
+        let slice = |r: &std::ops::Range<usize>| if r.is_empty() { Bytes::new() } else { self.body.slice(r.clone()) };
+        let mut headers = Vec::with_capacity(self.header_count);
+        let mut pos = self.headers.start;
+        for _ in 0..self.header_count {
+            let name = read_range(self.body, &mut pos, self.headers.end).unwrap_or_default();
+            let value = read_range(self.body, &mut pos, self.headers.end).unwrap_or_default();
+            headers.push((std::str::from_utf8(&self.body[name]).unwrap_or_default().to_string(), slice(&value)));
+        }
+        StoredRecord {
+            offset: self.offset,
+            timestamp_ms: self.timestamp_ms,
+            key: slice(&self.key),
+            value: slice(&self.value),
+            headers,
+        }
+    }
+}
+
+/// Calls `f` with each record of a validated batch, in order (decompressing
+/// it first if needed, up to `DECOMPRESSED_BATCH_BYTES_MAX`). Every record
+/// is checked before `f` sees it, and the whole batch is walked even when
+/// the caller wants no more: an error means the batch is malformed, and
+/// the caller must drop what `f` was given from it.
+pub fn for_each_record(batch: &Bytes, mut f: impl FnMut(&RecordView<'_>)) -> Result<(), BatchError> {
     let header = BatchHeader::parse(batch, usize::MAX)?;
     let end = header.total_len.min(batch.len());
     let codec = header.compression().ok_or(BatchError::Unsupported("unknown compression codec"))?;
@@ -390,7 +472,7 @@ pub fn decode_records(batch: &Bytes) -> Result<Vec<StoredRecord>, BatchError> {
         (Bytes::from(plain), 0, len)
     };
     let append_time = header.is_log_append_time().then_some(header.max_timestamp);
-    let mut records = Vec::with_capacity(header.record_count.min(1 << 16) as usize);
+    let mut count = 0usize;
     let mut pos = start;
     while pos < end {
         let len = read_varint(&body, &mut pos, end)?;
@@ -405,19 +487,17 @@ pub fn decode_records(batch: &Bytes) -> Result<Vec<StoredRecord>, BatchError> {
         pos += 1; // attributes, unused
         let ts_delta = read_varint(&body, &mut pos, record_end)?;
         let offset_delta = read_varint(&body, &mut pos, record_end)?;
-        let key = read_bytes(&body, &mut pos, record_end)?;
-        let value = read_bytes(&body, &mut pos, record_end)?;
+        let key = read_range(&body, &mut pos, record_end)?;
+        let value = read_range(&body, &mut pos, record_end)?;
         let header_count = read_varint(&body, &mut pos, record_end)?;
         if header_count < 0 || header_count > (record_end - pos) as i64 {
             return Err(BatchError::BadRecord("header count larger than the record"));
         }
-        let mut headers = Vec::with_capacity(header_count as usize);
+        let headers_start = pos;
         for _ in 0..header_count {
-            let name = read_bytes(&body, &mut pos, record_end)?;
-            let name =
-                std::str::from_utf8(&name).map_err(|_| BatchError::BadRecord("header name is not UTF-8"))?.to_string();
-            let value = read_bytes(&body, &mut pos, record_end)?;
-            headers.push((name, value));
+            let name = read_range(&body, &mut pos, record_end)?;
+            std::str::from_utf8(&body[name]).map_err(|_| BatchError::BadRecord("header name is not UTF-8"))?;
+            read_range(&body, &mut pos, record_end)?;
         }
         if pos != record_end {
             return Err(BatchError::BadRecord("record length disagrees with its fields"));
@@ -425,18 +505,21 @@ pub fn decode_records(batch: &Bytes) -> Result<Vec<StoredRecord>, BatchError> {
         if offset_delta < 0 || offset_delta > header.last_offset_delta as i64 {
             return Err(BatchError::BadRecord("offset delta outside the batch's offsets"));
         }
-        records.push(StoredRecord {
+        count += 1;
+        f(&RecordView {
             offset: header.base_offset + offset_delta as u64,
             timestamp_ms: append_time.unwrap_or(header.first_timestamp.wrapping_add(ts_delta)),
+            body: &body,
             key,
             value,
-            headers,
+            headers: headers_start..record_end,
+            header_count: header_count as usize,
         });
     }
-    if records.len() != header.record_count as usize {
+    if count != header.record_count as usize {
         return Err(BatchError::BadRecord("record count disagrees with the records"));
     }
-    Ok(records)
+    Ok(())
 }
 
 /// Bytes one record takes in a batch, excluding its own length prefix.
@@ -527,18 +610,18 @@ pub(crate) fn read_varint(buf: &[u8], pos: &mut usize, end: usize) -> Result<i64
     Err(BatchError::BadRecord("varint longer than 10 bytes"))
 }
 
-/// A length-prefixed field; -1 (null) reads as empty.
-fn read_bytes(buf: &Bytes, pos: &mut usize, end: usize) -> Result<Bytes, BatchError> {
+/// Where a length-prefixed field lies; -1 (null) reads as empty.
+fn read_range(buf: &[u8], pos: &mut usize, end: usize) -> Result<std::ops::Range<usize>, BatchError> {
     let len = read_varint(buf, pos, end)?;
     if len == -1 {
-        return Ok(Bytes::new());
+        return Ok(*pos..*pos);
     }
     if len < 0 || len > (end - *pos) as i64 {
         return Err(BatchError::BadRecord("field length past the record end"));
     }
     let start = *pos;
     *pos += len as usize;
-    Ok(buf.slice(start..*pos))
+    Ok(start..*pos)
 }
 
 #[cfg(test)]

@@ -37,11 +37,11 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tonic::{Request, Status};
 
-use super::codec::{self, RecordChunks, TopicRecords};
+use super::codec::{self, RecordChunks, RecordEncoder};
 use super::routes::FETCH_BATCHES_FIELD;
 use super::service::{caller_of, topic, BrokerService};
 use crate::broker::budget::BudgetPermit;
-use crate::broker::partition::Partition;
+use crate::broker::partition::{Partition, ReadSink};
 use crate::broker::Broker;
 use crate::config::{
     FETCH_AHEAD_CONNECTION_BYTES_MAX, FETCH_AHEAD_DEPTH, FETCH_AHEAD_KEEP, FETCH_AHEAD_PER_CONNECTION,
@@ -193,27 +193,15 @@ impl FetchAhead {
 /// Reads and encodes the response for `key`; None if there is nothing to
 /// serve (an error is left for the fetch that asks to meet).
 async fn prepare(broker: &Broker, key: &Key, permit: BudgetPermit) -> Option<Prepared> {
+    let traced = !telemetry::receive_span(&key.topic, key.partition, key.from).is_disabled();
+    let sink = RecordEncoder::new(&key.topic, key.partition, traced);
     let (partition, read) =
-        broker.read_ahead(&key.topic, key.partition, key.from, key.records_max, key.bytes_max).await.ok()?;
+        broker.read_ahead(&key.topic, key.partition, key.from, key.records_max, key.bytes_max, sink).await.ok()?;
     if read.records.is_empty() {
         return None;
     }
-    let traced = if telemetry::receive_span(&key.topic, key.partition, key.from).is_disabled() {
-        Vec::new()
-    } else {
-        read.records
-            .iter()
-            .filter(|r| r.headers.iter().any(|(k, _)| k == telemetry::TRACEPARENT))
-            .take(telemetry::RECEIVE_LINKS_MAX)
-            .map(|r| r.headers.clone())
-            .collect()
-    };
     let records = read.records.len() as u64;
-    let encoded = codec::stored_record_chunks(TopicRecords {
-        topic: key.topic.clone(),
-        partition: key.partition,
-        records: read.records,
-    });
+    let (encoded, traced) = read.records.finish();
     Some(Prepared {
         partition,
         read_high_watermark: read.high_watermark,

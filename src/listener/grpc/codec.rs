@@ -255,27 +255,54 @@ impl WireRecord for StoredOf<'_> {
 
     fn len_without_value(&self) -> usize {
         let r = &self.record;
-        bytes_field(self.topic.as_bytes())
-            + varint_field(self.partition as u64)
-            + varint_field(r.offset)
-            + varint_field(r.timestamp_ms as u64)
-            + bytes_field(&r.key)
-            + r.headers.iter().map(|(k, v)| len_delimited(header_entry_len(k, v))).sum::<usize>()
+        let headers = r.headers.iter().map(|(k, v)| (k.as_str(), &v[..]));
+        stored_fields_len(self.topic, self.partition, r.offset, r.timestamp_ms, &r.key, headers)
     }
 
     fn encode_without_value(&self, buf: &mut BytesMut) {
         let r = &self.record;
-        put_bytes_field(buf, 1, self.topic.as_bytes());
-        put_varint_field(buf, 2, self.partition as u64);
-        put_varint_field(buf, 3, r.offset);
-        put_varint_field(buf, 4, r.timestamp_ms as u64);
-        put_bytes_field(buf, 5, &r.key);
-        for (k, v) in &r.headers {
-            buf.put_u8((HEADERS_FIELD << 3) | 2);
-            prost::encoding::encode_varint(header_entry_len(k, v) as u64, buf);
-            put_bytes_field(buf, 1, k.as_bytes());
-            put_bytes_field(buf, 2, v);
-        }
+        let headers = r.headers.iter().map(|(k, v)| (k.as_str(), &v[..]));
+        put_stored_fields(buf, self.topic, self.partition, r.offset, r.timestamp_ms, &r.key, headers);
+    }
+}
+
+/// Encoded length of a `StoredRecord`'s fields but its value.
+fn stored_fields_len<'h>(
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    timestamp_ms: i64,
+    key: &[u8],
+    headers: impl Iterator<Item = (&'h str, &'h [u8])>,
+) -> usize {
+    bytes_field(topic.as_bytes())
+        + varint_field(partition as u64)
+        + varint_field(offset)
+        + varint_field(timestamp_ms as u64)
+        + bytes_field(key)
+        + headers.map(|(k, v)| len_delimited(header_entry_len(k, v))).sum::<usize>()
+}
+
+/// Writes a `StoredRecord`'s fields but its value, as prost would.
+fn put_stored_fields<'h>(
+    buf: &mut BytesMut,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    timestamp_ms: i64,
+    key: &[u8],
+    headers: impl Iterator<Item = (&'h str, &'h [u8])>,
+) {
+    put_bytes_field(buf, 1, topic.as_bytes());
+    put_varint_field(buf, 2, partition as u64);
+    put_varint_field(buf, 3, offset);
+    put_varint_field(buf, 4, timestamp_ms as u64);
+    put_bytes_field(buf, 5, key);
+    for (k, v) in headers {
+        buf.put_u8((HEADERS_FIELD << 3) | 2);
+        prost::encoding::encode_varint(header_entry_len(k, v) as u64, buf);
+        put_bytes_field(buf, 1, k.as_bytes());
+        put_bytes_field(buf, 2, v);
     }
 }
 
@@ -329,37 +356,119 @@ pub fn stored_record_chunks(records: TopicRecords) -> RecordChunks {
 /// and a value of 16 KiB or more is sent as its own chunk, shared with the
 /// stored batch.
 pub fn record_chunks<R: WireRecord>(mut records: Vec<R>) -> RecordChunks {
-    let mut out = RecordChunks::default();
+    let mut out = RecordWriter::default();
     if records.is_empty() {
-        return out;
+        return out.finish();
     }
     let values: Vec<Bytes> = records.iter_mut().map(|r| r.take_value()).collect();
     let lens: Vec<usize> = records.iter().zip(&values).map(|(r, v)| r.len_without_value() + bytes_field(v)).collect();
-    out.len = lens.iter().map(|&l| len_delimited(l)).sum();
-    let mut chunk = new_chunk(RECORD_CHUNK_BYTES);
     for ((record, value), len) in records.iter().zip(values).zip(lens) {
-        let shared = value.len() >= CHUNK_MIN;
+        out.put(len, |chunk| record.encode_without_value(chunk), &value, || value.clone());
+    }
+    out.finish()
+}
+
+/// Writes `records` entries into chunks of about 64 KiB (see
+/// [`record_chunks`]).
+#[derive(Debug, Default)]
+struct RecordWriter {
+    out: RecordChunks,
+    chunk: BytesMut,
+}
+
+impl RecordWriter {
+    /// One record of `len` bytes: `fields` writes all but its value, which
+    /// is copied after them, or, when large, sent as its own chunk
+    /// (`shared`, the stored bytes).
+    fn put(&mut self, len: usize, fields: impl FnOnce(&mut BytesMut), value: &[u8], shared: impl FnOnce() -> Bytes) {
+        let share = value.len() >= CHUNK_MIN;
         // What this record writes into the chunk (a shared value does not).
-        let inline = len_delimited(len) - if shared { value.len() } else { 0 };
-        make_room(&mut chunk, &mut out.chunks, inline);
+        let inline = len_delimited(len) - if share { value.len() } else { 0 };
+        if self.chunk.capacity() == 0 {
+            self.chunk = new_chunk(RECORD_CHUNK_BYTES.max(inline));
+        }
+        make_room(&mut self.chunk, &mut self.out.chunks, inline);
+        let chunk = &mut self.chunk;
         chunk.put_u8((1 << 3) | 2);
-        prost::encoding::encode_varint(len as u64, &mut chunk);
-        record.encode_without_value(&mut chunk);
+        prost::encoding::encode_varint(len as u64, chunk);
+        fields(chunk);
         if !value.is_empty() {
             chunk.put_u8((VALUE_FIELD << 3) | 2);
-            prost::encoding::encode_varint(value.len() as u64, &mut chunk);
-            if shared {
-                out.chunks.push_back(chunk.split().freeze());
-                out.chunks.push_back(value);
+            prost::encoding::encode_varint(value.len() as u64, chunk);
+            if share {
+                self.out.chunks.push_back(chunk.split().freeze());
+                self.out.chunks.push_back(shared());
             } else {
-                chunk.extend_from_slice(&value);
+                chunk.extend_from_slice(value);
+            }
+        }
+        self.out.len += len_delimited(len);
+    }
+
+    fn finish(mut self) -> RecordChunks {
+        if !self.chunk.is_empty() {
+            self.out.chunks.push_back(self.chunk.freeze());
+        }
+        self.out
+    }
+}
+
+/// Stored records of one partition encoded as `records` entries while
+/// they are read ([`crate::broker::partition::ReadSink`]): each record goes
+/// from the stored batch straight into the response's chunks, with no
+/// `StoredRecord` built, kept and dropped per record in between.
+#[derive(Debug)]
+pub struct RecordEncoder {
+    topic: String,
+    partition: u32,
+    records: usize,
+    writer: RecordWriter,
+    /// Headers of records that carry a trace context, when collected.
+    traced: Option<Vec<Vec<(String, Bytes)>>>,
+}
+
+impl RecordEncoder {
+    /// `traced`: also keep the headers of up to `RECEIVE_LINKS_MAX` records
+    /// that carry a trace context (for a receive span's links).
+    pub fn new(topic: &str, partition: u32, traced: bool) -> Self {
+        RecordEncoder {
+            topic: topic.to_string(),
+            partition,
+            records: 0,
+            writer: RecordWriter::default(),
+            traced: traced.then(Vec::new),
+        }
+    }
+
+    /// The encoded records, and the trace headers collected.
+    pub fn finish(self) -> (RecordChunks, Vec<Vec<(String, Bytes)>>) {
+        (self.writer.finish(), self.traced.unwrap_or_default())
+    }
+}
+
+impl crate::broker::partition::ReadSink for RecordEncoder {
+    fn len(&self) -> usize {
+        self.records
+    }
+
+    fn push(&mut self, r: &crate::storage::batch::RecordView<'_>) {
+        let (topic, partition) = (&self.topic, self.partition);
+        let value = r.value();
+        let len =
+            stored_fields_len(topic, partition, r.offset, r.timestamp_ms, r.key(), r.headers()) + bytes_field(value);
+        self.writer.put(
+            len,
+            |chunk| put_stored_fields(chunk, topic, partition, r.offset, r.timestamp_ms, r.key(), r.headers()),
+            value,
+            || r.value_bytes(),
+        );
+        self.records += 1;
+        if let Some(traced) = self.traced.as_mut().filter(|t| t.len() < crate::telemetry::RECEIVE_LINKS_MAX) {
+            if r.headers().any(|(k, _)| k == crate::telemetry::TRACEPARENT) {
+                traced.push(r.headers().map(|(k, v)| (k.to_string(), Bytes::copy_from_slice(v))).collect());
             }
         }
     }
-    if !chunk.is_empty() {
-        out.chunks.push_back(chunk.freeze());
-    }
-    out
 }
 
 /// `head` framed by [`frame_message`] with its batches, followed by
@@ -514,4 +623,99 @@ impl Buf for Frames {
 /// A message with no batches sent apart, as body chunks (one).
 pub fn frame_plain<M: Message>(message: &M) -> VecDeque<Bytes> {
     frame_message(message, Vec::new(), 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::partition::ReadSink;
+    use crate::proto;
+    use crate::storage::batch::{self, Compression, Record};
+    use proptest::prelude::*;
+
+    fn joined(chunks: &VecDeque<Bytes>) -> Vec<u8> {
+        chunks.iter().flat_map(|c| c.iter().copied()).collect()
+    }
+
+    fn record() -> impl Strategy<Value = Record> {
+        let value = prop_oneof![
+            8 => proptest::collection::vec(any::<u8>(), 0..300),
+            1 => (CHUNK_MIN - 2..CHUNK_MIN + 300).prop_map(|n| vec![9u8; n]),
+        ];
+        let header = ("[a-z]{0,3}|é", proptest::collection::vec(any::<u8>(), 0..8));
+        (proptest::collection::vec(any::<u8>(), 0..12), value, proptest::collection::vec(header, 0..3), any::<i64>())
+            .prop_map(|(key, value, headers, timestamp_ms)| Record {
+                key: key.into(),
+                value: value.into(),
+                headers: headers.into_iter().map(|(k, v)| (k, v.into())).collect(),
+                timestamp_ms: timestamp_ms / 4,
+            })
+    }
+
+    proptest! {
+        /// Records encoded while they are walked in the stored batch decode
+        /// as the prost messages of the records decoded first, compressed
+        /// batches too; large values are shared with the batch.
+        #[test]
+        fn records_encoded_from_the_batch_decode_as_their_prost_messages(
+            records in proptest::collection::vec(record(), 1..40),
+            base in 0u64..1 << 40,
+            partition in 0u32..3,
+            gzip in any::<bool>(),
+        ) {
+            let codec = if gzip { Compression::Gzip } else { Compression::None };
+            let mut encoded = batch::encode_compressed(&records, None, codec);
+            batch::set_base_offset(&mut encoded, base);
+            let stored = Bytes::from(encoded);
+            let mut sink = RecordEncoder::new("payments.eu", partition, false);
+            batch::for_each_record(&stored, |r| sink.push(r)).unwrap();
+            prop_assert_eq!(sink.len(), records.len());
+            let (chunks, _) = sink.finish();
+            let head = proto::FetchResponse { next_offset: base + records.len() as u64, ..Default::default() };
+            let out = frame_with_records(&head, Vec::new(), 5, chunks);
+            let bytes = joined(&out);
+            let want = proto::FetchResponse {
+                records: TopicRecords {
+                    topic: "payments.eu".into(),
+                    partition,
+                    records: batch::decode_records(&stored).unwrap(),
+                }
+                .into_proto(),
+                ..head
+            };
+            prop_assert_eq!(u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize, bytes.len() - GRPC_PREFIX);
+            prop_assert_eq!(proto::FetchResponse::decode(&bytes[GRPC_PREFIX..]).unwrap(), want);
+            if !gzip {
+                let shared = out.iter().filter(|c| stored.as_ptr_range().contains(&c.as_ptr())).count();
+                prop_assert_eq!(shared, records.iter().filter(|r| r.value.len() >= CHUNK_MIN).count());
+            }
+        }
+    }
+
+    #[test]
+    fn trace_headers_are_kept_only_when_asked_and_up_to_the_limit() {
+        let traced = |i: usize| Record {
+            value: Bytes::from(vec![1u8; 10]),
+            headers: if i.is_multiple_of(2) {
+                vec![(crate::telemetry::TRACEPARENT.to_string(), Bytes::from(format!("tp-{i}")))]
+            } else {
+                Vec::new()
+            },
+            timestamp_ms: 1,
+            ..Default::default()
+        };
+        let n = crate::telemetry::RECEIVE_LINKS_MAX * 2 + 4;
+        let stored = Bytes::from(batch::encode(&(0..n).map(traced).collect::<Vec<_>>(), None));
+        for asked in [false, true] {
+            let mut sink = RecordEncoder::new("t", 0, asked);
+            batch::for_each_record(&stored, |r| sink.push(r)).unwrap();
+            let (_, kept) = sink.finish();
+            if asked {
+                assert_eq!(kept.len(), crate::telemetry::RECEIVE_LINKS_MAX);
+                assert_eq!(kept[1], vec![(crate::telemetry::TRACEPARENT.to_string(), Bytes::from("tp-2"))]);
+            } else {
+                assert!(kept.is_empty());
+            }
+        }
+    }
 }
