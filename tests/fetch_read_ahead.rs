@@ -191,27 +191,7 @@ async fn a_response_read_ahead_is_the_message_a_fetch_reads_now() {
     let server = start(dir.path()).await;
     let mut c = client(&server).await;
     create(&mut c, "fields", 1).await;
-    let records: Vec<proto::Record> = (0..400u32)
-        .map(|i| proto::Record {
-            key: if i % 3 == 0 { Default::default() } else { format!("k-{i}").into_bytes().into() },
-            value: match i % 40 {
-                0 => Default::default(),
-                7 => vec![b'L'; 20_000 + i as usize].into(),
-                _ => format!("v-{i}-{}", "x".repeat(i as usize % 90)).into_bytes().into(),
-            },
-            headers: match i % 4 {
-                0 => Default::default(),
-                1 => [("id".to_string(), format!("evt-{i}").into_bytes().into())].into(),
-                2 => [("".to_string(), b"v".to_vec().into()), ("k".to_string(), Default::default())].into(),
-                _ => [("trace".to_string(), vec![i as u8; 3].into())].into(),
-            },
-            timestamp_ms: match i % 5 {
-                0 => 1_700_000_000_000 + i as i64,
-                1 => -5 - i as i64,
-                _ => 1_600_000_000_000,
-            },
-        })
-        .collect();
+    let records = rich_records();
     for chunk in records.chunks(64) {
         produce(&mut c, "fields", Some(0), chunk.to_vec()).await;
     }
@@ -236,4 +216,84 @@ async fn a_response_read_ahead_is_the_message_a_fetch_reads_now() {
         next = r.next_offset;
     }
     assert_eq!(got, sent);
+}
+
+/// 400 records with every field set or left out: keys or none, headers
+/// with empty and repeated names, negative and zero timestamps, empty,
+/// small and large (shared) values.
+fn rich_records() -> Vec<proto::Record> {
+    (0..400u32)
+        .map(|i| proto::Record {
+            key: if i % 3 == 0 { Default::default() } else { format!("k-{i}").into_bytes().into() },
+            value: match i % 40 {
+                0 => Default::default(),
+                7 => vec![b'L'; 20_000 + i as usize].into(),
+                _ => format!("v-{i}-{}", "x".repeat(i as usize % 90)).into_bytes().into(),
+            },
+            headers: match i % 4 {
+                0 => Default::default(),
+                1 => [("id".to_string(), format!("evt-{i}").into_bytes().into())].into(),
+                2 => [("".to_string(), b"v".to_vec().into()), ("k".to_string(), Default::default())].into(),
+                _ => [("trace".to_string(), vec![i as u8; 3].into())].into(),
+            },
+            timestamp_ms: match i % 5 {
+                0 => 1_700_000_000_000 + i as i64,
+                1 => -5 - i as i64,
+                _ => 1_600_000_000_000,
+            },
+        })
+        .collect()
+}
+
+/// Per-record Subscribe messages (encoded as the stored batches are read)
+/// carry exactly the records produced, as Fetch returns them (on fresh
+/// connections: not read ahead), with and without a group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_delivers_the_records_fetch_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = client(&server).await;
+    create(&mut c, "pushed", 1).await;
+    for chunk in rich_records().chunks(64) {
+        produce(&mut c, "pushed", Some(0), chunk.to_vec()).await;
+    }
+    let sent: Vec<proto::StoredRecord> = rich_records()
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| proto::StoredRecord {
+            topic: "pushed".into(),
+            partition: 0,
+            offset: i as u64,
+            timestamp_ms: r.timestamp_ms,
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
+        })
+        .collect();
+    let mut fetched = Vec::new();
+    while fetched.len() < 400 {
+        let mut fresh = client(&server).await;
+        fetched.extend(fetch(&mut fresh, "pushed", fetched.len() as u64, 37).await.records);
+    }
+    assert_eq!(fetched, sent);
+    for group in [None, Some("pushed-group".to_string())] {
+        let request = proto::SubscribeRequest {
+            topic_pattern: "pushed".into(),
+            from: if group.is_none() { at_offset(0) } else { None },
+            fallback: Some(proto::Boundary::Earliest as i32),
+            group: group.clone(),
+            raw_batches: false,
+        };
+        let mut stream = c.subscribe(request).await.unwrap().into_inner();
+        let mut pushed = Vec::new();
+        while pushed.len() < 400 {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+                .await
+                .expect("records within 10 s")
+                .unwrap()
+                .expect("the stream goes on");
+            pushed.extend(m.records);
+        }
+        assert_eq!(pushed, sent, "group {group:?}");
+    }
 }

@@ -660,7 +660,7 @@ async fn run_group_stream(
                         broker.clone(),
                         partition,
                         Position::Offset(start),
-                        delivery,
+                        delivery.clone(),
                         records_tx.clone(),
                         budget.clone(),
                     )),

@@ -77,6 +77,8 @@ pub type ReadRecords = ReadInto<Vec<StoredRecord>>;
 #[derive(Debug, Clone, Default)]
 pub struct ReadInto<S> {
     pub records: S,
+    /// Offset of the first record returned, if any.
+    pub first_offset: Option<u64>,
     /// Offset after the last record returned (the `from` offset if none).
     pub next_offset: u64,
     pub high_watermark: u64,
@@ -112,6 +114,41 @@ impl ReadSink for Vec<StoredRecord> {
 
     fn push(&mut self, record: &RecordView<'_>) {
         Vec::push(self, record.to_stored())
+    }
+}
+
+/// Makes the sink each read of a subscription goes into, for a listener
+/// that encodes records for its wire as they are read (by topic and
+/// partition); what the sink made travels to the listener as it is.
+pub type RecordEncoding = Arc<dyn Fn(&str, u32) -> Box<dyn EncodingSink> + Send + Sync>;
+
+/// A [`ReadSink`] behind a [`RecordEncoding`].
+pub trait EncodingSink: ReadSink {
+    /// What it encoded, for the listener that made it.
+    fn finish(self: Box<Self>) -> Encoded;
+}
+
+impl ReadSink for Box<dyn EncodingSink> {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+
+    fn reserve(&mut self, records: usize) {
+        (**self).reserve(records)
+    }
+
+    fn push(&mut self, record: &RecordView<'_>) {
+        (**self).push(record)
+    }
+}
+
+/// Records a listener's [`EncodingSink`] encoded: opaque to the broker.
+#[derive(Clone)]
+pub struct Encoded(pub Arc<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Encoded(..)")
     }
 }
 
@@ -358,8 +395,14 @@ impl Partition {
         bytes_max: usize,
         sink: S,
     ) -> Result<ReadInto<S>> {
-        let mut out =
-            ReadInto { records: sink, next_offset: from, high_watermark: 0, log_start_offset: 0, batch_bytes: 0 };
+        let mut out = ReadInto {
+            records: sink,
+            first_offset: None,
+            next_offset: from,
+            high_watermark: 0,
+            log_start_offset: 0,
+            batch_bytes: 0,
+        };
         let mut bytes = 0usize;
         loop {
             let read = self.log.read(out.next_offset, bytes_max.saturating_sub(bytes).max(1));
@@ -399,6 +442,7 @@ impl Partition {
                         return;
                     }
                     bytes += size;
+                    out.first_offset.get_or_insert(r.offset);
                     out.next_offset = r.offset + 1;
                     if out.next_offset == batch_end {
                         out.batch_bytes += batch.len() as u64;

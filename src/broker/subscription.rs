@@ -24,7 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::budget::{BudgetPermit, StreamBudget};
 use super::groups::Membership;
-use super::partition::Partition;
+use super::partition::{Encoded, Partition, ReadSink, RecordEncoding};
 use super::topic::Topic;
 use super::{Broker, BrokerError, Position};
 use super::{Caller, SubscribeRequest};
@@ -40,6 +40,16 @@ pub enum SubscriptionEvent {
         topic: String,
         partition: u32,
         records: Vec<StoredRecord>,
+    },
+    /// Records a listener's encoding made as they were read
+    /// ([`Delivery::Encoded`]): `first` is the first one's offset, `next`
+    /// the offset after the last.
+    Encoded {
+        topic: String,
+        partition: u32,
+        first: u64,
+        next: u64,
+        records: Encoded,
     },
     /// Stored batches as they are (a raw subscription). The first batch may
     /// start before `from`, the first offset delivered; `next` is the offset
@@ -65,18 +75,47 @@ impl SubscriptionEvent {
                 Some((topic, *partition, first.offset, last.offset + 1))
             }
             SubscriptionEvent::Batches { topic, partition, from, next, .. } => Some((topic, *partition, *from, *next)),
+            SubscriptionEvent::Encoded { topic, partition, first, next, .. } => {
+                Some((topic, *partition, *first, *next))
+            }
             SubscriptionEvent::Assigned(_) => None,
         }
     }
 }
 
 /// How a subscription delivers what it reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Delivery {
     /// Decoded records.
     Records,
     /// Stored batches as they are.
     Batches,
+    /// Records encoded by the listener's sink while they are read, with
+    /// nothing built per record in between.
+    Encoded(RecordEncoding),
+}
+
+/// Encodings are equal when they are the same one.
+impl PartialEq for Delivery {
+    fn eq(&self, other: &Delivery) -> bool {
+        match (self, other) {
+            (Delivery::Records, Delivery::Records) | (Delivery::Batches, Delivery::Batches) => true,
+            (Delivery::Encoded(a), Delivery::Encoded(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Delivery {}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Delivery::Records => "Records",
+            Delivery::Batches => "Batches",
+            Delivery::Encoded(_) => "Encoded",
+        })
+    }
 }
 
 /// A delivery and its share of the stream's budget (none for `Assigned`),
@@ -85,9 +124,9 @@ pub type SubscriptionItem = Result<(SubscriptionEvent, BudgetPermit), BrokerErro
 
 impl Delivery {
     /// Bytes one read of this delivery takes (about).
-    pub fn read_bytes(self) -> usize {
+    pub fn read_bytes(&self) -> usize {
         match self {
-            Delivery::Records => PUSH_BYTES_MAX,
+            Delivery::Records | Delivery::Encoded(_) => PUSH_BYTES_MAX,
             Delivery::Batches => PUSH_RAW_BYTES_MAX,
         }
     }
@@ -214,7 +253,7 @@ impl Broker {
                         |p: &Arc<Partition>| before.is_some_and(|t| t.partitions.iter().any(|q| Arc::ptr_eq(p, q)));
                     for p in topic.partitions.iter().filter(|p| !streamed(p)) {
                         let (p, tx, budget) = (p.clone(), tx.clone(), budget.clone());
-                        tokio::spawn(stream_partition(broker.clone(), p, start, delivery, tx, budget));
+                        tokio::spawn(stream_partition(broker.clone(), p, start, delivery.clone(), tx, budget));
                     }
                     streaming.insert(topic.name.clone(), topic.clone());
                 }
@@ -270,7 +309,7 @@ pub async fn stream_partition(
             p = budget.acquire(delivery.read_bytes()) => p,
             _ = tx.closed() => return,
         };
-        match read_next(&partition, offset, delivery).await {
+        match read_next(&partition, offset, &delivery).await {
             Ok(Some(event)) => {
                 offset = event.span().map_or(offset, |(_, _, _, next)| next);
                 if tx.send(Ok((event, permit))).await.is_err() {
@@ -306,7 +345,7 @@ pub async fn stream_partition(
 async fn read_next(
     partition: &Arc<Partition>,
     offset: u64,
-    delivery: Delivery,
+    delivery: &Delivery,
 ) -> Result<Option<SubscriptionEvent>, BrokerError> {
     let (topic, id) = (partition.topic.clone(), partition.id);
     Ok(match delivery {
@@ -316,6 +355,18 @@ async fn read_next(
                 topic,
                 partition: id,
                 records: read.records,
+            })
+        }
+        Delivery::Encoded(encoding) => {
+            let sink = encoding(&topic, id);
+            let read = partition.read_into(offset, PUSH_RECORDS_MAX, PUSH_BYTES_MAX, sink).await?;
+            partition.count_fetched(read.records.len() as u64, read.batch_bytes);
+            read.first_offset.map(|first| SubscriptionEvent::Encoded {
+                topic,
+                partition: id,
+                first,
+                next: read.next_offset,
+                records: read.records.finish(),
             })
         }
         Delivery::Batches => {

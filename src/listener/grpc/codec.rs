@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -254,55 +255,61 @@ impl WireRecord for StoredOf<'_> {
     }
 
     fn len_without_value(&self) -> usize {
-        let r = &self.record;
-        let headers = r.headers.iter().map(|(k, v)| (k.as_str(), &v[..]));
-        stored_fields_len(self.topic, self.partition, r.offset, r.timestamp_ms, &r.key, headers)
+        self.fields().len()
     }
 
     fn encode_without_value(&self, buf: &mut BytesMut) {
-        let r = &self.record;
-        let headers = r.headers.iter().map(|(k, v)| (k.as_str(), &v[..]));
-        put_stored_fields(buf, self.topic, self.partition, r.offset, r.timestamp_ms, &r.key, headers);
+        self.fields().put(buf);
     }
 }
 
-/// Encoded length of a `StoredRecord`'s fields but its value.
-fn stored_fields_len<'h>(
-    topic: &str,
-    partition: u32,
-    offset: u64,
-    timestamp_ms: i64,
-    key: &[u8],
-    headers: impl Iterator<Item = (&'h str, &'h [u8])>,
-) -> usize {
-    bytes_field(topic.as_bytes())
-        + varint_field(partition as u64)
-        + varint_field(offset)
-        + varint_field(timestamp_ms as u64)
-        + bytes_field(key)
-        + headers.map(|(k, v)| len_delimited(header_entry_len(k, v))).sum::<usize>()
+impl StoredOf<'_> {
+    fn fields(&self) -> StoredFields<'_, impl Iterator<Item = (&str, &[u8])> + Clone> {
+        let r = &self.record;
+        StoredFields {
+            topic: self.topic,
+            partition: self.partition,
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+            key: &r.key,
+            headers: r.headers.iter().map(|(k, v)| (k.as_str(), &v[..])),
+        }
+    }
 }
 
-/// Writes a `StoredRecord`'s fields but its value, as prost would.
-fn put_stored_fields<'h>(
-    buf: &mut BytesMut,
-    topic: &str,
+/// A `StoredRecord`'s fields but its value, as prost writes them.
+struct StoredFields<'a, H> {
+    topic: &'a str,
     partition: u32,
     offset: u64,
     timestamp_ms: i64,
-    key: &[u8],
-    headers: impl Iterator<Item = (&'h str, &'h [u8])>,
-) {
-    put_bytes_field(buf, 1, topic.as_bytes());
-    put_varint_field(buf, 2, partition as u64);
-    put_varint_field(buf, 3, offset);
-    put_varint_field(buf, 4, timestamp_ms as u64);
-    put_bytes_field(buf, 5, key);
-    for (k, v) in headers {
-        buf.put_u8((HEADERS_FIELD << 3) | 2);
-        prost::encoding::encode_varint(header_entry_len(k, v) as u64, buf);
-        put_bytes_field(buf, 1, k.as_bytes());
-        put_bytes_field(buf, 2, v);
+    key: &'a [u8],
+    /// The header entries, in stored order.
+    headers: H,
+}
+
+impl<'a, H: Iterator<Item = (&'a str, &'a [u8])> + Clone> StoredFields<'a, H> {
+    fn len(&self) -> usize {
+        bytes_field(self.topic.as_bytes())
+            + varint_field(self.partition as u64)
+            + varint_field(self.offset)
+            + varint_field(self.timestamp_ms as u64)
+            + bytes_field(self.key)
+            + self.headers.clone().map(|(k, v)| len_delimited(header_entry_len(k, v))).sum::<usize>()
+    }
+
+    fn put(&self, buf: &mut BytesMut) {
+        put_bytes_field(buf, 1, self.topic.as_bytes());
+        put_varint_field(buf, 2, self.partition as u64);
+        put_varint_field(buf, 3, self.offset);
+        put_varint_field(buf, 4, self.timestamp_ms as u64);
+        put_bytes_field(buf, 5, self.key);
+        for (k, v) in self.headers.clone() {
+            buf.put_u8((HEADERS_FIELD << 3) | 2);
+            prost::encoding::encode_varint(header_entry_len(k, v) as u64, buf);
+            put_bytes_field(buf, 1, k.as_bytes());
+            put_bytes_field(buf, 2, v);
+        }
     }
 }
 
@@ -337,7 +344,7 @@ pub fn frame_records<M: Message, R: WireRecord>(
 /// Records encoded as `records` entries (field 1) of a FetchResponse or
 /// SubscribeResponse: their length on the wire and the chunks that hold
 /// them, to follow the message's head ([`frame_with_records`]).
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RecordChunks {
     pub len: usize,
     pub chunks: VecDeque<Bytes>,
@@ -446,22 +453,72 @@ impl RecordEncoder {
     }
 }
 
+impl crate::broker::partition::EncodingSink for RecordEncoder {
+    fn finish(self: Box<Self>) -> crate::broker::partition::Encoded {
+        crate::broker::partition::Encoded(Arc::new((*self).finish().0))
+    }
+}
+
+/// The encoding a Subscribe stream's reads go through: records straight
+/// into `records` entries ([`RecordEncoder`]; no trace headers kept).
+pub fn subscribe_encoding() -> crate::broker::partition::RecordEncoding {
+    Arc::new(|topic: &str, partition: u32| Box::new(RecordEncoder::new(topic, partition, false)))
+}
+
+/// Records of a response: as stored, or already encoded as they were read.
+#[derive(Debug)]
+pub enum WireRecords {
+    Stored(TopicRecords),
+    Encoded(RecordChunks),
+}
+
+impl WireRecords {
+    /// Records a subscription delivered encoded ([`subscribe_encoding`]).
+    pub fn encoded(records: crate::broker::partition::Encoded) -> WireRecords {
+        let chunks = match records.0.downcast::<RecordChunks>() {
+            Ok(chunks) => Arc::try_unwrap(chunks).unwrap_or_else(|shared| (*shared).clone()),
+            // Only this listener's encoding reaches it.
+            Err(_) => RecordChunks::default(),
+        };
+        WireRecords::Encoded(chunks)
+    }
+
+    /// The records as prost messages (for tonic's own paths).
+    pub fn into_proto(self) -> Vec<crate::proto::StoredRecord> {
+        match self {
+            WireRecords::Stored(records) => records.into_proto(),
+            // `records` entries are a SubscribeResponse of only records.
+            WireRecords::Encoded(chunks) => {
+                let bytes: Vec<u8> = chunks.chunks.iter().flat_map(|c| c.iter().copied()).collect();
+                crate::proto::SubscribeResponse::decode(&bytes[..]).map(|m| m.records).unwrap_or_default()
+            }
+        }
+    }
+
+    pub fn into_chunks(self) -> RecordChunks {
+        match self {
+            WireRecords::Stored(records) => stored_record_chunks(records),
+            WireRecords::Encoded(chunks) => chunks,
+        }
+    }
+}
+
 impl crate::broker::partition::ReadSink for RecordEncoder {
     fn len(&self) -> usize {
         self.records
     }
 
     fn push(&mut self, r: &crate::storage::batch::RecordView<'_>) {
-        let (topic, partition) = (&self.topic, self.partition);
+        let fields = StoredFields {
+            topic: &self.topic,
+            partition: self.partition,
+            offset: r.offset,
+            timestamp_ms: r.timestamp_ms,
+            key: r.key(),
+            headers: r.headers(),
+        };
         let value = r.value();
-        let len =
-            stored_fields_len(topic, partition, r.offset, r.timestamp_ms, r.key(), r.headers()) + bytes_field(value);
-        self.writer.put(
-            len,
-            |chunk| put_stored_fields(chunk, topic, partition, r.offset, r.timestamp_ms, r.key(), r.headers()),
-            value,
-            || r.value_bytes(),
-        );
+        self.writer.put(fields.len() + bytes_field(value), |chunk| fields.put(chunk), value, || r.value_bytes());
         self.records += 1;
         if let Some(traced) = self.traced.as_mut().filter(|t| t.len() < crate::telemetry::RECEIVE_LINKS_MAX) {
             if r.headers().any(|(k, _)| k == crate::telemetry::TRACEPARENT) {

@@ -20,7 +20,7 @@ use crate::broker::{
     ProduceResult, ResetOffsets, SubscribeRequest, TopicInfo,
 };
 use crate::group::offsets::Committed;
-use crate::listener::grpc::codec::TopicRecords;
+use crate::listener::grpc::codec::{TopicRecords, WireRecords};
 use crate::proto;
 use crate::storage::batch::{ProducerStamp, Record, StoredRecord};
 
@@ -96,13 +96,16 @@ pub fn fetch_request(r: proto::FetchRequest) -> Result<FetchRequest> {
     })
 }
 
-pub fn subscribe_request(r: proto::SubscribeRequest) -> Result<SubscribeRequest> {
+/// `encoded`: per-record deliveries are encoded as they are read (the
+/// gRPC route frames them as they are).
+pub fn subscribe_request(r: proto::SubscribeRequest, encoded: bool) -> Result<SubscribeRequest> {
+    let records = if encoded { Delivery::Encoded(super::codec::subscribe_encoding()) } else { Delivery::Records };
     Ok(SubscribeRequest {
         from: optional_position(r.from)?,
         fallback: r.fallback.map(boundary).transpose()?,
         pattern: r.topic_pattern,
         group: r.group,
-        delivery: if r.raw_batches { Delivery::Batches } else { Delivery::Records },
+        delivery: if r.raw_batches { Delivery::Batches } else { records },
     })
 }
 
@@ -185,10 +188,13 @@ fn records_response(topic: &str, partition: u32, read: ReadRecords) -> (proto::F
 }
 
 /// A Subscribe message carrying one delivery (records or stored batches).
-fn subscribe_response(delivered: Option<SubscriptionEvent>) -> (proto::SubscribeResponse, Option<TopicRecords>) {
+fn subscribe_response(delivered: Option<SubscriptionEvent>) -> (proto::SubscribeResponse, Option<WireRecords>) {
     match delivered {
         Some(SubscriptionEvent::Records { topic, partition, records }) => {
-            (proto::SubscribeResponse::default(), Some(TopicRecords { topic, partition, records }))
+            (proto::SubscribeResponse::default(), Some(WireRecords::Stored(TopicRecords { topic, partition, records })))
+        }
+        Some(SubscriptionEvent::Encoded { records, .. }) => {
+            (proto::SubscribeResponse::default(), Some(WireRecords::encoded(records)))
         }
         Some(SubscriptionEvent::Batches { topic, partition, from, next, batches }) => (
             proto::SubscribeResponse {
@@ -226,7 +232,7 @@ pub fn fetch_parts(topic: &str, partition: u32, fetched: Fetched) -> (proto::Fet
 }
 
 /// One Subscribe message, its records kept as stored (see [`fetch_parts`]).
-pub fn subscribe_parts(m: StreamMessage) -> (proto::SubscribeResponse, Option<TopicRecords>) {
+pub fn subscribe_parts(m: StreamMessage) -> (proto::SubscribeResponse, Option<WireRecords>) {
     let (mut out, records) = subscribe_response(m.delivery);
     if let Some(membership) = m.membership {
         out.assignments = assignments(&membership.assignment);

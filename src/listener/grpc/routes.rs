@@ -46,7 +46,7 @@ use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::{Request, Status};
 
-use super::codec::{frame_plain, frame_records, frame_stored_records, Frames, TopicRecords, GRPC_PREFIX};
+use super::codec::{frame_plain, frame_records, frame_with_records, Frames, WireRecords, GRPC_PREFIX};
 use super::convert;
 use super::service::BrokerService;
 use super::status::to_status;
@@ -278,7 +278,7 @@ async fn subscribe(
 ) -> Result<Framed, Status> {
     let (request, _permit) = decode_request::<proto::SubscribeRequest>(request, limits).await?;
     let caller = caller_of(request.extensions());
-    let stream = service.subscribe_budgeted(&caller, request.into_inner())?;
+    let stream = service.subscribe_budgeted(&caller, request.into_inner(), true)?;
     Ok(Box::pin(stream.map(|m| m.map(|((head, records), permit)| (frame_subscribe_parts(head, records), permit)))))
 }
 
@@ -720,16 +720,18 @@ pub fn frame_subscribe_response(mut message: proto::SubscribeResponse) -> VecDeq
     frame_records(&message, records, batches, SUBSCRIBE_BATCHES_FIELD)
 }
 
-/// The frames of a SubscribeResponse whose records are still as stored.
-fn frame_subscribe_parts(mut head: proto::SubscribeResponse, records: Option<TopicRecords>) -> VecDeque<Bytes> {
+/// The frames of a SubscribeResponse whose records are as stored or
+/// encoded as they were read.
+fn frame_subscribe_parts(mut head: proto::SubscribeResponse, records: Option<WireRecords>) -> VecDeque<Bytes> {
     let batches = std::mem::take(&mut head.record_batches);
-    frame_stored_records(&head, records, batches, SUBSCRIBE_BATCHES_FIELD)
+    let records = records.map(WireRecords::into_chunks).unwrap_or_default();
+    frame_with_records(&head, batches, SUBSCRIBE_BATCHES_FIELD, records)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::listener::grpc::codec::frame_message;
+    use crate::listener::grpc::codec::{frame_message, frame_stored_records, TopicRecords};
 
     fn joined(chunks: &VecDeque<Bytes>) -> Vec<u8> {
         chunks.iter().flat_map(|c| c.iter().copied()).collect()
@@ -867,7 +869,7 @@ mod tests {
         }
         let records = TopicRecords { topic: "t".into(), partition: 1, records: stored[..40].to_vec() };
         let head = proto::SubscribeResponse { member_id: "m-1".into(), generation: 2, ..Default::default() };
-        let bytes = joined(&frame_subscribe_parts(head.clone(), Some(records)));
+        let bytes = joined(&frame_subscribe_parts(head.clone(), Some(WireRecords::Stored(records))));
         let want = proto::SubscribeResponse {
             records: TopicRecords { topic: "t".into(), partition: 1, records: stored[..40].to_vec() }.into_proto(),
             ..head

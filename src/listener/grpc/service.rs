@@ -31,7 +31,7 @@ pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 's
 /// connection has the bytes (`routes.rs`).
 pub type BudgetedStream = Pin<
     Box<
-        dyn Stream<Item = Result<((proto::SubscribeResponse, Option<codec::TopicRecords>), BudgetPermit), Status>>
+        dyn Stream<Item = Result<((proto::SubscribeResponse, Option<codec::WireRecords>), BudgetPermit), Status>>
             + Send,
     >,
 >;
@@ -79,7 +79,14 @@ impl BrokerService {
     }
 
     /// Subscribe, with or without a group.
-    pub fn subscribe_budgeted(&self, caller: &Caller, r: proto::SubscribeRequest) -> Result<BudgetedStream, Status> {
+    /// `encoded`: records are encoded as they are read, for the route that
+    /// frames them as they are (tonic's own path makes prost messages).
+    pub fn subscribe_budgeted(
+        &self,
+        caller: &Caller,
+        r: proto::SubscribeRequest,
+        encoded: bool,
+    ) -> Result<BudgetedStream, Status> {
         // A group's members need the group; the topics are those of the
         // pattern the caller may consume (the broker filters them).
         if let Some(g) = &r.group {
@@ -87,7 +94,7 @@ impl BrokerService {
         } else if !r.topic_pattern.contains(['*', '?']) {
             self.allow(caller, "Subscribe", topic(&r.topic_pattern))?;
         }
-        let request = convert::subscribe_request(r).map_err(to_status)?;
+        let request = convert::subscribe_request(r, encoded).map_err(to_status)?;
         let messages = self.broker.subscribe(caller, request).map_err(to_status)?;
         Ok(Box::pin(messages.map(|m| {
             m.map_err(to_status).map(|mut m| {
@@ -364,10 +371,10 @@ impl proto::broker_server::Broker for BrokerService {
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let caller = caller_of(&request);
-        let messages = self.subscribe_budgeted(&caller, request.into_inner())?;
+        let messages = self.subscribe_budgeted(&caller, request.into_inner(), false)?;
         Ok(Response::new(Box::pin(messages.map(|m| {
             m.map(|((mut head, records), _permit)| {
-                head.records = records.map(codec::TopicRecords::into_proto).unwrap_or_default();
+                head.records = records.map(codec::WireRecords::into_proto).unwrap_or_default();
                 head
             })
         }))))
