@@ -27,7 +27,7 @@ use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::Status;
 
-use crate::listener::grpc::codec::{frame_message, frame_plain, Frames};
+use crate::listener::grpc::codec::{frame_message, frame_plain, Frames, Incremental};
 use crate::proto;
 
 /// What a TLS connection reads from its socket at a time, at most.
@@ -78,9 +78,25 @@ pub async fn subscribe(channel: &Channel, request: proto::SubscribeRequest) -> R
     Ok(MessageStream::new(body))
 }
 
-/// One Fetch call on `channel`.
+/// One Fetch call on `channel`; its records are decoded as they arrive
+/// (`codec::Incremental`).
 pub async fn fetch(channel: &Channel, request: proto::FetchRequest) -> Result<proto::FetchResponse, Status> {
-    unary(channel, FETCH_PATH, frame_plain(&request)).await
+    let mut body = call(channel, FETCH_PATH, body_of(frame_plain(&request))).await?;
+    let mut frames = Frames::new(MESSAGE_BYTES_MAX);
+    let mut decoder = Incremental::default();
+    let mut message = None;
+    while next_frame(&mut body, &mut frames).await?.is_some() {
+        if message.is_none() {
+            message = decoder.feed(&mut frames)?;
+        }
+    }
+    if message.is_none() {
+        message = decoder.feed(&mut frames)?;
+    }
+    if frames.remaining() > 0 {
+        return Err(Status::internal("more than one message in a unary response"));
+    }
+    message.ok_or_else(|| Status::internal("a unary response without its message"))
 }
 
 /// One Produce call on `channel`; a `record_batch` is sent from where it lies.

@@ -184,7 +184,8 @@ async fn a_principal_without_rights_is_refused_on_a_connection_that_read_ahead()
 /// Records with every field set or left out (keys, headers with empty and
 /// repeated names, negative and zero timestamps, empty, small and large
 /// values): each step a consumer takes on one connection, served read
-/// ahead, equals the same fetch on a connection of its own (read then).
+/// ahead, equals the same fetch on a connection of its own (read then), and
+/// what strata's client decodes of it as it arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_read_ahead_is_the_message_a_fetch_reads_now() {
     let dir = tempfile::tempdir().unwrap();
@@ -195,6 +196,8 @@ async fn a_response_read_ahead_is_the_message_a_fetch_reads_now() {
     for chunk in records.chunks(64) {
         produce(&mut c, "fields", Some(0), chunk.to_vec()).await;
     }
+    // strata's own client decodes records as they arrive: the same again.
+    let channel = tonic::transport::Channel::from_shared(server.url()).unwrap().connect().await.unwrap();
     let mut next = 0;
     let mut steps = 0;
     while next < 400 {
@@ -202,6 +205,8 @@ async fn a_response_read_ahead_is_the_message_a_fetch_reads_now() {
         let mut fresh = client(&server).await;
         let read_now = fetch(&mut fresh, "fields", next, 37).await;
         assert_eq!(served, read_now, "the step from {next}");
+        let zero_copy = strata::client::fetch(&channel, request("fields", next, 37)).await.unwrap();
+        assert_eq!(zero_copy, read_now, "strata::client, the step from {next}");
         assert!(!served.records.is_empty());
         next = served.next_offset;
         steps += 1;

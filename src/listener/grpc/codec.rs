@@ -633,6 +633,130 @@ impl Frames {
     }
 }
 
+/// A message whose field 1 is its records (FetchResponse,
+/// SubscribeResponse): what [`Incremental`] decodes as it arrives.
+pub trait WithRecords: Message + Default {
+    type Record: Message + Default;
+    fn records_mut(&mut self) -> &mut Vec<Self::Record>;
+}
+
+impl WithRecords for crate::proto::FetchResponse {
+    type Record = crate::proto::StoredRecord;
+    fn records_mut(&mut self) -> &mut Vec<Self::Record> {
+        &mut self.records
+    }
+}
+
+/// Decodes one gRPC message at a time field by field as its bytes arrive,
+/// each record (field 1) by prost as soon as all of it is there, so a
+/// client decodes a large response while the rest of it is still on the
+/// way, and from bytes just received (still in the cache), rather than all
+/// of it once the last byte came. Fields other than the records go through
+/// prost's `merge` one at a time: the message decodes as prost would.
+#[derive(Debug, Default)]
+pub struct Incremental<M> {
+    message: M,
+    /// Bytes of the message not decoded yet; None before its prefix.
+    left: Option<usize>,
+}
+
+impl<M: WithRecords> Incremental<M> {
+    /// Decodes what `frames` holds of the message: Some once all of it is.
+    pub fn feed(&mut self, frames: &mut Frames) -> Result<Option<M>, Status> {
+        let malformed = |e: &dyn std::fmt::Display| {
+            let name = std::any::type_name::<M>().rsplit("::").next().unwrap_or("message");
+            Status::internal(format!("malformed {name}: {e}"))
+        };
+        loop {
+            let left = match self.left {
+                Some(left) => left,
+                None => {
+                    if frames.remaining < GRPC_PREFIX {
+                        return Ok(None);
+                    }
+                    let mut prefix = [0u8; GRPC_PREFIX];
+                    frames.peek(&mut prefix);
+                    if prefix[0] != 0 {
+                        return Err(Status::internal("compressed messages are not supported"));
+                    }
+                    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+                    if len > frames.limit {
+                        return Err(Status::resource_exhausted(format!(
+                            "message of {len} bytes is too large: over the limit of {}",
+                            frames.limit
+                        )));
+                    }
+                    frames.advance(GRPC_PREFIX);
+                    len
+                }
+            };
+            if left == 0 {
+                self.left = None;
+                return Ok(Some(std::mem::take(&mut self.message)));
+            }
+            self.left = Some(left);
+            let Some((key, head, len)) = next_field(frames, left).map_err(|e| malformed(&e))? else { return Ok(None) };
+            if frames.remaining < head + len {
+                return Ok(None);
+            }
+            // Field 1, length-delimited: a record.
+            if key == (1 << 3) | 2 {
+                frames.advance(head);
+                let record = M::Record::decode(Buf::take(&mut *frames, len)).map_err(|e| malformed(&e))?;
+                self.message.records_mut().push(record);
+            } else {
+                self.message.merge(Buf::take(&mut *frames, head + len)).map_err(|e| malformed(&e))?;
+            }
+            self.left = Some(left - head - len);
+        }
+    }
+}
+
+/// The next top-level field in `frames`, within `left` bytes of its
+/// message: its key, the length of its key (and length prefix) and of the
+/// rest, or None while its head is not all here.
+fn next_field(frames: &Frames, left: usize) -> Result<Option<(u64, usize, usize)>, &'static str> {
+    // A key and a varint take 20 bytes at most.
+    let mut head = [0u8; 20];
+    let have = head.len().min(left).min(frames.remaining);
+    frames.peek(&mut head[..have]);
+    let varint = |at: usize| -> Option<(u64, usize)> {
+        let mut value = 0u64;
+        for (i, b) in head.get(at..have)?.iter().take(10).enumerate() {
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Some((value, at + i + 1));
+            }
+        }
+        None
+    };
+    let complete = |r: Option<(u64, usize)>| -> Result<Option<(u64, usize)>, &'static str> {
+        match r {
+            Some(r) => Ok(Some(r)),
+            None if have == head.len() || have == left => Err("a varint runs past its message"),
+            None => Ok(None),
+        }
+    };
+    let Some((key, at)) = complete(varint(0))? else { return Ok(None) };
+    let (head_len, rest) = match key & 7 {
+        0 => match complete(varint(at))? {
+            Some((_, end)) => (end, 0),
+            None => return Ok(None),
+        },
+        1 => (at, 8),
+        5 => (at, 4),
+        2 => match complete(varint(at))? {
+            Some((len, end)) => (end, usize::try_from(len).map_err(|_| "a length past its message")?),
+            None => return Ok(None),
+        },
+        _ => return Err("a field of an unsupported wire type"),
+    };
+    if head_len.checked_add(rest).is_none_or(|n| n > left) {
+        return Err("a field runs past its message");
+    }
+    Ok(Some((key, head_len, rest)))
+}
+
 impl Buf for Frames {
     fn remaining(&self) -> usize {
         self.remaining
@@ -774,5 +898,72 @@ mod tests {
                 assert!(kept.is_empty());
             }
         }
+    }
+
+    fn fetch_response(records: usize) -> proto::FetchResponse {
+        proto::FetchResponse {
+            records: (0..records as u64)
+                .map(|i| proto::StoredRecord {
+                    topic: "payments.eu".into(),
+                    partition: 2,
+                    offset: 1 << 33 | i,
+                    timestamp_ms: -(i as i64),
+                    key: if i % 3 == 0 { Bytes::new() } else { Bytes::from(format!("k{i}")) },
+                    value: Bytes::from(vec![i as u8; (i as usize * 37) % 700]),
+                    headers: [("id".to_string(), Bytes::from(format!("e{i}")))].into(),
+                })
+                .collect(),
+            next_offset: 1 << 40,
+            high_watermark: 7,
+            log_start_offset: 3,
+            record_batches: vec![Bytes::from_static(b"batch")],
+        }
+    }
+
+    /// Two responses back to back, cut into pieces of any size, decode as
+    /// prost decodes them, each only once all of it is here.
+    #[test]
+    fn incremental_decoding_gives_what_prost_gives_from_any_pieces() {
+        let (first, second) = (fetch_response(120), fetch_response(0));
+        let bytes: Vec<u8> = frame_plain(&first).into_iter().chain(frame_plain(&second)).flatten().collect();
+        let first_len = GRPC_PREFIX + first.encoded_len();
+        for piece in [1usize, 2, 3, 7, 19, 4096, 65_537] {
+            let (mut frames, mut decoder) = (Frames::new(1 << 20), Incremental::<proto::FetchResponse>::default());
+            let mut decoded = Vec::new();
+            let mut fed = 0;
+            for part in bytes.chunks(piece) {
+                frames.push(Bytes::copy_from_slice(part));
+                fed += part.len();
+                while let Some(m) = decoder.feed(&mut frames).unwrap() {
+                    assert!(fed >= first_len, "none before all of it is here");
+                    decoded.push(m);
+                }
+            }
+            assert_eq!(decoded, vec![first.clone(), second.clone()], "pieces of {piece} bytes");
+            assert_eq!(frames.remaining(), 0);
+        }
+    }
+
+    #[test]
+    fn incremental_decoding_refuses_fields_past_their_message() {
+        let feed = |body: &[u8]| {
+            let mut frames = Frames::new(1 << 20);
+            let mut framed = vec![0];
+            framed.extend((body.len() as u32).to_be_bytes());
+            framed.extend_from_slice(body);
+            framed.extend_from_slice(&[0u8; 32]); // what follows the message
+            frames.push(Bytes::from(framed));
+            Incremental::<proto::FetchResponse>::default().feed(&mut frames)
+        };
+        assert!(feed(&[0x10, 0x05]).unwrap().is_some_and(|m| m.next_offset == 5));
+        for bad in [&[0x0a, 0x05, 1, 2][..], &[0x10, 0x80], &[0x0b], &[0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]]
+        {
+            let e = feed(bad).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Internal, "{bad:?}: {e:?}");
+        }
+        let mut frames = Frames::new(10);
+        frames.push(Bytes::from_static(&[0, 0, 0, 0, 11]));
+        let e = Incremental::<proto::FetchResponse>::default().feed(&mut frames).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
     }
 }
