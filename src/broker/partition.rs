@@ -142,14 +142,12 @@ impl ReadSink for Box<dyn EncodingSink> {
     }
 }
 
-/// Records a listener's [`EncodingSink`] encoded: opaque to the broker.
-#[derive(Clone)]
-pub struct Encoded(pub Arc<dyn std::any::Any + Send + Sync>);
-
-impl std::fmt::Debug for Encoded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Encoded(..)")
-    }
+/// Records a listener's [`EncodingSink`] encoded for its wire: body
+/// chunks that the broker carries as they are, and their length.
+#[derive(Debug, Clone, Default)]
+pub struct Encoded {
+    pub len: usize,
+    pub chunks: std::collections::VecDeque<bytes::Bytes>,
 }
 
 impl Partition {

@@ -344,11 +344,7 @@ pub fn frame_records<M: Message, R: WireRecord>(
 /// Records encoded as `records` entries (field 1) of a FetchResponse or
 /// SubscribeResponse: their length on the wire and the chunks that hold
 /// them, to follow the message's head ([`frame_with_records`]).
-#[derive(Debug, Clone, Default)]
-pub struct RecordChunks {
-    pub len: usize,
-    pub chunks: VecDeque<Bytes>,
-}
+pub type RecordChunks = crate::broker::partition::Encoded;
 
 /// [`record_chunks`] for records as stored.
 pub fn stored_record_chunks(records: TopicRecords) -> RecordChunks {
@@ -454,8 +450,8 @@ impl RecordEncoder {
 }
 
 impl crate::broker::partition::EncodingSink for RecordEncoder {
-    fn finish(self: Box<Self>) -> crate::broker::partition::Encoded {
-        crate::broker::partition::Encoded(Arc::new((*self).finish().0))
+    fn finish(self: Box<Self>) -> RecordChunks {
+        (*self).finish().0
     }
 }
 
@@ -473,24 +469,16 @@ pub enum WireRecords {
 }
 
 impl WireRecords {
-    /// Records a subscription delivered encoded ([`subscribe_encoding`]).
-    pub fn encoded(records: crate::broker::partition::Encoded) -> WireRecords {
-        let chunks = match records.0.downcast::<RecordChunks>() {
-            Ok(chunks) => Arc::try_unwrap(chunks).unwrap_or_else(|shared| (*shared).clone()),
-            // Only this listener's encoding reaches it.
-            Err(_) => RecordChunks::default(),
-        };
-        WireRecords::Encoded(chunks)
-    }
-
     /// The records as prost messages (for tonic's own paths).
-    pub fn into_proto(self) -> Vec<crate::proto::StoredRecord> {
+    pub fn into_proto(self) -> Result<Vec<crate::proto::StoredRecord>, Status> {
         match self {
-            WireRecords::Stored(records) => records.into_proto(),
+            WireRecords::Stored(records) => Ok(records.into_proto()),
             // `records` entries are a SubscribeResponse of only records.
             WireRecords::Encoded(chunks) => {
                 let bytes: Vec<u8> = chunks.chunks.iter().flat_map(|c| c.iter().copied()).collect();
-                crate::proto::SubscribeResponse::decode(&bytes[..]).map(|m| m.records).unwrap_or_default()
+                crate::proto::SubscribeResponse::decode(&bytes[..])
+                    .map(|m| m.records)
+                    .map_err(|e| Status::internal(format!("records encoded as read do not decode: {e}")))
             }
         }
     }
@@ -577,8 +565,9 @@ impl Frames {
         }
     }
 
-    /// Decodes the first message once all of it is here.
-    pub fn next_message<M: Message + Default>(&mut self) -> Result<Option<M>, Status> {
+    /// The length of the first message, once its gRPC prefix is here
+    /// (refused when compressed or over the limit).
+    fn message_len(&self) -> Result<Option<usize>, Status> {
         if self.remaining < GRPC_PREFIX {
             return Ok(None);
         }
@@ -594,6 +583,12 @@ impl Frames {
                 self.limit
             )));
         }
+        Ok(Some(len))
+    }
+
+    /// Decodes the first message once all of it is here.
+    pub fn next_message<M: Message + Default>(&mut self) -> Result<Option<M>, Status> {
+        let Some(len) = self.message_len()? else { return Ok(None) };
         if self.remaining < GRPC_PREFIX + len {
             return Ok(None);
         }
@@ -671,21 +666,7 @@ impl<M: WithRecords> Incremental<M> {
             let left = match self.left {
                 Some(left) => left,
                 None => {
-                    if frames.remaining < GRPC_PREFIX {
-                        return Ok(None);
-                    }
-                    let mut prefix = [0u8; GRPC_PREFIX];
-                    frames.peek(&mut prefix);
-                    if prefix[0] != 0 {
-                        return Err(Status::internal("compressed messages are not supported"));
-                    }
-                    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
-                    if len > frames.limit {
-                        return Err(Status::resource_exhausted(format!(
-                            "message of {len} bytes is too large: over the limit of {}",
-                            frames.limit
-                        )));
-                    }
+                    let Some(len) = frames.message_len()? else { return Ok(None) };
                     frames.advance(GRPC_PREFIX);
                     len
                 }

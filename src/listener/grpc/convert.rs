@@ -194,7 +194,7 @@ fn subscribe_response(delivered: Option<SubscriptionEvent>) -> (proto::Subscribe
             (proto::SubscribeResponse::default(), Some(WireRecords::Stored(TopicRecords { topic, partition, records })))
         }
         Some(SubscriptionEvent::Encoded { records, .. }) => {
-            (proto::SubscribeResponse::default(), Some(WireRecords::encoded(records)))
+            (proto::SubscribeResponse::default(), Some(WireRecords::Encoded(records)))
         }
         Some(SubscriptionEvent::Batches { topic, partition, from, next, batches }) => (
             proto::SubscribeResponse {

@@ -373,9 +373,9 @@ impl proto::broker_server::Broker for BrokerService {
         let caller = caller_of(&request);
         let messages = self.subscribe_budgeted(&caller, request.into_inner(), false)?;
         Ok(Response::new(Box::pin(messages.map(|m| {
-            m.map(|((mut head, records), _permit)| {
-                head.records = records.map(codec::WireRecords::into_proto).unwrap_or_default();
-                head
+            m.and_then(|((mut head, records), _permit)| {
+                head.records = records.map(codec::WireRecords::into_proto).transpose()?.unwrap_or_default();
+                Ok(head)
             })
         }))))
     }
