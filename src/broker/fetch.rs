@@ -4,15 +4,17 @@
 
 use std::sync::Arc;
 
-use super::partition::{Partition, ReadInto, ReadRecords, ReadSink};
+use super::partition::{Partition, ReadInto, ReadSink};
 use super::{Broker, BrokerError, Caller, FetchRequest, OffsetLookup, Position, Result};
 use crate::config::{FETCH_BYTES_DEFAULT, FETCH_RECORDS_DEFAULT, FETCH_RECORDS_MAX, FETCH_WAIT_MAX};
+use crate::storage::batch::StoredRecord;
 use crate::storage::ReadBatches;
 
-/// What a fetch returns.
+/// What a fetch returns: records in `S` (see [`Broker::fetch_into`]), or
+/// stored batches.
 #[derive(Debug, Clone)]
-pub enum Fetched {
-    Records(ReadRecords),
+pub enum Fetched<S = Vec<StoredRecord>> {
+    Records(ReadInto<S>),
     /// Stored batches as they are; the first may start before `from`.
     Batches {
         from: u64,
@@ -35,7 +37,19 @@ impl Broker {
 
     /// Reads from a partition, waiting up to `request.wait` for data when
     /// there is none.
-    pub async fn fetch(&self, _caller: &Caller, request: FetchRequest) -> Result<Fetched> {
+    pub async fn fetch(&self, caller: &Caller, request: FetchRequest) -> Result<Fetched> {
+        self.fetch_into(caller, request, Vec::new).await
+    }
+
+    /// [`Broker::fetch`] with the records put into a sink `sink` makes for
+    /// each read (a long poll may read more than once): a listener's
+    /// encoder writes them onto its wire as they are read.
+    pub async fn fetch_into<S: ReadSink>(
+        &self,
+        _caller: &Caller,
+        request: FetchRequest,
+        sink: impl Fn() -> S,
+    ) -> Result<Fetched<S>> {
         let FetchRequest { topic, partition, from, records_max, bytes_max, wait, raw } = request;
         let (records_max, bytes_max) = self.fetch_limits(records_max, bytes_max);
         let wait = wait.min(FETCH_WAIT_MAX);
@@ -49,10 +63,13 @@ impl Broker {
             return Ok(Fetched::Batches { from: offset, read });
         }
         let (_, read) = self
-            .long_poll(&topic, partition, from, wait, |p, offset| async move {
-                let read = p.read(offset, records_max, bytes_max).await?;
-                let found = !read.records.is_empty() || offset < read.high_watermark;
-                Ok((found, read))
+            .long_poll(&topic, partition, from, wait, |p, offset| {
+                let into = sink();
+                async move {
+                    let read = p.read_counted_into(offset, records_max, bytes_max, into).await?;
+                    let found = !read.records.is_empty() || offset < read.high_watermark;
+                    Ok((found, read))
+                }
             })
             .await?;
         Ok(Fetched::Records(read))

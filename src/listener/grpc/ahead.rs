@@ -263,16 +263,15 @@ pub async fn fetch(
             return Ok(codec::frame_with_records(&head, Vec::new(), FETCH_BATCHES_FIELD, prepared.encoded));
         }
     }
-    let raw = r.raw_batches;
-    let (mut head, records) = service.fetch_allowed(&caller, r).await?;
-    if let (Some(ahead), false) = (&ahead, raw) {
-        let more = records.as_ref().is_some_and(|r| !r.records.is_empty()) && head.next_offset < head.high_watermark;
+    let (mut head, encoded) = service.fetch_encoded(&caller, r).await?;
+    if let Some(ahead) = &ahead {
+        let more = encoded.as_ref().is_some_and(|e| e.len > 0) && head.next_offset < head.high_watermark;
         if more {
             ahead.start(broker, key_at(head.next_offset), false);
         }
     }
     let batches = std::mem::take(&mut head.record_batches);
-    Ok(codec::frame_stored_records(&head, records, batches, FETCH_BATCHES_FIELD))
+    Ok(codec::frame_with_records(&head, batches, FETCH_BATCHES_FIELD, encoded.unwrap_or_default()))
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use crate::group::offsets::Committed;
 use crate::listener::grpc::codec::{TopicRecords, WireRecords};
 use crate::proto;
 use crate::storage::batch::{ProducerStamp, Record, StoredRecord};
+use crate::storage::ReadBatches;
 
 type Result<T> = std::result::Result<T, BrokerError>;
 
@@ -218,16 +219,19 @@ fn subscribe_response(delivered: Option<SubscriptionEvent>) -> (proto::Subscribe
 pub fn fetch_parts(topic: &str, partition: u32, fetched: Fetched) -> (proto::FetchResponse, Option<TopicRecords>) {
     match fetched {
         Fetched::Records(read) => records_response(topic, partition, read),
-        Fetched::Batches { from, read } => (
-            proto::FetchResponse {
-                records: vec![],
-                next_offset: read.next_offset().unwrap_or(from),
-                high_watermark: read.high_watermark,
-                log_start_offset: read.log_start_offset,
-                record_batches: read.batches,
-            },
-            None,
-        ),
+        Fetched::Batches { from, read } => (batches_response(from, read), None),
+    }
+}
+
+/// A FetchResponse carrying stored batches as they are; the first may
+/// start before `from`.
+pub fn batches_response(from: u64, read: ReadBatches) -> proto::FetchResponse {
+    proto::FetchResponse {
+        records: vec![],
+        next_offset: read.next_offset().unwrap_or(from),
+        high_watermark: read.high_watermark,
+        log_start_offset: read.log_start_offset,
+        record_batches: read.batches,
     }
 }
 

@@ -135,6 +135,43 @@ impl BrokerService {
         }
         Ok(convert::fetch_parts(&topic, partition, fetched))
     }
+
+    /// [`BrokerService::fetch_allowed`] for the gRPC listener's own
+    /// framing: records are encoded for the wire as they are read
+    /// ([`codec::RecordEncoder`], nothing built per record in between), as
+    /// a read ahead is; stored batches go as they are.
+    pub async fn fetch_encoded(
+        &self,
+        caller: &Caller,
+        r: proto::FetchRequest,
+    ) -> Result<(proto::FetchResponse, Option<codec::RecordChunks>), Status> {
+        let (topic, partition) = (r.topic.clone(), r.partition);
+        let request = convert::fetch_request(r).map_err(to_status)?;
+        let span = match request.from {
+            Position::Offset(o) => telemetry::receive_span(&topic, partition, o),
+            _ => telemetry::receive_span(&topic, partition, 0),
+        };
+        let traced = !span.is_disabled();
+        let sink = || codec::RecordEncoder::new(&topic, partition, traced);
+        let fetched =
+            self.broker.fetch_into(caller, request, sink).instrument(span.clone()).await.map_err(to_status)?;
+        match fetched {
+            crate::broker::Fetched::Records(read) => {
+                use crate::broker::partition::ReadSink as _;
+                span.record("messaging.batch.message_count", read.records.len());
+                let head = proto::FetchResponse {
+                    next_offset: read.next_offset,
+                    high_watermark: read.high_watermark,
+                    log_start_offset: read.log_start_offset,
+                    ..Default::default()
+                };
+                let (encoded, traced) = read.records.finish();
+                telemetry::link_records(&span, traced.iter().map(|h| &h[..]));
+                Ok((head, Some(encoded)))
+            }
+            crate::broker::Fetched::Batches { from, read } => Ok((convert::batches_response(from, read), None)),
+        }
+    }
 }
 
 /// The operation each method of `strata.v1.Broker` needs on its resource:
