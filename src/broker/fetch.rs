@@ -66,7 +66,8 @@ impl Broker {
             .long_poll(&topic, partition, from, wait, |p, offset| {
                 let into = sink();
                 async move {
-                    let read = p.read_counted_into(offset, records_max, bytes_max, into).await?;
+                    let read = p.read_into(offset, records_max, bytes_max, into).await?;
+                    p.count_fetched(read.records.len() as u64, read.batch_bytes);
                     let found = !read.records.is_empty() || offset < read.high_watermark;
                     Ok((found, read))
                 }

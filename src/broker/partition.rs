@@ -348,18 +348,7 @@ impl Partition {
     /// Reads records from `from` on: up to `records_max` records and about
     /// `bytes_max` bytes (always at least one record when any is there).
     pub async fn read(self: &Arc<Self>, from: u64, records_max: usize, bytes_max: usize) -> Result<ReadRecords> {
-        self.read_counted_into(from, records_max, bytes_max, Vec::new()).await
-    }
-
-    /// [`Partition::read`] into `sink`.
-    pub async fn read_counted_into<S: ReadSink>(
-        self: &Arc<Self>,
-        from: u64,
-        records_max: usize,
-        bytes_max: usize,
-        sink: S,
-    ) -> Result<ReadInto<S>> {
-        let read = self.read_into(from, records_max, bytes_max, sink).await?;
+        let read = self.read_uncounted(from, records_max, bytes_max).await?;
         self.count_fetched(read.records.len() as u64, read.batch_bytes);
         Ok(read)
     }

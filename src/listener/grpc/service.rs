@@ -122,12 +122,7 @@ impl BrokerService {
         caller: &Caller,
         r: proto::FetchRequest,
     ) -> Result<(proto::FetchResponse, Option<codec::TopicRecords>), Status> {
-        let (topic, partition) = (r.topic.clone(), r.partition);
-        let request = convert::fetch_request(r).map_err(to_status)?;
-        let span = match request.from {
-            Position::Offset(o) => telemetry::receive_span(&topic, partition, o),
-            _ => telemetry::receive_span(&topic, partition, 0),
-        };
+        let (topic, partition, request, span) = fetch_request(r)?;
         let fetched = self.broker.fetch(caller, request).instrument(span.clone()).await.map_err(to_status)?;
         if let crate::broker::Fetched::Records(read) = &fetched {
             span.record("messaging.batch.message_count", read.records.len());
@@ -145,12 +140,7 @@ impl BrokerService {
         caller: &Caller,
         r: proto::FetchRequest,
     ) -> Result<(proto::FetchResponse, Option<codec::RecordChunks>), Status> {
-        let (topic, partition) = (r.topic.clone(), r.partition);
-        let request = convert::fetch_request(r).map_err(to_status)?;
-        let span = match request.from {
-            Position::Offset(o) => telemetry::receive_span(&topic, partition, o),
-            _ => telemetry::receive_span(&topic, partition, 0),
-        };
+        let (topic, partition, request, span) = fetch_request(r)?;
         let traced = !span.is_disabled();
         let sink = || codec::RecordEncoder::new(&topic, partition, traced);
         let fetched =
@@ -172,6 +162,18 @@ impl BrokerService {
             crate::broker::Fetched::Batches { from, read } => Ok((convert::batches_response(from, read), None)),
         }
     }
+}
+
+/// A Fetch request as the broker takes it, with its topic and partition,
+/// and the receive span it runs in.
+fn fetch_request(r: proto::FetchRequest) -> Result<(String, u32, crate::broker::FetchRequest, tracing::Span), Status> {
+    let (topic, partition) = (r.topic.clone(), r.partition);
+    let request = convert::fetch_request(r).map_err(to_status)?;
+    let span = match request.from {
+        Position::Offset(o) => telemetry::receive_span(&topic, partition, o),
+        _ => telemetry::receive_span(&topic, partition, 0),
+    };
+    Ok((topic, partition, request, span))
 }
 
 /// The operation each method of `strata.v1.Broker` needs on its resource:
