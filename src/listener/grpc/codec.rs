@@ -62,6 +62,7 @@ impl<T: Message> Encoder for SizedEncoder<T> {
     }
 }
 
+use crate::config::FETCH_RECORDS_MAX;
 use crate::config::PUSH_SHARED_BATCH_BYTES_MIN as CHUNK_MIN;
 
 /// Length of the gRPC message prefix: compressed flag and u32 length.
@@ -694,10 +695,12 @@ impl<M: WithRecords> Incremental<M> {
                     // grows (that copy and the page zeroing were a fifth of
                     // a per-record consumer's CPU); never for more records
                     // than the message has bytes for, nor more room than it
-                    // has bytes.
+                    // has bytes, nor more than a Fetch returns (the room is
+                    // taken before those bytes arrive: a peer that claims a
+                    // huge message gets no more than this).
                     let after = left - head - len;
                     let size = std::mem::size_of::<M::Record>().max(1);
-                    records.reserve(1 + (after / (head + len)).min(after / size));
+                    records.reserve(1 + (after / (head + len)).min(after / size).min(FETCH_RECORDS_MAX));
                 }
                 records.push(record);
             } else {
@@ -945,6 +948,32 @@ mod tests {
             assert_eq!(decoded, vec![first.clone(), second.clone()], "pieces of {piece} bytes");
             assert_eq!(frames.remaining(), 0);
         }
+    }
+
+    /// The record list's room is taken when the first record arrives,
+    /// before the rest: a peer claiming the largest message with tiny
+    /// records gets room for at most a Fetch's worth of them.
+    #[test]
+    fn incremental_decoding_reserves_a_bounded_record_list() {
+        let record = proto::StoredRecord { offset: 1, ..Default::default() };
+        let mut body = vec![0x0a, record.encoded_len() as u8];
+        body.extend(record.encode_to_vec());
+        let claimed = 200usize << 20;
+        let mut framed = vec![0];
+        framed.extend((claimed as u32).to_be_bytes());
+        framed.extend_from_slice(&body);
+        let (mut frames, mut decoder) = (Frames::new(256 << 20), Incremental::<proto::FetchResponse>::default());
+        frames.push(Bytes::from(framed));
+        assert!(decoder.feed(&mut frames).unwrap().is_none(), "the rest is still to come");
+        let room = decoder.message.records.capacity();
+        assert!((1..=FETCH_RECORDS_MAX + 1).contains(&room), "room for {room} records");
+        // A well-sized response gets room for all its records at once.
+        let whole = fetch_response(300);
+        let mut frames = Frames::new(1 << 20);
+        let mut decoder = Incremental::<proto::FetchResponse>::default();
+        frames.push(frame_plain(&whole).into_iter().flatten().collect::<Vec<u8>>().into());
+        let got = decoder.feed(&mut frames).unwrap().expect("complete");
+        assert_eq!(got, whole);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::codec;
 use super::convert;
 use super::status::to_status;
 use crate::broker::budget::BudgetPermit;
+use crate::broker::partition::ReadSink as _;
 use crate::broker::{Broker, BrokerError, Caller, PipelineItem, Pipelined, Position, Produced};
 use crate::proto;
 use crate::security::{Operation, Resource};
@@ -147,7 +148,6 @@ impl BrokerService {
             self.broker.fetch_into(caller, request, sink).instrument(span.clone()).await.map_err(to_status)?;
         match fetched {
             crate::broker::Fetched::Records(read) => {
-                use crate::broker::partition::ReadSink as _;
                 span.record("messaging.batch.message_count", read.records.len());
                 let head = proto::FetchResponse {
                     next_offset: read.next_offset,
