@@ -15,6 +15,8 @@ fn bench_modes_print_a_json_summary() {
         "produce --records 1000 --flush never --batch 10",
         // Pipelined over ProduceStream, with client-encoded batches.
         "produce --records 3000 --producers 2 --partitions 2 --in-flight 4 --raw --batch 7",
+        // One request in flight, on a ProduceStream instead of unary calls.
+        "produce --records 3000 --producers 2 --partitions 2 --stream --batch 7",
         "consume --records 3000 --raw",
         // Over Subscribe: alone, raw, and two consumers sharing a group.
         "consume --records 3000 --raw --subscribe",
@@ -47,6 +49,10 @@ fn bench_modes_print_a_json_summary() {
             assert!(summary[key].is_number(), "bench {mode}: {key} in {summary}");
         }
         assert!(summary["records"].as_u64().unwrap() > 0, "bench {mode} moved records: {summary}");
+        if mode.starts_with("produce --records 3000") && !mode.contains("--protocol kafka") {
+            let stream = mode.contains("--stream") || mode.contains("--in-flight 4");
+            assert_eq!(summary["config"]["produce_stream"], stream, "bench {mode}: {summary}");
+        }
         if mode.starts_with("produce --records 3000") && mode.contains("--dedupe") {
             assert_eq!(summary["config"]["dedupe"], true, "{summary}");
         }

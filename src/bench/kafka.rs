@@ -352,6 +352,12 @@ fn with_properties<'a>(config: &'a mut ClientConfig, args: &BenchArgs) -> &'a mu
 fn config_json(args: &BenchArgs) -> serde_json::Value {
     let mut c = super::load::config_json(args);
     c["protocol"] = "kafka".into();
+    // ProduceStream and Subscribe are gRPC's; the Kafka client pipelines
+    // by itself (in_flight).
+    if let Some(c) = c.as_object_mut() {
+        c.remove("produce_stream");
+        c.remove("subscribe");
+    }
     c["kafka_properties"] = args.kafka_property.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().into();
     c["client"] = match args.client {
         KafkaClient::Librdkafka => format!("librdkafka {}", rdkafka::util::get_rdkafka_version().1),

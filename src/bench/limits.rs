@@ -143,6 +143,7 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         format: None,
         raw: false,
         in_flight: 1,
+        stream: false,
         subscribe: false,
         ids: false,
         dedupe: false,
@@ -161,6 +162,11 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     let on = |topic: &str| BenchArgs { server: Some(target.url.clone()), topic: topic.into(), ..base.clone() };
     eprintln!("[limits] 1. produce 1 KiB x 100, 8 producers, flush always");
     let p1 = load::produce(&on("limits.always.1k")).await?;
+    // The same producers, each keeping its one request in flight on a
+    // ProduceStream instead of a unary call per request: what the HTTP/2
+    // stream per request (headers, trailers, a task on each side) costs.
+    eprintln!("[limits] 1s. same, each producer's one request in flight on a ProduceStream");
+    let p1o = load::produce(&BenchArgs { stream: true, ..on("limits.always.1k.stream1") }).await?;
     // A Kafka producer keeps up to 5 requests in flight by default; with one
     // each, the 8 producers wait for every fsync together and the broker's
     // CPU work cannot overlap it.
@@ -322,6 +328,7 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
     let rows = serde_json::json!({
         "baselines_mb_per_s": {"append_fdatasync_64k": sync_64k, "append_fdatasync_1m": sync_1m, "buffered_write": buffered, "buffered_write_first_touch": fresh, "loopback_tcp": tcp, "loopback_tcp_each": tcp_all, "buffered_write_before_3b": fresh_b, "buffered_write_before_3c": fresh_c, "fdatasync_10k_p50_ms": fsync_p50, "fdatasync_10k_p99_ms": fsync_p99, "buffered_write_cpu_s_per_gb": buffered_cpu},
         "produce_always_1k": {"cpu_s_per_gb": p1.cpu_s_per_gb, "requests_per_fsync": p1.requests_per_fsync, "fsyncs": p1.fsyncs, "mb_per_s": p1.mb_per_s, "records_per_s": p1.records_per_s, "p99_ms": p1.p99_ms, "ratio_to_fdatasync_1m": p1.mb_per_s / sync_1m},
+        "produce_always_1k_stream1": {"cpu_s_per_gb": p1o.cpu_s_per_gb, "requests_per_fsync": p1o.requests_per_fsync, "fsyncs": p1o.fsyncs, "mb_per_s": p1o.mb_per_s, "records_per_s": p1o.records_per_s, "p99_ms": p1o.p99_ms, "ratio_to_fdatasync_1m": p1o.mb_per_s / sync_1m, "ratio_to_unary": p1o.mb_per_s / p1.mb_per_s},
         "produce_always_1k_stream4": {"cpu_s_per_gb": p1s.cpu_s_per_gb, "requests_per_fsync": p1s.requests_per_fsync, "fsyncs": p1s.fsyncs, "mb_per_s": p1s.mb_per_s, "records_per_s": p1s.records_per_s, "p99_ms": p1s.p99_ms, "ratio_to_fdatasync_1m": p1s.mb_per_s / sync_1m},
         "produce_always_1k_kafka": {"cpu_s_per_gb": p1k.cpu_s_per_gb, "mb_per_s": p1k.mb_per_s, "records_per_s": p1k.records_per_s, "p99_ms": p1k.p99_ms, "client": "librdkafka", "ratio_to_grpc": p1k.mb_per_s / p1s.mb_per_s},
         "produce_always_1k_rskafka": {"cpu_s_per_gb": p1r.cpu_s_per_gb, "requests_per_fsync": p1r.requests_per_fsync, "fsyncs": p1r.fsyncs, "mb_per_s": p1r.mb_per_s, "records_per_s": p1r.records_per_s, "p99_ms": p1r.p99_ms, "client": "rskafka", "ratio_to_grpc": p1r.mb_per_s / p1s.mb_per_s},
@@ -360,6 +367,7 @@ pub async fn run(args: &LimitsArgs) -> anyhow::Result<()> {
         println!("{label:<62} {:>9.1} MB/s {:>10.2} ({goal}) {cpu:>8} {per_fsync:>10}", s.mb_per_s, s.mb_per_s / base);
     };
     ratio("1. produce 1 KiB x100, 8 producers, always vs fdatasync 1 MiB", &p1, sync_1m, ">= 0.50");
+    ratio("1s. same, the 1 in flight on a ProduceStream", &p1o, sync_1m, ">= 0.50");
     ratio("1b. same, 4 in flight per producer (ProduceStream)", &p1s, sync_1m, ">= 0.50");
     ratio("1k. same as 1b, Kafka protocol (librdkafka) vs 1b", &p1k, p1s.mb_per_s, ">= 0.9");
     ratio("1r. same, Kafka protocol (rskafka) vs 1b", &p1r, p1s.mb_per_s, ">= 0.9");

@@ -171,7 +171,8 @@ pub(super) fn config_json(args: &BenchArgs) -> serde_json::Value {
         "batch": args.batch, "producers": args.producers, "consumers": args.consumers,
         "rate": args.rate, "flush": args.flush.to_string(), "embedded": args.server.is_none(),
         "ids": args.ids, "dedupe": args.dedupe, "idle_rules": args.idle_rules,
-        "tls": args.tls, "acl_rules": args.acl_rules,
+        "tls": args.tls, "acl_rules": args.acl_rules, "in_flight": args.in_flight.max(1),
+        "produce_stream": args.stream || args.in_flight > 1, "raw": args.raw, "subscribe": args.subscribe,
     })
 }
 
@@ -257,9 +258,9 @@ pub(super) async fn run_producers(
             };
             (req, plan.records as u64, bytes)
         };
-        let in_flight = args.in_flight.max(1);
+        let (in_flight, stream) = (args.in_flight.max(1), args.stream || args.in_flight > 1);
         tasks.push(tokio::spawn(async move {
-            if in_flight > 1 {
+            if stream {
                 return produce_pipelined(c, in_flight, &meter, &mut plan, &build).await;
             }
             while let Some(next) = plan() {

@@ -89,6 +89,11 @@ pub struct BenchArgs {
     /// max.in.flight.requests.per.connection.
     #[arg(long, default_value_t = 1)]
     pub in_flight: usize,
+    /// produce: send over one ProduceStream per producer even with one
+    /// request in flight (a unary Produce opens an HTTP/2 stream per
+    /// request: headers both ways and trailers, in both connection tasks).
+    #[arg(long)]
+    pub stream: bool,
     /// Concurrent consumers (consume, e2e).
     #[arg(long, default_value_t = 1)]
     pub consumers: usize,
