@@ -163,6 +163,12 @@ pub struct Segment {
     /// and, like Kafka's broker, which checks none on fetch, strata does
     /// not re-check bytes the page cache dropped and read back.
     checked_from: AtomicU64,
+    /// Every batch below here had its CRC checked by this process too: a
+    /// read from the start (or from a position below this) moves it up to
+    /// where it stopped, so one pass over a segment opened from disk checks
+    /// each batch once, not once per pass (`checked_from` alone grows down
+    /// by one read per pass). Reaching `checked_from` joins the two.
+    checked_below: AtomicU64,
     /// Largest record timestamp in the segment; `i64::MIN` until known.
     max_timestamp: AtomicI64,
     /// Opened on first use for closed segments, at open for the active one.
@@ -216,6 +222,7 @@ impl Segment {
             // A new segment holds only what this process appends; an opened
             // one, nothing checked yet.
             checked_from: AtomicU64::new(len),
+            checked_below: AtomicU64::new(0),
             max_timestamp: AtomicI64::new(i64::MIN),
             indexes: OnceLock::new(),
             index_init: Mutex::new(()),
@@ -248,6 +255,12 @@ impl Segment {
     /// its CRC checked.
     pub(crate) fn mark_checked(&self, position: u64) {
         self.checked_from.fetch_min(position, Ordering::AcqRel);
+    }
+
+    /// Where the checked end of the segment begins (`checked_from`).
+    #[cfg(test)]
+    pub(crate) fn checked_from(&self) -> u64 {
+        self.checked_from.load(Ordering::Acquire)
     }
 
     pub(crate) fn set_readable_len(&self, len: u64) {
@@ -596,6 +609,7 @@ impl Segment {
             }
         }
         let checked_from = self.checked_from.load(Ordering::Acquire);
+        let checked_below = self.checked_below.load(Ordering::Acquire);
         let mut out = Vec::new();
         let mut at = 0usize;
         let mut expected = first_base;
@@ -614,7 +628,10 @@ impl Segment {
                 break;
             }
             let bytes = buf.slice(at..at + header.total_len);
-            let check = if position >= checked_from { Ok(()) } else { batch::verify_crc(&header, &bytes) };
+            // Batches end on the same boundaries whoever walks them, so a
+            // batch starting below `checked_below` ends at or below it.
+            let checked = position >= checked_from || position < checked_below;
+            let check = if checked { Ok(()) } else { batch::verify_crc(&header, &bytes) };
             match check {
                 Ok(()) => {}
                 Err(_) if !out.is_empty() => break,
@@ -630,9 +647,13 @@ impl Segment {
             at += header.total_len;
             expected = header.next_offset();
         }
-        if start + at as u64 >= checked_from {
+        let read_end = start + at as u64;
+        if read_end >= checked_from {
             // Checked up to where the checked range began: it now begins here.
-            self.mark_checked(start);
+            self.mark_checked(if start <= checked_below { 0 } else { start });
+        } else if start <= checked_below {
+            // Checked on from where the checked start ended: it ends here.
+            self.checked_below.fetch_max(read_end, Ordering::AcqRel);
         }
         Ok(SegmentRead::Batches(out, buf.slice(..at)))
     }

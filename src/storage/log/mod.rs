@@ -638,6 +638,78 @@ mod tests {
         assert_eq!(Checkpoint::decode(&on_disk).unwrap(), newer.1);
     }
 
+    /// A cleanly closed log of several segments (so recovery rescans
+    /// none), reopened: nothing in it checked by this process yet.
+    fn reopened_log(dir: &Path) -> Log {
+        let config = LogConfig { segment_bytes: 4096, index_interval_bytes: 256, ..LogConfig::default() };
+        let open = || Log::open(dir, Arc::new(StdFs), Arc::new(SystemClock), config).unwrap();
+        let log = open();
+        for i in 0..60u64 {
+            let records: Vec<Record> = (0..3)
+                .map(|j| Record {
+                    timestamp_ms: 1,
+                    key: Bytes::new(),
+                    value: Bytes::from(format!("value-{i}-{j}-{}", "v".repeat(100))),
+                    headers: vec![],
+                })
+                .collect();
+            log.append(&mut batch::encode(&records, None)).unwrap();
+        }
+        log.close().unwrap();
+        let log = open();
+        assert!(log.segment_count() >= 4, "{} segments", log.segment_count());
+        assert!(log.segments_snapshot().iter().all(|s| s.checked_from() == s.readable_len()));
+        log
+    }
+
+    /// Reads from `from` to the end in reads of about `budget` bytes.
+    fn read_through(log: &Log, mut from: u64, budget: usize) {
+        while from < log.high_watermark() {
+            let read = log.read(from, budget).unwrap();
+            let last = read.batches.last().expect("a batch below the high watermark");
+            from = BatchHeader::parse(last, usize::MAX).unwrap().next_offset();
+        }
+    }
+
+    #[test]
+    fn one_pass_over_a_reopened_log_checks_each_crc_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = reopened_log(dir.path());
+        // A consumer reading from the start, a few batches a read: after it,
+        // no batch of any segment is checked again by the next pass.
+        read_through(&log, 0, 700);
+        for s in log.segments_snapshot() {
+            assert_eq!(s.checked_from(), 0, "{} after one pass", s.log_path.display());
+        }
+    }
+
+    #[test]
+    fn bytes_a_read_did_not_cover_are_still_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = reopened_log(dir.path());
+        let first = log.segments_snapshot()[0].clone();
+        let file = std::fs::read(&first.log_path).unwrap();
+        let mut positions = vec![0usize];
+        while let Some(&p) = positions.last().filter(|&&p| p < file.len()) {
+            positions.push(p + BatchHeader::parse(&file[p..], usize::MAX).unwrap().total_len);
+        }
+        // The first two batches read from the start, then a read from the
+        // fifth: neither covers the third, which is then damaged on disk
+        // (in a byte its CRC covers).
+        let read = log.read(0, positions[2]).unwrap();
+        assert_eq!(read.batches.len(), 2);
+        let fifth = BatchHeader::parse(&file[positions[4]..], usize::MAX).unwrap().base_offset;
+        log.read(fifth, 1).unwrap();
+        let third = BatchHeader::parse(&file[positions[2]..], usize::MAX).unwrap().base_offset;
+        let at = positions[2] + 70;
+        let damaged = std::fs::OpenOptions::new().write(true).open(&first.log_path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&damaged, &[file[at] ^ 0x55], at as u64).unwrap();
+        match log.read(third, 1) {
+            Err(StorageError::Corrupt { position, .. }) => assert_eq!(position, positions[2] as u64),
+            other => panic!("the damaged batch was served: {other:?}"),
+        }
+    }
+
     #[test]
     fn a_panic_under_the_writer_lock_poisons_the_log_until_it_is_reopened() {
         let dir = tempfile::tempdir().unwrap();
