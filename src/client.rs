@@ -144,8 +144,29 @@ fn produce_chunks(mut request: proto::ProduceRequest) -> VecDeque<Bytes> {
 
 /// A request body of these chunks.
 fn body_of(chunks: VecDeque<Bytes>) -> Body {
-    let frames = futures::stream::iter(chunks).map(|chunk| Ok::<_, Infallible>(Frame::data(chunk)));
-    Body::new(http_body_util::StreamBody::new(frames))
+    Body::new(Chunks(chunks))
+}
+
+/// A request body of chunks in hand. Unlike a stream of them it says when
+/// it has no more, so hyper ends the request with its last DATA frame
+/// instead of an empty one after it: one write fewer per unary call, and
+/// one frame fewer for the broker to read.
+struct Chunks(VecDeque<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// A call whose response is one message.
@@ -324,5 +345,18 @@ mod tests {
         let mut frames = Frames::new(MESSAGE_BYTES_MAX);
         frames.push(Bytes::from_static(&[0, 0, 0, 0, 2, 0xff, 0xff]));
         assert_eq!(frames.next_message::<proto::SubscribeResponse>().unwrap_err().code(), tonic::Code::Internal);
+    }
+
+    #[tokio::test]
+    async fn a_request_body_says_it_ended_with_its_last_chunk() {
+        // hyper sets END_STREAM on a DATA frame only if the body says so
+        // right after yielding it; otherwise it sends an empty frame more.
+        let mut body = body_of(VecDeque::from([Bytes::from_static(b"head"), Bytes::from_static(b"batch")]));
+        assert!(!http_body::Body::is_end_stream(&body));
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "head");
+        assert!(!http_body::Body::is_end_stream(&body));
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "batch");
+        assert!(http_body::Body::is_end_stream(&body), "ended with the last chunk");
+        assert!(body.frame().await.is_none());
     }
 }
